@@ -1,0 +1,204 @@
+// Kernel benchmark: triangular-inverse methods, whole chunked prefill, and the decode step per state
+// dtype, at Qwen3.5-like sizes (Hv = 32, Hk = 16, dk = dv = 128). Each figure is a ratio against the
+// baseline measured in the same run (forward substitution; fp32 state), with the method's error.
+//   bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] [--reps N] [--quick]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "deltaserve/kernels/chunk_gated_delta_rule.h"
+#include "deltaserve/kernels/recurrent_state.h"
+#include "deltaserve/kernels/tri_inverse.h"
+#include "support/gdn_inputs.h"
+
+namespace ds = deltaserve::kernels;
+namespace dt = deltaserve::testing;
+
+namespace {
+
+struct Args {
+  at::Device device = at::kCPU;
+  std::vector<int64_t> seqs = {4096, 16384};
+  std::vector<int64_t> batches = {1, 16, 64};
+  int reps = 3;
+  bool prefill = true;
+};
+
+std::vector<int64_t> ParseList(const char* s) {
+  std::vector<int64_t> out;
+  for (const char* p = s; *p;) {
+    out.push_back(std::strtoll(p, const_cast<char**>(&p), 10));
+    if (*p == ',') ++p;
+  }
+  return out;
+}
+
+Args ParseArgs(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string f = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", f.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (f == "--device") {
+      a.device = at::Device(next());
+    } else if (f == "--seq") {
+      a.seqs = ParseList(next());
+    } else if (f == "--batches") {
+      a.batches = ParseList(next());
+    } else if (f == "--reps") {
+      a.reps = std::max(1, std::atoi(next()));
+    } else if (f == "--quick") {
+      a.seqs = {1024};
+      a.batches = {1, 16};
+      a.reps = 1;
+    } else if (f == "--no-prefill") {
+      a.prefill = false;
+    } else {
+      std::fprintf(stderr,
+                   "usage: bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] "
+                   "[--reps N] [--quick] [--no-prefill]\n");
+      std::exit(f == "--help" ? 0 : 2);
+    }
+  }
+  return a;
+}
+
+void Sync(const at::Device& d) {
+  if (d.is_cuda()) at::zeros({1}, at::TensorOptions().device(d)).cpu();  // waits for the stream
+}
+
+// Median wall time of `reps` runs after one warm-up, in seconds.
+double Time(const at::Device& d, int reps, const std::function<void()>& fn) {
+  fn();
+  Sync(d);
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    Sync(d);
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+const char* DeviceName(const at::Device& d) { return d.is_cuda() ? "cuda" : "cpu"; }
+
+void InverseBench(const Args& a) {
+  const int64_t hv = 32, c = 64, dk = 128;
+  const dt::GdnRegime& regime = dt::Regimes()[2];  // weak decay, keys at cosine 0.2
+  std::printf("\n== chunk inverse, C=%ld, Hv=%ld, regime %s ==\n", c, hv, regime.name.c_str());
+  std::printf("%-7s %-18s %12s %10s %12s %10s\n", "T", "method", "time_ms", "vs_fwd", "rel_err", "fallbacks");
+  for (int64_t t : a.seqs) {
+    const int64_t n = t / c * hv;
+    at::Tensor a64 = dt::MakeChunkMatrices(n, c, dk, regime, 1000 + t);
+    at::Tensor eye = at::eye(c, a64.options());
+    at::Tensor exact = at::linalg_solve_triangular(a64 + eye, eye.expand(a64.sizes()), false, true, true);
+    at::Tensor a32 = a64.to(at::kFloat).to(a.device);
+    double base = 0;
+    for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast", "neumann-int16",
+                             "neumann-int8"}) {
+      ds::TriInverseOptions o = *ds::ParseTriInverseMethod(name, c);
+      ds::TriInverseStats stats;
+      at::Tensor x;
+      const double sec = Time(a.device, a.reps, [&] { x = *ds::InvertUnitLowerTriangular(a32, o, &stats); });
+      if (base == 0) base = sec;
+      const double err = dt::RelMaxError(x.cpu(), exact);
+      const double fb = static_cast<double>(stats.fallbacks) / std::max<int64_t>(1, stats.chunks);
+      std::printf("%-7ld %-18s %12.3f %10.2f %12.2e %9.1f%%\n", t, name, sec * 1e3, base / sec, err, 100 * fb);
+      std::printf("{\"bench\":\"tri_inverse\",\"device\":\"%s\",\"T\":%ld,\"C\":%ld,\"Hv\":%ld,\"method\":\"%s\","
+                  "\"seconds\":%.6g,\"speedup_vs_forward\":%.4g,\"rel_err\":%.3g,\"fallback_rate\":%.4g}\n",
+                  DeviceName(a.device), t, c, hv, name, sec, base / sec, err, fb);
+    }
+  }
+}
+
+void PrefillBench(const Args& a) {
+  const int64_t hk = 16, hv = 32, d = 128;
+  const dt::GdnRegime& regime = dt::Regimes()[2];
+  std::printf("\n== chunked prefill, Hk=%ld Hv=%ld dk=dv=%ld, C=64, regime %s ==\n", hk, hv, d, regime.name.c_str());
+  std::printf("%-7s %-18s %12s %10s %12s %10s\n", "T", "method", "time_ms", "vs_fwd", "out_err", "tok/s");
+  for (int64_t t : a.seqs) {
+    dt::GdnInputs in = dt::MakeGdnInputs(1, t, hk, hv, d, d, regime, 7 + t);
+    for (at::Tensor* x : {&in.q, &in.k, &in.v, &in.g, &in.beta}) *x = x->to(a.device);
+    ds::GatedDeltaRuleOptions base_opt;
+    base_opt.inverse = *ds::ParseTriInverseMethod("solve-triangular", 64);
+    // The reference output: exact inverse, computed once.
+    at::Tensor ref = ds::ChunkGatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, {}, {}, base_opt)->o.cpu();
+    double base = 0;
+    for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast"}) {
+      ds::GatedDeltaRuleOptions o;
+      o.inverse = *ds::ParseTriInverseMethod(name, 64);
+      at::Tensor out;
+      const double sec = Time(a.device, std::max(1, a.reps / 2), [&] {
+        out = ds::ChunkGatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, {}, {}, o)->o;
+      });
+      if (base == 0) base = sec;
+      const double err = dt::RelMaxError(out.cpu(), ref);
+      std::printf("%-7ld %-18s %12.1f %10.2f %12.2e %10.0f\n", t, name, sec * 1e3, base / sec, err, t / sec);
+      std::printf("{\"bench\":\"prefill\",\"device\":\"%s\",\"T\":%ld,\"Hv\":%ld,\"method\":\"%s\",\"seconds\":%.6g,"
+                  "\"speedup_vs_forward\":%.4g,\"rel_err\":%.3g}\n",
+                  DeviceName(a.device), t, hv, name, sec, base / sec, err);
+    }
+  }
+}
+
+void DecodeBench(const Args& a) {
+  const int64_t hk = 16, hv = 32, d = 128;
+  std::printf("\n== decode step, Hk=%ld Hv=%ld dk=dv=%ld (one layer) ==\n", hk, hv, d);
+  std::printf("%-6s %-12s %12s %10s %14s %10s\n", "batch", "state", "time_us", "vs_fp32", "bytes/step", "GB/s");
+  for (int64_t b : a.batches) {
+    dt::GdnInputs in = dt::MakeGdnInputs(b, 1, hk, hv, d, d, dt::Regimes()[1], 5 + b);
+    auto step = [&](const at::Tensor& x) { return x.select(1, 0).contiguous().to(a.device); };
+    at::Tensor q = step(in.q), k = step(in.k), v = step(in.v), g = step(in.g), beta = step(in.beta);
+    at::Tensor slots = at::arange(b, at::TensorOptions().dtype(at::kLong).device(a.device));
+    at::Tensor init = at::randn({b, hv, d, d}, at::TensorOptions().device(a.device)) * 0.1;
+    double base = 0;
+    for (ds::StateDtype sd : {ds::StateDtype::kFloat32, ds::StateDtype::kBFloat16, ds::StateDtype::kInt8,
+                              ds::StateDtype::kInt8Stochastic, ds::StateDtype::kFloat8E4M3}) {
+      ds::RecurrentStatePool pool = *ds::MakeRecurrentStatePool(b, hv, d, d, sd, a.device);
+      (void)ds::WriteStates(pool, slots, init);
+      const double sec = Time(a.device, std::max(5, a.reps * 5), [&] {
+        (void)*ds::RecurrentGatedDeltaStep(q, k, v, g, beta, slots, pool);
+      });
+      if (base == 0) base = sec;
+      // State read once and written once; q, k, v, o are noise beside it.
+      const double bytes = 2.0 * b * hv * ds::StateBytesPerHead(sd, d, d);
+      std::printf("%-6ld %-12s %12.1f %10.2f %14.0f %10.2f\n", b, ds::StateDtypeName(sd).c_str(), sec * 1e6,
+                  base / sec, bytes, bytes / sec / 1e9);
+      std::printf("{\"bench\":\"decode\",\"device\":\"%s\",\"batch\":%ld,\"Hv\":%ld,\"state\":\"%s\",\"seconds\":%.6g,"
+                  "\"speedup_vs_fp32\":%.4g,\"bytes_per_step\":%.0f,\"gbps\":%.4g}\n",
+                  DeviceName(a.device), b, hv, ds::StateDtypeName(sd).c_str(), sec, base / sec, bytes,
+                  bytes / sec / 1e9);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a = ParseArgs(argc, argv);
+  if (a.device.is_cuda() && !at::hasCUDA()) {
+    std::fprintf(stderr, "bench_kernels: --device cuda but this build or machine has no CUDA\n");
+    return 2;
+  }
+  std::printf("bench_kernels: device %s, threads %d, reps %d\n", DeviceName(a.device), at::get_num_threads(),
+              a.reps);
+  InverseBench(a);
+  if (a.prefill) PrefillBench(a);
+  DecodeBench(a);
+  return 0;
+}

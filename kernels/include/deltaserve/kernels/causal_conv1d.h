@@ -1,0 +1,32 @@
+// Depthwise causal conv1d (Qwen3.5's short convolution before the gated delta rule): the full-sequence
+// form for prefill (packed variable-length sequences) and the one-token update against a conv-state pool.
+#ifndef DELTASERVE_KERNELS_CAUSAL_CONV1D_H_
+#define DELTASERVE_KERNELS_CAUSAL_CONV1D_H_
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+
+namespace deltaserve::kernels {
+
+struct CausalConv1dOutput {
+  at::Tensor y;            // [B, T, D]
+  at::Tensor final_state;  // [N, D, K - 1]: the last K - 1 inputs of each sequence (zeros before)
+};
+
+// x [B, T, D]; weight [D, K]; bias [D] or undefined; initial_state [N, D, K - 1] or undefined (zeros);
+// cu_seqlens as in ChunkGatedDeltaRule (B = 1 packing). y_t = act(sum_j w[:, j] x_{t - K + 1 + j} + b),
+// act = SiLU when `silu`, else identity.
+absl::StatusOr<CausalConv1dOutput> CausalConv1d(const at::Tensor& x, const at::Tensor& weight,
+                                                const at::Tensor& bias, const at::Tensor& initial_state,
+                                                const at::Tensor& cu_seqlens, bool silu);
+
+// One token per sequence: x [B, D]; conv_state pool [slots, D, K - 1] updated in place at slots [B]
+// (int64, distinct). Returns y [B, D].
+absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& bias, at::Tensor& conv_state,
+                                            const at::Tensor& slots, bool silu);
+
+}  // namespace deltaserve::kernels
+
+#endif  // DELTASERVE_KERNELS_CAUSAL_CONV1D_H_

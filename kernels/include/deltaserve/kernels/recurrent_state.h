@@ -1,0 +1,71 @@
+// Decode-time gated delta rule: a pool of per-sequence recurrent states, stored as fp32, bf16, INT8 or
+// FP8 (e4m3) with fine-grained fp32 scales, and the one-token step that updates addressed slots in place.
+#ifndef DELTASERVE_KERNELS_RECURRENT_STATE_H_
+#define DELTASERVE_KERNELS_RECURRENT_STATE_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/statusor.h"
+
+namespace deltaserve::kernels {
+
+enum class StateDtype {
+  kFloat32,
+  kBFloat16,
+  kInt8,            // per (head, row) fp32 scale, round-to-nearest: the default quantized state
+  kInt8Stochastic,  // per (head, row) scale, stochastic rounding (unbiased, twice RTN's variance)
+  kInt8Coarse,      // one scale per head, round-to-nearest: the naive scheme public reports warn of
+  kFloat8E4M3,    // e4m3 values, per (head, row) fp32 scale, round-to-nearest (the cast's rounding)
+};
+
+absl::StatusOr<StateDtype> ParseStateDtype(absl::string_view name);
+std::string StateDtypeName(StateDtype dtype);
+// Bytes one [dk, dv] head state takes in the pool, scales included.
+int64_t StateBytesPerHead(StateDtype dtype, int64_t dk, int64_t dv);
+
+// Slots of recurrent state, [slots, Hv, dk, dv]. `values` holds the state in its storage dtype (float,
+// bfloat16, int8 or float8_e4m3fn); `scales` [slots, Hv, dk] (one per row; per head for
+// kInt8Coarse, broadcast over rows) for the scaled dtypes, undefined otherwise. Rows are the dk index:
+// the delta update adds k_i * u to row i, so a row's range moves as a unit.
+struct RecurrentStatePool {
+  StateDtype dtype = StateDtype::kFloat32;
+  at::Tensor values;
+  at::Tensor scales;
+  uint64_t seed = 0x5eed;  // stochastic rounding stream; advanced by every step
+  uint64_t step = 0;
+
+  int64_t slots() const { return values.size(0); }
+  int64_t heads() const { return values.size(1); }
+};
+
+absl::StatusOr<RecurrentStatePool> MakeRecurrentStatePool(int64_t slots, int64_t heads, int64_t dk,
+                                                          int64_t dv, StateDtype dtype,
+                                                          const at::Device& device);
+// Writes fp32 states [n, Hv, dk, dv] (e.g. a prefill's final state) into slots [n] (int64), quantizing.
+absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states);
+// Reads slots [n] back as fp32 [n, Hv, dk, dv].
+absl::StatusOr<at::Tensor> ReadStates(const RecurrentStatePool& pool, const at::Tensor& slots);
+
+struct DecodeStepOptions {
+  bool l2norm_qk = false;
+  std::optional<double> scale;  // default dk^-0.5
+};
+
+// One token for each of B sequences: q, k [B, Hk, dk], v [B, Hv, dv], g, beta [B, Hv] (g and beta are
+// read as fp32 whatever their dtype), slots [B] int64 distinct indices into the pool. Dequantizes,
+// decays, applies the delta update, computes o = S^T q and requantizes each head in one pass over the
+// state; slots not addressed are untouched. Returns o [B, Hv, dv] in v's dtype.
+absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v, const at::Tensor& g,
+                                                   const at::Tensor& beta, const at::Tensor& slots,
+                                                   RecurrentStatePool& pool,
+                                                   const DecodeStepOptions& options = {});
+
+}  // namespace deltaserve::kernels
+
+#endif  // DELTASERVE_KERNELS_RECURRENT_STATE_H_

@@ -1,0 +1,205 @@
+// Depthwise causal conv1d for Qwen3.5's short convolution: prefill over whole (packed) sequences and the
+// one-token decode step against a conv-state pool, in plain ATen so it runs on any device.
+#include "deltaserve/kernels/causal_conv1d.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "check.h"
+
+namespace deltaserve::kernels {
+namespace {
+
+using internal::CheckCuSeqlens;
+using internal::CheckDtype;
+using internal::CheckSameDevice;
+using internal::CheckSize;
+using internal::CheckSlots;
+using internal::CheckTensor;
+
+// bf16 products and sums lose too much over K taps and the bias; accumulate in float32 instead.
+at::ScalarType ComputeDtype(at::ScalarType dtype) { return dtype == at::kBFloat16 ? at::kFloat : dtype; }
+
+// Always a fresh contiguous tensor: `Tensor::to` hands back a strided view (or its input) when the dtype
+// already matches, and outputs must neither be transposed views nor alias the caller's tensors.
+at::Tensor ContiguousCopy(const at::Tensor& t, at::ScalarType dtype) {
+  at::Tensor out = at::empty(t.sizes(), t.options().dtype(dtype));
+  out.copy_(t);
+  return out;
+}
+
+// Checks weight [D, K] (K >= 2) and bias [D] (optional) against x; returns K.
+absl::StatusOr<int64_t> CheckConvParams(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                        int64_t dim) {
+  DS_RETURN_IF_ERROR(CheckTensor(weight, "weight", 2));
+  DS_RETURN_IF_ERROR(CheckDtype(weight, "weight", {x.scalar_type()}));
+  DS_RETURN_IF_ERROR(CheckSameDevice(weight, "weight", x));
+  DS_RETURN_IF_ERROR(CheckSize(weight, "weight", 0, dim, "channels D"));
+  const int64_t k = weight.size(1);
+  if (k < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weight: kernel width K (dimension 1) must be at least 2, got shape [", dim, ", ", k, "]"));
+  }
+  if (bias.defined()) {
+    DS_RETURN_IF_ERROR(CheckTensor(bias, "bias", 1));
+    DS_RETURN_IF_ERROR(CheckDtype(bias, "bias", {x.scalar_type()}));
+    DS_RETURN_IF_ERROR(CheckSameDevice(bias, "bias", x));
+    DS_RETURN_IF_ERROR(CheckSize(bias, "bias", 0, dim, "channels D"));
+  }
+  return k;
+}
+
+// Valid (unpadded) depthwise convolution of padded [B, D, L] in its own dtype: [B, D, L - K + 1].
+at::Tensor DepthwiseConv(const at::Tensor& padded, const at::Tensor& weight, const at::Tensor& bias,
+                         bool silu) {
+  const at::ScalarType dtype = padded.scalar_type();
+  std::optional<at::Tensor> b;
+  if (bias.defined()) b = bias.to(dtype);
+  // Named scalars: a bare 0 for `padding` would also match conv1d's string_view overload.
+  const int64_t one = 1;
+  const int64_t zero = 0;
+  at::Tensor y = at::conv1d(padded, weight.to(dtype).unsqueeze(1), b, at::IntArrayRef(one),
+                            at::IntArrayRef(zero), at::IntArrayRef(one), weight.size(0));
+  return silu ? at::silu(y) : y;
+}
+
+CausalConv1dOutput RunBatched(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                              const at::Tensor& initial_state, int64_t k, bool silu) {
+  const at::ScalarType dtype = ComputeDtype(x.scalar_type());
+  const at::Tensor xt = x.to(dtype).transpose(1, 2);  // [B, D, T]
+  const at::Tensor init = initial_state.defined() ? initial_state.to(dtype)
+                                                  : at::zeros({x.size(0), x.size(2), k - 1}, xt.options());
+  const at::Tensor padded = at::cat({init, xt}, 2);  // [B, D, K - 1 + T]
+  const at::Tensor y = DepthwiseConv(padded, weight, bias, silu);
+  CausalConv1dOutput out;
+  out.y = ContiguousCopy(y.transpose(1, 2), x.scalar_type());
+  // Taken from the padded input, so a sequence shorter than K - 1 keeps the tail of its initial state.
+  out.final_state = ContiguousCopy(padded.narrow(2, x.size(1), k - 1), x.scalar_type());
+  return out;
+}
+
+at::Tensor IndexTensor(const std::vector<int64_t>& values, const at::Device& device) {
+  return at::tensor(at::ArrayRef<int64_t>(values), at::TensorOptions().dtype(at::kLong).device(device));
+}
+
+// All N sequences go through one convolution over a [D, T + N (K - 1)] buffer in which each sequence is
+// preceded by its own K - 1 state columns; outputs whose window straddles two sequences are dropped.
+// This costs a fixed number of kernel launches however many sequences are packed.
+CausalConv1dOutput RunPacked(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                             const at::Tensor& initial_state, const at::Tensor& cu_seqlens, int64_t num_seqs,
+                             int64_t k, bool silu) {
+  const int64_t total = x.size(1);
+  const int64_t dim = x.size(2);
+  const int64_t w = k - 1;
+  const at::Tensor host_cu = cu_seqlens.cpu();
+  const int64_t* cu = host_cu.data_ptr<int64_t>();
+
+  // Token t of sequence i sits at buffer column t + (i + 1) w; sequence i's state columns start at
+  // cu[i] + i w and its last K - 1 columns at cu[i + 1] + i w.
+  std::vector<int64_t> x_cols(total);
+  std::vector<int64_t> y_cols(total);
+  std::vector<int64_t> init_cols(num_seqs * w);
+  std::vector<int64_t> final_cols(num_seqs * w);
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    for (int64_t t = cu[i]; t < cu[i + 1]; ++t) {
+      x_cols[t] = t + (i + 1) * w;
+      y_cols[t] = t + i * w;  // conv output column c covers buffer columns [c, c + w]
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      init_cols[i * w + j] = cu[i] + i * w + j;
+      final_cols[i * w + j] = cu[i + 1] + i * w + j;
+    }
+  }
+
+  const at::ScalarType dtype = ComputeDtype(x.scalar_type());
+  const at::TensorOptions options = x.options().dtype(dtype);
+  const int64_t width = total + num_seqs * w;
+  at::Tensor buffer;
+  if (initial_state.defined()) {
+    buffer = at::empty({dim, width}, options);
+    const at::Tensor init = initial_state.to(dtype).permute({1, 0, 2}).reshape({dim, num_seqs * w});
+    buffer.index_copy_(1, IndexTensor(init_cols, x.device()), init);
+  } else {
+    buffer = at::zeros({dim, width}, options);
+  }
+  buffer.index_copy_(1, IndexTensor(x_cols, x.device()), x.to(dtype)[0].t());
+
+  const at::Tensor y_all = DepthwiseConv(buffer.unsqueeze(0), weight, bias, silu)[0];
+  const at::Tensor y = y_all.index_select(1, IndexTensor(y_cols, x.device()));  // [D, T]
+  const at::Tensor final_state = buffer.index_select(1, IndexTensor(final_cols, x.device()))
+                                     .view({dim, num_seqs, w})
+                                     .permute({1, 0, 2});
+  CausalConv1dOutput out;
+  out.y = ContiguousCopy(y.t().unsqueeze(0), x.scalar_type());
+  out.final_state = ContiguousCopy(final_state, x.scalar_type());
+  return out;
+}
+
+at::Tensor RunStep(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                   at::Tensor& conv_state, const at::Tensor& slots, bool silu) {
+  const at::ScalarType dtype = ComputeDtype(x.scalar_type());
+  const at::Tensor index = slots.to(conv_state.device());
+  // Kept in the storage dtype so the state written back holds exactly the inputs, as prefill's does.
+  const at::Tensor window = at::cat({conv_state.index_select(0, index), x.unsqueeze(2)}, 2);  // [B, D, K]
+  at::Tensor y = (window.to(dtype) * weight.to(dtype).unsqueeze(0)).sum(2);
+  if (bias.defined()) y = y + bias.to(dtype);
+  if (silu) y = at::silu(y);
+  conv_state.index_copy_(0, index, window.narrow(2, 1, window.size(2) - 1).contiguous());
+  return y.to(x.scalar_type());  // y is freshly computed, so a no-op cast aliases nothing of the caller's
+}
+
+}  // namespace
+
+absl::StatusOr<CausalConv1dOutput> CausalConv1d(const at::Tensor& x, const at::Tensor& weight,
+                                                const at::Tensor& bias, const at::Tensor& initial_state,
+                                                const at::Tensor& cu_seqlens, bool silu) {
+  DS_RETURN_IF_ERROR(CheckTensor(x, "x", 3));
+  DS_RETURN_IF_ERROR(CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16}));
+  const int64_t batch = x.size(0);
+  const int64_t total = x.size(1);
+  const int64_t dim = x.size(2);
+  DS_ASSIGN_OR_RETURN(const int64_t k, CheckConvParams(x, weight, bias, dim));
+  int64_t num_seqs = batch;
+  if (cu_seqlens.defined()) {
+    DS_ASSIGN_OR_RETURN(num_seqs, CheckCuSeqlens(cu_seqlens, batch, total));
+  }
+  if (initial_state.defined()) {
+    DS_RETURN_IF_ERROR(CheckTensor(initial_state, "initial_state", 3));
+    DS_RETURN_IF_ERROR(CheckDtype(initial_state, "initial_state", {x.scalar_type()}));
+    DS_RETURN_IF_ERROR(CheckSameDevice(initial_state, "initial_state", x));
+    DS_RETURN_IF_ERROR(CheckSize(initial_state, "initial_state", 0, num_seqs, "sequences N"));
+    DS_RETURN_IF_ERROR(CheckSize(initial_state, "initial_state", 1, dim, "channels D"));
+    DS_RETURN_IF_ERROR(CheckSize(initial_state, "initial_state", 2, k - 1, "state width K - 1"));
+  }
+
+  DS_CATCH_ATEN({
+    if (cu_seqlens.defined()) return RunPacked(x, weight, bias, initial_state, cu_seqlens, num_seqs, k, silu);
+    return RunBatched(x, weight, bias, initial_state, k, silu);
+  })
+}
+
+absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& bias, at::Tensor& conv_state,
+                                            const at::Tensor& slots, bool silu) {
+  DS_RETURN_IF_ERROR(CheckTensor(x, "x", 2));
+  DS_RETURN_IF_ERROR(CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16}));
+  const int64_t batch = x.size(0);
+  const int64_t dim = x.size(1);
+  DS_ASSIGN_OR_RETURN(const int64_t k, CheckConvParams(x, weight, bias, dim));
+  DS_RETURN_IF_ERROR(CheckTensor(conv_state, "conv_state", 3));
+  DS_RETURN_IF_ERROR(CheckDtype(conv_state, "conv_state", {x.scalar_type()}));
+  DS_RETURN_IF_ERROR(CheckSameDevice(conv_state, "conv_state", x));
+  DS_RETURN_IF_ERROR(CheckSize(conv_state, "conv_state", 1, dim, "channels D"));
+  DS_RETURN_IF_ERROR(CheckSize(conv_state, "conv_state", 2, k - 1, "state width K - 1"));
+  DS_RETURN_IF_ERROR(CheckSlots(slots, batch, conv_state.size(0)));
+
+  DS_CATCH_ATEN({ return RunStep(x, weight, bias, conv_state, slots, silu); })
+}
+
+}  // namespace deltaserve::kernels

@@ -1,0 +1,236 @@
+// The recurrent state pool and the decode step's entry point: validation, then the fused CPU kernel,
+// the CUDA kernel, or the ATen composition (any other device) of the same step.
+#include "deltaserve/kernels/recurrent_state.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "check.h"
+#include "recurrent_step_impl.h"
+#include "state_quant.h"
+
+namespace deltaserve::kernels {
+namespace {
+
+struct DtypeName {
+  StateDtype dtype;
+  absl::string_view name;
+};
+constexpr DtypeName kDtypeNames[] = {
+    {StateDtype::kFloat32, "fp32"},        {StateDtype::kBFloat16, "bf16"},
+    {StateDtype::kInt8, "int8"},           {StateDtype::kInt8Stochastic, "int8-sr"},
+    {StateDtype::kInt8Coarse, "int8-coarse"}, {StateDtype::kFloat8E4M3, "fp8"},
+};
+
+}  // namespace
+
+absl::StatusOr<StateDtype> ParseStateDtype(absl::string_view name) {
+  std::string accepted;
+  for (const DtypeName& d : kDtypeNames) {
+    if (d.name == name) return d.dtype;
+    absl::StrAppend(&accepted, accepted.empty() ? "" : ", ", d.name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("state dtype: unknown \"", name, "\" (accepted: ", accepted, ")"));
+}
+
+std::string StateDtypeName(StateDtype dtype) {
+  for (const DtypeName& d : kDtypeNames) {
+    if (d.dtype == dtype) return std::string(d.name);
+  }
+  return "unknown";
+}
+
+int64_t StateBytesPerHead(StateDtype dtype, int64_t dk, int64_t dv) {
+  switch (dtype) {
+    case StateDtype::kFloat32:
+      return dk * dv * 4;
+    case StateDtype::kBFloat16:
+      return dk * dv * 2;
+    default:
+      return dk * dv + dk * 4;  // one byte a value, one fp32 scale a row
+  }
+}
+
+namespace internal {
+
+at::ScalarType StorageType(StateDtype d) {
+  switch (d) {
+    case StateDtype::kFloat32:
+      return at::kFloat;
+    case StateDtype::kBFloat16:
+      return at::kBFloat16;
+    case StateDtype::kFloat8E4M3:
+      return at::kFloat8_e4m3fn;
+    default:
+      return at::kChar;
+  }
+}
+
+// CPU ATen lacks index_select / index_copy_ for float8: move fp8 values as their bytes.
+at::Tensor Bytes(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat8_e4m3fn ? t.view(at::kByte) : t;
+}
+
+at::Tensor GatherDequantized(const RecurrentStatePool& pool, const at::Tensor& slots) {
+  at::Tensor v = Bytes(pool.values).index_select(0, slots).view(pool.values.scalar_type()).to(at::kFloat);
+  if (!IsScaled(pool.dtype)) return v;
+  return v * pool.scales.index_select(0, slots).unsqueeze(-1);
+}
+
+void ScatterQuantized(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states,
+                      bool stochastic) {
+  if (!IsScaled(pool.dtype)) {
+    pool.values.index_copy_(0, slots, states.to(pool.values.scalar_type()));
+    return;
+  }
+  const float qmax = QuantMax(pool.dtype);
+  at::Tensor amax = states.abs().amax(-1);  // per row [n, H, dk]
+  if (IsCoarse(pool.dtype)) amax = amax.amax(-1, /*keepdim=*/true).expand_as(amax);
+  at::Tensor scale = amax.clamp_min(1e-30f) / qmax;
+  at::Tensor x = states / scale.unsqueeze(-1);
+  if (pool.dtype == StateDtype::kFloat8E4M3) {
+    x = x.clamp(-qmax, qmax).to(at::kFloat8_e4m3fn);
+  } else {
+    x = (stochastic ? at::floor(x + at::rand_like(x)) : at::round(x)).clamp(-qmax, qmax).to(at::kChar);
+  }
+  Bytes(pool.values).index_copy_(0, slots, Bytes(x.contiguous()));
+  pool.scales.index_copy_(0, slots, scale.contiguous());
+}
+
+}  // namespace internal
+
+absl::StatusOr<RecurrentStatePool> MakeRecurrentStatePool(int64_t slots, int64_t heads, int64_t dk,
+                                                          int64_t dv, StateDtype dtype,
+                                                          const at::Device& device) {
+  if (slots <= 0 || heads <= 0 || dk <= 0 || dv <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("state pool: slots, heads, dk and dv must be positive, got ",
+                                                   slots, ", ", heads, ", ", dk, ", ", dv));
+  }
+  DS_CATCH_ATEN({
+    RecurrentStatePool pool;
+    pool.dtype = dtype;
+    pool.values = at::zeros({slots, heads, dk, dv}, at::TensorOptions().device(device).dtype(
+                                                        internal::StorageType(dtype)));
+    if (internal::IsScaled(dtype)) {
+      pool.scales = at::zeros({slots, heads, dk}, at::TensorOptions().device(device).dtype(at::kFloat));
+    }
+    return pool;
+  })
+}
+
+namespace {
+absl::Status CheckPool(const RecurrentStatePool& pool) {
+  if (!pool.values.defined() || pool.values.dim() != 4) {
+    return absl::InvalidArgumentError("state pool: values must be a [slots, Hv, dk, dv] tensor");
+  }
+  if (internal::IsScaled(pool.dtype) && (!pool.scales.defined() || pool.scales.dim() != 3)) {
+    return absl::InvalidArgumentError("state pool: a quantized pool needs scales [slots, Hv, dk]");
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states) {
+  DS_RETURN_IF_ERROR(CheckPool(pool));
+  DS_RETURN_IF_ERROR(internal::CheckTensor(states, "states", 4));
+  DS_RETURN_IF_ERROR(internal::CheckDtype(states, "states", {at::kFloat, at::kDouble}));
+  for (int d = 1; d < 4; ++d) {
+    DS_RETURN_IF_ERROR(internal::CheckSize(states, "states", d, pool.values.size(d), "pool state shape"));
+  }
+  DS_RETURN_IF_ERROR(internal::CheckSameDevice(states, "states", pool.values));
+  DS_RETURN_IF_ERROR(internal::CheckSlots(slots, states.size(0), pool.slots()));
+  DS_CATCH_ATEN({
+    internal::ScatterQuantized(pool, slots.to(pool.values.device()), states.to(at::kFloat), false);
+    return absl::OkStatus();
+  })
+}
+
+absl::StatusOr<at::Tensor> ReadStates(const RecurrentStatePool& pool, const at::Tensor& slots) {
+  DS_RETURN_IF_ERROR(CheckPool(pool));
+  if (!slots.defined() || slots.dim() != 1) return absl::InvalidArgumentError("slots: expected [n] int64");
+  DS_RETURN_IF_ERROR(internal::CheckSlots(slots, slots.size(0), pool.slots()));
+  DS_CATCH_ATEN({ return internal::GatherDequantized(pool, slots.to(pool.values.device())); })
+}
+
+absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v, const at::Tensor& g,
+                                                   const at::Tensor& beta, const at::Tensor& slots,
+                                                   RecurrentStatePool& pool,
+                                                   const DecodeStepOptions& options) {
+  using internal::CheckDtype;
+  using internal::CheckSize;
+  using internal::CheckTensor;
+  DS_RETURN_IF_ERROR(CheckPool(pool));
+  DS_RETURN_IF_ERROR(CheckTensor(q, "q", 3));
+  DS_RETURN_IF_ERROR(CheckTensor(k, "k", 3));
+  DS_RETURN_IF_ERROR(CheckTensor(v, "v", 3));
+  DS_RETURN_IF_ERROR(CheckTensor(g, "g", 2));
+  DS_RETURN_IF_ERROR(CheckTensor(beta, "beta", 2));
+  DS_RETURN_IF_ERROR(CheckDtype(v, "v", {at::kFloat, at::kDouble, at::kBFloat16}));
+  DS_RETURN_IF_ERROR(CheckDtype(q, "q", {v.scalar_type()}));
+  DS_RETURN_IF_ERROR(CheckDtype(k, "k", {v.scalar_type()}));
+  DS_RETURN_IF_ERROR(CheckDtype(g, "g", {at::kFloat, at::kDouble, at::kBFloat16}));
+  DS_RETURN_IF_ERROR(CheckDtype(beta, "beta", {at::kFloat, at::kDouble, at::kBFloat16}));
+  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&g, "g"}, {&beta, "beta"}}) {
+    DS_RETURN_IF_ERROR(internal::CheckSameDevice(*t, name, pool.values));
+  }
+  const int64_t b = q.size(0), hk = q.size(1), dk = q.size(2);
+  const int64_t hv = pool.heads(), dv = pool.values.size(3);
+  if (k.sizes() != q.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat("k: shape ", internal::ShapeString(k), " must equal q's ",
+                                                   internal::ShapeString(q)));
+  }
+  DS_RETURN_IF_ERROR(CheckSize(q, "q", 2, pool.values.size(2), "key dim dk of the pool"));
+  DS_RETURN_IF_ERROR(CheckSize(v, "v", 0, b, "batch B of q"));
+  DS_RETURN_IF_ERROR(CheckSize(v, "v", 1, hv, "value heads Hv of the pool"));
+  DS_RETURN_IF_ERROR(CheckSize(v, "v", 2, dv, "value dim dv of the pool"));
+  if (hv % hk != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("q: key heads Hk = ", hk,
+                                                   " must divide the pool's value heads Hv = ", hv));
+  }
+  for (auto [t, name] : {std::pair{&g, "g"}, {&beta, "beta"}}) {
+    DS_RETURN_IF_ERROR(CheckSize(*t, name, 0, b, "batch B"));
+    DS_RETURN_IF_ERROR(CheckSize(*t, name, 1, hv, "value heads Hv"));
+  }
+  DS_RETURN_IF_ERROR(internal::CheckSlots(slots, b, pool.slots()));
+  if (options.scale.has_value() && !(*options.scale > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("scale: must be positive, got ", *options.scale));
+  }
+  DS_CATCH_ATEN({
+    internal::DecodeInputs in;
+    in.q = q.to(at::kFloat);
+    in.k = k.to(at::kFloat);
+    if (options.l2norm_qk) {
+      in.q = in.q * at::rsqrt((in.q * in.q).sum(-1, true) + 1e-6);
+      in.k = in.k * at::rsqrt((in.k * in.k).sum(-1, true) + 1e-6);
+    }
+    in.q = in.q * options.scale.value_or(1.0 / std::sqrt(static_cast<double>(dk)));
+    if (hv != hk) {
+      in.q = in.q.repeat_interleave(hv / hk, 1);
+      in.k = in.k.repeat_interleave(hv / hk, 1);
+    }
+    in.q = in.q.contiguous();
+    in.k = in.k.contiguous();
+    in.v = v.to(at::kFloat).contiguous();
+    in.g = g.to(at::kFloat).contiguous();
+    in.beta = beta.to(at::kFloat).contiguous();
+    in.slots = slots.to(pool.values.device()).contiguous();
+    at::Tensor o;
+    if (pool.values.is_cpu()) {
+      o = internal::RecurrentStepCpu(in, pool);
+#ifdef DELTASERVE_WITH_CUDA
+    } else if (pool.values.is_cuda()) {
+      o = internal::RecurrentStepCuda(in, pool);
+#endif
+    } else {
+      o = internal::RecurrentStepAten(in, pool);
+    }
+    ++pool.step;
+    return o.to(v.scalar_type());
+  })
+}
+
+}  // namespace deltaserve::kernels

@@ -1,0 +1,43 @@
+// Quantization rules of the recurrent state pool, shared by the fused CPU step, the ATen (any device)
+// step and the CUDA kernel's host side: value ranges, scale granularity, and the rounding stream.
+#ifndef DELTASERVE_KERNELS_SRC_STATE_QUANT_H_
+#define DELTASERVE_KERNELS_SRC_STATE_QUANT_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#include "deltaserve/kernels/recurrent_state.h"
+
+namespace deltaserve::kernels::internal {
+
+inline bool IsScaled(StateDtype d) {
+  return d == StateDtype::kInt8Stochastic || d == StateDtype::kInt8 || d == StateDtype::kInt8Coarse ||
+         d == StateDtype::kFloat8E4M3;
+}
+inline bool IsStochastic(StateDtype d) { return d == StateDtype::kInt8Stochastic; }
+inline bool IsCoarse(StateDtype d) { return d == StateDtype::kInt8Coarse; }
+// Largest magnitude a stored value may take: the scale maps a row's max |x| onto it.
+inline float QuantMax(StateDtype d) { return d == StateDtype::kFloat8E4M3 ? 448.0f : 127.0f; }
+at::ScalarType StorageType(StateDtype d);
+
+// Counter-based random bits for stochastic rounding: a pure function of (seed, step, slot, head,
+// index), so a step is reproducible and needs no generator state on the device.
+C10_HOST_DEVICE inline uint64_t Mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+// Dequantized fp32 states of `slots` (any device).
+at::Tensor GatherDequantized(const RecurrentStatePool& pool, const at::Tensor& slots);
+// Quantizes fp32 states and stores them at `slots`; stochastic rounding draws from at::rand_like.
+void ScatterQuantized(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states,
+                      bool stochastic);
+
+}  // namespace deltaserve::kernels::internal
+
+#endif  // DELTASERVE_KERNELS_SRC_STATE_QUANT_H_

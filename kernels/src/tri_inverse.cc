@@ -1,0 +1,264 @@
+// The triangular-inverse method family for chunked linear attention: (I + A)^-1, A strictly lower.
+// Matmul-only methods exploit nilpotency: (-A)^n is zero above sub-diagonal n, so every
+// power, product and correction step is exact on a growing band and A^C = 0.
+#include "deltaserve/kernels/tri_inverse.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "check.h"
+
+namespace deltaserve::kernels {
+namespace {
+
+using internal::CheckDtype;
+using internal::CheckTensor;
+
+bool IsMatmulChunk(int64_t c) { return c == 16 || c == 32 || c == 64 || c == 128; }
+
+int CeilLog2(int64_t x) {
+  int n = 0;
+  while ((int64_t{1} << n) < x) ++n;
+  return n;
+}
+
+// Symmetric quantization of a batch of matrices with one scale per matrix (its own max |x|): the
+// per-power scaling that keeps A^n inside the integer range however far its magnitude drifts.
+struct Quantized {
+  at::Tensor q;      // integer values held in a float tensor wide enough to multiply them exactly
+  at::Tensor scale;  // [..., 1, 1]
+};
+
+Quantized Quantize(const at::Tensor& x, int bits) {
+  const double qmax = std::ldexp(1.0, bits - 1) - 1;
+  // INT8 products summed over C <= 128 stay below 2^24, exact in fp32; INT16 needs fp64's 2^53.
+  const at::ScalarType acc = bits <= 8 ? at::kFloat : at::kDouble;
+  at::Tensor xs = x.to(acc);
+  at::Tensor scale = xs.abs().amax({-2, -1}, /*keepdim=*/true).clamp_min(1e-30) / qmax;
+  return {at::round(xs / scale).clamp(-qmax, qmax), scale};
+}
+
+// x @ y in the requested precision. Low-bit products emulate integer hardware bit-exactly (integer
+// operands, exact accumulation, one rescale), so the error reported is the error INT silicon would see.
+at::Tensor MatMul(const at::Tensor& x, const at::Tensor& y, int bits) {
+  if (bits >= 32) return at::matmul(x, y);
+  Quantized qx = Quantize(x, bits);
+  Quantized qy = Quantize(y, bits);
+  return (at::matmul(qx.q, qy.q) * (qx.scale * qy.scale)).to(x.scalar_type());
+}
+
+at::Tensor ForwardSubstitution(const at::Tensor& a) {
+  const int64_t c = a.size(-1);
+  at::Tensor t = at::eye(c, a.options()).expand(a.sizes()).contiguous();
+  // Row i of T depends on rows < i: the sequential dependency the matmul-only methods remove.
+  for (int64_t i = 1; i < c; ++i) {
+    at::Tensor row = at::matmul(a.slice(-2, i, i + 1).slice(-1, 0, i), t.slice(-2, 0, i));
+    t.slice(-2, i, i + 1).sub_(row);
+  }
+  return t;
+}
+
+at::Tensor SolveTriangular(const at::Tensor& a) {
+  const int64_t c = a.size(-1);
+  at::Tensor eye = at::eye(c, a.options());
+  return at::linalg_solve_triangular(a + eye, eye.expand(a.sizes()), /*upper=*/false, /*left=*/true,
+                                     /*unitriangular=*/true);
+}
+
+at::Tensor ProductForm(const at::Tensor& a, int bits) {
+  const int64_t c = a.size(-1);
+  at::Tensor eye = at::eye(c, a.options());
+  at::Tensor power = a;
+  at::Tensor x = eye - a;
+  for (int m = 1; m < CeilLog2(c); ++m) {
+    power = MatMul(power, power, bits);  // A^(2^m): zero above sub-diagonal 2^m
+    x = x + MatMul(x, power, bits);      // x (I + A^(2^m))
+  }
+  return x;
+}
+
+// Truncated Neumann series sum_{n<=N} (-A)^n. When N + 1 is a power of two it is the product form cut
+// short (fewer matmuls than Horner); otherwise Horner's rule.
+at::Tensor TruncatedNeumann(const at::Tensor& a, const at::Tensor& eye, int order, int bits) {
+  if (order <= 0) return eye.expand(a.sizes()).clone();
+  if (((order + 1) & order) == 0) {
+    at::Tensor power = a;
+    at::Tensor x = eye - a;
+    for (int m = 1; (1 << m) < order + 1; ++m) {
+      power = MatMul(power, power, bits);
+      x = x + MatMul(x, power, bits);
+    }
+    return x;
+  }
+  at::Tensor x = eye - a;
+  for (int n = 2; n <= order; ++n) x = eye - MatMul(a, x, bits);
+  return x;
+}
+
+// Neumann start, structural band mask, S residual corrections X <- X + X (I - (I + A) X), and the
+// guard. Each correction squares the residual, so the exact band doubles per step. The guard bounds
+// the final residual from the last step's residual E (final = E^2, |E^2|max <= C |E|max^2): no extra
+// matmul. Chunks over tolerance are recomputed exactly.
+at::Tensor Neumann(const at::Tensor& a, const TriInverseOptions& o, TriInverseStats* stats) {
+  const int64_t c = a.size(-1);
+  at::Tensor eye = at::eye(c, a.options());
+  at::Tensor x = TruncatedNeumann(a, eye, o.order, o.matmul_bits);
+  if (o.band > 0) {
+    at::Tensor keep = at::ones({c, c}, a.options().dtype(at::kBool)).tril(0).triu(-(o.band - 1));
+    x = x * keep;
+  }
+  // Starting exact on sub-diagonals <= N (or < band), S steps make X exact on sub-diagonals below
+  // (N + 1) 2^S: once that covers the chunk the residual is zero by structure, and in full precision
+  // only rounding is left, so there is nothing for the guard to catch.
+  const int64_t exact_start = o.band > 0 ? std::min<int64_t>(o.band, o.order + 1) : o.order + 1;
+  const bool covers_chunk = (exact_start << o.residual_steps) >= c;
+  const bool guard = o.guard_tol > 0 && !(covers_chunk && o.matmul_bits >= 32);
+  at::Tensor residual_bound;
+  for (int s = 0; s < o.residual_steps; ++s) {
+    at::Tensor e = eye - x - MatMul(a, x, o.matmul_bits);
+    x = x + MatMul(x, e, o.matmul_bits);
+    if (s + 1 == o.residual_steps && guard && o.matmul_bits >= 32) {
+      at::Tensor emax = e.abs().amax({-2, -1});
+      residual_bound = emax * emax * static_cast<double>(c);
+    }
+  }
+  if (!guard) return x;
+  if (!residual_bound.defined()) {
+    // No correction step, or low-bit steps whose own rounding the bound would miss: measure the
+    // residual directly, in full precision.
+    residual_bound = (eye - x - at::matmul(a, x)).abs().amax({-2, -1});
+  }
+  at::Tensor flat_x = x.reshape({-1, c, c});
+  at::Tensor bad = (residual_bound.reshape({-1}) > o.guard_tol).logical_or_(residual_bound.reshape({-1}).isnan());
+  at::Tensor idx = bad.nonzero().squeeze(-1);
+  const int64_t n_bad = idx.numel();
+  if (stats) {
+    stats->fallbacks += n_bad;
+    stats->max_residual = std::max(stats->max_residual,
+                                   residual_bound.nan_to_num(INFINITY).max().item<double>());
+  }
+  if (n_bad > 0) {
+    at::Tensor exact = SolveTriangular(a.reshape({-1, c, c}).index_select(0, idx));
+    flat_x.index_copy_(0, idx, exact);
+  }
+  return flat_x.view(x.sizes());
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> InvertUnitLowerTriangular(const at::Tensor& a_in, const TriInverseOptions& o,
+                                                     TriInverseStats* stats) {
+  if (!a_in.defined()) return absl::InvalidArgumentError("A: tensor is undefined");
+  if (a_in.dim() < 2) return CheckTensor(a_in, "A", 3);
+  DS_RETURN_IF_ERROR(CheckTensor(a_in, "A", a_in.dim()));
+  DS_RETURN_IF_ERROR(CheckDtype(a_in, "A", {at::kFloat, at::kDouble, at::kBFloat16}));
+  const int64_t c = a_in.size(-1);
+  if (a_in.size(-2) != c) {
+    return absl::InvalidArgumentError(absl::StrCat("A: last two dimensions must be square, got shape ",
+                                                   internal::ShapeString(a_in)));
+  }
+  const bool matmul_only = o.method == TriInverseMethod::kNeumann || o.method == TriInverseMethod::kProductForm;
+  if (matmul_only && !IsMatmulChunk(c)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "A: chunk size ", c, " is not supported by ", TriInverseName(o), " (supported: 16, 32, 64, 128)"));
+  }
+  if (o.matmul_bits != 32 && o.matmul_bits != 16 && o.matmul_bits != 8) {
+    return absl::InvalidArgumentError(absl::StrCat("matmul_bits: must be 32, 16 or 8, got ", o.matmul_bits));
+  }
+  if (o.order < 0 || o.order > 127 || o.residual_steps < 0 || o.residual_steps > 16 || o.band < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("neumann options out of range: order ", o.order,
+                                                   " (0..127), residual_steps ", o.residual_steps,
+                                                   " (0..16), band ", o.band, " (>= 0)"));
+  }
+  DS_CATCH_ATEN({
+    at::Tensor a = at::tril(a_in.scalar_type() == at::kBFloat16 ? a_in.to(at::kFloat) : a_in, -1);
+    if (stats) stats->chunks += a.numel() / (c * c);
+    switch (o.method) {
+      case TriInverseMethod::kForwardSubstitution:
+        return ForwardSubstitution(a);
+      case TriInverseMethod::kSolveTriangular:
+        return SolveTriangular(a);
+      case TriInverseMethod::kProductForm:
+        return ProductForm(a, o.matmul_bits);
+      case TriInverseMethod::kNeumann:
+        return Neumann(a, o, stats);
+    }
+    return absl::InvalidArgumentError("method: unknown triangular inverse method");
+  })
+}
+
+TriInverseOptions DefaultTriInverseOptions(int64_t chunk_size, TriInverseMethod method,
+                                           at::ScalarType dtype) {
+  TriInverseOptions o;
+  o.method = method;
+  o.order = 3;
+  // Enough correction steps that the exact band covers the chunk: (N + 1) 2^S >= C. Measured on
+  // realistic chunks (docs/kernels.md), this is as accurate as forward substitution in every regime,
+  // while fewer steps need the guard's fallback on most chunks once keys correlate.
+  o.residual_steps = std::max(0, CeilLog2(std::max<int64_t>(chunk_size, 1)) - CeilLog2(o.order + 1));
+  o.band = 0;
+  o.guard_tol = dtype == at::kBFloat16 ? 1e-3 : 1e-5;
+  return o;
+}
+
+TriInverseOptions WithMatmulBits(TriInverseOptions o, int bits) {
+  o.matmul_bits = bits;
+  // The guard tolerates what the integer grid itself costs: a few quanta of the operand range.
+  if (bits == 16) o.guard_tol = std::max(o.guard_tol, 1e-3);
+  if (bits == 8) o.guard_tol = std::max(o.guard_tol, 3e-2);
+  return o;
+}
+
+absl::StatusOr<TriInverseOptions> ParseTriInverseMethod(absl::string_view name, int64_t chunk_size,
+                                                        at::ScalarType dtype) {
+  struct Entry {
+    absl::string_view name;
+    TriInverseMethod method;
+    int bits;
+  };
+  static constexpr Entry kEntries[] = {
+      {"neumann", TriInverseMethod::kNeumann, 32},
+      {"neumann-fast", TriInverseMethod::kNeumann, 32},
+      {"neumann-int16", TriInverseMethod::kNeumann, 16},
+      {"neumann-int8", TriInverseMethod::kNeumann, 8},
+      {"product", TriInverseMethod::kProductForm, 32},
+      {"product-int16", TriInverseMethod::kProductForm, 16},
+      {"product-int8", TriInverseMethod::kProductForm, 8},
+      {"forward", TriInverseMethod::kForwardSubstitution, 32},
+      {"solve-triangular", TriInverseMethod::kSolveTriangular, 32},
+  };
+  for (const Entry& e : kEntries) {
+    if (e.name == name) {
+      TriInverseOptions o = WithMatmulBits(DefaultTriInverseOptions(chunk_size, e.method, dtype), e.bits);
+      // One correction step fewer: the far corner of the chunk stays approximate and the guard sends
+      // the chunks where that matters to the exact path.
+      if (e.name == "neumann-fast") o.residual_steps = std::max(0, o.residual_steps - 1);
+      return o;
+    }
+  }
+  std::string accepted;
+  for (const Entry& e : kEntries) absl::StrAppend(&accepted, accepted.empty() ? "" : ", ", e.name);
+  return absl::InvalidArgumentError(
+      absl::StrCat("inverse method: unknown \"", name, "\" (accepted: ", accepted, ")"));
+}
+
+std::string TriInverseName(const TriInverseOptions& o) {
+  const std::string bits = o.matmul_bits == 32 ? "" : absl::StrCat("-int", o.matmul_bits);
+  switch (o.method) {
+    case TriInverseMethod::kForwardSubstitution:
+      return "forward";
+    case TriInverseMethod::kSolveTriangular:
+      return "solve-triangular";
+    case TriInverseMethod::kProductForm:
+      return absl::StrCat("product", bits);
+    case TriInverseMethod::kNeumann:
+      return absl::StrCat("neumann", bits, "(N=", o.order, ",S=", o.residual_steps,
+                          o.band > 0 ? absl::StrCat(",band=", o.band) : "",
+                          o.guard_tol > 0 ? absl::StrCat(",guard=", o.guard_tol) : ",noguard", ")");
+  }
+  return "unknown";
+}
+
+}  // namespace deltaserve::kernels

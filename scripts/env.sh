@@ -1,0 +1,13 @@
+# Shared paths for setup.sh and test.sh: where the machine-wide caches live, keyed by pinned versions.
+# Source it; it defines DELTASERVE_VENV, CCACHE_DIR and DELTASERVE_PYTHON.
+_ds_scripts="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "${_ds_scripts}/versions.env"
+DELTASERVE_CACHE="${DELTASERVE_CACHE:-/var/cache/deltaserve}"
+# Key the venv by the interpreter and every pinned Python package, so a version bump builds a new one
+# and repeated runs on one machine reuse the old.
+_ds_pyver="$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)"
+DELTASERVE_VENV="${DELTASERVE_VENV:-${DELTASERVE_CACHE}/venv-py${_ds_pyver}-torch${TORCH_VERSION}-numpy${NUMPY_VERSION}}"
+DELTASERVE_PYTHON="${DELTASERVE_VENV}/bin/python"
+export CCACHE_DIR="${CCACHE_DIR:-${DELTASERVE_CACHE}/ccache}"
+export DELTASERVE_CACHE DELTASERVE_VENV DELTASERVE_PYTHON
