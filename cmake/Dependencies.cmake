@@ -1,13 +1,15 @@
 # System dependencies from Debian 12 packages (scripts/setup.sh installs them).
-find_package(PkgConfig REQUIRED)
 find_package(Threads REQUIRED)
 find_package(absl REQUIRED)
+find_package(GTest REQUIRED)
+if(NOT DELTASERVE_WITH_RPC)
+  return()
+endif()
+find_package(PkgConfig REQUIRED)
 find_package(Protobuf REQUIRED)
 pkg_check_modules(GRPCPP REQUIRED IMPORTED_TARGET grpc++)
 find_program(GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
 find_package(prometheus-cpp REQUIRED)
-find_package(GTest REQUIRED)
-find_package(benchmark REQUIRED)
 
 # deltaserve_proto_library(NAME target PROTOS a.proto b.proto [GRPC]): generated C++ for .proto files.
 function(deltaserve_proto_library)
