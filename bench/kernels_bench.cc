@@ -109,8 +109,8 @@ void InverseBench(const Args& a) {
     at::Tensor exact = at::linalg_solve_triangular(a64 + eye, eye.expand(a64.sizes()), false, true, true);
     at::Tensor a32 = a64.to(at::kFloat).to(a.device);
     double base = 0;
-    for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast", "neumann-int16",
-                             "neumann-int8"}) {
+    for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast",
+                             "neumann-int16", "neumann-int8"}) {
       ds::TriInverseOptions o = *ds::ParseTriInverseMethod(name, c);
       ds::TriInverseStats stats;
       at::Tensor x;
@@ -118,10 +118,12 @@ void InverseBench(const Args& a) {
       if (base == 0) base = sec;
       const double err = dt::RelMaxError(x.cpu(), exact);
       const double fb = static_cast<double>(stats.fallbacks) / std::max<int64_t>(1, stats.chunks);
-      std::printf("%-7ld %-18s %12.3f %10.2f %12.2e %9.1f%%\n", t, name, sec * 1e3, base / sec, err, 100 * fb);
-      std::printf("{\"bench\":\"tri_inverse\",\"device\":\"%s\",\"T\":%ld,\"C\":%ld,\"Hv\":%ld,\"method\":\"%s\","
-                  "\"seconds\":%.6g,\"speedup_vs_forward\":%.4g,\"rel_err\":%.3g,\"fallback_rate\":%.4g}\n",
-                  DeviceName(a.device), t, c, hv, name, sec, base / sec, err, fb);
+      std::printf("%-7ld %-18s %12.3f %10.2f %12.2e %9.1f%%\n", t, name, sec * 1e3, base / sec, err,
+                  100 * fb);
+      std::printf(
+          "{\"bench\":\"tri_inverse\",\"device\":\"%s\",\"T\":%ld,\"C\":%ld,\"Hv\":%ld,\"method\":\"%s\","
+          "\"seconds\":%.6g,\"speedup_vs_forward\":%.4g,\"rel_err\":%.3g,\"fallback_rate\":%.4g}\n",
+          DeviceName(a.device), t, c, hv, name, sec, base / sec, err, fb);
     }
   }
 }
@@ -129,7 +131,8 @@ void InverseBench(const Args& a) {
 void PrefillBench(const Args& a) {
   const int64_t hk = 16, hv = 32, d = 128;
   const dt::GdnRegime& regime = dt::Regimes()[2];
-  std::printf("\n== chunked prefill, Hk=%ld Hv=%ld dk=dv=%ld, C=64, regime %s ==\n", hk, hv, d, regime.name.c_str());
+  std::printf("\n== chunked prefill, Hk=%ld Hv=%ld dk=dv=%ld, C=64, regime %s ==\n", hk, hv, d,
+              regime.name.c_str());
   std::printf("%-7s %-18s %12s %10s %12s %10s\n", "T", "method", "time_ms", "vs_fwd", "out_err", "tok/s");
   for (int64_t t : a.seqs) {
     dt::GdnInputs in = dt::MakeGdnInputs(1, t, hk, hv, d, d, regime, 7 + t);
@@ -149,9 +152,10 @@ void PrefillBench(const Args& a) {
       if (base == 0) base = sec;
       const double err = dt::RelMaxError(out.cpu(), ref);
       std::printf("%-7ld %-18s %12.1f %10.2f %12.2e %10.0f\n", t, name, sec * 1e3, base / sec, err, t / sec);
-      std::printf("{\"bench\":\"prefill\",\"device\":\"%s\",\"T\":%ld,\"Hv\":%ld,\"method\":\"%s\",\"seconds\":%.6g,"
-                  "\"speedup_vs_forward\":%.4g,\"rel_err\":%.3g}\n",
-                  DeviceName(a.device), t, hv, name, sec, base / sec, err);
+      std::printf(
+          "{\"bench\":\"prefill\",\"device\":\"%s\",\"T\":%ld,\"Hv\":%ld,\"method\":\"%s\",\"seconds\":%.6g,"
+          "\"speedup_vs_forward\":%.4g,\"rel_err\":%.3g}\n",
+          DeviceName(a.device), t, hv, name, sec, base / sec, err);
     }
   }
 }
@@ -159,7 +163,8 @@ void PrefillBench(const Args& a) {
 void DecodeBench(const Args& a) {
   const int64_t hk = 16, hv = 32, d = 128;
   std::printf("\n== decode step, Hk=%ld Hv=%ld dk=dv=%ld (one layer) ==\n", hk, hv, d);
-  std::printf("%-6s %-12s %12s %10s %14s %10s\n", "batch", "state", "time_us", "vs_fp32", "bytes/step", "GB/s");
+  std::printf("%-6s %-12s %12s %10s %14s %10s\n", "batch", "state", "time_us", "vs_fp32", "bytes/step",
+              "GB/s");
   for (int64_t b : a.batches) {
     dt::GdnInputs in = dt::MakeGdnInputs(b, 1, hk, hv, d, d, dt::Regimes()[1], 5 + b);
     auto step = [&](const at::Tensor& x) { return x.select(1, 0).contiguous().to(a.device); };
@@ -172,18 +177,19 @@ void DecodeBench(const Args& a) {
                               ds::StateDtype::kInt8Stochastic, ds::StateDtype::kFloat8E4M3}) {
       ds::RecurrentStatePool pool = *ds::MakeRecurrentStatePool(b, hv, d, d, sd, a.device);
       (void)ds::WriteStates(pool, slots.to(a.device), init);
-      const double sec = Time(a.device, std::max(5, a.reps * 5), [&] {
-        (void)*ds::RecurrentGatedDeltaStep(q, k, v, g, beta, slots, pool);
-      });
+      const double sec = Time(a.device, std::max(5, a.reps * 5),
+                              [&] { (void)*ds::RecurrentGatedDeltaStep(q, k, v, g, beta, slots, pool); });
       if (base == 0) base = sec;
       // State read once and written once; q, k, v, o are noise beside it.
       const double bytes = 2.0 * b * hv * ds::StateBytesPerHead(sd, d, d);
       std::printf("%-6ld %-12s %12.1f %10.2f %14.0f %10.2f\n", b, ds::StateDtypeName(sd).c_str(), sec * 1e6,
                   base / sec, bytes, bytes / sec / 1e9);
-      std::printf("{\"bench\":\"decode\",\"device\":\"%s\",\"batch\":%ld,\"Hv\":%ld,\"state\":\"%s\",\"seconds\":%.6g,"
-                  "\"speedup_vs_fp32\":%.4g,\"bytes_per_step\":%.0f,\"gbps\":%.4g}\n",
-                  DeviceName(a.device), b, hv, ds::StateDtypeName(sd).c_str(), sec, base / sec, bytes,
-                  bytes / sec / 1e9);
+      std::printf(
+          "{\"bench\":\"decode\",\"device\":\"%s\",\"batch\":%ld,\"Hv\":%ld,\"state\":\"%s\",\"seconds\":%."
+          "6g,"
+          "\"speedup_vs_fp32\":%.4g,\"bytes_per_step\":%.0f,\"gbps\":%.4g}\n",
+          DeviceName(a.device), b, hv, ds::StateDtypeName(sd).c_str(), sec, base / sec, bytes,
+          bytes / sec / 1e9);
     }
   }
 }

@@ -8,4 +8,4 @@ cd "${root}/.debs"
 apt-get download libabsl-dev libabsl20220623 libgtest-dev libgmock-dev libgrpc++-dev libgrpc++1.51 libgrpc-dev \
   libgrpc29 libprotobuf-dev libprotobuf32 libprotoc32 libre2-9 libre2-dev libc-ares2 libc-ares-dev \
   prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 \
-  libcivetweb1 libcivetweb-dev protobuf-compiler protobuf-compiler-grpc
+  libcivetweb1 libcivetweb-dev civetweb protobuf-compiler protobuf-compiler-grpc

@@ -17,16 +17,16 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 
 template <typename Store>
-__device__ inline Store EncodeDevice(float x, float qmax, bool stochastic, uint32_t bits16) {
+__device__ inline Store EncodeDevice(float x, float qmax, bool stochastic, float uniform) {
   return static_cast<Store>(x);
 }
 template <>
-__device__ inline int8_t EncodeDevice<int8_t>(float x, float qmax, bool stochastic, uint32_t bits16) {
-  const float q = stochastic ? floorf(x + bits16 * (1.0f / 65536.0f)) : nearbyintf(x);
+__device__ inline int8_t EncodeDevice<int8_t>(float x, float qmax, bool stochastic, float uniform) {
+  const float q = stochastic ? floorf(x + uniform) : nearbyintf(x);
   return static_cast<int8_t>(fminf(fmaxf(q, -qmax), qmax));
 }
 template <>
-__device__ inline c10::Float8_e4m3fn EncodeDevice<c10::Float8_e4m3fn>(float x, float qmax, bool, uint32_t) {
+__device__ inline c10::Float8_e4m3fn EncodeDevice<c10::Float8_e4m3fn>(float x, float qmax, bool, float) {
   return c10::Float8_e4m3fn(fminf(fmaxf(x, -qmax), qmax));
 }
 
@@ -35,18 +35,35 @@ __device__ inline float WarpMax(float x) {
   return x;
 }
 
+__device__ inline float WarpSum(float x) {
+  for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds kWarps floats.
+__device__ inline float BlockSum(float x, float* scratch) {
+  x = WarpSum(x);
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+  __syncthreads();
+  float total = 0;
+  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  __syncthreads();
+  return total;
+}
+
 template <typename Store>
 __global__ void StepKernel(Store* __restrict__ values, float* __restrict__ scales,
                            const float* __restrict__ q, const float* __restrict__ k,
                            const float* __restrict__ v, const float* __restrict__ g,
                            const float* __restrict__ beta, const int64_t* __restrict__ slots,
-                           float* __restrict__ out, int heads, int dk, int dv, bool scaled, bool coarse,
-                           bool stochastic, float qmax, uint64_t base) {
+                           float* __restrict__ out, int heads, int key_heads, int group, int dk, int dv,
+                           bool l2norm, float qscale, bool scaled, bool coarse, bool stochastic, float qmax,
+                           uint64_t base) {
   extern __shared__ float smem[];
-  float* ks = smem;        // [dk]
-  float* qs = ks + dk;     // [dk]
-  float* us = qs + dk;     // [dv]
-  float* scs = us + dv;    // [dk] old row scales times decay
+  float* ks = smem;      // [dk]
+  float* qs = ks + dk;   // [dk]
+  float* us = qs + dk;   // [dv]
+  float* scs = us + dv;  // [dk] old row scales times decay
   __shared__ float warp_max[kWarps];
   const int bh = blockIdx.x;
   const int b = bh / heads, h = bh % heads;
@@ -54,10 +71,24 @@ __global__ void StepKernel(Store* __restrict__ values, float* __restrict__ scale
   Store* s = values + head * dk * dv;
   float* sc = scaled ? scales + head * dk : nullptr;
   const float decay = expf(g[bh]);
+  const int64_t key = (static_cast<int64_t>(b) * key_heads + h / group) * dk;
+  float qq = 0, kk = 0;
   for (int i = threadIdx.x; i < dk; i += kThreads) {
-    ks[i] = k[bh * dk + i];
-    qs[i] = q[bh * dk + i];
+    ks[i] = k[key + i];
+    qs[i] = q[key + i];
+    qq += qs[i] * qs[i];
+    kk += ks[i] * ks[i];
     scs[i] = decay * (scaled ? sc[i] : 1.0f);
+  }
+  float qn = qscale, kn = 1.0f;
+  if (l2norm) {  // uniform across the block, so the barriers inside BlockSum are safe
+    qn = qscale * rsqrtf(BlockSum(qq, warp_max) + 1e-6f);
+    kn = rsqrtf(BlockSum(kk, warp_max) + 1e-6f);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < dk; i += kThreads) {
+    qs[i] *= qn;
+    ks[i] *= kn;
   }
   __syncthreads();
   float kq = 0;
@@ -108,12 +139,11 @@ __global__ void StepKernel(Store* __restrict__ values, float* __restrict__ scale
     }
     const float scale = coarse ? head_scale : fmaxf(WarpMax(m), 1e-30f) / qmax;
     const float inv = 1.0f / scale;
-    const uint64_t row_key = Mix64(head_key + static_cast<uint64_t>(i));
+    const uint32_t row_key = static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i)));
     n = 0;
     for (int j = lane; j < dv; j += 32, ++n) {
-      const uint64_t bits = stochastic ? Mix64(row_key + static_cast<uint64_t>(j & ~3)) : 0;
-      s[i * dv + j] = EncodeDevice<Store>(r[n] * inv, qmax, stochastic,
-                                          static_cast<uint32_t>((bits >> (16 * (j & 3))) & 0xffff));
+      const float uniform = stochastic ? RowUniform(row_key, static_cast<uint32_t>(j)) : 0.0f;
+      s[i * dv + j] = EncodeDevice<Store>(r[n] * inv, qmax, stochastic, uniform);
     }
     if (lane == 0) sc[i] = scale;
   }
@@ -121,7 +151,8 @@ __global__ void StepKernel(Store* __restrict__ values, float* __restrict__ scale
 
 template <typename Store>
 at::Tensor Launch(const DecodeInputs& in, RecurrentStatePool& pool) {
-  const int batch = in.q.size(0), heads = in.q.size(1), dk = in.q.size(2), dv = in.v.size(2);
+  const int batch = in.v.size(0), heads = in.v.size(1), key_heads = in.q.size(1);
+  const int dk = in.q.size(2), dv = in.v.size(2);
   TORCH_CHECK(dv <= 256, "CUDA decode step supports dv <= 256, got ", dv);
   at::Tensor o = at::empty({batch, heads, dv}, in.v.options());
   const size_t shm = sizeof(float) * (3 * dk + dv);
@@ -129,8 +160,9 @@ at::Tensor Launch(const DecodeInputs& in, RecurrentStatePool& pool) {
   StepKernel<Store><<<batch * heads, kThreads, shm, at::cuda::getCurrentCUDAStream()>>>(
       pool.values.data_ptr<Store>(), IsScaled(pool.dtype) ? pool.scales.data_ptr<float>() : nullptr,
       in.q.data_ptr<float>(), in.k.data_ptr<float>(), in.v.data_ptr<float>(), in.g.data_ptr<float>(),
-      in.beta.data_ptr<float>(), in.slots.data_ptr<int64_t>(), o.data_ptr<float>(), heads, dk, dv,
-      IsScaled(pool.dtype), IsCoarse(pool.dtype), IsStochastic(pool.dtype), QuantMax(pool.dtype), base);
+      in.beta.data_ptr<float>(), in.slots.data_ptr<int64_t>(), o.data_ptr<float>(), heads, key_heads,
+      static_cast<int>(in.group), dk, dv, in.l2norm, in.scale, IsScaled(pool.dtype), IsCoarse(pool.dtype),
+      IsStochastic(pool.dtype), QuantMax(pool.dtype), base);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return o;
 }

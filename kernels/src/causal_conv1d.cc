@@ -132,9 +132,8 @@ CausalConv1dOutput RunPacked(const at::Tensor& x, const at::Tensor& weight, cons
 
   const at::Tensor y_all = DepthwiseConv(buffer.unsqueeze(0), weight, bias, silu)[0];
   const at::Tensor y = y_all.index_select(1, IndexTensor(y_cols, x.device()));  // [D, T]
-  const at::Tensor final_state = buffer.index_select(1, IndexTensor(final_cols, x.device()))
-                                     .view({dim, num_seqs, w})
-                                     .permute({1, 0, 2});
+  const at::Tensor final_state =
+      buffer.index_select(1, IndexTensor(final_cols, x.device())).view({dim, num_seqs, w}).permute({1, 0, 2});
   CausalConv1dOutput out;
   out.y = ContiguousCopy(y.t().unsqueeze(0), x.scalar_type());
   out.final_state = ContiguousCopy(final_state, x.scalar_type());

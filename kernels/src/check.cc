@@ -41,8 +41,8 @@ absl::Status CheckSlots(const at::Tensor& slots, int64_t batch, int64_t pool_slo
   std::vector<bool> seen(pool_slots, false);
   for (int64_t i = 0; i < batch; ++i) {
     if (p[i] < 0 || p[i] >= pool_slots) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("slots: index ", p[i], " at position ", i, " is outside the pool [0, ", pool_slots, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("slots: index ", p[i], " at position ", i,
+                                                     " is outside the pool [0, ", pool_slots, ")"));
     }
     if (seen[p[i]]) {
       return absl::InvalidArgumentError(absl::StrCat("slots: slot ", p[i], " appears twice in one step"));

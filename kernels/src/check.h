@@ -7,12 +7,12 @@
 
 #include <initializer_list>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 
 namespace deltaserve::kernels::internal {
 
@@ -24,8 +24,8 @@ inline std::string ShapeString(const at::Tensor& t) {
 inline absl::Status CheckTensor(const at::Tensor& t, absl::string_view name, int64_t dims) {
   if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(name, ": tensor is undefined"));
   if (t.dim() != dims) {
-    return absl::InvalidArgumentError(absl::StrCat(name, ": expected ", dims, " dimensions, got shape ",
-                                                   ShapeString(t)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": expected ", dims, " dimensions, got shape ", ShapeString(t)));
   }
   if (!t.is_contiguous()) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": must be contiguous (shape ", ShapeString(t),
@@ -53,14 +53,14 @@ inline absl::Status CheckDtype(const at::Tensor& t, absl::string_view name,
   }
   std::string names;
   for (at::ScalarType s : allowed) absl::StrAppend(&names, names.empty() ? "" : ", ", c10::toString(s));
-  return absl::InvalidArgumentError(absl::StrCat(name, ": dtype must be one of {", names, "}, got ",
-                                                 c10::toString(t.scalar_type())));
+  return absl::InvalidArgumentError(
+      absl::StrCat(name, ": dtype must be one of {", names, "}, got ", c10::toString(t.scalar_type())));
 }
 
 inline absl::Status CheckSameDevice(const at::Tensor& t, absl::string_view name, const at::Tensor& ref) {
   if (t.device() != ref.device()) {
-    return absl::InvalidArgumentError(absl::StrCat(name, ": on device ", t.device().str(),
-                                                   " but the inputs are on ", ref.device().str()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": on device ", t.device().str(), " but the inputs are on ", ref.device().str()));
   }
   return absl::OkStatus();
 }
@@ -75,10 +75,10 @@ absl::Status CheckSlots(const at::Tensor& slots, int64_t batch, int64_t pool_slo
 }  // namespace deltaserve::kernels::internal
 
 // Evaluates a Status expression and returns it from the enclosing function when not OK.
-#define DS_RETURN_IF_ERROR(expr)                 \
-  do {                                           \
-    const absl::Status _ds_status = (expr);      \
-    if (!_ds_status.ok()) return _ds_status;     \
+#define DS_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    const absl::Status _ds_status = (expr);  \
+    if (!_ds_status.ok()) return _ds_status; \
   } while (0)
 
 #define DS_CONCAT_INNER(a, b) a##b
@@ -92,13 +92,13 @@ absl::Status CheckSlots(const at::Tensor& slots, int64_t batch, int64_t pool_slo
 
 // Runs ATen code and turns a c10::Error (or any std::exception) into an Internal status.
 // Variadic so that commas in the body (braced initialisers, templates) need no extra parentheses.
-#define DS_CATCH_ATEN(...)                                                      \
-  try {                                                                         \
-    __VA_ARGS__                                                                 \
-  } catch (const c10::Error& e) {                                               \
+#define DS_CATCH_ATEN(...)                                                          \
+  try {                                                                             \
+    __VA_ARGS__                                                                     \
+  } catch (const c10::Error& e) {                                                   \
     return absl::InternalError(absl::StrCat("ATen: ", e.what_without_backtrace())); \
-  } catch (const std::exception& e) {                                           \
-    return absl::InternalError(absl::StrCat("kernel: ", e.what()));             \
+  } catch (const std::exception& e) {                                               \
+    return absl::InternalError(absl::StrCat("kernel: ", e.what()));                 \
   }
 
 #endif  // DELTASERVE_KERNELS_SRC_CHECK_H_

@@ -13,13 +13,15 @@
 
 namespace deltaserve::kernels {
 
-absl::StatusOr<GatedDeltaRuleOutput> ChunkGatedDeltaRule(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-    const at::Tensor& beta, const at::Tensor& initial_state, const at::Tensor& cu_seqlens,
-    const GatedDeltaRuleOptions& options) {
+absl::StatusOr<GatedDeltaRuleOutput> ChunkGatedDeltaRule(const at::Tensor& q, const at::Tensor& k,
+                                                         const at::Tensor& v, const at::Tensor& g,
+                                                         const at::Tensor& beta,
+                                                         const at::Tensor& initial_state,
+                                                         const at::Tensor& cu_seqlens,
+                                                         const GatedDeltaRuleOptions& options) {
   int64_t n = 0;
-  DS_RETURN_IF_ERROR(internal::ValidateGatedDeltaArgs(q, k, v, g, beta, initial_state, cu_seqlens,
-                                                      options, &n));
+  DS_RETURN_IF_ERROR(
+      internal::ValidateGatedDeltaArgs(q, k, v, g, beta, initial_state, cu_seqlens, options, &n));
   DS_CATCH_ATEN({
     const int64_t c = options.chunk_size;
     internal::PackedGatedDeltaInputs in =
@@ -42,16 +44,16 @@ absl::StatusOr<GatedDeltaRuleOutput> ChunkGatedDeltaRule(
     GatedDeltaRuleOutput out;
     DS_ASSIGN_OR_RETURN(at::Tensor tinv, InvertUnitLowerTriangular(a, options.inverse, &out.inverse_stats));
     tinv = tinv.to(qc.scalar_type());
-    at::Tensor eg = gcum.exp().unsqueeze(-1);                        // e^G      [N, H, nc, C, 1]
-    at::Tensor u0 = at::matmul(tinv, vc * bc);                        // T beta V [.., C, dv]
-    at::Tensor w = at::matmul(tinv, kc * (bc * eg));                  // T beta e^G K [.., C, dk]
+    at::Tensor eg = gcum.exp().unsqueeze(-1);         // e^G      [N, H, nc, C, 1]
+    at::Tensor u0 = at::matmul(tinv, vc * bc);        // T beta V [.., C, dv]
+    at::Tensor w = at::matmul(tinv, kc * (bc * eg));  // T beta e^G K [.., C, dk]
     at::Tensor qe = qc * eg;
-    at::Tensor attn = at::matmul(qc, kc.transpose(-1, -2)) * decay;   // lower incl. diagonal
-    at::Tensor g_last = gcum.narrow(-1, c - 1, 1);                    // [N, H, nc, 1]
+    at::Tensor attn = at::matmul(qc, kc.transpose(-1, -2)) * decay;  // lower incl. diagonal
+    at::Tensor g_last = gcum.narrow(-1, c - 1, 1);                   // [N, H, nc, 1]
     at::Tensor kd = kc * (g_last.unsqueeze(-1) - gcum.unsqueeze(-1)).exp();
-    at::Tensor state_decay = g_last.exp().unsqueeze(-1);              // [N, H, nc, 1, 1]
+    at::Tensor state_decay = g_last.exp().unsqueeze(-1);  // [N, H, nc, 1, 1]
 
-    at::Tensor s = in.initial_state.clone();                          // [N, H, dk, dv]
+    at::Tensor s = in.initial_state.clone();  // [N, H, dk, dv]
     at::Tensor o = at::empty({n, h, nc, c, dv}, qc.options());
     for (int64_t i = 0; i < nc; ++i) {
       at::Tensor u = u0.select(2, i) - at::matmul(w.select(2, i), s);

@@ -23,13 +23,14 @@ absl::Status ValidateGatedDeltaArgs(const at::Tensor& q, const at::Tensor& k, co
   const int64_t b = q.size(0), t = q.size(1), hk = q.size(2), dk = q.size(3);
   const int64_t hv = v.size(2), dv = v.size(3);
   if (k.sizes() != q.sizes()) {
-    return absl::InvalidArgumentError(absl::StrCat("k: shape ", ShapeString(k), " must equal q's ", ShapeString(q)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("k: shape ", ShapeString(k), " must equal q's ", ShapeString(q)));
   }
   DS_RETURN_IF_ERROR(CheckSize(v, "v", 0, b, "batch B of q"));
   DS_RETURN_IF_ERROR(CheckSize(v, "v", 1, t, "time T of q"));
   if (hv % hk != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("v: value heads Hv = ", hv,
-                                                   " must be a multiple of key heads Hk = ", hk));
+    return absl::InvalidArgumentError(
+        absl::StrCat("v: value heads Hv = ", hv, " must be a multiple of key heads Hk = ", hk));
   }
   for (auto [x, name] : {std::pair{&g, "g"}, {&beta, "beta"}}) {
     DS_RETURN_IF_ERROR(CheckSize(*x, name, 0, b, "batch B"));
@@ -52,8 +53,7 @@ absl::Status ValidateGatedDeltaArgs(const at::Tensor& q, const at::Tensor& k, co
   }
   const int64_t c = options.chunk_size;
   if (c != 16 && c != 32 && c != 64 && c != 128) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chunk_size: must be 16, 32, 64 or 128, got ", c));
+    return absl::InvalidArgumentError(absl::StrCat("chunk_size: must be 16, 32, 64 or 128, got ", c));
   }
   if (options.scale.has_value() && !(*options.scale > 0)) {
     return absl::InvalidArgumentError(absl::StrCat("scale: must be positive, got ", *options.scale));
@@ -135,9 +135,8 @@ PackedGatedDeltaInputs PackGatedDeltaInputs(const at::Tensor& q, const at::Tenso
   in.v = pad(vc);
   in.g = pad(gc);
   in.beta = pad(bc);
-  in.initial_state = initial_state.defined()
-                         ? initial_state.to(compute).contiguous()
-                         : at::zeros({num_sequences, hv, dk, dv}, vc.options());
+  in.initial_state = initial_state.defined() ? initial_state.to(compute).contiguous()
+                                             : at::zeros({num_sequences, hv, dk, dv}, vc.options());
   return in;
 }
 

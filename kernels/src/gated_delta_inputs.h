@@ -16,11 +16,11 @@ namespace deltaserve::kernels::internal {
 // compute dtype (float32, or float64 for float64 inputs), heads already repeated to Hv. Padding has
 // k = v = q = 0, beta = 0 and g = 0: it neither decays nor writes the state.
 struct PackedGatedDeltaInputs {
-  at::Tensor q, k, v, g, beta;  // [N, L, Hv, d] / [N, L, Hv]
-  at::Tensor initial_state;     // [N, Hv, dk, dv], zeros when none was given
+  at::Tensor q, k, v, g, beta;           // [N, L, Hv, d] / [N, L, Hv]
+  at::Tensor initial_state;              // [N, Hv, dk, dv], zeros when none was given
   std::vector<int64_t> starts, lengths;  // of each sequence in the caller's [B*T] token order
-  int64_t batch = 0, time = 0;          // B, T of the caller's layout
-  bool packed = false;                  // cu_seqlens given
+  int64_t batch = 0, time = 0;           // B, T of the caller's layout
+  bool packed = false;                   // cu_seqlens given
 };
 
 absl::Status ValidateGatedDeltaArgs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

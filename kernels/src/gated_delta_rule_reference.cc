@@ -12,8 +12,8 @@ absl::StatusOr<GatedDeltaRuleOutput> RecurrentGatedDeltaRuleReference(
     const at::Tensor& beta, const at::Tensor& initial_state, const at::Tensor& cu_seqlens,
     const GatedDeltaRuleOptions& options) {
   int64_t n = 0;
-  DS_RETURN_IF_ERROR(internal::ValidateGatedDeltaArgs(q, k, v, g, beta, initial_state, cu_seqlens,
-                                                      options, &n));
+  DS_RETURN_IF_ERROR(
+      internal::ValidateGatedDeltaArgs(q, k, v, g, beta, initial_state, cu_seqlens, options, &n));
   DS_CATCH_ATEN({
     internal::PackedGatedDeltaInputs in =
         internal::PackGatedDeltaInputs(q, k, v, g, beta, initial_state, cu_seqlens, n, options, 1);
@@ -23,7 +23,7 @@ absl::StatusOr<GatedDeltaRuleOutput> RecurrentGatedDeltaRuleReference(
     for (int64_t t = 0; t < len; ++t) {
       at::Tensor qt = in.q.select(1, t), kt = in.k.select(1, t), vt = in.v.select(1, t);  // [N, H, d]
       s = s * in.g.select(1, t).exp().unsqueeze(-1).unsqueeze(-1);
-      at::Tensor kv = (s * kt.unsqueeze(-1)).sum(-2);                                    // S^T k
+      at::Tensor kv = (s * kt.unsqueeze(-1)).sum(-2);  // S^T k
       at::Tensor delta = (vt - kv) * in.beta.select(1, t).unsqueeze(-1);
       s = s + kt.unsqueeze(-1) * delta.unsqueeze(-2);
       o.select(1, t).copy_((s * qt.unsqueeze(-1)).sum(-2));

@@ -19,9 +19,12 @@ struct DtypeName {
   absl::string_view name;
 };
 constexpr DtypeName kDtypeNames[] = {
-    {StateDtype::kFloat32, "fp32"},        {StateDtype::kBFloat16, "bf16"},
-    {StateDtype::kInt8, "int8"},           {StateDtype::kInt8Stochastic, "int8-sr"},
-    {StateDtype::kInt8Coarse, "int8-coarse"}, {StateDtype::kFloat8E4M3, "fp8"},
+    {StateDtype::kFloat32, "fp32"},
+    {StateDtype::kBFloat16, "bf16"},
+    {StateDtype::kInt8, "int8"},
+    {StateDtype::kInt8Stochastic, "int8-sr"},
+    {StateDtype::kInt8Coarse, "int8-coarse"},
+    {StateDtype::kFloat8E4M3, "fp8"},
 };
 
 }  // namespace
@@ -106,14 +109,15 @@ absl::StatusOr<RecurrentStatePool> MakeRecurrentStatePool(int64_t slots, int64_t
                                                           int64_t dv, StateDtype dtype,
                                                           const at::Device& device) {
   if (slots <= 0 || heads <= 0 || dk <= 0 || dv <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("state pool: slots, heads, dk and dv must be positive, got ",
-                                                   slots, ", ", heads, ", ", dk, ", ", dv));
+    return absl::InvalidArgumentError(
+        absl::StrCat("state pool: slots, heads, dk and dv must be positive, got ", slots, ", ", heads, ", ",
+                     dk, ", ", dv));
   }
   DS_CATCH_ATEN({
     RecurrentStatePool pool;
     pool.dtype = dtype;
-    pool.values = at::zeros({slots, heads, dk, dv}, at::TensorOptions().device(device).dtype(
-                                                        internal::StorageType(dtype)));
+    pool.values = at::zeros({slots, heads, dk, dv},
+                            at::TensorOptions().device(device).dtype(internal::StorageType(dtype)));
     if (internal::IsScaled(dtype)) {
       pool.scales = at::zeros({slots, heads, dk}, at::TensorOptions().device(device).dtype(at::kFloat));
     }
@@ -180,16 +184,16 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
   const int64_t b = q.size(0), hk = q.size(1), dk = q.size(2);
   const int64_t hv = pool.heads(), dv = pool.values.size(3);
   if (k.sizes() != q.sizes()) {
-    return absl::InvalidArgumentError(absl::StrCat("k: shape ", internal::ShapeString(k), " must equal q's ",
-                                                   internal::ShapeString(q)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("k: shape ", internal::ShapeString(k), " must equal q's ", internal::ShapeString(q)));
   }
   DS_RETURN_IF_ERROR(CheckSize(q, "q", 2, pool.values.size(2), "key dim dk of the pool"));
   DS_RETURN_IF_ERROR(CheckSize(v, "v", 0, b, "batch B of q"));
   DS_RETURN_IF_ERROR(CheckSize(v, "v", 1, hv, "value heads Hv of the pool"));
   DS_RETURN_IF_ERROR(CheckSize(v, "v", 2, dv, "value dim dv of the pool"));
   if (hv % hk != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("q: key heads Hk = ", hk,
-                                                   " must divide the pool's value heads Hv = ", hv));
+    return absl::InvalidArgumentError(
+        absl::StrCat("q: key heads Hk = ", hk, " must divide the pool's value heads Hv = ", hv));
   }
   for (auto [t, name] : {std::pair{&g, "g"}, {&beta, "beta"}}) {
     DS_RETURN_IF_ERROR(CheckSize(*t, name, 0, b, "batch B"));
@@ -201,23 +205,15 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
   }
   DS_CATCH_ATEN({
     internal::DecodeInputs in;
-    in.q = q.to(at::kFloat);
-    in.k = k.to(at::kFloat);
-    if (options.l2norm_qk) {
-      in.q = in.q * at::rsqrt((in.q * in.q).sum(-1, true) + 1e-6);
-      in.k = in.k * at::rsqrt((in.k * in.k).sum(-1, true) + 1e-6);
-    }
-    in.q = in.q * options.scale.value_or(1.0 / std::sqrt(static_cast<double>(dk)));
-    if (hv != hk) {
-      in.q = in.q.repeat_interleave(hv / hk, 1);
-      in.k = in.k.repeat_interleave(hv / hk, 1);
-    }
-    in.q = in.q.contiguous();
-    in.k = in.k.contiguous();
+    in.q = q.to(at::kFloat).contiguous();
+    in.k = k.to(at::kFloat).contiguous();
     in.v = v.to(at::kFloat).contiguous();
     in.g = g.to(at::kFloat).contiguous();
     in.beta = beta.to(at::kFloat).contiguous();
     in.slots = slots.to(pool.values.device()).contiguous();
+    in.l2norm = options.l2norm_qk;
+    in.scale = static_cast<float>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(dk))));
+    in.group = hv / hk;
     at::Tensor o;
     if (pool.values.is_cpu()) {
       o = internal::RecurrentStepCpu(in, pool);

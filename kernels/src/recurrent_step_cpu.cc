@@ -1,12 +1,14 @@
 // Fused CPU decode step: per (sequence, head), one read pass (S^T k and S^T q, both after decay),
-// then one update pass that writes the new row and requantizes it while it is still in registers.
-// o = S_new^T q = e^g S^T q + (k . q) u, so the output needs no third pass.
+// then one update pass that writes the new row and requantizes it while it is still in cache.
+// o = S_new^T q = e^g S^T q + (k . q) u, so the output needs no third pass. Row loops are written to
+// vectorise (int8 <-> float conversions, rounding and max all have SIMD forms).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Float8_e4m3fn.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -16,34 +18,89 @@
 namespace deltaserve::kernels::internal {
 namespace {
 
+// e4m3 has 256 codes: decoding by table beats the bit manipulation of the scalar conversion.
+const std::array<float, 256>& Fp8Table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int i = 0; i < 256; ++i) {
+      t[i] = static_cast<float>(c10::Float8_e4m3fn(static_cast<uint8_t>(i), c10::Float8_e4m3fn::from_bits()));
+    }
+    return t;
+  }();
+  return table;
+}
+
+template <typename Store>
+inline void DecodeRow(const Store* src, int64_t n, float* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
+}
+template <>
+inline void DecodeRow<c10::Float8_e4m3fn>(const c10::Float8_e4m3fn* src, int64_t n, float* dst) {
+  const std::array<float, 256>& t = Fp8Table();
+  for (int64_t j = 0; j < n; ++j) dst[j] = t[src[j].x];
+}
+
 struct Rounding {
   float qmax;
   bool stochastic;
-  uint64_t base;  // per-step random stream
 };
 
+// Stores r / scale. Unscaled stores (fp32, bf16) ignore the scale.
 template <typename Store>
-inline Store Encode(float x, const Rounding&, uint64_t) {
-  return static_cast<Store>(x);
+inline void EncodeRow(const float* r, int64_t n, float, const Rounding&, uint64_t, Store* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<Store>(r[j]);
 }
 template <>
-inline int8_t Encode<int8_t>(float x, const Rounding& r, uint64_t bits16) {
+inline void EncodeRow<int8_t>(const float* r, int64_t n, float inv, const Rounding& rd, uint64_t row_key,
+                              int8_t* dst) {
+  // Bounds as locals, not std::clamp's references: the loops then vectorise.
+  const float hi = rd.qmax, lo = -rd.qmax;
+  if (!rd.stochastic) {
+    for (int64_t j = 0; j < n; ++j)
+      dst[j] = static_cast<int8_t>(std::min(hi, std::max(lo, std::nearbyint(r[j] * inv))));
+    return;
+  }
   // Stochastic rounding: floor(x + U[0,1)) is unbiased, so updates smaller than half a quantum
-  // survive on average instead of being rounded away every step.
-  float q = r.stochastic ? std::floor(x + static_cast<float>(bits16) * (1.0f / 65536.0f)) : std::nearbyint(x);
-  return static_cast<int8_t>(std::clamp(q, -r.qmax, r.qmax));
+  // survive on average instead of being rounded away.
+  const uint32_t key = static_cast<uint32_t>(row_key);
+  for (int64_t j = 0; j < n; ++j) {
+    const float u = RowUniform(key, static_cast<uint32_t>(j));
+    float y = std::floor(r[j] * inv + u);
+    y = y > hi ? hi : y;
+    dst[j] = static_cast<int8_t>(y < lo ? lo : y);
+  }
 }
 template <>
-inline c10::Float8_e4m3fn Encode<c10::Float8_e4m3fn>(float x, const Rounding& r, uint64_t) {
-  return c10::Float8_e4m3fn(std::clamp(x, -r.qmax, r.qmax));
+inline void EncodeRow<c10::Float8_e4m3fn>(const float* r, int64_t n, float inv, const Rounding& rd, uint64_t,
+                                          c10::Float8_e4m3fn* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = c10::Float8_e4m3fn(std::clamp(r[j] * inv, -rd.qmax, rd.qmax));
+}
+
+// q (normalised, scaled) into out[0, dk), k (normalised) into out[dk, 2 dk).
+void LoadQueryKey(const float* q, const float* k, int64_t dk, bool l2norm, float scale, float* out) {
+  float qn = 1.0f, kn = 1.0f;
+  if (l2norm) {
+    float qs = 0, ks = 0;
+    for (int64_t i = 0; i < dk; ++i) {
+      qs += q[i] * q[i];
+      ks += k[i] * k[i];
+    }
+    qn = 1.0f / std::sqrt(qs + 1e-6f);
+    kn = 1.0f / std::sqrt(ks + 1e-6f);
+  }
+  for (int64_t i = 0; i < dk; ++i) {
+    out[i] = q[i] * qn * scale;
+    out[dk + i] = k[i] * kn;
+  }
 }
 
 template <typename Store>
 at::Tensor StepHeads(const DecodeInputs& in, RecurrentStatePool& pool) {
-  const int64_t batch = in.q.size(0), heads = in.q.size(1), dk = in.q.size(2), dv = in.v.size(2);
+  const int64_t batch = in.v.size(0), heads = in.v.size(1), dk = in.q.size(2), dv = in.v.size(2);
+  const int64_t key_heads = in.q.size(1);
   const bool scaled = IsScaled(pool.dtype), coarse = IsCoarse(pool.dtype);
-  const Rounding rounding{QuantMax(pool.dtype), IsStochastic(pool.dtype),
-                          Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL)};
+  const Rounding rounding{QuantMax(pool.dtype), IsStochastic(pool.dtype)};
+  const uint64_t step_key = Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL);
   Store* values = pool.values.data_ptr<Store>();
   float* scales = scaled ? pool.scales.data_ptr<float>() : nullptr;
   const float *q = in.q.data_ptr<float>(), *k = in.k.data_ptr<float>(), *v = in.v.data_ptr<float>();
@@ -53,25 +110,27 @@ at::Tensor StepHeads(const DecodeInputs& in, RecurrentStatePool& pool) {
   float* o_ptr = o.data_ptr<float>();
 
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kv(dv), sq(dv), u(dv), row(dv), whole(coarse ? dk * dv : 0);
+    std::vector<float> kv(dv), sq(dv), u(dv), x(dv), qk(2 * dk);
+    std::vector<float> rows(coarse ? dk * dv : dv);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / heads, h = bh % heads;
       const int64_t head = slots[b] * heads + h;
+      const int64_t key = (b * key_heads + h / in.group) * dk;
       Store* s = values + head * dk * dv;
       float* sc = scaled ? scales + head * dk : nullptr;
-      const float* qh = q + bh * dk;
-      const float* kh = k + bh * dk;
+      LoadQueryKey(q + key, k + key, dk, in.l2norm, in.scale, qk.data());
+      const float* qh = qk.data();
+      const float* kh = qk.data() + dk;
       const float decay = std::exp(g[bh]);
       std::fill(kv.begin(), kv.end(), 0.0f);
       std::fill(sq.begin(), sq.end(), 0.0f);
       for (int64_t i = 0; i < dk; ++i) {
         const float f = decay * (scaled ? sc[i] : 1.0f);
         const float ki = kh[i] * f, qi = qh[i] * f;
-        const Store* si = s + i * dv;
+        DecodeRow(s + i * dv, dv, x.data());
         for (int64_t j = 0; j < dv; ++j) {
-          const float x = static_cast<float>(si[j]);
-          kv[j] += ki * x;
-          sq[j] += qi * x;
+          kv[j] += ki * x[j];
+          sq[j] += qi * x[j];
         }
       }
       float kq = 0;
@@ -83,41 +142,34 @@ at::Tensor StepHeads(const DecodeInputs& in, RecurrentStatePool& pool) {
         u[j] = bt * (vh[j] - kv[j]);
         oh[j] = sq[j] + kq * u[j];
       }
-      const uint64_t head_key = Mix64(rounding.base ^ static_cast<uint64_t>(head));
-      auto encode_row = [&](const float* r, Store* dst, float scale, int64_t i) {
-        const float inv = 1.0f / scale;
-        const uint64_t row_key = Mix64(head_key + static_cast<uint64_t>(i));
-        for (int64_t j = 0; j < dv; j += 4) {
-          const uint64_t bits = rounding.stochastic ? Mix64(row_key + static_cast<uint64_t>(j)) : 0;
-          for (int64_t m = 0; m < 4 && j + m < dv; ++m) {
-            dst[j + m] = Encode<Store>(r[j + m] * inv, rounding, (bits >> (16 * m)) & 0xffff);
-          }
-        }
-      };
+      const uint64_t head_key = Mix64(step_key ^ static_cast<uint64_t>(head));
       float head_amax = 0;
       for (int64_t i = 0; i < dk; ++i) {
         const float f = decay * (scaled ? sc[i] : 1.0f);
-        Store* si = s + i * dv;
-        float* r = coarse ? whole.data() + i * dv : row.data();
+        const float ki = kh[i];
+        float* r = coarse ? rows.data() + i * dv : rows.data();
+        DecodeRow(s + i * dv, dv, r);
         float amax = 0;
+        // A float max-reduction only vectorises when told that NaN order does not matter.
+#pragma omp simd reduction(max : amax)
         for (int64_t j = 0; j < dv; ++j) {
-          r[j] = f * static_cast<float>(si[j]) + kh[i] * u[j];
+          r[j] = f * r[j] + ki * u[j];
           amax = std::max(amax, std::fabs(r[j]));
         }
-        if (!scaled) {
-          for (int64_t j = 0; j < dv; ++j) si[j] = static_cast<Store>(r[j]);
-        } else if (coarse) {
+        if (coarse) {
           head_amax = std::max(head_amax, amax);
         } else {
-          sc[i] = std::max(amax, 1e-30f) / rounding.qmax;
-          encode_row(r, si, sc[i], i);
+          const float scale = std::max(amax, 1e-30f) / rounding.qmax;
+          if (scaled) sc[i] = scale;
+          EncodeRow(r, dv, 1.0f / scale, rounding, Mix64(head_key + static_cast<uint64_t>(i)), s + i * dv);
         }
       }
       if (coarse) {
         const float scale = std::max(head_amax, 1e-30f) / rounding.qmax;
         for (int64_t i = 0; i < dk; ++i) {
           sc[i] = scale;
-          encode_row(whole.data() + i * dv, s + i * dv, scale, i);
+          EncodeRow(rows.data() + i * dv, dv, 1.0f / scale, rounding,
+                    Mix64(head_key + static_cast<uint64_t>(i)), s + i * dv);
         }
       }
     }
@@ -141,11 +193,18 @@ at::Tensor RecurrentStepCpu(const DecodeInputs& in, RecurrentStatePool& pool) {
 }
 
 at::Tensor RecurrentStepAten(const DecodeInputs& in, RecurrentStatePool& pool) {
+  at::Tensor q = in.q, k = in.k;
+  if (in.l2norm) {
+    q = q * at::rsqrt((q * q).sum(-1, true) + 1e-6);
+    k = k * at::rsqrt((k * k).sum(-1, true) + 1e-6);
+  }
+  q = (q * in.scale).repeat_interleave(in.group, 1);
+  k = k.repeat_interleave(in.group, 1);
   at::Tensor s = GatherDequantized(pool, in.slots) * in.g.exp().unsqueeze(-1).unsqueeze(-1);
-  at::Tensor kv = at::matmul(in.k.unsqueeze(-2), s).squeeze(-2);  // S^T k  [B, H, dv]
+  at::Tensor kv = at::matmul(k.unsqueeze(-2), s).squeeze(-2);  // S^T k  [B, H, dv]
   at::Tensor u = in.beta.unsqueeze(-1) * (in.v - kv);
-  s = s + in.k.unsqueeze(-1) * u.unsqueeze(-2);
-  at::Tensor o = at::matmul(in.q.unsqueeze(-2), s).squeeze(-2);
+  s = s + k.unsqueeze(-1) * u.unsqueeze(-2);
+  at::Tensor o = at::matmul(q.unsqueeze(-2), s).squeeze(-2);
   ScatterQuantized(pool, in.slots, s, IsStochastic(pool.dtype));
   return o;
 }

@@ -32,6 +32,18 @@ C10_HOST_DEVICE inline uint64_t Mix64(uint64_t x) {
   return x;
 }
 
+// Uniform in [0, 1) for element j of a row, from the row's key: a 32-bit integer hash (lowbias32 by
+// Chris Wellons' constants) that vectorises on CPUs and is cheap on GPUs; 24 bits of resolution.
+C10_HOST_DEVICE inline float RowUniform(uint32_t row_key, uint32_t j) {
+  uint32_t x = row_key ^ (j * 0x9E3779B9u);
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return static_cast<float>(x >> 8) * (1.0f / 16777216.0f);
+}
+
 // Dequantized fp32 states of `slots` (any device).
 at::Tensor GatherDequantized(const RecurrentStatePool& pool, const at::Tensor& slots);
 // Quantizes fp32 states and stores them at `slots`; stochastic rounding draws from at::rand_like.

@@ -131,13 +131,14 @@ at::Tensor Neumann(const at::Tensor& a, const TriInverseOptions& o, TriInverseSt
     residual_bound = (eye - x - at::matmul(a, x)).abs().amax({-2, -1});
   }
   at::Tensor flat_x = x.reshape({-1, c, c});
-  at::Tensor bad = (residual_bound.reshape({-1}) > o.guard_tol).logical_or_(residual_bound.reshape({-1}).isnan());
+  at::Tensor bad =
+      (residual_bound.reshape({-1}) > o.guard_tol).logical_or_(residual_bound.reshape({-1}).isnan());
   at::Tensor idx = bad.nonzero().squeeze(-1);
   const int64_t n_bad = idx.numel();
   if (stats) {
     stats->fallbacks += n_bad;
-    stats->max_residual = std::max(stats->max_residual,
-                                   residual_bound.nan_to_num(INFINITY).max().item<double>());
+    stats->max_residual =
+        std::max(stats->max_residual, residual_bound.nan_to_num(INFINITY).max().item<double>());
   }
   if (n_bad > 0) {
     at::Tensor exact = SolveTriangular(a.reshape({-1, c, c}).index_select(0, idx));
@@ -156,13 +157,14 @@ absl::StatusOr<at::Tensor> InvertUnitLowerTriangular(const at::Tensor& a_in, con
   DS_RETURN_IF_ERROR(CheckDtype(a_in, "A", {at::kFloat, at::kDouble, at::kBFloat16}));
   const int64_t c = a_in.size(-1);
   if (a_in.size(-2) != c) {
-    return absl::InvalidArgumentError(absl::StrCat("A: last two dimensions must be square, got shape ",
-                                                   internal::ShapeString(a_in)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("A: last two dimensions must be square, got shape ", internal::ShapeString(a_in)));
   }
-  const bool matmul_only = o.method == TriInverseMethod::kNeumann || o.method == TriInverseMethod::kProductForm;
+  const bool matmul_only =
+      o.method == TriInverseMethod::kNeumann || o.method == TriInverseMethod::kProductForm;
   if (matmul_only && !IsMatmulChunk(c)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "A: chunk size ", c, " is not supported by ", TriInverseName(o), " (supported: 16, 32, 64, 128)"));
+    return absl::InvalidArgumentError(absl::StrCat("A: chunk size ", c, " is not supported by ",
+                                                   TriInverseName(o), " (supported: 16, 32, 64, 128)"));
   }
   if (o.matmul_bits != 32 && o.matmul_bits != 16 && o.matmul_bits != 8) {
     return absl::InvalidArgumentError(absl::StrCat("matmul_bits: must be 32, 16 or 8, got ", o.matmul_bits));

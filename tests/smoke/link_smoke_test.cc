@@ -2,17 +2,16 @@
 // prometheus-cpp and that all of them work together: a gRPC call whose handler computes with ATen,
 // and a Prometheus scrape of a counter the handler bumps. libtorch_cpu bundles its own protobuf
 // symbols, so a clash would show here first.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <ATen/ATen.h>
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <memory>
 #include <string>

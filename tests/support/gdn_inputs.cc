@@ -48,8 +48,8 @@ GdnInputs MakeGdnInputs(int64_t batch, int64_t time, int64_t hk, int64_t hv, int
 
 at::Tensor MakeChunkMatrices(int64_t n, int64_t chunk, int64_t dk, const GdnRegime& regime, uint64_t seed) {
   GdnInputs in = MakeGdnInputs(n, chunk, 1, 1, dk, 1, regime, seed, at::kDouble);
-  at::Tensor k = in.k.select(2, 0);                 // [n, C, dk]
-  at::Tensor gcum = in.g.select(2, 0).cumsum(-1);   // [n, C]
+  at::Tensor k = in.k.select(2, 0);                // [n, C, dk]
+  at::Tensor gcum = in.g.select(2, 0).cumsum(-1);  // [n, C]
   at::Tensor beta = in.beta.select(2, 0);
   at::Tensor diff = gcum.unsqueeze(-1) - gcum.unsqueeze(-2);
   at::Tensor lower = at::ones({chunk, chunk}, at::kBool).tril(-1);

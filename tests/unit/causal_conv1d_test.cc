@@ -279,8 +279,8 @@ TEST(CausalConv1dTest, RunsOnCudaLikeOnCpu) {
   at::Tensor pool = at::randn({4, dim, k - 1}, at::kFloat).to(gpu);
   const at::Tensor slots = Int64Tensor({2}).to(gpu);
   const at::Tensor before = pool.clone();
-  absl::StatusOr<at::Tensor> y = CausalConv1dStep(x[0][0].unsqueeze(0).to(gpu), weight.to(gpu), bias.to(gpu),
-                                                  pool, slots, true);
+  absl::StatusOr<at::Tensor> y =
+      CausalConv1dStep(x[0][0].unsqueeze(0).to(gpu), weight.to(gpu), bias.to(gpu), pool, slots, true);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_TRUE(y->is_cuda());
   for (int64_t s : {0, 1, 3}) EXPECT_TRUE(at::equal(pool[s], before[s])) << "slot " << s;

@@ -12,10 +12,10 @@
 namespace deltaserve::kernels {
 namespace {
 
-using ::testing::HasSubstr;
 using deltaserve::testing::GdnInputs;
 using deltaserve::testing::MakeGdnInputs;
 using deltaserve::testing::Regimes;
+using ::testing::HasSubstr;
 
 void ExpectInvalid(const absl::Status& s, const std::string& field) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
@@ -81,11 +81,13 @@ TEST(KernelArgs, ChunkGatedDeltaRule) {
 }
 
 TEST(KernelArgs, DecodeStepAndPool) {
-  ExpectInvalid(MakeRecurrentStatePool(0, 4, 16, 16, StateDtype::kInt8Stochastic, at::kCPU).status(), "positive");
+  ExpectInvalid(MakeRecurrentStatePool(0, 4, 16, 16, StateDtype::kInt8Stochastic, at::kCPU).status(),
+                "positive");
   ExpectInvalid(ParseStateDtype("int4").status(), "int8");
   RecurrentStatePool pool = *MakeRecurrentStatePool(4, 4, 16, 16, StateDtype::kInt8Stochastic, at::kCPU);
   at::Tensor before = pool.values.clone();
-  at::Tensor q = at::randn({2, 2, 16}), v = at::randn({2, 4, 16}), g = -at::rand({2, 4}), b = at::rand({2, 4});
+  at::Tensor q = at::randn({2, 2, 16}), v = at::randn({2, 4, 16}), g = -at::rand({2, 4}),
+             b = at::rand({2, 4});
   at::Tensor slots = at::tensor({0, 3}, at::kLong);
   EXPECT_TRUE(RecurrentGatedDeltaStep(q, q, v, g, b, slots, pool).ok());
   before = pool.values.clone();
@@ -95,9 +97,9 @@ TEST(KernelArgs, DecodeStepAndPool) {
                 "outside the pool");
   ExpectInvalid(RecurrentGatedDeltaStep(q, q, v, g, b, at::tensor({0}, at::kLong), pool).status(), "slots");
   ExpectInvalid(RecurrentGatedDeltaStep(q, q, at::randn({2, 4, 8}), g, b, slots, pool).status(), "v:");
-  ExpectInvalid(RecurrentGatedDeltaStep(at::randn({2, 3, 16}), at::randn({2, 3, 16}), v, g, b, slots, pool)
-                    .status(),
-                "must divide");
+  ExpectInvalid(
+      RecurrentGatedDeltaStep(at::randn({2, 3, 16}), at::randn({2, 3, 16}), v, g, b, slots, pool).status(),
+      "must divide");
   ExpectInvalid(RecurrentGatedDeltaStep(q, q, v, g.to(at::kInt), b, slots, pool).status(), "g: dtype");
   ExpectInvalid(RecurrentGatedDeltaStep(q, q.transpose(1, 2), v, g, b, slots, pool).status(), "k");
   ExpectInvalid(RecurrentGatedDeltaStep(q, q, v, g, b, slots.to(at::kInt), pool).status(), "slots: dtype");

@@ -1,5 +1,7 @@
 // Every triangular-inverse method against an fp64 exact inverse on realistic chunk matrices, in each
 // regime and chunk size; error bounds per method and regime. Prints the error table it checks.
+#include "deltaserve/kernels/tri_inverse.h"
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -7,7 +9,6 @@
 #include <map>
 #include <string>
 
-#include "deltaserve/kernels/tri_inverse.h"
 #include "support/gdn_inputs.h"
 
 namespace deltaserve::kernels {
@@ -31,8 +32,8 @@ struct Case {
 
 std::vector<Case> Methods(int64_t c) {
   std::vector<Case> cases;
-  for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast", "product-int16",
-                           "product-int8", "neumann-int16", "neumann-int8"}) {
+  for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast",
+                           "product-int16", "product-int8", "neumann-int16", "neumann-int8"}) {
     cases.push_back({name, *ParseTriInverseMethod(name, c)});
   }
   // The paper's setting, and the pieces of the method without the guard, to show what each does.

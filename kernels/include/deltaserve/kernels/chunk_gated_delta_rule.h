@@ -14,10 +14,10 @@
 namespace deltaserve::kernels {
 
 struct GatedDeltaRuleOptions {
-  int64_t chunk_size = 64;             // C: 16, 32, 64 or 128
+  int64_t chunk_size = 64;  // C: 16, 32, 64 or 128
   TriInverseOptions inverse = DefaultTriInverseOptions(64, TriInverseMethod::kNeumann);
-  bool l2norm_qk = false;              // L2-normalise q and k over dk inside the kernel
-  std::optional<double> scale;         // q scale; default dk^-0.5
+  bool l2norm_qk = false;       // L2-normalise q and k over dk inside the kernel
+  std::optional<double> scale;  // q scale; default dk^-0.5
 };
 
 struct GatedDeltaRuleOutput {
@@ -32,10 +32,12 @@ struct GatedDeltaRuleOutput {
 // (float32, float64 or bfloat16; the math runs in float32 or better). initial_state: [N, Hv, dk, dv]
 // or undefined for zeros. cu_seqlens: undefined, or int64 [N + 1] offsets of packed sequences in a
 // B = 1 batch (then T = cu_seqlens[N]); sequences never exchange state.
-absl::StatusOr<GatedDeltaRuleOutput> ChunkGatedDeltaRule(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-    const at::Tensor& beta, const at::Tensor& initial_state, const at::Tensor& cu_seqlens,
-    const GatedDeltaRuleOptions& options);
+absl::StatusOr<GatedDeltaRuleOutput> ChunkGatedDeltaRule(const at::Tensor& q, const at::Tensor& k,
+                                                         const at::Tensor& v, const at::Tensor& g,
+                                                         const at::Tensor& beta,
+                                                         const at::Tensor& initial_state,
+                                                         const at::Tensor& cu_seqlens,
+                                                         const GatedDeltaRuleOptions& options);
 
 // The token-by-token recurrence above, for reference and short inputs (same arguments).
 absl::StatusOr<GatedDeltaRuleOutput> RecurrentGatedDeltaRuleReference(

@@ -8,9 +8,9 @@
 #include <cstdint>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace deltaserve::kernels {
 
@@ -20,7 +20,7 @@ enum class StateDtype {
   kInt8,            // per (head, row) fp32 scale, round-to-nearest: the default quantized state
   kInt8Stochastic,  // per (head, row) scale, stochastic rounding (unbiased, twice RTN's variance)
   kInt8Coarse,      // one scale per head, round-to-nearest: the naive scheme public reports warn of
-  kFloat8E4M3,    // e4m3 values, per (head, row) fp32 scale, round-to-nearest (the cast's rounding)
+  kFloat8E4M3,      // e4m3 values, per (head, row) fp32 scale, round-to-nearest (the cast's rounding)
 };
 
 absl::StatusOr<StateDtype> ParseStateDtype(absl::string_view name);

@@ -10,9 +10,9 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace deltaserve::kernels {
 
@@ -41,16 +41,15 @@ struct TriInverseOptions {
 
 // What one call did, for benchmarks and metrics.
 struct TriInverseStats {
-  int64_t chunks = 0;     // matrices inverted
-  int64_t fallbacks = 0;  // chunks the guard sent to the exact path
+  int64_t chunks = 0;       // matrices inverted
+  int64_t fallbacks = 0;    // chunks the guard sent to the exact path
   double max_residual = 0;  // largest guard residual seen (before fallback); 0 if not computed
 };
 
 // Returns T = (I + A)^-1 for A of shape [..., C, C] (float, double or bfloat16; bfloat16 is computed
 // in float). Only the strictly lower triangle of A is read. C must be 16, 32, 64 or 128 for the
 // matmul-only methods; the exact methods take any C >= 1. `stats` may be null.
-absl::StatusOr<at::Tensor> InvertUnitLowerTriangular(const at::Tensor& a,
-                                                     const TriInverseOptions& options,
+absl::StatusOr<at::Tensor> InvertUnitLowerTriangular(const at::Tensor& a, const TriInverseOptions& options,
                                                      TriInverseStats* stats = nullptr);
 
 // The policy: the default options for a chunk size and compute dtype. The Neumann order and steps are
