@@ -80,16 +80,17 @@ void Sync(const at::Device& d) {
   if (d.is_cuda()) at::zeros({1}, at::TensorOptions().device(d)).cpu();  // waits for the stream
 }
 
-// Median wall time of `reps` runs after one warm-up, in seconds.
-double Time(const at::Device& d, int reps, const std::function<void()>& fn) {
+// Median over `reps` of the wall time of `inner` back-to-back calls (one sync), per call, in seconds,
+// after one warm-up: short GPU steps are then timed as a stream of launches, not launch + sync each.
+double Time(const at::Device& d, int reps, const std::function<void()>& fn, int inner = 1) {
   fn();
   Sync(d);
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
     auto t0 = std::chrono::steady_clock::now();
-    fn();
+    for (int j = 0; j < inner; ++j) fn();
     Sync(d);
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / inner);
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];

@@ -69,12 +69,14 @@ TEST(RecurrentDecode, FusedCpuEqualsAtenComposition) {
                                 at_t(in.g),       at_t(in.beta),      slots,
                                 /*l2norm=*/false, /*scale=*/1 / 8.0f, /*group=*/2};
       at::Tensor o2 = internal::RecurrentStepAten(di, aten);
-      // Rounding ties may fall differently (x * (1/s) vs x / s): allow a quantum's worth.
-      const double tol = dt == StateDtype::kFloat32 ? 1e-5 : 3e-2;
+      // Rounding ties may fall differently (x * (1/s) vs x / s, FMA contraction): allow a quantum's
+      // worth, which for e4m3 is 1/8 of a value.
+      const double tol = dt == StateDtype::kFloat32 ? 1e-5 : (dt == StateDtype::kFloat8E4M3 ? 0.15 : 3e-2);
       ASSERT_LT(RelMaxError(o1, o2), tol) << StateDtypeName(dt) << " step " << t;
     }
     at::Tensor s1 = *ReadStates(fused, slots), s2 = *ReadStates(aten, slots);
-    EXPECT_LT(RelMaxError(s1, s2), dt == StateDtype::kFloat32 ? 1e-5 : 3e-2) << StateDtypeName(dt);
+    EXPECT_LT(RelMaxError(s1, s2), dt == StateDtype::kFloat32 ? 1e-5 : (dt == StateDtype::kFloat8E4M3 ? 0.15 : 3e-2))
+        << StateDtypeName(dt);
   }
 }
 
