@@ -1,6 +1,8 @@
-// CUDA decode step over the recurrent state pool: one thread block per (sequence, head). Pass 1 reads
-// the state once (column sums S^T k and S^T q); pass 2 gives each warp whole rows, so the new row's
-// max, its scale and the requantized values never leave registers. Same math as the CPU kernel.
+// CUDA decode step over the recurrent state pool: one thread block per (sequence, head), four warps.
+// Both passes give each warp whole rows and each lane four consecutive values, so every state access is
+// one vector load or store (16 B for fp32, 8 B for bf16, 4 B for int8/fp8). Pass 1 forms per-warp
+// column sums of S^T k and S^T q, reduced through shared memory; pass 2 re-reads each row (from L1/L2),
+// updates it and requantizes it with the row's new max, all in registers. Same math as the CPU kernel.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -13,11 +15,18 @@
 namespace deltaserve::kernels::internal {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kMaxDv = 256;  // four values per lane, up to two column groups of 128
+constexpr int kGroups = kMaxDv / 128;
 
 template <typename Store>
-__device__ inline Store EncodeDevice(float x, float qmax, bool stochastic, float uniform) {
+struct alignas(4 * sizeof(Store)) Vec4 {
+  Store v[4];
+};
+
+template <typename Store>
+__device__ inline Store EncodeDevice(float x, float, bool, float) {
   return static_cast<Store>(x);
 }
 template <>
@@ -34,7 +43,6 @@ __device__ inline float WarpMax(float x) {
   for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
   return x;
 }
-
 __device__ inline float WarpSum(float x) {
   for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
   return x;
@@ -51,118 +59,181 @@ __device__ inline float BlockSum(float x, float* scratch) {
   return total;
 }
 
+__device__ inline float BlockMax(float x, float* scratch) {
+  x = WarpMax(x);
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+  __syncthreads();
+  float m = 0;
+  for (int w = 0; w < kWarps; ++w) m = fmaxf(m, scratch[w]);
+  __syncthreads();
+  return m;
+}
+
+struct StepArgs {
+  float* scales;
+  const float *q, *k, *v, *g, *beta;
+  const int64_t* slots;
+  float* out;
+  int heads, key_heads, group, dk, dv;
+  bool l2norm, scaled, coarse, stochastic;
+  float qscale, qmax;
+  uint64_t base;
+};
+
 template <typename Store>
-__global__ void StepKernel(Store* __restrict__ values, float* __restrict__ scales,
-                           const float* __restrict__ q, const float* __restrict__ k,
-                           const float* __restrict__ v, const float* __restrict__ g,
-                           const float* __restrict__ beta, const int64_t* __restrict__ slots,
-                           float* __restrict__ out, int heads, int key_heads, int group, int dk, int dv,
-                           bool l2norm, float qscale, bool scaled, bool coarse, bool stochastic, float qmax,
-                           uint64_t base) {
-  extern __shared__ float smem[];
-  float* ks = smem;      // [dk]
-  float* qs = ks + dk;   // [dk]
-  float* us = qs + dk;   // [dv]
-  float* scs = us + dv;  // [dk] old row scales times decay
-  __shared__ float warp_max[kWarps];
+__global__ void __launch_bounds__(kThreads) StepKernel(Store* __restrict__ values, StepArgs a) {
+  __shared__ float ks[kMaxDv], qs[kMaxDv], scs[kMaxDv], us[kMaxDv];
+  __shared__ float part_kv[kWarps][kMaxDv], part_sq[kWarps][kMaxDv];
+  __shared__ float scratch[kWarps];
+  const int dk = a.dk, dv = a.dv;
   const int bh = blockIdx.x;
-  const int b = bh / heads, h = bh % heads;
-  const int64_t head = slots[b] * heads + h;
+  const int b = bh / a.heads, h = bh % a.heads;
+  const int64_t head = a.slots[b] * a.heads + h;
   Store* s = values + head * dk * dv;
-  float* sc = scaled ? scales + head * dk : nullptr;
-  const float decay = expf(g[bh]);
-  const int64_t key = (static_cast<int64_t>(b) * key_heads + h / group) * dk;
-  float qq = 0, kk = 0;
+  float* sc = a.scaled ? a.scales + head * dk : nullptr;
+  const float decay = expf(a.g[bh]);
+  const int64_t key = (static_cast<int64_t>(b) * a.key_heads + h / a.group) * dk;
+  float qq = 0, kk = 0, qk = 0;
   for (int i = threadIdx.x; i < dk; i += kThreads) {
-    ks[i] = k[key + i];
-    qs[i] = q[key + i];
+    ks[i] = a.k[key + i];
+    qs[i] = a.q[key + i];
     qq += qs[i] * qs[i];
     kk += ks[i] * ks[i];
-    scs[i] = decay * (scaled ? sc[i] : 1.0f);
+    qk += qs[i] * ks[i];
+    scs[i] = decay * (a.scaled ? sc[i] : 1.0f);
   }
-  float qn = qscale, kn = 1.0f;
-  if (l2norm) {  // uniform across the block, so the barriers inside BlockSum are safe
-    qn = qscale * rsqrtf(BlockSum(qq, warp_max) + 1e-6f);
-    kn = rsqrtf(BlockSum(kk, warp_max) + 1e-6f);
+  float qn = a.qscale, kn = 1.0f;
+  if (a.l2norm) {  // uniform across the block, so the barriers inside BlockSum are safe
+    qn = a.qscale * rsqrtf(BlockSum(qq, scratch) + 1e-6f);
+    kn = rsqrtf(BlockSum(kk, scratch) + 1e-6f);
   }
-  __syncthreads();
+  const float kq = BlockSum(qk, scratch) * qn * kn;  // k . q after normalisation and scale
   for (int i = threadIdx.x; i < dk; i += kThreads) {
     qs[i] *= qn;
     ks[i] *= kn;
   }
   __syncthreads();
-  float kq = 0;
-  for (int i = 0; i < dk; ++i) kq += ks[i] * qs[i];
-  const float bt = beta[bh];
-  for (int j = threadIdx.x; j < dv; j += kThreads) {
-    float kv = 0, sq = 0;
-    for (int i = 0; i < dk; ++i) {
-      const float x = static_cast<float>(s[i * dv + j]) * scs[i];
-      kv += ks[i] * x;
-      sq += qs[i] * x;
-    }
-    const float u = bt * (v[bh * dv + j] - kv);
-    us[j] = u;
-    out[bh * dv + j] = sq + kq * u;
-  }
-  __syncthreads();
+
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float head_scale = 0;
-  if (coarse) {  // one scale for the head: its max over every new value first
-    float m = 0;
-    for (int i = warp; i < dk; i += kWarps) {
-      for (int j = lane; j < dv; j += 32) {
-        m = fmaxf(m, fabsf(static_cast<float>(s[i * dv + j]) * scs[i] + ks[i] * us[j]));
+  // Pass 1: per-warp partial column sums over the warp's rows.
+  float kv[kGroups][4] = {}, sq[kGroups][4] = {};
+  // Unrolled so several rows' loads are in flight at once: one row at a time leaves each warp waiting
+  // a full memory latency per row.
+#pragma unroll 8
+  for (int i = warp; i < dk; i += kWarps) {
+    const float ki = ks[i] * scs[i], qi = qs[i] * scs[i];
+#pragma unroll
+    for (int gi = 0; gi < kGroups; ++gi) {
+      const int c = gi * 128 + lane * 4;
+      if (c >= dv) break;
+      const Vec4<Store> x = *reinterpret_cast<const Vec4<Store>*>(s + i * dv + c);
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        const float xv = static_cast<float>(x.v[m]);
+        kv[gi][m] += ki * xv;
+        sq[gi][m] += qi * xv;
       }
     }
-    m = WarpMax(m);
-    if (lane == 0) warp_max[warp] = m;
-    __syncthreads();
-    m = 0;
-    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max[w]);
-    head_scale = fmaxf(m, 1e-30f) / qmax;
   }
-  const uint64_t head_key = Mix64(base ^ static_cast<uint64_t>(head));
-  for (int i = warp; i < dk; i += kWarps) {
-    // A lane holds columns lane, lane + 32, ...; dv <= 256 keeps them in registers.
-    float r[8];
+#pragma unroll
+  for (int gi = 0; gi < kGroups; ++gi) {
+    const int c = gi * 128 + lane * 4;
+    if (c >= dv) break;
+    for (int m = 0; m < 4; ++m) {
+      part_kv[warp][c + m] = kv[gi][m];
+      part_sq[warp][c + m] = sq[gi][m];
+    }
+  }
+  __syncthreads();
+  const float bt = a.beta[bh];
+  for (int j = threadIdx.x; j < dv; j += kThreads) {
+    float kvj = 0, sqj = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      kvj += part_kv[w][j];
+      sqj += part_sq[w][j];
+    }
+    const float u = bt * (a.v[bh * dv + j] - kvj);
+    us[j] = u;
+    a.out[bh * dv + j] = sqj + kq * u;
+  }
+  __syncthreads();
+
+  // Pass 2: update, requantize, store. New value r = decay * scale * x + k_i * u.
+  auto row_values = [&](int i, float (&r)[kGroups][4]) {
     float m = 0;
-    int n = 0;
-    for (int j = lane; j < dv; j += 32, ++n) {
-      r[n] = static_cast<float>(s[i * dv + j]) * scs[i] + ks[i] * us[j];
-      m = fmaxf(m, fabsf(r[n]));
+#pragma unroll
+    for (int gi = 0; gi < kGroups; ++gi) {
+      const int c = gi * 128 + lane * 4;
+      if (c >= dv) break;
+      const Vec4<Store> x = *reinterpret_cast<const Vec4<Store>*>(s + i * dv + c);
+#pragma unroll
+      for (int mm = 0; mm < 4; ++mm) {
+        r[gi][mm] = static_cast<float>(x.v[mm]) * scs[i] + ks[i] * us[c + mm];
+        m = fmaxf(m, fabsf(r[gi][mm]));
+      }
     }
-    if (!scaled) {
-      n = 0;
-      for (int j = lane; j < dv; j += 32, ++n) s[i * dv + j] = static_cast<Store>(r[n]);
-      continue;
-    }
-    const float scale = coarse ? head_scale : fmaxf(WarpMax(m), 1e-30f) / qmax;
+    return m;
+  };
+  float head_scale = 0;
+  if (a.coarse) {  // one scale for the head: its max over every new value first
+    float m = 0;
+    float r[kGroups][4];
+    for (int i = warp; i < dk; i += kWarps) m = fmaxf(m, row_values(i, r));
+    head_scale = fmaxf(BlockMax(m, scratch), 1e-30f) / a.qmax;
+  }
+  const uint64_t head_key = Mix64(a.base ^ static_cast<uint64_t>(head));
+#pragma unroll 4
+  for (int i = warp; i < dk; i += kWarps) {
+    float r[kGroups][4];
+    const float m = WarpMax(row_values(i, r));
+    const float scale = !a.scaled ? 1.0f : (a.coarse ? head_scale : fmaxf(m, 1e-30f) / a.qmax);
     const float inv = 1.0f / scale;
     const uint32_t row_key = static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i)));
-    n = 0;
-    for (int j = lane; j < dv; j += 32, ++n) {
-      const float uniform = stochastic ? RowUniform(row_key, static_cast<uint32_t>(j)) : 0.0f;
-      s[i * dv + j] = EncodeDevice<Store>(r[n] * inv, qmax, stochastic, uniform);
+#pragma unroll
+    for (int gi = 0; gi < kGroups; ++gi) {
+      const int c = gi * 128 + lane * 4;
+      if (c >= dv) break;
+      Vec4<Store> y;
+#pragma unroll
+      for (int mm = 0; mm < 4; ++mm) {
+        const float uniform = a.stochastic ? RowUniform(row_key, static_cast<uint32_t>(c + mm)) : 0.0f;
+        y.v[mm] = a.scaled ? EncodeDevice<Store>(r[gi][mm] * inv, a.qmax, a.stochastic, uniform)
+                           : static_cast<Store>(r[gi][mm]);
+      }
+      *reinterpret_cast<Vec4<Store>*>(s + i * dv + c) = y;
     }
-    if (lane == 0) sc[i] = scale;
+    if (a.scaled && lane == 0) sc[i] = scale;
   }
 }
 
 template <typename Store>
 at::Tensor Launch(const DecodeInputs& in, RecurrentStatePool& pool) {
-  const int batch = in.v.size(0), heads = in.v.size(1), key_heads = in.q.size(1);
-  const int dk = in.q.size(2), dv = in.v.size(2);
-  TORCH_CHECK(dv <= 256, "CUDA decode step supports dv <= 256, got ", dv);
-  at::Tensor o = at::empty({batch, heads, dv}, in.v.options());
-  const size_t shm = sizeof(float) * (3 * dk + dv);
-  const uint64_t base = Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL);
-  StepKernel<Store><<<batch * heads, kThreads, shm, at::cuda::getCurrentCUDAStream()>>>(
-      pool.values.data_ptr<Store>(), IsScaled(pool.dtype) ? pool.scales.data_ptr<float>() : nullptr,
-      in.q.data_ptr<float>(), in.k.data_ptr<float>(), in.v.data_ptr<float>(), in.g.data_ptr<float>(),
-      in.beta.data_ptr<float>(), in.slots.data_ptr<int64_t>(), o.data_ptr<float>(), heads, key_heads,
-      static_cast<int>(in.group), dk, dv, in.l2norm, in.scale, IsScaled(pool.dtype), IsCoarse(pool.dtype),
-      IsStochastic(pool.dtype), QuantMax(pool.dtype), base);
+  StepArgs a;
+  a.heads = in.v.size(1);
+  a.key_heads = in.q.size(1);
+  a.group = static_cast<int>(in.group);
+  a.dk = in.q.size(2);
+  a.dv = in.v.size(2);
+  if (a.dv % 4 != 0 || a.dv > kMaxDv || a.dk > kMaxDv) return RecurrentStepAten(in, pool);
+  const int batch = in.v.size(0);
+  at::Tensor o = at::empty({batch, a.heads, a.dv}, in.v.options());
+  a.scales = IsScaled(pool.dtype) ? pool.scales.data_ptr<float>() : nullptr;
+  a.q = in.q.data_ptr<float>();
+  a.k = in.k.data_ptr<float>();
+  a.v = in.v.data_ptr<float>();
+  a.g = in.g.data_ptr<float>();
+  a.beta = in.beta.data_ptr<float>();
+  a.slots = in.slots.data_ptr<int64_t>();
+  a.out = o.data_ptr<float>();
+  a.l2norm = in.l2norm;
+  a.qscale = in.scale;
+  a.scaled = IsScaled(pool.dtype);
+  a.coarse = IsCoarse(pool.dtype);
+  a.stochastic = IsStochastic(pool.dtype);
+  a.qmax = QuantMax(pool.dtype);
+  a.base = Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL);
+  StepKernel<Store><<<batch * a.heads, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      pool.values.data_ptr<Store>(), a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return o;
 }
