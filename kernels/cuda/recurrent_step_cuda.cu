@@ -39,34 +39,30 @@ __device__ inline c10::Float8_e4m3fn EncodeDevice<c10::Float8_e4m3fn>(float x, f
   return c10::Float8_e4m3fn(fminf(fmaxf(x, -qmax), qmax));
 }
 
-__device__ inline float WarpMax(float x) {
-  for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
-  return x;
-}
-__device__ inline float WarpSum(float x) {
-  for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct SumOp {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+
+template <typename Op>
+__device__ inline float WarpReduce(float x, Op op) {
+  for (int off = 16; off > 0; off >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, off));
   return x;
 }
 
-// Sum over the block; every thread gets the result. `scratch` holds kWarps floats.
-__device__ inline float BlockSum(float x, float* scratch) {
-  x = WarpSum(x);
+// Reduction over the block (values >= 0 for MaxOp); every thread gets the result. `scratch` holds
+// kWarps floats. Contains barriers: call it from every thread or none.
+template <typename Op>
+__device__ inline float BlockReduce(float x, float* scratch, Op op) {
+  x = WarpReduce(x, op);
   if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
   __syncthreads();
-  float total = 0;
-  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  float total = scratch[0];
+  for (int w = 1; w < kWarps; ++w) total = op(total, scratch[w]);
   __syncthreads();
   return total;
-}
-
-__device__ inline float BlockMax(float x, float* scratch) {
-  x = WarpMax(x);
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
-  __syncthreads();
-  float m = 0;
-  for (int w = 0; w < kWarps; ++w) m = fmaxf(m, scratch[w]);
-  __syncthreads();
-  return m;
 }
 
 struct StepArgs {
@@ -103,11 +99,11 @@ __global__ void __launch_bounds__(kThreads) StepKernel(Store* __restrict__ value
     scs[i] = decay * (a.scaled ? sc[i] : 1.0f);
   }
   float qn = a.qscale, kn = 1.0f;
-  if (a.l2norm) {  // uniform across the block, so the barriers inside BlockSum are safe
-    qn = a.qscale * rsqrtf(BlockSum(qq, scratch) + 1e-6f);
-    kn = rsqrtf(BlockSum(kk, scratch) + 1e-6f);
+  if (a.l2norm) {  // uniform across the block, so the barriers inside BlockReduce are safe
+    qn = a.qscale * rsqrtf(BlockReduce(qq, scratch, SumOp()) + 1e-6f);
+    kn = rsqrtf(BlockReduce(kk, scratch, SumOp()) + 1e-6f);
   }
-  const float kq = BlockSum(qk, scratch) * qn * kn;  // k . q after normalisation and scale
+  const float kq = BlockReduce(qk, scratch, SumOp()) * qn * kn;  // k . q after normalisation and scale
   for (int i = threadIdx.x; i < dk; i += kThreads) {
     qs[i] *= qn;
     ks[i] *= kn;
@@ -179,13 +175,13 @@ __global__ void __launch_bounds__(kThreads) StepKernel(Store* __restrict__ value
     float m = 0;
     float r[kGroups][4];
     for (int i = warp; i < dk; i += kWarps) m = fmaxf(m, row_values(i, r));
-    head_scale = fmaxf(BlockMax(m, scratch), 1e-30f) / a.qmax;
+    head_scale = fmaxf(BlockReduce(m, scratch, MaxOp()), 1e-30f) / a.qmax;
   }
   const uint64_t head_key = Mix64(a.base ^ static_cast<uint64_t>(head));
 #pragma unroll 4
   for (int i = warp; i < dk; i += kWarps) {
     float r[kGroups][4];
-    const float m = WarpMax(row_values(i, r));
+    const float m = WarpReduce(row_values(i, r), MaxOp());
     const float scale = !a.scaled ? 1.0f : (a.coarse ? head_scale : fmaxf(m, 1e-30f) / a.qmax);
     const float inv = 1.0f / scale;
     const uint32_t row_key = static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i)));
