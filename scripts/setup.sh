@@ -38,7 +38,8 @@ else
   /usr/bin/python3 -m venv "${DELTASERVE_VENV}"
   "${DELTASERVE_PYTHON}" -m pip install -q --progress-bar off --upgrade pip
   "${DELTASERVE_PYTHON}" -m pip install --progress-bar off \
-    "torch==${TORCH_VERSION}" "numpy==${NUMPY_VERSION}"
+    "torch==${TORCH_VERSION}" "numpy==${NUMPY_VERSION}" "transformers==${TRANSFORMERS_VERSION}" \
+    "tokenizers==${TOKENIZERS_VERSION}" "safetensors==${SAFETENSORS_VERSION}"
   touch "${DELTASERVE_VENV}/.complete"
 fi
 mkdir -p "${CCACHE_DIR}"

@@ -1,0 +1,57 @@
+// The Qwen3.5 text model's weights as tensors, taken from a safetensors checkpoint and checked name by
+// name, shape by shape against the config; every problem is reported at once.
+#ifndef DELTASERVE_SERVER_MODELS_QWEN35_WEIGHTS_H_
+#define DELTASERVE_SERVER_MODELS_QWEN35_WEIGHTS_H_
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "models/qwen35/config.h"
+#include "models/safetensors.h"
+
+namespace deltaserve::models::qwen35 {
+
+struct LinearAttentionWeights {
+  at::Tensor in_proj_qkv, in_proj_z, in_proj_b, in_proj_a;  // [out, hidden]
+  at::Tensor conv1d;        // [conv_dim, K] (the checkpoint's [conv_dim, 1, K] squeezed)
+  at::Tensor dt_bias, a_log;  // [Hv], kept float32
+  at::Tensor norm;          // [dv] gated RMSNorm weight (plain, not zero-centred)
+  at::Tensor out_proj;      // [hidden, Hv dv]
+};
+
+struct FullAttentionWeights {
+  at::Tensor q_proj;          // [heads 2 head_dim, hidden]: per head, query then output gate
+  at::Tensor k_proj, v_proj;  // [kv_heads head_dim, hidden]
+  at::Tensor o_proj;          // [hidden, heads head_dim]
+  at::Tensor q_norm, k_norm;  // [head_dim] zero-centred RMSNorm weights
+};
+
+struct LayerWeights {
+  LayerType type;
+  LinearAttentionWeights linear;  // set when type is kLinearAttention
+  FullAttentionWeights full;      // set when type is kFullAttention
+  at::Tensor input_norm, post_attention_norm;  // [hidden] zero-centred
+  at::Tensor gate_proj, up_proj, down_proj;
+};
+
+struct Qwen35Weights {
+  at::Tensor embed_tokens;  // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  at::Tensor final_norm;  // [hidden]
+  at::Tensor lm_head;     // [vocab, hidden]; the embedding itself when tied
+};
+
+// Converts to `dtype` on `device` (float32 or bfloat16); A_log and dt_bias stay float32 because the
+// decay is computed in float32. Skips mtp.* and model.visual.*. Errors list every missing, unexpected
+// and mismatched tensor (name, expected and found shape/dtype) in one InvalidArgument.
+absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& checkpoint,
+                                                const Qwen35Config& config, at::ScalarType dtype,
+                                                const c10::Device& device);
+
+}  // namespace deltaserve::models::qwen35
+
+#endif  // DELTASERVE_SERVER_MODELS_QWEN35_WEIGHTS_H_
