@@ -243,7 +243,12 @@ absl::StatusOr<TriInverseOptions> ParseTriInverseMethod(absl::string_view name, 
   std::string accepted;
   for (const Entry& e : kEntries) absl::StrAppend(&accepted, accepted.empty() ? "" : ", ", e.name);
   return absl::InvalidArgumentError(
-      absl::StrCat("inverse method: unknown \"", name, "\" (accepted: ", accepted, ")"));
+      absl::StrCat("inverse method: unknown \"", name, "\" (accepted: auto, ", accepted, ")"));
+}
+
+std::string ResolveTriInverseMethod(absl::string_view name, bool cuda) {
+  if (name != "auto") return std::string(name);
+  return cuda ? "neumann" : "solve-triangular";
 }
 
 std::string TriInverseName(const TriInverseOptions& o) {

@@ -38,8 +38,9 @@ absl::StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string
   if (!config.ok()) return config.status();
   model->config_ = *std::move(config);
   const Qwen35Config& c = model->config_;
-  absl::StatusOr<kernels::TriInverseOptions> inverse =
-      kernels::ParseTriInverseMethod(options.inverse_method, options.chunk_size, options.dtype);
+  absl::StatusOr<kernels::TriInverseOptions> inverse = kernels::ParseTriInverseMethod(
+      kernels::ResolveTriInverseMethod(options.inverse_method, options.device.is_cuda()), options.chunk_size,
+      options.dtype);
   if (!inverse.ok()) return inverse.status();
   model->delta_rule_.chunk_size = options.chunk_size;
   model->delta_rule_.inverse = *inverse;

@@ -24,7 +24,8 @@ namespace deltaserve::models::qwen35 {
 struct ModelOptions {
   at::ScalarType dtype = at::kFloat;  // float32 or bfloat16 weights and activations
   c10::Device device = c10::Device(c10::kCPU);
-  std::string inverse_method = "neumann";  // kernels::ParseTriInverseMethod names
+  // kernels::ParseTriInverseMethod names, or "auto": the fastest measured on the device's kind.
+  std::string inverse_method = "auto";
   kernels::StateDtype state_dtype = kernels::StateDtype::kFloat32;  // recurrent state in the pool
   int64_t max_seqs = 8;          // sequence slots
   int64_t max_model_len = 4096;  // tokens per sequence (KV capacity)

@@ -67,6 +67,11 @@ absl::StatusOr<TriInverseOptions> ParseTriInverseMethod(absl::string_view name, 
                                                         at::ScalarType dtype = at::kFloat);
 std::string TriInverseName(const TriInverseOptions& options);
 
+// Resolves "auto" to the method measured fastest on the device's kind (docs/kernels.md): LAPACK's
+// solve-triangular on CPU, where two cores are not short of parallelism and the matmul-only methods do
+// ~30x the arithmetic; neumann on CUDA. Any other name is returned unchanged.
+std::string ResolveTriInverseMethod(absl::string_view name, bool cuda);
+
 }  // namespace deltaserve::kernels
 
 #endif  // DELTASERVE_KERNELS_TRI_INVERSE_H_

@@ -1,0 +1,88 @@
+// Times deltaserve's Qwen3.5 model the way tools/bench_transformers_qwen35.py times transformers:
+// prefill of one prompt of N random tokens, then M greedy decode steps; one JSON line with tokens/s and
+// the process's peak RSS. scripts/bench_model.sh runs both on the same checkpoints and prints ratios.
+//   bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] [--dtype float32|bfloat16]
+//               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "models/qwen35/model.h"
+
+namespace q = deltaserve::models::qwen35;
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help") {
+    std::fprintf(stderr,
+                 "usage: bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] "
+                 "[--dtype float32|bfloat16] [--inverse-method NAME] [--state-dtype NAME]\n");
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string dir = argv[1];
+  int prompt_len = 256, decode = 32, threads = 2;
+  q::ModelOptions o;
+  std::string state = "fp32";
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string f = argv[i], v = argv[i + 1];
+    if (f == "--prompt-len") prompt_len = std::atoi(v.c_str());
+    else if (f == "--decode") decode = std::atoi(v.c_str());
+    else if (f == "--threads") threads = std::atoi(v.c_str());
+    else if (f == "--dtype") o.dtype = v == "bfloat16" ? at::kBFloat16 : at::kFloat;
+    else if (f == "--inverse-method") o.inverse_method = v;
+    else if (f == "--state-dtype") state = v;
+    else {
+      std::fprintf(stderr, "bench_model: unknown flag %s\n", f.c_str());
+      return 2;
+    }
+  }
+  absl::StatusOr<deltaserve::kernels::StateDtype> sd = deltaserve::kernels::ParseStateDtype(state);
+  if (!sd.ok()) {
+    std::fprintf(stderr, "bench_model: %s\n", std::string(sd.status().message()).c_str());
+    return 2;
+  }
+  o.state_dtype = *sd;
+  o.max_seqs = 1;
+  o.max_model_len = prompt_len + decode + 1;
+  at::set_num_threads(threads);
+  auto now = [] { return std::chrono::steady_clock::now(); };
+  auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+  auto t0 = now();
+  absl::StatusOr<std::unique_ptr<q::Qwen35Model>> model = q::Qwen35Model::Load(dir, o);
+  if (!model.ok()) {
+    std::fprintf(stderr, "bench_model: %s\n", std::string(model.status().message()).c_str());
+    return 1;
+  }
+  const double load_s = secs(t0, now());
+  std::mt19937 rng(0);
+  std::vector<int32_t> prompt(prompt_len);
+  for (int32_t& id : prompt) id = static_cast<int32_t>(rng() % (*model)->config().vocab_size);
+  at::InferenceMode guard;
+  t0 = now();
+  absl::StatusOr<at::Tensor> logits = (*model)->Forward({prompt}, {0});
+  const double prefill_s = secs(t0, now());
+  t0 = now();
+  for (int i = 0; i < decode && logits.ok(); ++i) {
+    const int32_t next = static_cast<int32_t>((*logits)[0].argmax().item<int64_t>());
+    logits = (*model)->Forward({{next}}, {0});
+  }
+  const double decode_s = secs(t0, now());
+  if (!logits.ok()) {
+    std::fprintf(stderr, "bench_model: %s\n", std::string(logits.status().message()).c_str());
+    return 1;
+  }
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  std::printf(
+      "{\"bench\": \"model\", \"engine\": \"deltaserve\", \"prompt_len\": %d, \"decode_tokens\": %d, "
+      "\"threads\": %d, \"dtype\": \"%s\", \"inverse\": \"%s\", \"state\": \"%s\", \"load_s\": %.3f, "
+      "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.3f, \"peak_rss_mb\": %.1f}\n",
+      prompt_len, decode, threads, o.dtype == at::kBFloat16 ? "bfloat16" : "float32", o.inverse_method.c_str(),
+      state.c_str(), load_s, prompt_len / prefill_s, decode / decode_s, ru.ru_maxrss / 1024.0);
+  return 0;
+}
