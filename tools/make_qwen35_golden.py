@@ -8,6 +8,7 @@ config and the multimodal-style nested `text_config` (weights under model.langua
 
 Usage: make_qwen35_golden.py OUT_DIR
 """
+import copy
 import json
 import math
 import os
@@ -110,14 +111,18 @@ def main():
             json.dump(config_json(spec["text"], spec["nested"]), f, indent=1)
 
         golden = {"name": name, "vocab_size": config.vocab_size, "prompts": [], "greedy": None}
+        # The same weights run in bfloat16 by transformers: the yardstick for a bf16 model's own error.
+        model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
         with torch.no_grad():
             for n in PROMPT_LENGTHS:
                 ids = torch.randint(0, config.vocab_size, (1, n), generator=gen)
                 logits = model(input_ids=ids).logits[0]
                 fname = f"logits_len{n}.f32"
                 write_f32(os.path.join(d, fname), logits)
+                bf16_name = f"bf16_logits_len{n}.f32"
+                write_f32(os.path.join(d, bf16_name), model_bf16(input_ids=ids).logits[0])
                 golden["prompts"].append({"ids": ids[0].tolist(), "logits_file": fname,
-                                          "shape": list(logits.shape)})
+                                          "bf16_logits_file": bf16_name, "shape": list(logits.shape)})
             ids = torch.randint(0, config.vocab_size, (1, GREEDY_PROMPT_LENGTH), generator=gen)
             out_ids = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                      max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS,

@@ -15,7 +15,8 @@ namespace deltaserve::testing {
 
 struct GoldenPrompt {
   std::vector<int32_t> ids;
-  at::Tensor logits;  // [len, vocab] float32, every position
+  at::Tensor logits;       // [len, vocab] float32, every position
+  at::Tensor bf16_logits;  // the same from transformers running the weights in bfloat16
 };
 
 struct Golden {
@@ -49,6 +50,8 @@ inline Golden ReadGolden(const std::string& name) {
     GoldenPrompt gp;
     gp.ids = p["ids"].get<std::vector<int32_t>>();
     gp.logits = ReadF32(g.dir + "/" + p["logits_file"].get<std::string>(), p["shape"].get<std::vector<int64_t>>());
+    gp.bf16_logits =
+        ReadF32(g.dir + "/" + p["bf16_logits_file"].get<std::string>(), p["shape"].get<std::vector<int64_t>>());
     g.prompts.push_back(std::move(gp));
   }
   const auto& gr = j["greedy"];

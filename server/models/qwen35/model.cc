@@ -3,6 +3,7 @@
 #include "models/qwen35/model.h"
 
 #include <ATen/ATen.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
@@ -85,9 +86,13 @@ absl::StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string
   }
   model->lengths_.assign(options.max_seqs, 0);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::fprintf(stderr, "qwen35: loaded %s (%ld layers, hidden %ld, vocab %ld, %.1f MB mapped) in %.2f s\n",
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  std::fprintf(stderr,
+               "qwen35: loaded %s (%ld layers, hidden %ld, vocab %ld, %.1f MB mapped) in %.2f s; peak RSS %.0f MB "
+               "(mapped weights count once touched)\n",
                model_dir.c_str(), c.num_hidden_layers, c.hidden_size, c.vocab_size,
-               model->checkpoint_->mapped_bytes() / 1e6, secs);
+               model->checkpoint_->mapped_bytes() / 1e6, secs, ru.ru_maxrss / 1024.0);
   return model;
 }
 
