@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <limits>
 #include <memory>
 #include <string>
@@ -23,6 +25,7 @@
 #include "engine/sampler.h"
 #include "generate/npy_writer.h"
 #include "models/qwen35/model.h"
+#include "tokenizer/chat_format.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
@@ -32,6 +35,10 @@ constexpr double kUnset = std::numeric_limits<double>::quiet_NaN();
 ABSL_FLAG(std::string, model, "", "Checkpoint directory: config.json, *.safetensors, tokenizer.json (required)");
 ABSL_FLAG(std::string, prompt, "", "Prompt text (tokenized with the model's tokenizer.json)");
 ABSL_FLAG(std::string, prompt_ids, "", "Prompt as comma-separated token ids, e.g. 1,2,3 (instead of --prompt)");
+ABSL_FLAG(std::string, chat_file, "",
+          "JSON file with an OpenAI-style messages array (roles system, user, assistant, tool), rendered "
+          "with Qwen's ChatML template plus the assistant generation prompt (instead of --prompt)");
+ABSL_FLAG(bool, enable_thinking, true, "With --chat-file: false tells the model to answer without a <think> block");
 ABSL_FLAG(int64_t, max_new_tokens, -1, "Tokens to generate at most (default: generation_config.json, else 20)");
 ABSL_FLAG(double, temperature, kUnset, "0 = greedy; default from generation_config.json (greedy if do_sample is false)");
 ABSL_FLAG(int64_t, top_k, -1, "Keep the k most likely tokens; 0 = off (default: generation_config.json)");
@@ -111,12 +118,25 @@ size_t SafeEmitEnd(const std::string& text, size_t hold) {
   return end;
 }
 
+absl::StatusOr<std::string> RenderChatFile(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return absl::NotFoundError(absl::StrCat("--chat-file: cannot read ", path));
+  std::stringstream json;
+  json << f.rdbuf();
+  absl::StatusOr<std::vector<deltaserve::tokenizer::ChatMessage>> messages =
+      deltaserve::tokenizer::ParseChatMessages(json.str());
+  if (!messages.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", messages.status().message()));
+  deltaserve::tokenizer::ChatOptions options;
+  options.enable_thinking = absl::GetFlag(FLAGS_enable_thinking);
+  return deltaserve::tokenizer::RenderChat(*messages, options);
+}
+
 int Run() {
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) return Fail("--model is required (a checkpoint directory); see --help");
-  if (absl::GetFlag(FLAGS_prompt).empty() == absl::GetFlag(FLAGS_prompt_ids).empty()) {
-    return Fail("give exactly one of --prompt and --prompt-ids");
-  }
+  const int inputs = !absl::GetFlag(FLAGS_prompt).empty() + !absl::GetFlag(FLAGS_prompt_ids).empty() +
+                     !absl::GetFlag(FLAGS_chat_file).empty();
+  if (inputs != 1) return Fail("give exactly one of --prompt, --prompt-ids and --chat-file");
   if (absl::GetFlag(FLAGS_threads) > 0) at::set_num_threads(absl::GetFlag(FLAGS_threads));
   q::ModelOptions options;
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
@@ -141,7 +161,7 @@ int Run() {
         deltaserve::tokenizer::Tokenizer::FromFile(dir + "/tokenizer.json");
     if (!t.ok()) return Fail(std::string(t.status().message()), 1);
     tokenizer = *std::move(t);
-  } else if (!absl::GetFlag(FLAGS_prompt).empty()) {
+  } else if (absl::GetFlag(FLAGS_prompt_ids).empty()) {
     return Fail(dir + "/tokenizer.json: not found; use --prompt-ids with a checkpoint that has no tokenizer");
   }
   std::vector<int32_t> prompt;
@@ -150,8 +170,14 @@ int Run() {
     if (!ids.ok()) return Fail(std::string(ids.status().message()));
     prompt = *ids;
   } else {
-    prompt = tokenizer->Encode(absl::GetFlag(FLAGS_prompt));
-    if (prompt.empty()) return Fail("--prompt: encodes to no tokens");
+    std::string text = absl::GetFlag(FLAGS_prompt);
+    if (!absl::GetFlag(FLAGS_chat_file).empty()) {
+      absl::StatusOr<std::string> rendered = RenderChatFile(absl::GetFlag(FLAGS_chat_file));
+      if (!rendered.ok()) return Fail(std::string(rendered.status().message()));
+      text = *rendered;
+    }
+    prompt = tokenizer->Encode(text);
+    if (prompt.empty()) return Fail("the prompt encodes to no tokens");
   }
 
   absl::StatusOr<deltaserve::engine::GenerationConfig> gen = deltaserve::engine::LoadGenerationConfig(dir);
@@ -258,7 +284,8 @@ int Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Generates text with a Qwen3.5 checkpoint.\n"
-      "  deltaserve-generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
+      "  deltaserve-generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3 | --chat-file F)\n"
+      "      [--max-new-tokens N]\n"
       "      [sampling flags] [--logits-out FILE.npy]\n"
       "Sampling defaults come from DIR/generation_config.json; flags override them. Flags may be\n"
       "written with dashes or underscores (--max-new-tokens or --max_new_tokens).");

@@ -44,7 +44,8 @@ def main():
                 failures.append(f"{name}: no timing line on stderr: {r.stderr}")
     d = os.path.join(golden_root, "flat_untied")
     for args, expect in [((), "--model is required"),
-                         (("--model", d), "exactly one of --prompt and --prompt-ids"),
+                         (("--model", d), "exactly one of --prompt, --prompt-ids and --chat-file"),
+                         (("--model", d, "--chat-file", "/nonexistent.json"), "tokenizer.json: not found"),
                          (("--model", d, "--prompt-ids", "1,x"), '"x" is not an integer'),
                          (("--model", d, "--prompt-ids", "1", "--top-p", "0"), "top_p"),
                          (("--model", d, "--prompt-ids", "1,9999"), "9999"),
