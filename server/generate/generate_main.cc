@@ -18,6 +18,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -282,6 +284,10 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists this file's flags (Abseil's default matches files named after the binary).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::StrContains(file, "generate_main"); };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Generates text with a Qwen3.5 checkpoint.\n"
       "  deltaserve-generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3 | --chat-file F)\n"

@@ -56,8 +56,10 @@ def main():
         if r.returncode == 0 or expect not in r.stderr:
             failures.append(f"{args}: expected failure mentioning {expect!r}, got {r.returncode}: {r.stderr!r}")
     r = run(binary, "--help")
-    if "--max_new_tokens" not in r.stdout + r.stderr and "max_new_tokens" not in r.stdout + r.stderr:
-        failures.append("--help does not list the flags")
+    text = r.stdout + r.stderr
+    for needle in ("Recurrent decode state", "Tokens to generate at most", "--logits_out", "--chat_file"):
+        if needle not in text:
+            failures.append(f"--help does not explain the flags (missing {needle!r})")
     for f in failures:
         print("FAIL:", f)
     print(f"generate_cli_test: {len(failures)} failures")
