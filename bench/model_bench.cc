@@ -30,12 +30,18 @@ int main(int argc, char** argv) {
   std::string state = "fp32";
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string f = argv[i], v = argv[i + 1];
-    if (f == "--prompt-len") prompt_len = std::atoi(v.c_str());
-    else if (f == "--decode") decode = std::atoi(v.c_str());
-    else if (f == "--threads") threads = std::atoi(v.c_str());
-    else if (f == "--dtype") o.dtype = v == "bfloat16" ? at::kBFloat16 : at::kFloat;
-    else if (f == "--inverse-method") o.inverse_method = v;
-    else if (f == "--state-dtype") state = v;
+    if (f == "--prompt-len")
+      prompt_len = std::atoi(v.c_str());
+    else if (f == "--decode")
+      decode = std::atoi(v.c_str());
+    else if (f == "--threads")
+      threads = std::atoi(v.c_str());
+    else if (f == "--dtype")
+      o.dtype = v == "bfloat16" ? at::kBFloat16 : at::kFloat;
+    else if (f == "--inverse-method")
+      o.inverse_method = v;
+    else if (f == "--state-dtype")
+      state = v;
     else {
       std::fprintf(stderr, "bench_model: unknown flag %s\n", f.c_str());
       return 2;
@@ -88,7 +94,8 @@ int main(int argc, char** argv) {
       "\"threads\": %d, \"dtype\": \"%s\", \"inverse\": \"%s\", \"state\": \"%s\", \"load_s\": %.3f, "
       "\"first_touch_s\": %.3f, "
       "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.3f, \"peak_rss_mb\": %.1f}\n",
-      prompt_len, decode, threads, o.dtype == at::kBFloat16 ? "bfloat16" : "float32", o.inverse_method.c_str(),
-      state.c_str(), load_s, warm_s, prompt_len / prefill_s, decode / decode_s, ru.ru_maxrss / 1024.0);
+      prompt_len, decode, threads, o.dtype == at::kBFloat16 ? "bfloat16" : "float32",
+      o.inverse_method.c_str(), state.c_str(), load_s, warm_s, prompt_len / prefill_s, decode / decode_s,
+      ru.ru_maxrss / 1024.0);
   return 0;
 }

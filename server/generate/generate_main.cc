@@ -9,9 +9,9 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <limits>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/generation_config.h"
 #include "engine/sampler.h"
+#include "engine/text_stream.h"
 #include "generate/npy_writer.h"
 #include "models/qwen35/model.h"
 #include "tokenizer/chat_format.h"
@@ -34,17 +35,23 @@ namespace {
 constexpr double kUnset = std::numeric_limits<double>::quiet_NaN();
 }  // namespace
 
-ABSL_FLAG(std::string, model, "", "Checkpoint directory: config.json, *.safetensors, tokenizer.json (required)");
+ABSL_FLAG(std::string, model, "",
+          "Checkpoint directory: config.json, *.safetensors, tokenizer.json (required)");
 ABSL_FLAG(std::string, prompt, "", "Prompt text (tokenized with the model's tokenizer.json)");
-ABSL_FLAG(std::string, prompt_ids, "", "Prompt as comma-separated token ids, e.g. 1,2,3 (instead of --prompt)");
+ABSL_FLAG(std::string, prompt_ids, "",
+          "Prompt as comma-separated token ids, e.g. 1,2,3 (instead of --prompt)");
 ABSL_FLAG(std::string, chat_file, "",
           "JSON file with an OpenAI-style messages array (roles system, user, assistant, tool), rendered "
           "with Qwen's ChatML template plus the assistant generation prompt (instead of --prompt)");
-ABSL_FLAG(bool, enable_thinking, true, "With --chat-file: false tells the model to answer without a <think> block");
-ABSL_FLAG(int64_t, max_new_tokens, -1, "Tokens to generate at most (default: generation_config.json, else 20)");
-ABSL_FLAG(double, temperature, kUnset, "0 = greedy; default from generation_config.json (greedy if do_sample is false)");
+ABSL_FLAG(bool, enable_thinking, true,
+          "With --chat-file: false tells the model to answer without a <think> block");
+ABSL_FLAG(int64_t, max_new_tokens, -1,
+          "Tokens to generate at most (default: generation_config.json, else 20)");
+ABSL_FLAG(double, temperature, kUnset,
+          "0 = greedy; default from generation_config.json (greedy if do_sample is false)");
 ABSL_FLAG(int64_t, top_k, -1, "Keep the k most likely tokens; 0 = off (default: generation_config.json)");
-ABSL_FLAG(double, top_p, kUnset, "Nucleus sampling mass in (0, 1]; 1 = off (default: generation_config.json)");
+ABSL_FLAG(double, top_p, kUnset,
+          "Nucleus sampling mass in (0, 1]; 1 = off (default: generation_config.json)");
 ABSL_FLAG(double, min_p, kUnset, "Drop tokens below min_p x the top probability, [0, 1] (default: config)");
 ABSL_FLAG(double, repetition_penalty, kUnset, "> 0; 1 = off (transformers semantics, prompt + output)");
 ABSL_FLAG(double, presence_penalty, 0.0, "[-2, 2], subtracted once from every generated token's logit");
@@ -53,13 +60,16 @@ ABSL_FLAG(int64_t, seed, -1, "Sampling seed for reproducible output (default: ra
 ABSL_FLAG(std::vector<std::string>, stop, {}, "Stop strings, comma-separated: generation ends before them");
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating past end-of-sequence tokens");
 ABSL_FLAG(int64_t, logprobs, -1, "Print each token's logprob and this many alternatives (0..20) to stderr");
-ABSL_FLAG(std::string, logits_out, "", "Write every step's logits (float32 [steps, vocab]) to this .npy file");
+ABSL_FLAG(std::string, logits_out, "",
+          "Write every step's logits (float32 [steps, vocab]) to this .npy file");
 ABSL_FLAG(std::string, dtype, "float32", "Weights and activations: float32 or bfloat16");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
-ABSL_FLAG(std::string, inverse_method, "auto",
-          "Chunk inverse of the delta-rule prefill: auto, neumann, neumann-fast, neumann-int16, neumann-int8, "
-          "product, forward, solve-triangular (docs/kernels.md)");
-ABSL_FLAG(std::string, state_dtype, "fp32", "Recurrent decode state: fp32, bf16, int8, int8-sr, int8-coarse, fp8");
+ABSL_FLAG(
+    std::string, inverse_method, "auto",
+    "Chunk inverse of the delta-rule prefill: auto, neumann, neumann-fast, neumann-int16, neumann-int8, "
+    "product, forward, solve-triangular (docs/kernels.md)");
+ABSL_FLAG(std::string, state_dtype, "fp32",
+          "Recurrent decode state: fp32, bf16, int8, int8-sr, int8-coarse, fp8");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads (0 = LibTorch's default)");
 
 namespace {
@@ -112,14 +122,6 @@ SamplingParams Params(SamplingParams p) {
   return p;
 }
 
-// Where it is safe to print up to: never past the start of a possible stop string, never inside a UTF-8
-// character.
-size_t SafeEmitEnd(const std::string& text, size_t hold) {
-  size_t end = text.size() > hold ? text.size() - hold : 0;
-  while (end > 0 && end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
-  return end;
-}
-
 absl::StatusOr<std::string> RenderChatFile(const std::string& path) {
   std::ifstream f(path);
   if (!f) return absl::NotFoundError(absl::StrCat("--chat-file: cannot read ", path));
@@ -127,7 +129,8 @@ absl::StatusOr<std::string> RenderChatFile(const std::string& path) {
   json << f.rdbuf();
   absl::StatusOr<std::vector<deltaserve::tokenizer::ChatMessage>> messages =
       deltaserve::tokenizer::ParseChatMessages(json.str());
-  if (!messages.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", messages.status().message()));
+  if (!messages.ok())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", messages.status().message()));
   deltaserve::tokenizer::ChatOptions options;
   options.enable_thinking = absl::GetFlag(FLAGS_enable_thinking);
   return deltaserve::tokenizer::RenderChat(*messages, options);
@@ -142,7 +145,8 @@ int Run() {
   if (absl::GetFlag(FLAGS_threads) > 0) at::set_num_threads(absl::GetFlag(FLAGS_threads));
   q::ModelOptions options;
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype != "float32" && dtype != "bfloat16") return Fail("--dtype: must be float32 or bfloat16, got " + dtype);
+  if (dtype != "float32" && dtype != "bfloat16")
+    return Fail("--dtype: must be float32 or bfloat16, got " + dtype);
   options.dtype = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   try {
     options.device = c10::Device(absl::GetFlag(FLAGS_device));
@@ -208,13 +212,13 @@ int Run() {
   const bool want_logits = !absl::GetFlag(FLAGS_logits_out).empty();
   std::vector<float> logits_rows;
   std::vector<deltaserve::engine::SampleResult> results;
-  size_t hold = 0;
-  for (const std::string& s : params.stop) hold = std::max(hold, s.size());
-  hold = hold > 0 ? hold - 1 : 0;
-  std::string text;
-  size_t emitted = 0;
-  std::unique_ptr<deltaserve::tokenizer::IncrementalDecoder> decoder;
-  if (tokenizer) decoder = std::make_unique<deltaserve::tokenizer::IncrementalDecoder>(tokenizer.get(), true);
+  if (!tokenizer && !params.stop.empty())
+    return Fail("--stop: this checkpoint has no tokenizer.json to match text");
+  deltaserve::engine::TextStream stream(tokenizer.get(), params.stop);
+  auto emit = [](const std::string& text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  };
   std::string finish = "length";
 
   t0 = now();
@@ -224,40 +228,23 @@ int Run() {
   int64_t generated = 0;
   while (logits.ok() && generated < params.max_new_tokens) {
     at::Tensor row = (*logits)[0].contiguous();
-    if (want_logits) logits_rows.insert(logits_rows.end(), row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
+    if (want_logits)
+      logits_rows.insert(logits_rows.end(), row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
     absl::StatusOr<deltaserve::engine::SampleResult> r = sampler->Sample(row);
     if (!r.ok()) return Fail(std::string(r.status().message()), 1);
     results.push_back(*r);
     ++generated;
-    if (decoder) {
-      absl::StatusOr<std::string> delta = decoder->Push(r->token_id);
-      if (delta.ok()) text += *delta;
-    } else {
-      text += absl::StrCat(generated > 1 ? " " : "", r->token_id);
-    }
-    if (deltaserve::engine::IsStopToken(params, r->token_id)) {
+    // Without a tokenizer the output is the ids themselves.
+    emit(tokenizer ? stream.Push(r->token_id) : absl::StrCat(generated > 1 ? " " : "", r->token_id));
+    if (deltaserve::engine::IsStopToken(params, r->token_id) || stream.stopped()) {
       finish = "stop";
       break;
-    }
-    size_t stop_at = std::string::npos;
-    for (const std::string& s : params.stop) stop_at = std::min(stop_at, text.find(s, emitted > hold ? emitted - hold : 0));
-    if (stop_at != std::string::npos) {
-      text.resize(stop_at);
-      finish = "stop";
-      break;
-    }
-    const size_t end = SafeEmitEnd(text, hold);
-    if (end > emitted) {
-      std::fwrite(text.data() + emitted, 1, end - emitted, stdout);
-      std::fflush(stdout);
-      emitted = end;
     }
     if (generated < params.max_new_tokens) logits = (*model)->Forward({{r->token_id}}, {0});
   }
   if (!logits.ok()) return Fail(std::string(logits.status().message()), 1);
   const double decode_s = secs(t0, now());
-  if (decoder && finish == "length") text += decoder->Flush();
-  if (text.size() > emitted) std::fwrite(text.data() + emitted, 1, text.size() - emitted, stdout);
+  emit(stream.Finish());
   std::printf("\n");
 
   if (params.logprobs) {
@@ -268,16 +255,16 @@ int Run() {
     }
   }
   if (want_logits) {
-    absl::Status st = deltaserve::generate::WriteNpyFloat32(absl::GetFlag(FLAGS_logits_out), logits_rows,
-                                                            static_cast<int64_t>(results.size()),
-                                                            config->vocab_size);
+    absl::Status st =
+        deltaserve::generate::WriteNpyFloat32(absl::GetFlag(FLAGS_logits_out), logits_rows,
+                                              static_cast<int64_t>(results.size()), config->vocab_size);
     if (!st.ok()) return Fail(std::string(st.message()), 1);
   }
   std::fprintf(stderr,
                "deltaserve-generate: %zu prompt tokens, %ld generated (finish: %s, seed %llu); load %.2f s, "
                "prefill %.1f tok/s, decode %.1f tok/s\n",
-               prompt.size(), generated, finish.c_str(), static_cast<unsigned long long>(sampler->seed()), load_s,
-               prompt.size() / prefill_s, generated > 1 ? (generated - 1) / decode_s : 0.0);
+               prompt.size(), generated, finish.c_str(), static_cast<unsigned long long>(sampler->seed()),
+               load_s, prompt.size() / prefill_s, generated > 1 ? (generated - 1) / decode_s : 0.0);
   return 0;
 }
 

@@ -26,7 +26,8 @@ absl::Status WriteNpyFloat32(const std::string& path, const std::vector<float>& 
   f.put(static_cast<char>(len & 0xff));
   f.put(static_cast<char>(len >> 8));
   f << header;
-  f.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size() * sizeof(float)));
+  f.write(reinterpret_cast<const char*>(data.data()),
+          static_cast<std::streamsize>(data.size() * sizeof(float)));
   if (!f) return absl::DataLossError(absl::StrCat("--logits-out: writing ", path, " failed"));
   return absl::OkStatus();
 }

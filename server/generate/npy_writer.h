@@ -12,7 +12,8 @@
 namespace deltaserve::generate {
 
 // rows x cols float32, little-endian, C order.
-absl::Status WriteNpyFloat32(const std::string& path, const std::vector<float>& data, int64_t rows, int64_t cols);
+absl::Status WriteNpyFloat32(const std::string& path, const std::vector<float>& data, int64_t rows,
+                             int64_t cols);
 
 }  // namespace deltaserve::generate
 

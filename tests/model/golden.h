@@ -44,21 +44,24 @@ inline Golden ReadGolden(const std::string& name) {
   Golden g;
   g.dir = GoldenRoot() + "/" + name;
   std::ifstream f(g.dir + "/golden.json");
-  if (!f) throw std::runtime_error("no golden fixture at " + g.dir + " (run the qwen35_golden_fixtures test)");
+  if (!f)
+    throw std::runtime_error("no golden fixture at " + g.dir + " (run the qwen35_golden_fixtures test)");
   nlohmann::json j = nlohmann::json::parse(f);
   for (const auto& p : j["prompts"]) {
     GoldenPrompt gp;
     gp.ids = p["ids"].get<std::vector<int32_t>>();
-    gp.logits = ReadF32(g.dir + "/" + p["logits_file"].get<std::string>(), p["shape"].get<std::vector<int64_t>>());
-    gp.bf16_logits =
-        ReadF32(g.dir + "/" + p["bf16_logits_file"].get<std::string>(), p["shape"].get<std::vector<int64_t>>());
+    gp.logits =
+        ReadF32(g.dir + "/" + p["logits_file"].get<std::string>(), p["shape"].get<std::vector<int64_t>>());
+    gp.bf16_logits = ReadF32(g.dir + "/" + p["bf16_logits_file"].get<std::string>(),
+                             p["shape"].get<std::vector<int64_t>>());
     g.prompts.push_back(std::move(gp));
   }
   const auto& gr = j["greedy"];
   g.greedy_prompt = gr["prompt"].get<std::vector<int32_t>>();
   g.greedy_tokens = gr["tokens"].get<std::vector<int32_t>>();
   g.min_top2_gap = gr["min_top2_gap"].get<double>();
-  g.greedy_logits = ReadF32(g.dir + "/" + gr["logits_file"].get<std::string>(), gr["shape"].get<std::vector<int64_t>>());
+  g.greedy_logits =
+      ReadF32(g.dir + "/" + gr["logits_file"].get<std::string>(), gr["shape"].get<std::vector<int64_t>>());
   return g;
 }
 

@@ -104,16 +104,15 @@ TEST_P(Qwen35Golden, GreedyDecodeMatchesTransformers) {
   for (size_t i = 0; i < errs.size(); ++i) EXPECT_LT(errs[i], Tolerance(method)) << "step " << i;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    ConfigsAndMethods, Qwen35Golden,
-    ::testing::Combine(::testing::Values("flat_untied", "nested_tied"),
-                       ::testing::Values("forward", "solve-triangular", "product", "neumann", "neumann-fast",
-                                         "neumann-int16")),
-    [](const auto& info) {
-      std::string s = std::get<0>(info.param) + "_" + std::get<1>(info.param);
-      for (char& c : s) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
-      return s;
-    });
+INSTANTIATE_TEST_SUITE_P(ConfigsAndMethods, Qwen35Golden,
+                         ::testing::Combine(::testing::Values("flat_untied", "nested_tied"),
+                                            ::testing::Values("forward", "solve-triangular", "product",
+                                                              "neumann", "neumann-fast", "neumann-int16")),
+                         [](const auto& info) {
+                           std::string s = std::get<0>(info.param) + "_" + std::get<1>(info.param);
+                           for (char& c : s) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+                           return s;
+                         });
 
 // The quantized decode state: prefill writes the state once (rounded), every decode step re-rounds it.
 // Greedy tokens must still match transformers exactly over 20 steps; the logits drift within the bound
@@ -148,8 +147,8 @@ TEST(Qwen35GoldenBFloat16, NoWorseThanTransformersInBf16) {
       absl::StatusOr<at::Tensor> logits = m->Forward({p.ids}, {0}, true);
       ASSERT_TRUE(logits.ok()) << logits.status();
       const double ours = RelErr(*logits, p.logits), theirs = RelErr(p.bf16_logits, p.logits);
-      std::printf("%-12s bf16 len %4zu: vs float32 ours %.3f, transformers' %.3f; ours vs theirs %.3f\n", name,
-                  p.ids.size(), ours, theirs, RelErr(*logits, p.bf16_logits));
+      std::printf("%-12s bf16 len %4zu: vs float32 ours %.3f, transformers' %.3f; ours vs theirs %.3f\n",
+                  name, p.ids.size(), ours, theirs, RelErr(*logits, p.bf16_logits));
       EXPECT_LT(ours, 1.5 * theirs + 1e-2) << name << " length " << p.ids.size();
     }
     std::vector<int32_t> tokens = Greedy(*m, g, 1, nullptr);

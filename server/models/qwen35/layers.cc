@@ -17,8 +17,8 @@ at::Tensor GatedRmsNorm(const at::Tensor& x, const at::Tensor& gate, const at::T
   return (y.to(at::kFloat) * at::silu(gate.to(at::kFloat))).to(x.scalar_type());
 }
 
-void RotaryCosSin(const at::Tensor& positions, const at::Tensor& inv_freq, at::ScalarType dtype, at::Tensor* cos,
-                  at::Tensor* sin) {
+void RotaryCosSin(const at::Tensor& positions, const at::Tensor& inv_freq, at::ScalarType dtype,
+                  at::Tensor* cos, at::Tensor* sin) {
   at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq.unsqueeze(0);  // [T, rot / 2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);
   *cos = emb.cos().to(dtype);

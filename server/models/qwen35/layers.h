@@ -15,8 +15,8 @@ at::Tensor RmsNormZeroCentred(const at::Tensor& x, const at::Tensor& weight, dou
 at::Tensor GatedRmsNorm(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight, double eps);
 
 // cos and sin [T, rotary_dim] in `dtype` for integer positions [T] and inv_freq [rotary_dim / 2].
-void RotaryCosSin(const at::Tensor& positions, const at::Tensor& inv_freq, at::ScalarType dtype, at::Tensor* cos,
-                  at::Tensor* sin);
+void RotaryCosSin(const at::Tensor& positions, const at::Tensor& inv_freq, at::ScalarType dtype,
+                  at::Tensor* cos, at::Tensor* sin);
 
 // Rotates the first rotary_dim features of x [T, heads, head_dim] (halves convention), leaves the rest.
 at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);

@@ -19,10 +19,10 @@ namespace deltaserve::models::qwen35 {
 // One Forward call's layout: N sequences packed back to back into T tokens.
 struct Qwen35Model::Batch {
   std::vector<int64_t> slots, starts, lengths, offsets;  // offsets: N + 1 prefix sums of lengths
-  at::Tensor slot_index;   // [N] int64 on the device
-  at::Tensor cu_seqlens;   // [N + 1] int64 on the device
-  at::Tensor positions;    // [T] int64 on the device
-  bool decode = false;     // every sequence appends one token to a started sequence
+  at::Tensor slot_index;                                 // [N] int64 on the device
+  at::Tensor cu_seqlens;                                 // [N + 1] int64 on the device
+  at::Tensor positions;                                  // [T] int64 on the device
+  bool decode = false;  // every sequence appends one token to a started sequence
   int64_t total = 0;
 };
 
@@ -67,9 +67,9 @@ absl::StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string
     model->v_cache_.resize(n);
     for (size_t i = 0; i < n; ++i) {
       if (c.layer_types[i] == LayerType::kLinearAttention) {
-        absl::StatusOr<kernels::RecurrentStatePool> pool = kernels::MakeRecurrentStatePool(
-            options.max_seqs, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim,
-            options.state_dtype, options.device);
+        absl::StatusOr<kernels::RecurrentStatePool> pool =
+            kernels::MakeRecurrentStatePool(options.max_seqs, c.linear_num_value_heads, c.linear_key_head_dim,
+                                            c.linear_value_head_dim, options.state_dtype, options.device);
         if (!pool.ok()) return pool.status();
         model->recurrent_[i] = *std::move(pool);
         const int64_t conv_dim = 2 * c.linear_num_key_heads * c.linear_key_head_dim +
@@ -88,17 +88,19 @@ absl::StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  std::fprintf(stderr,
-               "qwen35: loaded %s (%ld layers, hidden %ld, vocab %ld, %.1f MB mapped) in %.2f s; peak RSS %.0f MB "
-               "(mapped weights count once touched)\n",
-               model_dir.c_str(), c.num_hidden_layers, c.hidden_size, c.vocab_size,
-               model->checkpoint_->mapped_bytes() / 1e6, secs, ru.ru_maxrss / 1024.0);
+  std::fprintf(
+      stderr,
+      "qwen35: loaded %s (%ld layers, hidden %ld, vocab %ld, %.1f MB mapped) in %.2f s; peak RSS %.0f MB "
+      "(mapped weights count once touched)\n",
+      model_dir.c_str(), c.num_hidden_layers, c.hidden_size, c.vocab_size,
+      model->checkpoint_->mapped_bytes() / 1e6, secs, ru.ru_maxrss / 1024.0);
   return model;
 }
 
 absl::Status Qwen35Model::ResetSlot(int64_t slot) {
   if (slot < 0 || slot >= options_.max_seqs) {
-    return absl::InvalidArgumentError(absl::StrCat("slot: ", slot, " is outside [0, ", options_.max_seqs, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("slot: ", slot, " is outside [0, ", options_.max_seqs, ")"));
   }
   try {
     for (size_t i = 0; i < recurrent_.size(); ++i) {
@@ -141,8 +143,8 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
     at::Tensor v = f32(y.narrow(1, 2 * hk * dk, hv * dv).reshape({t, hv, dv}));
     kernels::DecodeStepOptions step;
     step.l2norm_qk = true;
-    absl::StatusOr<at::Tensor> out =
-        kernels::RecurrentGatedDeltaStep(q, k, v, g.contiguous(), beta.contiguous(), b.slot_index, pool, step);
+    absl::StatusOr<at::Tensor> out = kernels::RecurrentGatedDeltaStep(
+        q, k, v, g.contiguous(), beta.contiguous(), b.slot_index, pool, step);
     TORCH_CHECK(out.ok(), std::string(out.status().message()));
     o = out->to(x.scalar_type());  // [T, hv, dv]
   } else {
@@ -193,7 +195,7 @@ at::Tensor Qwen35Model::FullAttention(size_t layer, const at::Tensor& x, const B
     const int64_t total = start + len;
     at::Tensor keys = kc[slot].narrow(1, 0, total).repeat_interleave(heads / kvh, 0);  // [heads, L, hd]
     at::Tensor values = vc[slot].narrow(1, 0, total).repeat_interleave(heads / kvh, 0);
-    at::Tensor qi = q.narrow(0, off, len).transpose(0, 1);  // [heads, len, hd]
+    at::Tensor qi = q.narrow(0, off, len).transpose(0, 1);             // [heads, len, hd]
     at::Tensor scores = at::matmul(qi, keys.transpose(1, 2)) * scale;  // [heads, len, L]
     // Query r sits at position start + r and sees keys 0 .. start + r.
     at::Tensor mask = at::ones({len, total}, scores.options().dtype(at::kBool)).triu(start + 1);
@@ -209,8 +211,8 @@ absl::StatusOr<at::Tensor> Qwen35Model::Forward(const std::vector<std::vector<in
                                                 const std::vector<int64_t>& slots, bool all_positions) {
   if (tokens.empty()) return absl::InvalidArgumentError("tokens: no sequences given");
   if (tokens.size() != slots.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("slots: ", slots.size(), " given for ", tokens.size(),
-                                                   " sequences"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("slots: ", slots.size(), " given for ", tokens.size(), " sequences"));
   }
   Batch b;
   b.decode = true;
@@ -229,14 +231,15 @@ absl::StatusOr<at::Tensor> Qwen35Model::Forward(const std::vector<std::vector<in
     const int64_t len = static_cast<int64_t>(tokens[i].size());
     if (len == 0) return absl::InvalidArgumentError(absl::StrCat("tokens[", i, "]: empty"));
     if (lengths_[slot] + len > options_.max_model_len) {
-      return absl::InvalidArgumentError(absl::StrCat("tokens[", i, "]: sequence would reach ", lengths_[slot] + len,
-                                                     " tokens, over max_model_len ", options_.max_model_len));
+      return absl::InvalidArgumentError(absl::StrCat("tokens[", i, "]: sequence would reach ",
+                                                     lengths_[slot] + len, " tokens, over max_model_len ",
+                                                     options_.max_model_len));
     }
     for (size_t j = 0; j < tokens[i].size(); ++j) {
       const int32_t id = tokens[i][j];
       if (id < 0 || id >= config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("tokens[", i, "][", j, "]: id ", id,
-                                                       " is outside the vocabulary [0, ", config_.vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tokens[", i, "][", j, "]: id ", id, " is outside the vocabulary [0, ", config_.vocab_size, ")"));
       }
       ids.push_back(id);
       positions.push_back(lengths_[slot] + static_cast<int64_t>(j));

@@ -27,9 +27,9 @@ struct ModelOptions {
   // kernels::ParseTriInverseMethod names, or "auto": the fastest measured on the device's kind.
   std::string inverse_method = "auto";
   kernels::StateDtype state_dtype = kernels::StateDtype::kFloat32;  // recurrent state in the pool
-  int64_t max_seqs = 8;          // sequence slots
-  int64_t max_model_len = 4096;  // tokens per sequence (KV capacity)
-  int64_t chunk_size = 64;       // prefill chunk of the delta rule
+  int64_t max_seqs = 8;                                             // sequence slots
+  int64_t max_model_len = 4096;                                     // tokens per sequence (KV capacity)
+  int64_t chunk_size = 64;                                          // prefill chunk of the delta rule
 };
 
 class Qwen35Model {
@@ -68,7 +68,7 @@ class Qwen35Model {
   at::Tensor inv_freq_;  // [rotary_dim / 2] float32
   // Per layer (indexed like weights_.layers; unused entries stay empty).
   std::vector<kernels::RecurrentStatePool> recurrent_;
-  std::vector<at::Tensor> conv_state_;       // [slots, conv_dim, K - 1]
+  std::vector<at::Tensor> conv_state_;         // [slots, conv_dim, K - 1]
   std::vector<at::Tensor> k_cache_, v_cache_;  // [slots, kv_heads, max_model_len, head_dim]
   std::vector<int64_t> lengths_;
 };

@@ -63,11 +63,13 @@ class Loader {
     // accepted only for it, every other tensor must match exactly.
     const bool squeezable = absl::StrContains(full, "conv1d.weight") && numel == view_numel;
     if (view.shape != shape && !squeezable) {
-      mismatched_.push_back(absl::StrCat(full, ": expected shape ", Shape(shape), ", found ", Shape(view.shape)));
+      mismatched_.push_back(
+          absl::StrCat(full, ": expected shape ", Shape(shape), ", found ", Shape(view.shape)));
       return at::Tensor();
     }
     const at::ScalarType target = keep_float32 ? at::kFloat : dtype_;
-    at::Tensor mapped = at::from_blob(const_cast<void*>(view.data), shape, at::TensorOptions().dtype(*source));
+    at::Tensor mapped =
+        at::from_blob(const_cast<void*>(view.data), shape, at::TensorOptions().dtype(*source));
     const bool aligned = reinterpret_cast<uintptr_t>(view.data) % c10::elementSize(*source) == 0;
     // Zero-copy when the mapping already holds what we need; otherwise one converted copy.
     if (aligned && *source == target && device_.is_cpu()) return mapped;
@@ -76,7 +78,8 @@ class Loader {
 
   absl::Status Finish() {
     for (const auto& [name, view] : checkpoint_.tensors()) {
-      if (used_.count(name) || absl::StartsWith(name, "mtp.") || absl::StartsWith(name, "model.visual.")) continue;
+      if (used_.count(name) || absl::StartsWith(name, "mtp.") || absl::StartsWith(name, "model.visual."))
+        continue;
       if (name == "lm_head.weight" && tied_) continue;  // tied: the embedding serves, as in transformers
       unexpected_.push_back(name);
     }
@@ -153,8 +156,9 @@ absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& che
       w.layers.push_back(std::move(l));
     }
     w.final_norm = load.Take("norm.weight", {h});
-    w.lm_head = c.tie_word_embeddings ? w.embed_tokens
-                                      : load.Take("lm_head.weight", {c.vocab_size, h}, false, /*absolute=*/true);
+    w.lm_head = c.tie_word_embeddings
+                    ? w.embed_tokens
+                    : load.Take("lm_head.weight", {c.vocab_size, h}, false, /*absolute=*/true);
     absl::Status st = load.Finish();
     if (!st.ok()) return st;
     return w;

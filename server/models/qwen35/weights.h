@@ -17,10 +17,10 @@ namespace deltaserve::models::qwen35 {
 
 struct LinearAttentionWeights {
   at::Tensor in_proj_qkv, in_proj_z, in_proj_b, in_proj_a;  // [out, hidden]
-  at::Tensor conv1d;        // [conv_dim, K] (the checkpoint's [conv_dim, 1, K] squeezed)
+  at::Tensor conv1d;          // [conv_dim, K] (the checkpoint's [conv_dim, 1, K] squeezed)
   at::Tensor dt_bias, a_log;  // [Hv], kept float32
-  at::Tensor norm;          // [dv] gated RMSNorm weight (plain, not zero-centred)
-  at::Tensor out_proj;      // [hidden, Hv dv]
+  at::Tensor norm;            // [dv] gated RMSNorm weight (plain, not zero-centred)
+  at::Tensor out_proj;        // [hidden, Hv dv]
 };
 
 struct FullAttentionWeights {
@@ -32,8 +32,8 @@ struct FullAttentionWeights {
 
 struct LayerWeights {
   LayerType type;
-  LinearAttentionWeights linear;  // set when type is kLinearAttention
-  FullAttentionWeights full;      // set when type is kFullAttention
+  LinearAttentionWeights linear;               // set when type is kLinearAttention
+  FullAttentionWeights full;                   // set when type is kFullAttention
   at::Tensor input_norm, post_attention_norm;  // [hidden] zero-centred
   at::Tensor gate_proj, up_proj, down_proj;
 };

@@ -1,0 +1,309 @@
+// Continuous batching: each step feeds every running decode one token and fills the rest of the token
+// budget with prefill chunks of admitted prompts, so a long prompt never stalls running streams for
+// more than one step; sequences join the moment a slot frees and leave the moment they finish.
+#include "engine/engine.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "engine/text_stream.h"
+
+namespace deltaserve::engine {
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      return "error";
+  }
+  return "unknown";
+}
+
+struct Engine::Sequence {
+  uint64_t handle = 0;
+  EngineRequest request;
+  Sampler sampler;
+  TextStream text;
+  int64_t slot = -1;
+  size_t prefilled = 0;     // prompt tokens already in the slot's state
+  int32_t next_token = -1;  // sampled, not yet fed back
+  int64_t completion = 0;
+  bool done = false;
+  std::chrono::steady_clock::time_point submitted, admitted, first_token;
+
+  Sequence(EngineRequest r, Sampler s, const tokenizer::Tokenizer* tok)
+      : request(std::move(r)), sampler(std::move(s)), text(tok, request.params.stop) {}
+  bool prefilling() const { return prefilled < request.prompt.size(); }
+};
+
+namespace {
+double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<models::qwen35::Qwen35Model> model,
+                                                      const tokenizer::Tokenizer* tokenizer,
+                                                      const EngineOptions& options) {
+  if (!model) return absl::InvalidArgumentError("engine: no model");
+  if (options.max_queue < 1 || options.max_batched_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine: max_queue and max_batched_tokens must be >= 1, got ", options.max_queue,
+                     " and ", options.max_batched_tokens));
+  }
+  if (options.prefill_chunk < 64 || options.prefill_chunk % 64 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine: prefill_chunk must be a positive multiple of 64, got ", options.prefill_chunk));
+  }
+  auto engine = std::unique_ptr<Engine>(new Engine(std::move(model), tokenizer, options));
+  engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
+  return engine;
+}
+
+Engine::Engine(std::unique_ptr<models::qwen35::Qwen35Model> model, const tokenizer::Tokenizer* tokenizer,
+               const EngineOptions& options)
+    : model_(std::move(model)), tokenizer_(tokenizer), options_(options) {
+  for (int64_t s = model_->options().max_seqs - 1; s >= 0; --s) free_slots_.push_back(s);
+}
+
+Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
+
+absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request) {
+  const models::qwen35::Qwen35Config& c = model_->config();
+  const int64_t max_len = model_->options().max_model_len;
+  if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: empty; give at least one token");
+  if (static_cast<int64_t>(request.prompt.size()) + request.params.max_new_tokens > max_len) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt (", request.prompt.size(),
+                                                   " tokens) + max_tokens (", request.params.max_new_tokens,
+                                                   ") exceeds max_model_len ", max_len));
+  }
+  if (!tokenizer_ && !request.params.stop.empty()) {
+    return absl::InvalidArgumentError(
+        "stop: this model has no tokenizer, so stop strings cannot match; use "
+        "stop_token_ids");
+  }
+  if (!request.on_event) return absl::InvalidArgumentError("on_event: a callback is required");
+  absl::StatusOr<Sampler> sampler = Sampler::Create(request.params, c.vocab_size, request.prompt);
+  if (!sampler.ok()) return sampler.status();
+  auto seq = std::make_unique<Sequence>(std::move(request), *std::move(sampler), tokenizer_);
+  seq->submitted = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!admitting_) return absl::UnavailableError("engine: shutting down, not admitting requests");
+  if (static_cast<int64_t>(waiting_.size()) >= options_.max_queue) {
+    return absl::ResourceExhaustedError(absl::StrCat("queue full: ", waiting_.size(),
+                                                     " requests waiting (max_queue ", options_.max_queue,
+                                                     "); retry later"));
+  }
+  seq->handle = next_handle_++;
+  const uint64_t handle = seq->handle;
+  waiting_.push_back(std::move(seq));
+  wake_.notify_one();
+  return handle;
+}
+
+void Engine::Cancel(uint64_t handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancelled_.insert(handle);
+  wake_.notify_one();
+}
+
+Engine::Stats Engine::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stats s;
+  s.running = running_count_;
+  s.waiting = static_cast<int64_t>(waiting_.size());
+  s.free_slots = model_->options().max_seqs - running_count_;
+  s.steps = steps_;
+  return s;
+}
+
+void Engine::Shutdown(absl::Duration grace) {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (stop_) return;
+    admitting_ = false;
+    drained_.wait_for(lock, absl::ToChronoNanoseconds(grace),
+                      [this] { return waiting_.empty() && running_count_ == 0; });
+    stop_ = true;
+    wake_.notify_one();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void Engine::Finish(Sequence& seq, FinishReason reason, absl::Status error, std::string stop_reason) {
+  TokenEvent e;
+  e.finished = true;
+  e.reason = reason;
+  e.error = std::move(error);
+  e.stop_reason = std::move(stop_reason);
+  if (reason == FinishReason::kLength) e.text = seq.text.Finish();
+  e.prompt_tokens = static_cast<int64_t>(seq.request.prompt.size());
+  e.completion_tokens = seq.completion;
+  const auto now = std::chrono::steady_clock::now();
+  e.total_seconds = Seconds(seq.submitted, now);
+  if (seq.admitted.time_since_epoch().count()) e.queue_seconds = Seconds(seq.submitted, seq.admitted);
+  if (seq.completion > 0) e.time_to_first_token_seconds = Seconds(seq.submitted, seq.first_token);
+  seq.done = true;
+  seq.request.on_event(e);
+}
+
+void Engine::Loop() {
+  while (true) {
+    std::vector<std::unique_ptr<Sequence>> dropped;  // cancelled while still waiting
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock,
+                 [this] { return stop_ || !waiting_.empty() || !running_.empty() || !cancelled_.empty(); });
+      if (stop_) {
+        for (auto& s : waiting_) dropped.push_back(std::move(s));
+        waiting_.clear();
+      }
+      // Cancellations: a waiting request leaves the queue; a running one is finished below.
+      for (auto it = waiting_.begin(); it != waiting_.end();) {
+        if (cancelled_.count((*it)->handle)) {
+          cancelled_.erase((*it)->handle);
+          dropped.push_back(std::move(*it));
+          it = waiting_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      for (auto& seq : running_) {
+        if (stop_ || cancelled_.count(seq->handle)) {
+          cancelled_.erase(seq->handle);
+          seq->done = true;  // finished below, outside the lock
+        }
+      }
+      // Admission: FIFO into free slots.
+      while (!stop_ && !waiting_.empty() && !free_slots_.empty()) {
+        std::unique_ptr<Sequence> seq = std::move(waiting_.front());
+        waiting_.pop_front();
+        seq->slot = free_slots_.back();
+        free_slots_.pop_back();
+        seq->admitted = std::chrono::steady_clock::now();
+        running_.push_back(std::move(seq));
+      }
+      running_count_ = static_cast<int64_t>(running_.size());
+      cancelled_.clear();  // handles not found are finished or unknown: nothing to do
+    }
+    for (auto& seq : dropped) Finish(*seq, FinishReason::kCancelled, absl::OkStatus(), "");
+    for (auto& seq : running_) {
+      if (seq->done) Finish(*seq, FinishReason::kCancelled, absl::OkStatus(), "");
+    }
+    const bool stopping = [this] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return stop_;
+    }();
+    if (!stopping) Step();
+    // Release finished sequences' slots.
+    for (auto it = running_.begin(); it != running_.end();) {
+      if ((*it)->done) {
+        (void)model_->ResetSlot((*it)->slot);
+        free_slots_.push_back((*it)->slot);
+        it = running_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    running_count_ = static_cast<int64_t>(running_.size());
+    if (running_.empty() && waiting_.empty()) drained_.notify_all();
+    if (stop_ && running_.empty()) return;
+  }
+}
+
+bool Engine::Step() {
+  const absl::Time wall = absl::Now();
+  std::vector<Sequence*> batch;
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<int64_t> slots;
+  // Deadlines first: past-deadline requests stop before spending compute.
+  for (auto& seq : running_) {
+    if (!seq->done && seq->request.deadline && wall > *seq->request.deadline) {
+      Finish(*seq, FinishReason::kCancelled, absl::DeadlineExceededError("deadline exceeded"), "");
+    }
+  }
+  // Every running decode gets its token; prefill chunks fill the rest of the budget.
+  int64_t budget = options_.max_batched_tokens;
+  for (auto& seq : running_) {
+    if (seq->done || seq->prefilling()) continue;
+    batch.push_back(seq.get());
+    tokens.push_back({seq->next_token});
+    slots.push_back(seq->slot);
+    --budget;
+  }
+  for (auto& seq : running_) {
+    if (seq->done || !seq->prefilling()) continue;
+    const int64_t remaining = static_cast<int64_t>(seq->request.prompt.size() - seq->prefilled);
+    int64_t chunk = std::min({remaining, options_.prefill_chunk, budget});
+    // Whole kernel chunks unless it is the prompt's tail; an empty batch always makes progress.
+    if (chunk < remaining) chunk = chunk / 64 * 64;
+    if (chunk <= 0) {
+      if (!batch.empty()) continue;
+      chunk = std::min<int64_t>(remaining, 64);
+    }
+    batch.push_back(seq.get());
+    tokens.emplace_back(seq->request.prompt.begin() + seq->prefilled,
+                        seq->request.prompt.begin() + seq->prefilled + chunk);
+    slots.push_back(seq->slot);
+    budget -= chunk;
+  }
+  if (batch.empty()) return false;
+  absl::StatusOr<at::Tensor> logits = model_->Forward(tokens, slots);
+  const auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++steps_;
+  }
+  if (!logits.ok()) {
+    for (Sequence* seq : batch) Finish(*seq, FinishReason::kError, logits.status(), "");
+    return true;
+  }
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Sequence& seq = *batch[i];
+    if (seq.prefilling()) {
+      seq.prefilled += tokens[i].size();
+      if (seq.prefilling()) continue;  // more prompt to go: these logits are not a prediction we use
+    }
+    absl::StatusOr<SampleResult> r = seq.sampler.Sample((*logits)[static_cast<int64_t>(i)]);
+    if (!r.ok()) {
+      Finish(seq, FinishReason::kError, r.status(), "");
+      continue;
+    }
+    if (seq.completion == 0) seq.first_token = now;
+    ++seq.completion;
+    seq.next_token = r->token_id;
+    TokenEvent e;
+    e.token_ids.push_back(r->token_id);
+    e.text = seq.text.Push(r->token_id);
+    if (seq.request.params.logprobs) e.logprobs.push_back(*r);
+    e.prompt_tokens = static_cast<int64_t>(seq.request.prompt.size());
+    e.completion_tokens = seq.completion;
+    const int64_t total = e.prompt_tokens + seq.completion;
+    std::optional<FinishReason> reason;
+    std::string stop_reason;
+    if (IsStopToken(seq.request.params, r->token_id)) {
+      reason = FinishReason::kStop;
+      stop_reason = absl::StrCat("token ", r->token_id);
+    } else if (seq.text.stopped()) {
+      reason = FinishReason::kStop;
+      stop_reason = seq.text.stop_string();
+    } else if (seq.completion >= seq.request.params.max_new_tokens ||
+               total >= model_->options().max_model_len) {
+      reason = FinishReason::kLength;
+    }
+    seq.request.on_event(e);
+    if (reason) Finish(seq, *reason, absl::OkStatus(), stop_reason);
+  }
+  return true;
+}
+
+}  // namespace deltaserve::engine

@@ -1,0 +1,115 @@
+// The text engine: one thread that owns a model and runs continuous (iteration-level) batching over a
+// bounded admission queue; requests stream token events back through a callback.
+#ifndef DELTASERVE_SERVER_ENGINE_ENGINE_H_
+#define DELTASERVE_SERVER_ENGINE_ENGINE_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/sampler.h"
+#include "models/qwen35/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace deltaserve::engine {
+
+struct EngineOptions {
+  int64_t max_queue = 256;           // waiting requests beyond this are refused (RESOURCE_EXHAUSTED)
+  int64_t max_batched_tokens = 512;  // tokens per step: every running decode plus prefill chunks
+  int64_t prefill_chunk = 256;       // largest prefill piece per sequence per step (multiple of 64)
+};
+
+enum class FinishReason { kStop, kLength, kCancelled, kError };
+const char* FinishReasonName(FinishReason reason);
+
+// What a request hears, one event per generated token; the last one has `finished` set.
+struct TokenEvent {
+  std::vector<int32_t> token_ids;      // new tokens (one per event, none on a finish-only event)
+  std::string text;                    // new text: complete UTF-8 characters, never past a stop string
+  std::vector<SampleResult> logprobs;  // per new token, when the request asked for logprobs
+  bool finished = false;
+  FinishReason reason = FinishReason::kLength;
+  std::string stop_reason;  // the stop string, or "token <id>", that ended it
+  absl::Status error;       // set with kError, and with kCancelled when a deadline passed
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  double queue_seconds = 0, time_to_first_token_seconds = 0, total_seconds = 0;
+};
+
+struct EngineRequest {
+  std::vector<int32_t> prompt;
+  SamplingParams params;  // validated by Submit
+  std::optional<absl::Time> deadline;
+  // Called on the engine thread: must not block. The call with `finished` is the last.
+  std::function<void(const TokenEvent&)> on_event;
+};
+
+class Engine {
+ public:
+  // Takes the model; `tokenizer` (may be null: ids only, no stop strings) must outlive the engine.
+  static absl::StatusOr<std::unique_ptr<Engine>> Start(std::unique_ptr<models::qwen35::Qwen35Model> model,
+                                                       const tokenizer::Tokenizer* tokenizer,
+                                                       const EngineOptions& options);
+  ~Engine();  // Shutdown(zero grace) if not done yet
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Validates and enqueues. INVALID_ARGUMENT names the field and limit (empty or over-long prompt, ids
+  // outside the vocabulary, bad sampling values, stop strings without a tokenizer); RESOURCE_EXHAUSTED
+  // when the queue is full; UNAVAILABLE once shutting down. Returns a handle for Cancel.
+  absl::StatusOr<uint64_t> Submit(EngineRequest request);
+  // Ends the request at the next step (finish reason kCancelled) and frees its slot. Unknown or
+  // finished handles are ignored.
+  void Cancel(uint64_t handle);
+  // Stops admitting, lets running and queued requests finish for up to `grace`, then cancels the rest
+  // and stops the thread. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+  struct Stats {
+    int64_t running = 0, waiting = 0, free_slots = 0, steps = 0;
+  };
+  Stats stats() const;
+  const models::qwen35::Qwen35Model& model() const { return *model_; }
+
+ private:
+  struct Sequence;
+  Engine(std::unique_ptr<models::qwen35::Qwen35Model> model, const tokenizer::Tokenizer* tokenizer,
+         const EngineOptions& options);
+  void Loop();
+  // One scheduler iteration over the running set; returns false when there was nothing to do.
+  bool Step();
+  void Finish(Sequence& seq, FinishReason reason, absl::Status error, std::string stop_reason);
+
+  std::unique_ptr<models::qwen35::Qwen35Model> model_;
+  const tokenizer::Tokenizer* tokenizer_;
+  EngineOptions options_;
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;     // work arrived, or stop
+  std::condition_variable drained_;  // running + waiting became empty
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::set<uint64_t> cancelled_;
+  bool admitting_ = true;
+  bool stop_ = false;
+  uint64_t next_handle_ = 1;
+  int64_t running_count_ = 0;  // mirrors running_.size() for stats() and draining
+  int64_t steps_ = 0;
+
+  // Engine thread only.
+  std::vector<std::unique_ptr<Sequence>> running_;
+  std::vector<int64_t> free_slots_;
+  std::thread thread_;
+};
+
+}  // namespace deltaserve::engine
+
+#endif  // DELTASERVE_SERVER_ENGINE_ENGINE_H_

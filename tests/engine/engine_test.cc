@@ -1,0 +1,236 @@
+// The continuous-batching engine on a golden random checkpoint: streamed greedy tokens equal
+// transformers', concurrent streams equal their solo runs (batching changes nothing), long prompts are
+// prefilled in chunks, cancellation frees the slot, the queue refuses when full, bad requests are refused
+// by field, and shutdown finishes every stream.
+#include "engine/engine.h"
+
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+
+#include "model/golden.h"
+
+namespace deltaserve::engine {
+namespace {
+
+using deltaserve::testing::Golden;
+using deltaserve::testing::ReadGolden;
+using ::testing::HasSubstr;
+
+// Collects one request's events; Wait() blocks until the finishing event.
+struct Stream {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<int32_t> tokens;
+  std::optional<TokenEvent> last;
+  int events = 0;
+
+  std::function<void(const TokenEvent&)> Callback() {
+    return [this](const TokenEvent& e) {
+      std::lock_guard<std::mutex> lock(mu);
+      tokens.insert(tokens.end(), e.token_ids.begin(), e.token_ids.end());
+      ++events;
+      if (e.finished) {
+        last = e;
+        cv.notify_all();
+      }
+    };
+  }
+  TokenEvent Wait() {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(120), [this] { return last.has_value(); });
+    EXPECT_TRUE(last.has_value()) << "stream did not finish";
+    return last.value_or(TokenEvent{});
+  }
+  int SeenEvents() {
+    std::lock_guard<std::mutex> lock(mu);
+    return events;
+  }
+};
+
+std::unique_ptr<Engine> StartEngine(const Golden& g, int64_t max_seqs, EngineOptions options = {}) {
+  models::qwen35::ModelOptions mo;
+  mo.max_seqs = max_seqs;
+  mo.max_model_len = 512;
+  absl::StatusOr<std::unique_ptr<models::qwen35::Qwen35Model>> model =
+      models::qwen35::Qwen35Model::Load(g.dir, mo);
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) return nullptr;
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Start(*std::move(model), nullptr, options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? *std::move(engine) : nullptr;
+}
+
+SamplingParams Greedy(int64_t max_tokens) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_new_tokens = max_tokens;
+  return p;
+}
+
+EngineRequest Request(const std::vector<int32_t>& prompt, const SamplingParams& p, Stream& s) {
+  EngineRequest r;
+  r.prompt = prompt;
+  r.params = p;
+  r.on_event = s.Callback();
+  return r;
+}
+
+TEST(Engine, StreamedGreedyMatchesTransformers) {
+  Golden g = ReadGolden("flat_untied");
+  std::unique_ptr<Engine> engine = StartEngine(g, 2);
+  ASSERT_NE(engine, nullptr);
+  Stream s;
+  ASSERT_TRUE(engine->Submit(Request(g.greedy_prompt, Greedy(20), s)).ok());
+  TokenEvent last = s.Wait();
+  EXPECT_EQ(s.tokens, g.greedy_tokens);
+  EXPECT_EQ(last.reason, FinishReason::kLength);
+  EXPECT_EQ(last.completion_tokens, 20);
+  EXPECT_EQ(last.prompt_tokens, static_cast<int64_t>(g.greedy_prompt.size()));
+  EXPECT_GT(last.time_to_first_token_seconds, 0);
+  EXPECT_GE(last.total_seconds, last.time_to_first_token_seconds);
+}
+
+TEST(Engine, ConcurrentStreamsEqualTheirSoloRuns) {
+  Golden g = ReadGolden("nested_tied");
+  // Prompts of every golden length plus the greedy prompt, different output lengths; 4 slots for 12
+  // requests, so some wait and join mid-flight, and decodes mix with prefill chunks in one step.
+  std::vector<std::vector<int32_t>> prompts;
+  for (int rep = 0; rep < 2; ++rep) {
+    for (const auto& p : g.prompts) prompts.push_back(p.ids);
+    prompts.push_back(g.greedy_prompt);
+  }
+  std::vector<std::vector<int32_t>> solo(prompts.size());
+  {
+    std::unique_ptr<Engine> engine = StartEngine(g, 1);
+    ASSERT_NE(engine, nullptr);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      Stream s;
+      ASSERT_TRUE(engine->Submit(Request(prompts[i], Greedy(5 + static_cast<int64_t>(i)), s)).ok());
+      s.Wait();
+      solo[i] = s.tokens;
+    }
+  }
+  EngineOptions o;
+  o.max_batched_tokens = 128;  // forces chunked prefill of the 200-token prompts
+  o.prefill_chunk = 64;
+  std::unique_ptr<Engine> engine = StartEngine(g, 4, o);
+  ASSERT_NE(engine, nullptr);
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    streams.push_back(std::make_unique<Stream>());
+    ASSERT_TRUE(
+        engine->Submit(Request(prompts[i], Greedy(5 + static_cast<int64_t>(i)), *streams.back())).ok());
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    streams[i]->Wait();
+    EXPECT_EQ(streams[i]->tokens, solo[i]) << "request " << i;
+  }
+  // Slots return after the finishing callback, at the end of that step.
+  for (int i = 0; i < 1000 && engine->stats().free_slots != 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(engine->stats().free_slots, 4);
+  EXPECT_EQ(engine->stats().running, 0);
+}
+
+TEST(Engine, CancellationFreesTheSlot) {
+  Golden g = ReadGolden("flat_untied");
+  std::unique_ptr<Engine> engine = StartEngine(g, 1);
+  ASSERT_NE(engine, nullptr);
+  Stream long_one;
+  absl::StatusOr<uint64_t> h = engine->Submit(Request(g.greedy_prompt, Greedy(400), long_one));
+  ASSERT_TRUE(h.ok());
+  while (long_one.SeenEvents() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  engine->Cancel(*h);
+  TokenEvent last = long_one.Wait();
+  EXPECT_EQ(last.reason, FinishReason::kCancelled);
+  EXPECT_LT(last.completion_tokens, 400);
+  Stream next;  // the only slot must be free again
+  ASSERT_TRUE(engine->Submit(Request(g.greedy_prompt, Greedy(20), next)).ok());
+  next.Wait();
+  EXPECT_EQ(next.tokens, g.greedy_tokens);
+}
+
+TEST(Engine, DeadlineEndsTheRequest) {
+  Golden g = ReadGolden("flat_untied");
+  std::unique_ptr<Engine> engine = StartEngine(g, 1);
+  ASSERT_NE(engine, nullptr);
+  Stream s;
+  EngineRequest r = Request(g.greedy_prompt, Greedy(400), s);
+  r.deadline = absl::Now() + absl::Milliseconds(50);
+  ASSERT_TRUE(engine->Submit(std::move(r)).ok());
+  TokenEvent last = s.Wait();
+  EXPECT_EQ(last.reason, FinishReason::kCancelled);
+  EXPECT_EQ(last.error.code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST(Engine, FullQueueRefusesAtOnce) {
+  Golden g = ReadGolden("flat_untied");
+  EngineOptions o;
+  o.max_queue = 1;
+  std::unique_ptr<Engine> engine = StartEngine(g, 1, o);
+  ASSERT_NE(engine, nullptr);
+  Stream running, queued, refused;
+  absl::StatusOr<uint64_t> h = engine->Submit(Request(g.greedy_prompt, Greedy(400), running));
+  ASSERT_TRUE(h.ok());
+  while (running.SeenEvents() < 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(engine->Submit(Request(g.greedy_prompt, Greedy(3), queued)).ok());
+  absl::StatusOr<uint64_t> r = engine->Submit(Request(g.greedy_prompt, Greedy(3), refused));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("max_queue 1"));
+  engine->Cancel(*h);
+  EXPECT_EQ(queued.Wait().reason, FinishReason::kLength);
+}
+
+TEST(Engine, BadRequestsAreRefusedByField) {
+  Golden g = ReadGolden("flat_untied");
+  std::unique_ptr<Engine> engine = StartEngine(g, 1);
+  ASSERT_NE(engine, nullptr);
+  Stream s;
+  auto expect = [&](EngineRequest r, const std::string& what) {
+    absl::StatusOr<uint64_t> h = engine->Submit(std::move(r));
+    EXPECT_EQ(h.status().code(), absl::StatusCode::kInvalidArgument) << h.status();
+    EXPECT_THAT(std::string(h.status().message()), HasSubstr(what));
+  };
+  expect(Request({}, Greedy(5), s), "prompt: empty");
+  expect(Request({1, 2}, Greedy(511), s), "exceeds max_model_len 512");
+  expect(Request({1, 512}, Greedy(5), s), "512");
+  SamplingParams bad = Greedy(5);
+  bad.top_p = 0;
+  expect(Request({1}, bad, s), "top_p");
+  bad = Greedy(0);
+  expect(Request({1}, bad, s), "max_new_tokens");
+  SamplingParams stop = Greedy(5);
+  stop.stop = {"\n"};
+  expect(Request({1}, stop, s), "stop: this model has no tokenizer");
+  EXPECT_EQ(engine->stats().free_slots, 1);
+}
+
+TEST(Engine, ShutdownFinishesEveryStream) {
+  Golden g = ReadGolden("flat_untied");
+  std::unique_ptr<Engine> engine = StartEngine(g, 2);
+  ASSERT_NE(engine, nullptr);
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (int i = 0; i < 4; ++i) {
+    streams.push_back(std::make_unique<Stream>());
+    ASSERT_TRUE(engine->Submit(Request(g.greedy_prompt, Greedy(i < 2 ? 3 : 400), *streams.back())).ok());
+  }
+  engine->Shutdown(absl::Milliseconds(200));
+  for (int i = 0; i < 4; ++i) {
+    TokenEvent last = streams[i]->Wait();
+    if (i < 2) {
+      EXPECT_EQ(last.reason, FinishReason::kLength) << i;  // short ones finish within the grace
+    }
+  }
+  Stream late;
+  EXPECT_EQ(engine->Submit(Request(g.greedy_prompt, Greedy(3), late)).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace deltaserve::engine
