@@ -67,31 +67,28 @@ at::Tensor SolveTriangular(const at::Tensor& a) {
                                      /*unitriangular=*/true);
 }
 
-at::Tensor ProductForm(const at::Tensor& a, int bits) {
-  const int64_t c = a.size(-1);
-  at::Tensor eye = at::eye(c, a.options());
+// (I - A)(I + A^2)(I + A^4)...(I + A^(2^(factors - 1))) = sum_{n < 2^factors} (-A)^n: the Neumann series
+// up to order 2^factors - 1 in 2 (factors - 1) matmuls. Exact once 2^factors >= C (A^C = 0).
+at::Tensor PartialProduct(const at::Tensor& a, const at::Tensor& eye, int factors, int bits) {
   at::Tensor power = a;
   at::Tensor x = eye - a;
-  for (int m = 1; m < CeilLog2(c); ++m) {
+  for (int m = 1; m < factors; ++m) {
     power = MatMul(power, power, bits);  // A^(2^m): zero above sub-diagonal 2^m
     x = x + MatMul(x, power, bits);      // x (I + A^(2^m))
   }
   return x;
 }
 
+at::Tensor ProductForm(const at::Tensor& a, int bits) {
+  const int64_t c = a.size(-1);
+  return PartialProduct(a, at::eye(c, a.options()), CeilLog2(c), bits);
+}
+
 // Truncated Neumann series sum_{n<=N} (-A)^n. When N + 1 is a power of two it is the product form cut
 // short (fewer matmuls than Horner); otherwise Horner's rule.
 at::Tensor TruncatedNeumann(const at::Tensor& a, const at::Tensor& eye, int order, int bits) {
   if (order <= 0) return eye.expand(a.sizes()).clone();
-  if (((order + 1) & order) == 0) {
-    at::Tensor power = a;
-    at::Tensor x = eye - a;
-    for (int m = 1; (1 << m) < order + 1; ++m) {
-      power = MatMul(power, power, bits);
-      x = x + MatMul(x, power, bits);
-    }
-    return x;
-  }
+  if (((order + 1) & order) == 0) return PartialProduct(a, eye, CeilLog2(order + 1), bits);
   at::Tensor x = eye - a;
   for (int n = 2; n <= order; ++n) x = eye - MatMul(a, x, bits);
   return x;
