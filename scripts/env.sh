@@ -7,7 +7,7 @@ DELTASERVE_CACHE="${DELTASERVE_CACHE:-/var/cache/deltaserve}"
 # Key the venv by the interpreter and every pinned Python package, so a version bump builds a new one
 # and repeated runs on one machine reuse the old.
 _ds_pyver="$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)"
-_ds_pins="torch${TORCH_VERSION}-np${NUMPY_VERSION}-tf${TRANSFORMERS_VERSION}-tok${TOKENIZERS_VERSION}-st${SAFETENSORS_VERSION}"
+_ds_pins="torch${TORCH_VERSION}-np${NUMPY_VERSION}-tf${TRANSFORMERS_VERSION}-tok${TOKENIZERS_VERSION}-st${SAFETENSORS_VERSION}-grpc${GRPCIO_VERSION}"
 DELTASERVE_VENV="${DELTASERVE_VENV:-${DELTASERVE_CACHE}/venv-py${_ds_pyver}-${_ds_pins}}"
 DELTASERVE_PYTHON="${DELTASERVE_VENV}/bin/python"
 export CCACHE_DIR="${CCACHE_DIR:-${DELTASERVE_CACHE}/ccache}"

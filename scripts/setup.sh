@@ -39,7 +39,8 @@ else
   "${DELTASERVE_PYTHON}" -m pip install -q --progress-bar off --upgrade pip
   "${DELTASERVE_PYTHON}" -m pip install --progress-bar off \
     "torch==${TORCH_VERSION}" "numpy==${NUMPY_VERSION}" "transformers==${TRANSFORMERS_VERSION}" \
-    "tokenizers==${TOKENIZERS_VERSION}" "safetensors==${SAFETENSORS_VERSION}"
+    "tokenizers==${TOKENIZERS_VERSION}" "safetensors==${SAFETENSORS_VERSION}" \
+    "grpcio==${GRPCIO_VERSION}" "grpcio-tools==${GRPCIO_VERSION}" "${SETUPTOOLS_SPEC}"
   touch "${DELTASERVE_VENV}/.complete"
 fi
 mkdir -p "${CCACHE_DIR}"
