@@ -1,0 +1,101 @@
+#include "api/models_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "api/status_convert.h"
+#include "deltaserve/kernels/recurrent_state.h"
+#include "deltaserve/kernels/tri_inverse.h"
+
+namespace deltaserve::api {
+
+namespace {
+constexpr int32_t kMaxLogprobs = 20;
+
+std::string DtypeName(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: return c10::toString(t);
+  }
+}
+}  // namespace
+
+absl::StatusOr<ServedModel*> ModelRegistry::Find(absl::string_view name, absl::string_view field) const {
+  if (models_.empty()) return absl::UnavailableError("no model is served");
+  if (name.empty()) return models_.front();
+  std::vector<std::string> names;
+  for (ServedModel* m : models_) {
+    if (m->name == name) return m;
+    names.push_back(m->name);
+  }
+  return absl::NotFoundError(absl::StrCat(field, ": \"", name, "\" is not a served model; served: ",
+                                          absl::StrJoin(names, ", ")));
+}
+
+void FillModelInfo(const ServedModel& model, v1::ModelInfo* info) {
+  const models::qwen35::Qwen35Config& c = model.engine->model().config();
+  const models::qwen35::ModelOptions& o = model.engine->model().options();
+  info->set_name(model.name);
+  info->set_kind(v1::MODEL_KIND_TEXT_GENERATION);
+  info->set_architecture(c.architecture);
+  info->set_dtype(DtypeName(o.dtype));
+  info->set_device(o.device.str());
+  info->set_ready(model.ready.load());
+  info->set_num_layers(static_cast<int32_t>(c.num_hidden_layers));
+  int32_t linear = 0, full = 0;
+  for (models::qwen35::LayerType t : c.layer_types) {
+    (t == models::qwen35::LayerType::kLinearAttention ? linear : full)++;
+  }
+  info->mutable_layer_types()->set_linear_attention(linear);
+  info->mutable_layer_types()->set_full_attention(full);
+  info->set_hidden_size(static_cast<int32_t>(c.hidden_size));
+  info->set_vocab_size(static_cast<int32_t>(c.vocab_size));
+  info->set_max_model_len(static_cast<int32_t>(o.max_model_len));
+  info->set_max_num_seqs(static_cast<int32_t>(o.max_seqs));
+  info->set_inverse_method(kernels::ResolveTriInverseMethod(o.inverse_method, o.device.is_cuda()));
+  info->set_state_dtype(kernels::StateDtypeName(o.state_dtype));
+  v1::ModelLimits* limits = info->mutable_limits();
+  limits->set_max_prompt_tokens(static_cast<int32_t>(o.max_model_len - 1));
+  limits->set_max_new_tokens(static_cast<int32_t>(o.max_model_len - 1));
+  limits->set_max_logprobs(kMaxLogprobs);
+  limits->set_max_queued_requests(static_cast<int32_t>(model.engine_options.max_queue));
+  const engine::SamplingParams& d = model.defaults;
+  v1::SamplingParams* s = info->mutable_default_sampling();
+  s->set_temperature(d.temperature);
+  s->set_top_k(static_cast<int32_t>(d.top_k));
+  s->set_top_p(d.top_p);
+  s->set_min_p(d.min_p);
+  s->set_repetition_penalty(d.repetition_penalty);
+  s->set_presence_penalty(d.presence_penalty);
+  s->set_frequency_penalty(d.frequency_penalty);
+  s->set_max_tokens(static_cast<int32_t>(d.max_new_tokens));
+  s->set_logprobs(-1);
+  for (int32_t id : d.eos_token_ids) info->add_eos_token_ids(id);
+}
+
+grpc::ServerUnaryReactor* ModelsService::Done(grpc::CallbackServerContext* context, absl::string_view method,
+                                              const grpc::Status& status) {
+  if (observer_) observer_(method, status.error_code());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ModelsService::ListModels(grpc::CallbackServerContext* context,
+                                                    const v1::ListModelsRequest*,
+                                                    v1::ListModelsResponse* response) {
+  for (ServedModel* m : registry_->models()) FillModelInfo(*m, response->add_models());
+  if (!registry_->models().empty()) response->set_default_model(registry_->models().front()->name);
+  return Done(context, "ListModels", grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* ModelsService::GetModel(grpc::CallbackServerContext* context,
+                                                  const v1::GetModelRequest* request, v1::ModelInfo* response) {
+  absl::StatusOr<ServedModel*> m = registry_->Find(request->name(), "name");
+  if (!m.ok()) return Done(context, "GetModel", ToGrpcStatus(m.status()));
+  FillModelInfo(**m, response);
+  return Done(context, "GetModel", grpc::Status::OK);
+}
+
+}  // namespace deltaserve::api

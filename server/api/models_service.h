@@ -1,0 +1,69 @@
+// The served-model record shared by the gRPC services (engine, tokenizer, defaults, readiness), and the
+// deltaserve.v1.Models service that reports each model's configuration and limits.
+#ifndef DELTASERVE_SERVER_API_MODELS_SERVICE_H_
+#define DELTASERVE_SERVER_API_MODELS_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "deltaserve/v1/models.grpc.pb.h"
+#include "engine/engine.h"
+#include "engine/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace deltaserve::api {
+
+// One served text model. Everything pointed to must outlive the services.
+struct ServedModel {
+  std::string name;
+  engine::Engine* engine = nullptr;
+  const tokenizer::Tokenizer* tokenizer = nullptr;  // null: token ids only
+  engine::SamplingParams defaults;                  // DefaultSamplingParams(generation config)
+  engine::EngineOptions engine_options;
+  std::atomic<bool> ready{true};  // false from the start of a shutdown: requests get UNAVAILABLE
+};
+
+// Called once per finished RPC with the method name ("Generate", ...) and its status code; for metrics.
+using RequestObserver = std::function<void(absl::string_view method, grpc::StatusCode code)>;
+
+// The served models in startup order (the first is the default); the name lookup every service uses.
+class ModelRegistry {
+ public:
+  explicit ModelRegistry(std::vector<ServedModel*> models) : models_(std::move(models)) {}
+  // Empty name: the default model. Unknown: NOT_FOUND naming `field` and listing the served names.
+  absl::StatusOr<ServedModel*> Find(absl::string_view name, absl::string_view field = "model") const;
+  const std::vector<ServedModel*>& models() const { return models_; }
+
+ private:
+  std::vector<ServedModel*> models_;
+};
+
+// Fills `info` from the model's loaded config, options and engine limits.
+void FillModelInfo(const ServedModel& model, v1::ModelInfo* info);
+
+class ModelsService final : public v1::Models::CallbackService {
+ public:
+  ModelsService(const ModelRegistry* registry, RequestObserver observer = nullptr)
+      : registry_(registry), observer_(std::move(observer)) {}
+
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
+                                       v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* context, const v1::GetModelRequest* request,
+                                     v1::ModelInfo* response) override;
+
+ private:
+  grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, absl::string_view method,
+                                 const grpc::Status& status);
+  const ModelRegistry* registry_;
+  RequestObserver observer_;
+};
+
+}  // namespace deltaserve::api
+
+#endif  // DELTASERVE_SERVER_API_MODELS_SERVICE_H_

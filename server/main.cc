@@ -1,0 +1,262 @@
+// deltaserve: the gRPC server. Loads one Qwen3.5 checkpoint, runs its continuous-batching engine, and
+// serves deltaserve.v1.TextGeneration and Models, grpc.health.v1, reflection and Prometheus /metrics.
+#include <ATen/ATen.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "api/models_service.h"
+#include "api/text_generation_service.h"
+#include "deltaserve/kernels/recurrent_state.h"
+#include "deltaserve/kernels/tri_inverse.h"
+#include "engine/engine.h"
+#include "engine/generation_config.h"
+#include "models/qwen35/model.h"
+#include "tokenizer/tokenizer.h"
+
+ABSL_FLAG(std::string, model, "", "Checkpoint directory: config.json, *.safetensors, tokenizer.json (required)");
+ABSL_FLAG(std::string, model_name, "", "Name requests use for the model (default: the directory's basename)");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address the gRPC server listens on");
+ABSL_FLAG(int32_t, port, 50051, "gRPC port");
+ABSL_FLAG(int32_t, metrics_port, 9090, "Prometheus /metrics port; 0 disables");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
+ABSL_FLAG(std::string, dtype, "float32", "Weights and activations: float32 or bfloat16");
+ABSL_FLAG(std::string, inverse_method, "auto",
+          "Chunk inverse of the delta-rule prefill: auto, neumann, neumann-fast, neumann-int16, neumann-int8, "
+          "product, forward, solve-triangular");
+ABSL_FLAG(std::string, state_dtype, "fp32", "Recurrent decode state: fp32, bf16, int8, int8-sr, int8-coarse, fp8");
+ABSL_FLAG(int64_t, max_num_seqs, 8, "Sequences running at once (slots)");
+ABSL_FLAG(int64_t, max_model_len, 0,
+          "Tokens per sequence, prompt and output (0: min(4096, max_position_embeddings))");
+ABSL_FLAG(int64_t, max_batched_tokens, 512, "Tokens per engine step: running decodes plus prefill chunks");
+ABSL_FLAG(int64_t, max_queue, 256, "Requests that may wait for a slot; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(double, shutdown_grace, 30.0, "Seconds running requests may take to finish on SIGTERM/SIGINT");
+
+namespace {
+
+namespace q = deltaserve::models::qwen35;
+namespace api = deltaserve::api;
+
+int g_signal_pipe[2] = {-1, -1};
+
+void OnSignal(int) {
+  const char c = 1;
+  const int saved = errno;
+  (void)!::write(g_signal_pipe[1], &c, 1);  // async-signal-safe; all work happens on the waiting thread
+  errno = saved;
+}
+
+int Fail(const std::string& message, int code = 2) {
+  std::fprintf(stderr, "deltaserve: %s\n", message.c_str());
+  return code;
+}
+
+bool FileExists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+std::string Basename(std::string dir) {
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  const size_t slash = dir.rfind('/');
+  return slash == std::string::npos ? dir : dir.substr(slash + 1);
+}
+
+int Run() {
+  const std::string dir = absl::GetFlag(FLAGS_model);
+  if (dir.empty()) return Fail("--model is required (a checkpoint directory); see --help");
+  const std::string name = absl::GetFlag(FLAGS_model_name).empty() ? Basename(dir) : absl::GetFlag(FLAGS_model_name);
+  const int32_t port = absl::GetFlag(FLAGS_port), metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (port < 0 || port > 65535) return Fail(absl::StrCat("--port: must be in [0, 65535], got ", port));
+  if (metrics_port < 0 || metrics_port > 65535)
+    return Fail(absl::StrCat("--metrics-port: must be in [0, 65535], got ", metrics_port));
+  const double grace_s = absl::GetFlag(FLAGS_shutdown_grace);
+  if (!(grace_s >= 0)) return Fail("--shutdown-grace: must be >= 0 seconds");
+
+  q::ModelOptions options;
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype != "float32" && dtype != "bfloat16") return Fail("--dtype: must be float32 or bfloat16, got " + dtype);
+  options.dtype = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  try {
+    options.device = c10::Device(absl::GetFlag(FLAGS_device));
+  } catch (const c10::Error&) {
+    return Fail("--device: \"" + absl::GetFlag(FLAGS_device) + "\" is not a device (cpu, cuda, cuda:N)");
+  }
+  if (options.device.is_cuda() && !at::hasCUDA()) return Fail("--device: CUDA requested but not available");
+  options.inverse_method = absl::GetFlag(FLAGS_inverse_method);
+  absl::StatusOr<deltaserve::kernels::StateDtype> state =
+      deltaserve::kernels::ParseStateDtype(absl::GetFlag(FLAGS_state_dtype));
+  if (!state.ok()) return Fail(absl::StrCat("--state-dtype: ", state.status().message()));
+  options.state_dtype = *state;
+  options.max_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  if (options.max_seqs <= 0) return Fail("--max-num-seqs: must be positive");
+
+  absl::StatusOr<q::Qwen35Config> config = q::LoadQwen35Config(dir);
+  if (!config.ok()) return Fail(std::string(config.status().message()), 1);
+  const int64_t max_pos = config->max_position_embeddings > 0 ? config->max_position_embeddings : 4096;
+  options.max_model_len = absl::GetFlag(FLAGS_max_model_len) > 0 ? absl::GetFlag(FLAGS_max_model_len)
+                                                                  : std::min<int64_t>(4096, max_pos);
+  if (options.max_model_len < 2 || options.max_model_len > max_pos)
+    return Fail(absl::StrCat("--max-model-len: must be in [2, max_position_embeddings ", max_pos, "], got ",
+                             options.max_model_len));
+  deltaserve::engine::EngineOptions engine_options;
+  engine_options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  engine_options.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
+  if (engine_options.max_queue < 0) return Fail("--max-queue: must be >= 0");
+  if (engine_options.max_batched_tokens <= 0) return Fail("--max-batched-tokens: must be positive");
+
+  std::unique_ptr<deltaserve::tokenizer::Tokenizer> tokenizer;
+  if (FileExists(dir + "/tokenizer.json")) {
+    auto t = deltaserve::tokenizer::Tokenizer::FromFile(dir + "/tokenizer.json");
+    if (!t.ok()) return Fail(std::string(t.status().message()), 1);
+    tokenizer = *std::move(t);
+  }
+  absl::StatusOr<deltaserve::engine::GenerationConfig> gen = deltaserve::engine::LoadGenerationConfig(dir);
+  if (!gen.ok()) return Fail(std::string(gen.status().message()), 1);
+
+  // Metrics first: a taken port fails fast, before the slow weight load.
+  auto registry = std::make_shared<prometheus::Registry>();
+  auto& requests = prometheus::BuildCounter()
+                       .Name("deltaserve_requests_total")
+                       .Help("Finished gRPC requests by method and status code")
+                       .Register(*registry);
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (metrics_port != 0) {
+    const std::string bind = absl::StrCat(absl::GetFlag(FLAGS_host), ":", metrics_port);
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(bind);
+    } catch (const std::exception& e) {
+      return Fail(absl::StrCat("--metrics-port: cannot listen on ", bind, " (", e.what(), ")"), 1);
+    }
+    exposer->RegisterCollectable(registry);
+  }
+  std::mutex metrics_mu;
+  api::RequestObserver observer = [&](absl::string_view method, grpc::StatusCode code) {
+    std::lock_guard<std::mutex> lock(metrics_mu);  // Family::Add is thread-safe; this keeps labels cheap
+    requests.Add({{"method", std::string(method)}, {"code", absl::StrCat(static_cast<int>(code))}}).Increment();
+  };
+
+  absl::StatusOr<std::unique_ptr<q::Qwen35Model>> model = q::Qwen35Model::Load(dir, options);
+  if (!model.ok()) return Fail(std::string(model.status().message()), 1);
+  api::ServedModel served;
+  served.name = name;
+  served.tokenizer = tokenizer.get();
+  served.defaults = deltaserve::engine::DefaultSamplingParams(*gen, config->vocab_size);
+  if (served.defaults.eos_token_ids.empty())
+    served.defaults.eos_token_ids.assign(config->eos_token_ids.begin(), config->eos_token_ids.end());
+  served.engine_options = engine_options;
+  absl::StatusOr<std::unique_ptr<deltaserve::engine::Engine>> engine =
+      deltaserve::engine::Engine::Start(*std::move(model), tokenizer.get(), engine_options);
+  if (!engine.ok()) return Fail(std::string(engine.status().message()), 1);
+  served.engine = engine->get();
+
+  api::ModelRegistry models({&served});
+  api::TextGenerationService text_service(&models, observer);
+  api::ModelsService models_service(&models, observer);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int selected_port = 0;
+  const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", port);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port must fail, not be shared
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected_port);
+  builder.RegisterService(&text_service);
+  builder.RegisterService(&models_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || selected_port == 0) {
+    (*engine)->Shutdown(absl::ZeroDuration());
+    return Fail(absl::StrCat("--port: cannot listen on ", address), 1);
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  if (health) {
+    health->SetServingStatus(name, true);
+    health->SetServingStatus("", true);
+  }
+
+  const q::ModelOptions& mo = served.engine->model().options();
+  std::fprintf(stderr,
+               "deltaserve: serving \"%s\" (%s, %s, %s on %s, %ld layers, vocab %ld, tokenizer %s, inverse %s, "
+               "state %s) on %s:%d; max_model_len %ld, max_num_seqs %ld, max_batched_tokens %ld, max_queue %ld; "
+               "metrics %s\n",
+               name.c_str(), dir.c_str(), config->architecture.c_str(), dtype.c_str(), mo.device.str().c_str(),
+               static_cast<long>(config->num_hidden_layers), static_cast<long>(config->vocab_size),
+               tokenizer ? "yes" : "no",
+               deltaserve::kernels::ResolveTriInverseMethod(mo.inverse_method, mo.device.is_cuda()).c_str(),
+               deltaserve::kernels::StateDtypeName(mo.state_dtype).c_str(), absl::GetFlag(FLAGS_host).c_str(),
+               selected_port, static_cast<long>(mo.max_model_len), static_cast<long>(mo.max_seqs),
+               static_cast<long>(engine_options.max_batched_tokens), static_cast<long>(engine_options.max_queue),
+               metrics_port ? absl::StrCat("on :", metrics_port, "/metrics").c_str() : "off");
+
+  // Shutdown: the signal handler only writes a byte; this thread does the work.
+  std::thread waiter([&] {
+    char c;
+    while (::read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    std::fprintf(stderr, "deltaserve: shutting down (grace %.1f s)\n", grace_s);
+    served.ready = false;
+    if (health) {
+      health->SetServingStatus(name, false);
+      health->SetServingStatus("", false);
+    }
+    served.engine->Shutdown(absl::Seconds(grace_s));
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  });
+  server->Wait();
+  waiter.join();
+  (*engine)->Shutdown(absl::ZeroDuration());
+  std::fprintf(stderr, "deltaserve: stopped\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::StrContains(file, "server/main.cc"); };
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "Serves a Qwen3.5 checkpoint over gRPC (deltaserve.v1.TextGeneration, Models, health, reflection).\n"
+      "  deltaserve --model DIR [--model-name NAME] [--port 50051] [--metrics-port 9090] [engine flags]\n"
+      "Flags may be written with dashes or underscores.");
+  // Accept --max-num-seqs as well as --max_num_seqs: only the flag name (before '=') is rewritten.
+  std::vector<std::string> args(argv, argv + argc);
+  std::vector<char*> fixed;
+  for (std::string& a : args) {
+    if (a.rfind("--", 0) == 0) {
+      const size_t end = std::min(a.find('='), a.size());
+      for (size_t i = 2; i < end; ++i) a[i] = a[i] == '-' ? '_' : a[i];
+    }
+    fixed.push_back(a.data());
+  }
+  absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+  if (::pipe(g_signal_pipe) != 0) return Fail("cannot create the signal pipe");
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
+  return Run();
+}
