@@ -13,10 +13,14 @@ constexpr int32_t kMaxLogprobs = 20;
 
 std::string DtypeName(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    default: return c10::toString(t);
+    case at::kFloat:
+      return "float32";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    default:
+      return c10::toString(t);
   }
 }
 }  // namespace
@@ -29,8 +33,8 @@ absl::StatusOr<ServedModel*> ModelRegistry::Find(absl::string_view name, absl::s
     if (m->name == name) return m;
     names.push_back(m->name);
   }
-  return absl::NotFoundError(absl::StrCat(field, ": \"", name, "\" is not a served model; served: ",
-                                          absl::StrJoin(names, ", ")));
+  return absl::NotFoundError(
+      absl::StrCat(field, ": \"", name, "\" is not a served model; served: ", absl::StrJoin(names, ", ")));
 }
 
 void FillModelInfo(const ServedModel& model, v1::ModelInfo* info) {
@@ -74,9 +78,9 @@ void FillModelInfo(const ServedModel& model, v1::ModelInfo* info) {
   for (int32_t id : d.eos_token_ids) info->add_eos_token_ids(id);
 }
 
-grpc::ServerUnaryReactor* ModelsService::Done(grpc::CallbackServerContext* context, absl::string_view method,
-                                              const grpc::Status& status) {
-  if (observer_) observer_(method, status.error_code());
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, const RequestObserver& observer,
+                                      absl::string_view method, const grpc::Status& status) {
+  if (observer) observer(method, status.error_code());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(status);
   return reactor;
@@ -87,15 +91,16 @@ grpc::ServerUnaryReactor* ModelsService::ListModels(grpc::CallbackServerContext*
                                                     v1::ListModelsResponse* response) {
   for (ServedModel* m : registry_->models()) FillModelInfo(*m, response->add_models());
   if (!registry_->models().empty()) response->set_default_model(registry_->models().front()->name);
-  return Done(context, "ListModels", grpc::Status::OK);
+  return FinishUnary(context, observer_, "ListModels", grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* ModelsService::GetModel(grpc::CallbackServerContext* context,
-                                                  const v1::GetModelRequest* request, v1::ModelInfo* response) {
+                                                  const v1::GetModelRequest* request,
+                                                  v1::ModelInfo* response) {
   absl::StatusOr<ServedModel*> m = registry_->Find(request->name(), "name");
-  if (!m.ok()) return Done(context, "GetModel", ToGrpcStatus(m.status()));
+  if (!m.ok()) return FinishUnary(context, observer_, "GetModel", ToGrpcStatus(m.status()));
   FillModelInfo(**m, response);
-  return Done(context, "GetModel", grpc::Status::OK);
+  return FinishUnary(context, observer_, "GetModel", grpc::Status::OK);
 }
 
 }  // namespace deltaserve::api

@@ -32,6 +32,11 @@ struct ServedModel {
 // Called once per finished RPC with the method name ("Generate", ...) and its status code; for metrics.
 using RequestObserver = std::function<void(absl::string_view method, grpc::StatusCode code)>;
 
+// Finishes a unary call with `status` and reports it to `observer` (may be empty); both services end
+// every unary method through it.
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, const RequestObserver& observer,
+                                      absl::string_view method, const grpc::Status& status);
+
 // The served models in startup order (the first is the default); the name lookup every service uses.
 class ModelRegistry {
  public:
@@ -52,14 +57,13 @@ class ModelsService final : public v1::Models::CallbackService {
   ModelsService(const ModelRegistry* registry, RequestObserver observer = nullptr)
       : registry_(registry), observer_(std::move(observer)) {}
 
-  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;
   grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* context, const v1::GetModelRequest* request,
                                      v1::ModelInfo* response) override;
 
  private:
-  grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, absl::string_view method,
-                                 const grpc::Status& status);
   const ModelRegistry* registry_;
   RequestObserver observer_;
 };

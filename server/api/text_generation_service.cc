@@ -7,9 +7,9 @@
 #include <random>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "api/status_convert.h"
 #include "tokenizer/chat_format.h"
@@ -33,14 +33,15 @@ absl::Status Range(absl::string_view field, absl::string_view range, double got)
 }
 
 absl::Status NoTokenizer(const ServedModel& m, absl::string_view field) {
-  return absl::FailedPreconditionError(absl::StrCat(
-      field, ": model \"", m.name, "\" has no tokenizer.json; send token ids instead"));
+  return absl::FailedPreconditionError(
+      absl::StrCat(field, ": model \"", m.name, "\" has no tokenizer.json; send token ids instead"));
 }
 
 uint64_t FreshSeed() {
   static std::mutex mu;
-  static std::mt19937_64 rng(std::random_device{}() ^
-                             static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  static std::mt19937_64 rng(
+      std::random_device{}() ^
+      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
   std::lock_guard<std::mutex> lock(mu);
   return rng();
 }
@@ -58,8 +59,8 @@ absl::Status CheckIds(absl::string_view field, const google::protobuf::RepeatedF
                       int64_t vocab_size) {
   for (int i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "] must be in [0, vocab_size ", vocab_size,
-                                                     "), got ", ids[i]));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, "[", i, "] must be in [0, vocab_size ", vocab_size, "), got ", ids[i]));
     }
   }
   return absl::OkStatus();
@@ -80,7 +81,8 @@ absl::StatusOr<std::string> RenderChatInput(const v1::ChatInput& chat) {
     out.role = m.role();
     out.content = m.content();
     if (m.has_reasoning_content()) {
-      if (m.role() != "assistant") return Invalid(absl::StrCat(path, ".reasoning_content"), "assistant messages only");
+      if (m.role() != "assistant")
+        return Invalid(absl::StrCat(path, ".reasoning_content"), "assistant messages only");
       out.reasoning_content = m.reasoning_content();
     }
     if (m.tool_calls_size() > 0 && m.role() != "assistant")
@@ -147,19 +149,19 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const ServedModel& m, co
   if (s.has_seed()) p.seed = s.seed();
   if (s.has_max_tokens()) {
     if (s.max_tokens() < 1 || s.max_tokens() > max_len - 1)
-      return Range("sampling.max_tokens", absl::StrCat("[1, ", max_len - 1, "] (max_model_len ", max_len, " - 1)"),
-                   s.max_tokens());
+      return Range("sampling.max_tokens",
+                   absl::StrCat("[1, ", max_len - 1, "] (max_model_len ", max_len, " - 1)"), s.max_tokens());
     if (prompt_len + s.max_tokens() > max_len) {
-      return Invalid("sampling.max_tokens",
-                     absl::StrCat("prompt tokens (", prompt_len, ") + max_tokens (", s.max_tokens(),
-                                  ") exceed max_model_len ", max_len));
+      return Invalid("sampling.max_tokens", absl::StrCat("prompt tokens (", prompt_len, ") + max_tokens (",
+                                                         s.max_tokens(), ") exceed max_model_len ", max_len));
     }
     p.max_new_tokens = s.max_tokens();
   } else {
     p.max_new_tokens = std::min<int64_t>(p.max_new_tokens, max_len - prompt_len);
   }
   if (s.stop_size() > kMaxStopStrings)
-    return Invalid("sampling.stop", absl::StrCat("at most ", kMaxStopStrings, " entries, got ", s.stop_size()));
+    return Invalid("sampling.stop",
+                   absl::StrCat("at most ", kMaxStopStrings, " entries, got ", s.stop_size()));
   p.stop.clear();
   for (int i = 0; i < s.stop_size(); ++i) {
     if (s.stop(i).empty() || s.stop(i).size() > kMaxStopStringBytes)
@@ -168,7 +170,8 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const ServedModel& m, co
     p.stop.push_back(s.stop(i));
   }
   if (!p.stop.empty() && m.tokenizer == nullptr)
-    return Invalid("sampling.stop", "this model has no tokenizer, so stop strings cannot match; use stop_token_ids");
+    return Invalid("sampling.stop",
+                   "this model has no tokenizer, so stop strings cannot match; use stop_token_ids");
   if (s.stop_token_ids_size() > kMaxStopTokenIds)
     return Invalid("sampling.stop_token_ids",
                    absl::StrCat("at most ", kMaxStopTokenIds, " entries, got ", s.stop_token_ids_size()));
@@ -202,10 +205,14 @@ void FillLogprobs(const std::vector<engine::SampleResult>& results, v1::Generate
 
 v1::FinishReason ToProto(engine::FinishReason reason) {
   switch (reason) {
-    case engine::FinishReason::kStop: return v1::FINISH_REASON_STOP;
-    case engine::FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
-    case engine::FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
-    case engine::FinishReason::kError: return v1::FINISH_REASON_ERROR;
+    case engine::FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case engine::FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case engine::FinishReason::kCancelled:
+      return v1::FINISH_REASON_CANCELLED;
+    case engine::FinishReason::kError:
+      return v1::FINISH_REASON_ERROR;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
 }
@@ -296,7 +303,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     v1::GenerateResponse pending;  // coalesced events not yet written
     bool final_seen = false;
     grpc::Status final_status;
-    bool final_message = true;  // the final status comes after a message
+    bool final_message = true;     // the final status comes after a message
     v1::GenerateResponse writing;  // the message of the write in flight
   };
 
@@ -327,8 +334,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
         v1::Usage* u = r.mutable_usage();
         u->set_prompt_tokens(static_cast<int32_t>(e.prompt_tokens));
         u->set_completion_tokens(static_cast<int32_t>(e.completion_tokens));
-        u->set_time_to_first_token_seconds(e.completion_tokens > 0 ? e.time_to_first_token_seconds + s->queue_offset
-                                                                   : 0);
+        u->set_time_to_first_token_seconds(
+            e.completion_tokens > 0 ? e.time_to_first_token_seconds + s->queue_offset : 0);
         u->set_total_seconds(e.total_seconds + s->queue_offset);
         r.set_seed(s->seed);
         switch (e.reason) {
@@ -409,18 +416,20 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
 }  // namespace
 
-absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry, const v1::GenerateRequest& request) {
+absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry,
+                                                const v1::GenerateRequest& request) {
   absl::StatusOr<ServedModel*> found = registry.Find(request.model());
   if (!found.ok()) return found.status();
   ServedModel& m = **found;
   if (!m.ready.load()) {
-    return absl::UnavailableError(absl::StrCat("model \"", m.name, "\" is not ready (loading or shutting down)"));
+    return absl::UnavailableError(
+        absl::StrCat("model \"", m.name, "\" is not ready (loading or shutting down)"));
   }
   PreparedRequest out;
   out.model = &m;
   if (request.request_id().size() > kMaxRequestIdBytes)
-    return Invalid("request_id", absl::StrCat("at most ", kMaxRequestIdBytes, " bytes, got ",
-                                              request.request_id().size()));
+    return Invalid("request_id",
+                   absl::StrCat("at most ", kMaxRequestIdBytes, " bytes, got ", request.request_id().size()));
   for (char c : request.request_id()) {
     if (c < 0x20 || c > 0x7e) return Invalid("request_id", "only printable ASCII (0x20-0x7E) is allowed");
   }
@@ -472,64 +481,60 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* TextGenerationService::Generate(
   return new GenerateReactor(context, request, registry_, observer_);
 }
 
-grpc::ServerUnaryReactor* TextGenerationService::Done(grpc::CallbackServerContext* context,
-                                                      absl::string_view method, const grpc::Status& status) {
-  if (observer_) observer_(method, status.error_code());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(status);
-  return reactor;
-}
-
 grpc::ServerUnaryReactor* TextGenerationService::Tokenize(grpc::CallbackServerContext* context,
                                                           const v1::TokenizeRequest* request,
                                                           v1::TokenizeResponse* response) {
   absl::StatusOr<ServedModel*> found = registry_->Find(request->model());
-  if (!found.ok()) return Done(context, "Tokenize", ToGrpcStatus(found.status()));
+  if (!found.ok()) return FinishUnary(context, observer_, "Tokenize", ToGrpcStatus(found.status()));
   const ServedModel& m = **found;
   std::string text;
   switch (request->input_case()) {
     case v1::TokenizeRequest::kText:
-      if (m.tokenizer == nullptr) return Done(context, "Tokenize", ToGrpcStatus(NoTokenizer(m, "text")));
+      if (m.tokenizer == nullptr)
+        return FinishUnary(context, observer_, "Tokenize", ToGrpcStatus(NoTokenizer(m, "text")));
       text = request->text();
       break;
     case v1::TokenizeRequest::kChat: {
-      if (m.tokenizer == nullptr) return Done(context, "Tokenize", ToGrpcStatus(NoTokenizer(m, "chat")));
+      if (m.tokenizer == nullptr)
+        return FinishUnary(context, observer_, "Tokenize", ToGrpcStatus(NoTokenizer(m, "chat")));
       absl::StatusOr<std::string> rendered = RenderChatInput(request->chat());
-      if (!rendered.ok()) return Done(context, "Tokenize", ToGrpcStatus(rendered.status()));
+      if (!rendered.ok()) return FinishUnary(context, observer_, "Tokenize", ToGrpcStatus(rendered.status()));
       text = *rendered;
       response->set_chat_prompt(text);
       break;
     }
     default:
-      return Done(context, "Tokenize",
-                  ToGrpcStatus(Invalid("input", "exactly one of text and chat is required")));
+      return FinishUnary(context, observer_, "Tokenize",
+                         ToGrpcStatus(Invalid("input", "exactly one of text and chat is required")));
   }
   for (int32_t id : m.tokenizer->Encode(text)) {
     response->add_token_ids(id);
     if (request->return_tokens()) response->add_tokens(m.tokenizer->IdToToken(id).value_or(""));
   }
-  return Done(context, "Tokenize", grpc::Status::OK);
+  return FinishUnary(context, observer_, "Tokenize", grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* TextGenerationService::Detokenize(grpc::CallbackServerContext* context,
                                                             const v1::DetokenizeRequest* request,
                                                             v1::DetokenizeResponse* response) {
   absl::StatusOr<ServedModel*> found = registry_->Find(request->model());
-  if (!found.ok()) return Done(context, "Detokenize", ToGrpcStatus(found.status()));
+  if (!found.ok()) return FinishUnary(context, observer_, "Detokenize", ToGrpcStatus(found.status()));
   const ServedModel& m = **found;
-  if (m.tokenizer == nullptr) return Done(context, "Detokenize", ToGrpcStatus(NoTokenizer(m, "token_ids")));
+  if (m.tokenizer == nullptr)
+    return FinishUnary(context, observer_, "Detokenize", ToGrpcStatus(NoTokenizer(m, "token_ids")));
   if (request->token_ids_size() > MaxModelLen(m)) {
-    return Done(context, "Detokenize",
-                ToGrpcStatus(Invalid("token_ids", absl::StrCat("at most max_model_len ", MaxModelLen(m),
-                                                               " ids, got ", request->token_ids_size()))));
+    return FinishUnary(
+        context, observer_, "Detokenize",
+        ToGrpcStatus(Invalid("token_ids", absl::StrCat("at most max_model_len ", MaxModelLen(m), " ids, got ",
+                                                       request->token_ids_size()))));
   }
   absl::Status st = CheckIds("token_ids", request->token_ids(), VocabSize(m));
-  if (!st.ok()) return Done(context, "Detokenize", ToGrpcStatus(st));
+  if (!st.ok()) return FinishUnary(context, observer_, "Detokenize", ToGrpcStatus(st));
   std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
   absl::StatusOr<std::string> text = m.tokenizer->Decode(ids, request->skip_special_tokens());
-  if (!text.ok()) return Done(context, "Detokenize", ToGrpcStatus(text.status()));
+  if (!text.ok()) return FinishUnary(context, observer_, "Detokenize", ToGrpcStatus(text.status()));
   response->set_text(*text);
-  return Done(context, "Detokenize", grpc::Status::OK);
+  return FinishUnary(context, observer_, "Detokenize", grpc::Status::OK);
 }
 
 }  // namespace deltaserve::api

@@ -28,7 +28,8 @@ struct PreparedRequest {
 // Validates `request` against the served models: NOT_FOUND for an unknown model, UNAVAILABLE for one not
 // ready, FAILED_PRECONDITION for text input to a model without a tokenizer, INVALID_ARGUMENT naming the
 // field (as the proto writes it) otherwise. Exposed for tests.
-absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry, const v1::GenerateRequest& request);
+absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry,
+                                                const v1::GenerateRequest& request);
 
 class TextGenerationService final : public v1::TextGeneration::CallbackService {
  public:
@@ -44,8 +45,6 @@ class TextGenerationService final : public v1::TextGeneration::CallbackService {
                                        v1::DetokenizeResponse* response) override;
 
  private:
-  grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, absl::string_view method,
-                                 const grpc::Status& status);
   const ModelRegistry* registry_;
   RequestObserver observer_;
 };
