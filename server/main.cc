@@ -21,14 +21,11 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "api/models_service.h"
 #include "api/text_generation_service.h"
+#include "cli/command_line.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
 #include "engine/engine.h"
@@ -36,17 +33,20 @@
 #include "models/qwen35/model.h"
 #include "tokenizer/tokenizer.h"
 
-ABSL_FLAG(std::string, model, "", "Checkpoint directory: config.json, *.safetensors, tokenizer.json (required)");
+ABSL_FLAG(std::string, model, "",
+          "Checkpoint directory: config.json, *.safetensors, tokenizer.json (required)");
 ABSL_FLAG(std::string, model_name, "", "Name requests use for the model (default: the directory's basename)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address the gRPC server listens on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");
 ABSL_FLAG(int32_t, metrics_port, 9090, "Prometheus /metrics port; 0 disables");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "float32", "Weights and activations: float32 or bfloat16");
-ABSL_FLAG(std::string, inverse_method, "auto",
-          "Chunk inverse of the delta-rule prefill: auto, neumann, neumann-fast, neumann-int16, neumann-int8, "
-          "product, forward, solve-triangular");
-ABSL_FLAG(std::string, state_dtype, "fp32", "Recurrent decode state: fp32, bf16, int8, int8-sr, int8-coarse, fp8");
+ABSL_FLAG(
+    std::string, inverse_method, "auto",
+    "Chunk inverse of the delta-rule prefill: auto, neumann, neumann-fast, neumann-int16, neumann-int8, "
+    "product, forward, solve-triangular");
+ABSL_FLAG(std::string, state_dtype, "fp32",
+          "Recurrent decode state: fp32, bf16, int8, int8-sr, int8-coarse, fp8");
 ABSL_FLAG(int64_t, max_num_seqs, 8, "Sequences running at once (slots)");
 ABSL_FLAG(int64_t, max_model_len, 0,
           "Tokens per sequence, prompt and output (0: min(4096, max_position_embeddings))");
@@ -87,7 +87,8 @@ std::string Basename(std::string dir) {
 int Run() {
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) return Fail("--model is required (a checkpoint directory); see --help");
-  const std::string name = absl::GetFlag(FLAGS_model_name).empty() ? Basename(dir) : absl::GetFlag(FLAGS_model_name);
+  const std::string name =
+      absl::GetFlag(FLAGS_model_name).empty() ? Basename(dir) : absl::GetFlag(FLAGS_model_name);
   const int32_t port = absl::GetFlag(FLAGS_port), metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (port < 0 || port > 65535) return Fail(absl::StrCat("--port: must be in [0, 65535], got ", port));
   if (metrics_port < 0 || metrics_port > 65535)
@@ -97,7 +98,8 @@ int Run() {
 
   q::ModelOptions options;
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype != "float32" && dtype != "bfloat16") return Fail("--dtype: must be float32 or bfloat16, got " + dtype);
+  if (dtype != "float32" && dtype != "bfloat16")
+    return Fail("--dtype: must be float32 or bfloat16, got " + dtype);
   options.dtype = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   try {
     options.device = c10::Device(absl::GetFlag(FLAGS_device));
@@ -117,7 +119,7 @@ int Run() {
   if (!config.ok()) return Fail(std::string(config.status().message()), 1);
   const int64_t max_pos = config->max_position_embeddings > 0 ? config->max_position_embeddings : 4096;
   options.max_model_len = absl::GetFlag(FLAGS_max_model_len) > 0 ? absl::GetFlag(FLAGS_max_model_len)
-                                                                  : std::min<int64_t>(4096, max_pos);
+                                                                 : std::min<int64_t>(4096, max_pos);
   if (options.max_model_len < 2 || options.max_model_len > max_pos)
     return Fail(absl::StrCat("--max-model-len: must be in [2, max_position_embeddings ", max_pos, "], got ",
                              options.max_model_len));
@@ -155,7 +157,8 @@ int Run() {
   std::mutex metrics_mu;
   api::RequestObserver observer = [&](absl::string_view method, grpc::StatusCode code) {
     std::lock_guard<std::mutex> lock(metrics_mu);  // Family::Add is thread-safe; this keeps labels cheap
-    requests.Add({{"method", std::string(method)}, {"code", absl::StrCat(static_cast<int>(code))}}).Increment();
+    requests.Add({{"method", std::string(method)}, {"code", absl::StrCat(static_cast<int>(code))}})
+        .Increment();
   };
 
   absl::StatusOr<std::unique_ptr<q::Qwen35Model>> model = q::Qwen35Model::Load(dir, options);
@@ -197,18 +200,19 @@ int Run() {
   }
 
   const q::ModelOptions& mo = served.engine->model().options();
-  std::fprintf(stderr,
-               "deltaserve: serving \"%s\" (%s, %s, %s on %s, %ld layers, vocab %ld, tokenizer %s, inverse %s, "
-               "state %s) on %s:%d; max_model_len %ld, max_num_seqs %ld, max_batched_tokens %ld, max_queue %ld; "
-               "metrics %s\n",
-               name.c_str(), dir.c_str(), config->architecture.c_str(), dtype.c_str(), mo.device.str().c_str(),
-               static_cast<long>(config->num_hidden_layers), static_cast<long>(config->vocab_size),
-               tokenizer ? "yes" : "no",
-               deltaserve::kernels::ResolveTriInverseMethod(mo.inverse_method, mo.device.is_cuda()).c_str(),
-               deltaserve::kernels::StateDtypeName(mo.state_dtype).c_str(), absl::GetFlag(FLAGS_host).c_str(),
-               selected_port, static_cast<long>(mo.max_model_len), static_cast<long>(mo.max_seqs),
-               static_cast<long>(engine_options.max_batched_tokens), static_cast<long>(engine_options.max_queue),
-               metrics_port ? absl::StrCat("on :", metrics_port, "/metrics").c_str() : "off");
+  std::fprintf(
+      stderr,
+      "deltaserve: serving \"%s\" (%s, %s, %s on %s, %ld layers, vocab %ld, tokenizer %s, inverse %s, "
+      "state %s) on %s:%d; max_model_len %ld, max_num_seqs %ld, max_batched_tokens %ld, max_queue %ld; "
+      "metrics %s\n",
+      name.c_str(), dir.c_str(), config->architecture.c_str(), dtype.c_str(), mo.device.str().c_str(),
+      static_cast<long>(config->num_hidden_layers), static_cast<long>(config->vocab_size),
+      tokenizer ? "yes" : "no",
+      deltaserve::kernels::ResolveTriInverseMethod(mo.inverse_method, mo.device.is_cuda()).c_str(),
+      deltaserve::kernels::StateDtypeName(mo.state_dtype).c_str(), absl::GetFlag(FLAGS_host).c_str(),
+      selected_port, static_cast<long>(mo.max_model_len), static_cast<long>(mo.max_seqs),
+      static_cast<long>(engine_options.max_batched_tokens), static_cast<long>(engine_options.max_queue),
+      metrics_port ? absl::StrCat("on :", metrics_port, "/metrics").c_str() : "off");
 
   // Shutdown: the signal handler only writes a byte; this thread does the work.
   std::thread waiter([&] {
@@ -234,24 +238,12 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::StrContains(file, "server/main.cc"); };
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
+  deltaserve::cli::ParseCommandLine(
+      argc, argv,
       "Serves a Qwen3.5 checkpoint over gRPC (deltaserve.v1.TextGeneration, Models, health, reflection).\n"
       "  deltaserve --model DIR [--model-name NAME] [--port 50051] [--metrics-port 9090] [engine flags]\n"
-      "Flags may be written with dashes or underscores.");
-  // Accept --max-num-seqs as well as --max_num_seqs: only the flag name (before '=') is rewritten.
-  std::vector<std::string> args(argv, argv + argc);
-  std::vector<char*> fixed;
-  for (std::string& a : args) {
-    if (a.rfind("--", 0) == 0) {
-      const size_t end = std::min(a.find('='), a.size());
-      for (size_t i = 2; i < end; ++i) a[i] = a[i] == '-' ? '_' : a[i];
-    }
-    fixed.push_back(a.data());
-  }
-  absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+      "Flags may be written with dashes or underscores.",
+      "server/main.cc");
   if (::pipe(g_signal_pipe) != 0) return Fail("cannot create the signal pipe");
   struct sigaction sa {};
   sa.sa_handler = OnSignal;

@@ -16,13 +16,10 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/command_line.h"
 #include "engine/generation_config.h"
 #include "engine/sampler.h"
 #include "engine/text_stream.h"
@@ -272,27 +269,14 @@ int Run() {
 
 int main(int argc, char** argv) {
   // --help lists this file's flags (Abseil's default matches files named after the binary).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::StrContains(file, "generate_main"); };
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
+  deltaserve::cli::ParseCommandLine(
+      argc, argv,
       "Generates text with a Qwen3.5 checkpoint.\n"
       "  deltaserve-generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3 | --chat-file F)\n"
       "      [--max-new-tokens N]\n"
       "      [sampling flags] [--logits-out FILE.npy]\n"
       "Sampling defaults come from DIR/generation_config.json; flags override them. Flags may be\n"
-      "written with dashes or underscores (--max-new-tokens or --max_new_tokens).");
-  // Accept --max-new-tokens as well as Abseil's --max_new_tokens: dashes are what users of vLLM and
-  // llama.cpp type. Only the flag name (before '=') is rewritten, never a value.
-  std::vector<std::string> args(argv, argv + argc);
-  std::vector<char*> fixed;
-  for (std::string& a : args) {
-    if (a.rfind("--", 0) == 0) {
-      const size_t end = std::min(a.find('='), a.size());
-      for (size_t i = 2; i < end; ++i) a[i] = a[i] == '-' ? '_' : a[i];
-    }
-    fixed.push_back(a.data());
-  }
-  absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+      "written with dashes or underscores (--max-new-tokens or --max_new_tokens).",
+      "generate_main");
   return Run();
 }
