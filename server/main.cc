@@ -238,12 +238,17 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  deltaserve::cli::ParseCommandLine(
+  const std::vector<std::string> extra = deltaserve::cli::ParseCommandLine(
       argc, argv,
       "Serves a Qwen3.5 checkpoint over gRPC (deltaserve.v1.TextGeneration, Models, health, reflection).\n"
       "  deltaserve --model DIR [--model-name NAME] [--port 50051] [--metrics-port 9090] [engine flags]\n"
       "Flags may be written with dashes or underscores.",
       "server/main.cc");
+  if (!extra.empty()) {
+    std::fprintf(stderr, "%s: unexpected argument \"%s\" (flags start with --; see --help)\n", argv[0],
+                 extra.front().c_str());
+    return 2;
+  }
   if (::pipe(g_signal_pipe) != 0) return Fail("cannot create the signal pipe");
   struct sigaction sa {};
   sa.sa_handler = OnSignal;

@@ -12,7 +12,7 @@
 
 namespace deltaserve::cli {
 
-void ParseCommandLine(int argc, char** argv, absl::string_view usage, absl::string_view flags_file) {
+std::vector<std::string> ParseCommandLine(int argc, char** argv, absl::string_view usage, absl::string_view flags_file) {
   absl::FlagsUsageConfig config;
   const std::string file(flags_file);
   config.contains_help_flags = [file](absl::string_view path) { return absl::StrContains(path, file); };
@@ -28,7 +28,8 @@ void ParseCommandLine(int argc, char** argv, absl::string_view usage, absl::stri
     }
     fixed.push_back(a.data());
   }
-  absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+  const std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+  return std::vector<std::string>(rest.begin() + 1, rest.end());
 }
 
 }  // namespace deltaserve::cli

@@ -269,7 +269,7 @@ int Run() {
 
 int main(int argc, char** argv) {
   // --help lists this file's flags (Abseil's default matches files named after the binary).
-  deltaserve::cli::ParseCommandLine(
+  const std::vector<std::string> extra = deltaserve::cli::ParseCommandLine(
       argc, argv,
       "Generates text with a Qwen3.5 checkpoint.\n"
       "  deltaserve-generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3 | --chat-file F)\n"
@@ -278,5 +278,10 @@ int main(int argc, char** argv) {
       "Sampling defaults come from DIR/generation_config.json; flags override them. Flags may be\n"
       "written with dashes or underscores (--max-new-tokens or --max_new_tokens).",
       "generate_main");
+  if (!extra.empty()) {
+    std::fprintf(stderr, "%s: unexpected argument \"%s\" (flags start with --; see --help)\n", argv[0],
+                 extra.front().c_str());
+    return 2;
+  }
   return Run();
 }

@@ -1,6 +1,7 @@
 // The gRPC API end to end on a golden random checkpoint: streamed greedy tokens equal transformers',
-// concurrent streams equal solo runs, client cancellation frees the slot, bad requests are refused with
-// the right code and field, Tokenize without a tokenizer is FAILED_PRECONDITION, ListModels lists it.
+// 32 concurrent streams equal solo runs, client cancellation and deadlines free the slot, bad requests
+// are refused with the right code and field, a full queue refuses at once, shutdown drains streams in
+// flight, Tokenize without a tokenizer is FAILED_PRECONDITION, ListModels lists the model.
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
@@ -11,11 +12,8 @@
 #include <memory>
 #include <thread>
 
-#include "api/models_service.h"
-#include "api/text_generation_service.h"
+#include "api/local_server.h"
 #include "deltaserve/v1/models.grpc.pb.h"
-#include "deltaserve/v1/text_generation.grpc.pb.h"
-#include "engine/generation_config.h"
 #include "model/golden.h"
 
 namespace deltaserve::api {
@@ -29,88 +27,35 @@ constexpr int64_t kSlots = 4;
 
 class ServerTest : public ::testing::Test {
  protected:
+  using Result = testing::StreamResult;
+
   static void SetUpTestSuite() {
     golden_ = new Golden(ReadGolden("flat_untied"));
-    models::qwen35::ModelOptions mo;
-    mo.max_seqs = kSlots;
-    mo.max_model_len = 512;
-    auto model = models::qwen35::Qwen35Model::Load(golden_->dir, mo);
-    ASSERT_TRUE(model.ok()) << model.status();
-    const int64_t vocab = (*model)->config().vocab_size;
-    auto engine = engine::Engine::Start(*std::move(model), nullptr, engine::EngineOptions{});
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    engine_ = engine->release();
-    served_ = new ServedModel;
-    served_->name = "golden";
-    served_->engine = engine_;
-    auto gen = engine::LoadGenerationConfig(golden_->dir);
-    ASSERT_TRUE(gen.ok()) << gen.status();
-    served_->defaults = engine::DefaultSamplingParams(*gen, vocab);
-    registry_ = new ModelRegistry({served_});
-    text_ = new TextGenerationService(registry_);
-    models_ = new ModelsService(registry_);
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(text_);
-    builder.RegisterService(models_);
-    server_ = builder.BuildAndStart().release();
-    ASSERT_NE(server_, nullptr);
-    ASSERT_NE(port, 0);
-    channel_ = new std::shared_ptr<grpc::Channel>(
-        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+    server_ = new testing::LocalServer(golden_->dir, kSlots, 512, engine::EngineOptions{});
+    ASSERT_TRUE(server_->ok());
+    channel_ = &server_->channel();
+    engine_ = &server_->engine();
   }
   static void TearDownTestSuite() {
-    if (engine_) engine_->Shutdown(absl::ZeroDuration());
-    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     delete server_;
-    delete channel_;
-    delete text_;
-    delete models_;
-    delete registry_;
-    delete served_;
-    delete engine_;
     delete golden_;
   }
 
-  struct Result {
-    grpc::Status status;
-    std::vector<int32_t> tokens;
-    std::vector<v1::GenerateResponse> responses;
-  };
-
   static Result Generate(const v1::GenerateRequest& request, int seconds = 120) {
-    auto stub = v1::TextGeneration::NewStub(*channel_);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
-    auto reader = stub->Generate(&ctx, request);
-    Result r;
-    v1::GenerateResponse resp;
-    while (reader->Read(&resp)) {
-      r.tokens.insert(r.tokens.end(), resp.token_ids().begin(), resp.token_ids().end());
-      r.responses.push_back(resp);
-    }
-    r.status = reader->Finish();
-    return r;
+    return GenerateOn(*channel_, request, std::chrono::seconds(seconds));
   }
-
+  static Result GenerateOn(const std::shared_ptr<grpc::Channel>& channel, const v1::GenerateRequest& request,
+                           std::chrono::milliseconds timeout) {
+    return testing::RunStream(channel, request, timeout);
+  }
   static v1::GenerateRequest Greedy(const std::vector<int32_t>& prompt, int max_tokens) {
-    v1::GenerateRequest req;
-    req.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
-    req.mutable_sampling()->set_temperature(0);
-    req.mutable_sampling()->set_max_tokens(max_tokens);
-    req.mutable_sampling()->set_ignore_eos(true);
-    return req;
+    return testing::GreedyRequest(prompt, max_tokens);
   }
 
   static inline Golden* golden_ = nullptr;
+  static inline testing::LocalServer* server_ = nullptr;
+  static inline const std::shared_ptr<grpc::Channel>* channel_ = nullptr;
   static inline engine::Engine* engine_ = nullptr;
-  static inline ServedModel* served_ = nullptr;
-  static inline ModelRegistry* registry_ = nullptr;
-  static inline TextGenerationService* text_ = nullptr;
-  static inline ModelsService* models_ = nullptr;
-  static inline grpc::Server* server_ = nullptr;
-  static inline std::shared_ptr<grpc::Channel>* channel_ = nullptr;
 };
 
 TEST_F(ServerTest, GreedyStreamEqualsGolden) {
@@ -133,21 +78,25 @@ TEST_F(ServerTest, GreedyStreamEqualsGolden) {
 
 TEST_F(ServerTest, ConcurrentStreamsEqualSolo) {
   std::vector<std::vector<int32_t>> prompts;
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 32; ++i) {
     // Distinct prompts of different lengths: golden prompts, some cut short.
     const auto& ids = golden_->prompts[i % golden_->prompts.size()].ids;
     const int64_t len = std::max<int64_t>(1, static_cast<int64_t>(ids.size()) - i / 2);
     std::vector<int32_t> p(ids.begin(), ids.begin() + len);
+    p.push_back(static_cast<int32_t>(i));  // every prompt differs
     prompts.push_back(p);
   }
+  // Different output lengths too, so streams leave the batch at different steps.
+  auto length = [](size_t i) { return 4 + static_cast<int>(i % 5) * 3; };
   std::vector<std::vector<int32_t>> solo;
-  for (const auto& p : prompts) {
-    Result r = Generate(Greedy(p, 12));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Result r = Generate(Greedy(prompts[i], length(i)));
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
     solo.push_back(r.tokens);
   }
   std::vector<std::future<Result>> futures;
-  for (const auto& p : prompts) futures.push_back(std::async(std::launch::async, [p] { return Generate(Greedy(p, 12)); }));
+  for (size_t i = 0; i < prompts.size(); ++i)
+    futures.push_back(std::async(std::launch::async, [&, i] { return Generate(Greedy(prompts[i], length(i))); }));
   for (size_t i = 0; i < futures.size(); ++i) {
     Result r = futures[i].get();
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
@@ -181,6 +130,34 @@ TEST_F(ServerTest, CancelFreesTheSlot) {
   Result next = Generate(Greedy(golden_->greedy_prompt, 4), 60);
   EXPECT_TRUE(next.status.ok()) << next.status.error_message();
   EXPECT_EQ(next.tokens.size(), 4u);
+}
+
+TEST_F(ServerTest, DeadlineExceededEndsTheStreamAndFreesTheSlot) {
+  Result r = GenerateOn(*channel_, Greedy(golden_->greedy_prompt, 400), std::chrono::milliseconds(300));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << r.status.error_message();
+  EXPECT_LT(r.tokens.size(), 400u);
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (engine_->stats().running > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(engine_->stats().running, 0);
+  Result next = Generate(Greedy(golden_->greedy_prompt, 3), 60);
+  EXPECT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.tokens.size(), 3u);
+}
+
+TEST_F(ServerTest, InvalidUtf8StopStringIsRefusedBeforeTheEngine) {
+  // proto3 `string` fields must hold UTF-8: gRPC C++ cannot parse such a request, so it never reaches
+  // the service, the engine or a slot (documented in text_generation.proto).
+  v1::GenerateRequest req = Greedy(golden_->greedy_prompt, 4);
+  req.mutable_sampling()->add_stop(std::string("\xff\xfe", 2));
+  const int64_t steps_before = engine_->stats().steps;
+  Result r = Generate(req);
+  // gRPC 1.51's callback server answers a request it cannot parse with UNIMPLEMENTED and no message.
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_TRUE(r.responses.empty());
+  EXPECT_EQ(engine_->stats().steps, steps_before);
+  Result next = Generate(Greedy(golden_->greedy_prompt, 2), 60);
+  EXPECT_TRUE(next.status.ok()) << next.status.error_message();
 }
 
 TEST_F(ServerTest, InvalidArgumentsNameTheField) {
@@ -222,6 +199,17 @@ TEST_F(ServerTest, InvalidArgumentsNameTheField) {
   r = Generate(bad_id);
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(r.status.error_message(), HasSubstr("token_ids.ids[2]"));
+
+  v1::GenerateRequest zero = Greedy(golden_->greedy_prompt, 0);
+  r = Generate(zero);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("sampling.max_tokens"));
+
+  v1::GenerateRequest top_p = Greedy(golden_->greedy_prompt, 4);
+  top_p.mutable_sampling()->set_top_p(2);
+  r = Generate(top_p);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("sampling.top_p"));
 
   v1::GenerateRequest long_id = Greedy(golden_->greedy_prompt, 4);
   long_id.set_request_id(std::string(129, 'x'));

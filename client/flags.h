@@ -1,0 +1,34 @@
+// deltaserve-cli's flags, defined in main.cc; every subcommand reads the ones it needs.
+#ifndef DELTASERVE_CLIENT_FLAGS_H_
+#define DELTASERVE_CLIENT_FLAGS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/flags/declare.h"
+
+ABSL_DECLARE_FLAG(std::string, server);
+ABSL_DECLARE_FLAG(std::string, model);
+ABSL_DECLARE_FLAG(double, timeout);
+ABSL_DECLARE_FLAG(int32_t, max_tokens);
+ABSL_DECLARE_FLAG(double, temperature);
+ABSL_DECLARE_FLAG(double, top_p);
+ABSL_DECLARE_FLAG(int32_t, top_k);
+ABSL_DECLARE_FLAG(int64_t, seed);
+ABSL_DECLARE_FLAG(std::vector<std::string>, stop);
+ABSL_DECLARE_FLAG(bool, ignore_eos);
+ABSL_DECLARE_FLAG(std::string, system);
+ABSL_DECLARE_FLAG(bool, chat);
+ABSL_DECLARE_FLAG(std::vector<std::string>, token_ids);
+ABSL_DECLARE_FLAG(bool, show_tokens);
+ABSL_DECLARE_FLAG(bool, json);
+ABSL_DECLARE_FLAG(int32_t, num_requests);
+ABSL_DECLARE_FLAG(int32_t, concurrency);
+ABSL_DECLARE_FLAG(double, request_rate);
+ABSL_DECLARE_FLAG(int32_t, input_len);
+ABSL_DECLARE_FLAG(int32_t, output_len);
+ABSL_DECLARE_FLAG(double, range_ratio);
+ABSL_DECLARE_FLAG(std::string, result_json);
+
+#endif  // DELTASERVE_CLIENT_FLAGS_H_
