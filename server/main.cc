@@ -126,7 +126,7 @@ int Run() {
   deltaserve::engine::EngineOptions engine_options;
   engine_options.max_queue = absl::GetFlag(FLAGS_max_queue);
   engine_options.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
-  if (engine_options.max_queue < 0) return Fail("--max-queue: must be >= 0");
+  if (engine_options.max_queue < 1) return Fail("--max-queue: must be >= 1");
   if (engine_options.max_batched_tokens <= 0) return Fail("--max-batched-tokens: must be positive");
 
   std::unique_ptr<deltaserve::tokenizer::Tokenizer> tokenizer;

@@ -97,7 +97,10 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request) {
   seq->submitted = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> lock(mu_);
   if (!admitting_) return absl::UnavailableError("engine: shutting down, not admitting requests");
-  if (static_cast<int64_t>(waiting_.size()) >= options_.max_queue) {
+  // Requests that free slots will take at the next step are not waiting for a slot: only the rest count
+  // against max_queue, so a burst within capacity is never refused.
+  const int64_t unclaimed = std::max<int64_t>(0, model_->options().max_seqs - running_count_);
+  if (static_cast<int64_t>(waiting_.size()) >= options_.max_queue + unclaimed) {
     return absl::ResourceExhaustedError(absl::StrCat("queue full: ", waiting_.size(),
                                                      " requests waiting (max_queue ", options_.max_queue,
                                                      "); retry later"));

@@ -141,14 +141,11 @@ absl::StatusOr<std::string> BpeTokenizer::DecodeBytes(const std::vector<int32_t>
                                                       bool skip_special_tokens) const {
   std::string out;
   for (const int32_t id : ids) {
-    if (id < 0 || static_cast<size_t>(id) >= entries_.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("token id ", id, " is out of range [0, ", entries_.size(), ")"));
-    }
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is negative"));
+    // Ids the tokenizer has no entry for (a model's padded vocabulary rows) decode to nothing, as in
+    // Hugging Face tokenizers: a model can generate them, and its own output must always decode.
+    if (static_cast<size_t>(id) >= entries_.size() || !entries_[id].assigned) continue;
     const Entry& e = entries_[id];
-    if (!e.assigned) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is not in the vocabulary"));
-    }
     if (skip_special_tokens && e.special) continue;
     out += e.bytes;
   }
