@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <utility>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -49,6 +50,22 @@ const char* FinishName(v1::FinishReason r) {
     case v1::FINISH_REASON_ERROR: return "error";
     default: return "unfinished";
   }
+}
+
+// -1 means "the model's default"; any other negative value is a typo, not a request for the default.
+bool CheckSamplingFlags() {
+  const std::pair<const char*, double> flags[] = {{"--max-tokens", absl::GetFlag(FLAGS_max_tokens)},
+                                                  {"--temperature", absl::GetFlag(FLAGS_temperature)},
+                                                  {"--top-p", absl::GetFlag(FLAGS_top_p)},
+                                                  {"--top-k", absl::GetFlag(FLAGS_top_k)},
+                                                  {"--seed", static_cast<double>(absl::GetFlag(FLAGS_seed))}};
+  for (const auto& [name, value] : flags) {
+    if (value < 0 && value != -1) {
+      std::fprintf(stderr, "deltaserve-cli: %s: must be >= 0, or -1 for the model's default; got %g\n", name, value);
+      return false;
+    }
+  }
+  return true;
 }
 
 void ApplySamplingFlags(v1::GenerateRequest& req) {
@@ -105,6 +122,12 @@ StreamOutcome Stream(const v1::GenerateRequest& req) {
 }
 
 void PrintUsage(const StreamOutcome& o) {
+  if (o.last.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) {
+    // Cancelled by the client (Stream said so): the final message with usage never came.
+    if (absl::GetFlag(FLAGS_show_tokens))
+      std::fprintf(stderr, "[tokens: %s]\n", absl::StrJoin(o.tokens, ",").c_str());
+    return;
+  }
   const v1::Usage& u = o.last.usage();
   const double decode_s = u.total_seconds() - u.time_to_first_token_seconds();
   std::fprintf(stderr, "[%s; %d prompt + %d generated tokens; TTFT %.1f ms; %.1f tokens/s]\n",
@@ -118,6 +141,7 @@ void PrintUsage(const StreamOutcome& o) {
 }  // namespace
 
 int RunGenerate(const std::vector<std::string>& args) {
+  if (!CheckSamplingFlags()) return 2;
   v1::GenerateRequest req;
   const std::vector<std::string> ids = absl::GetFlag(FLAGS_token_ids);
   if (!ids.empty()) {
@@ -166,7 +190,9 @@ int RunChat(const std::vector<std::string>& args) {
     std::fprintf(stderr, "deltaserve-cli chat: takes no arguments (type messages at the prompt)\n");
     return 2;
   }
+  if (!CheckSamplingFlags()) return 2;
   std::vector<v1::ChatMessage> history;
+  bool failed = false;  // the last turn failed: a script piping into chat must see it
   const bool tty = ::isatty(STDIN_FILENO);
   if (tty) std::fprintf(stderr, "Chat with %s. /reset forgets the conversation, /exit (or Ctrl-D) quits; "
                         "Ctrl-C stops an answer.\n", absl::GetFlag(FLAGS_server).c_str());
@@ -195,15 +221,17 @@ int RunChat(const std::vector<std::string>& args) {
     const StreamOutcome out = Stream(req);
     if (!out.status.ok() && out.status.error_code() != grpc::StatusCode::CANCELLED) {
       ReportFailure("chat", out.status);
+      failed = true;
       continue;  // the conversation stays as it was; the user may retry or /reset
     }
+    failed = false;
     history.push_back(user);
     v1::ChatMessage answer;
     answer.set_role("assistant");
     answer.set_content(out.text);
     history.push_back(answer);
   }
-  return 0;
+  return failed ? 1 : 0;
 }
 
 }  // namespace deltaserve::client

@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <prometheus/counter.h>
+#include <prometheus/gauge.h>
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 #include <signal.h>
@@ -30,6 +31,8 @@
 #include "deltaserve/kernels/tri_inverse.h"
 #include "engine/engine.h"
 #include "engine/generation_config.h"
+#include "metrics/process_collector.h"
+#include "metrics/prometheus_engine_metrics.h"
 #include "models/qwen35/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -52,6 +55,10 @@ ABSL_FLAG(int64_t, max_model_len, 0,
           "Tokens per sequence, prompt and output (0: min(4096, max_position_embeddings))");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "Tokens per engine step: running decodes plus prefill chunks");
 ABSL_FLAG(int64_t, max_queue, 256, "Requests that may wait for a slot; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, layer_metrics, "sampled",
+          "Per-layer latency histograms (deltaserve_layer_duration_seconds): off, sampled (a fraction of steps, "
+          "see --layer-metrics-sample-rate) or all (every step)");
+ABSL_FLAG(double, layer_metrics_sample_rate, 0.05, "With --layer-metrics=sampled: fraction of steps timed, (0, 1]");
 ABSL_FLAG(double, shutdown_grace, 30.0, "Seconds running requests may take to finish on SIGTERM/SIGINT");
 
 namespace {
@@ -128,6 +135,20 @@ int Run() {
   engine_options.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   if (engine_options.max_queue < 1) return Fail("--max-queue: must be >= 1");
   if (engine_options.max_batched_tokens <= 0) return Fail("--max-batched-tokens: must be positive");
+  const std::string layer_metrics = absl::GetFlag(FLAGS_layer_metrics);
+  if (layer_metrics == "off") {
+    engine_options.layer_metrics = deltaserve::engine::LayerMetricsMode::kOff;
+  } else if (layer_metrics == "sampled") {
+    engine_options.layer_metrics = deltaserve::engine::LayerMetricsMode::kSampled;
+  } else if (layer_metrics == "all") {
+    engine_options.layer_metrics = deltaserve::engine::LayerMetricsMode::kAll;
+  } else {
+    return Fail(absl::StrCat("--layer-metrics: must be off, sampled or all, got \"", layer_metrics, "\""));
+  }
+  engine_options.layer_metrics_sample_rate = absl::GetFlag(FLAGS_layer_metrics_sample_rate);
+  if (!(engine_options.layer_metrics_sample_rate > 0 && engine_options.layer_metrics_sample_rate <= 1))
+    return Fail(absl::StrCat("--layer-metrics-sample-rate: must be in (0, 1], got ",
+                             engine_options.layer_metrics_sample_rate));
 
   std::unique_ptr<deltaserve::tokenizer::Tokenizer> tokenizer;
   if (FileExists(dir + "/tokenizer.json")) {
@@ -140,6 +161,7 @@ int Run() {
 
   // Metrics first: a taken port fails fast, before the slow weight load.
   auto registry = std::make_shared<prometheus::Registry>();
+  auto process_collector = std::make_shared<deltaserve::metrics::ProcessCollector>();
   auto& requests = prometheus::BuildCounter()
                        .Name("deltaserve_requests_total")
                        .Help("Finished gRPC requests by method and status code")
@@ -153,6 +175,7 @@ int Run() {
       return Fail(absl::StrCat("--metrics-port: cannot listen on ", bind, " (", e.what(), ")"), 1);
     }
     exposer->RegisterCollectable(registry);
+    exposer->RegisterCollectable(process_collector);
   }
   std::mutex metrics_mu;
   api::RequestObserver observer = [&](absl::string_view method, grpc::StatusCode code) {
@@ -163,6 +186,20 @@ int Run() {
 
   absl::StatusOr<std::unique_ptr<q::Qwen35Model>> model = q::Qwen35Model::Load(dir, options);
   if (!model.ok()) return Fail(std::string(model.status().message()), 1);
+  deltaserve::metrics::PrometheusEngineMetrics engine_metrics(*registry, name, (*model)->TimedSpans());
+  engine_options.metrics = &engine_metrics;
+  prometheus::BuildGauge()
+      .Name("deltaserve_build_info")
+      .Help("What is running: version, model, device, dtype, inverse method, state dtype (always 1)")
+      .Register(*registry)
+      .Add({{"version", DELTASERVE_VERSION},
+            {"model", name},
+            {"device", options.device.str()},
+            {"dtype", dtype},
+            {"inverse_method", deltaserve::kernels::ResolveTriInverseMethod(options.inverse_method,
+                                                                            options.device.is_cuda())},
+            {"state_dtype", deltaserve::kernels::StateDtypeName(options.state_dtype)}})
+      .Set(1);
   api::ServedModel served;
   served.name = name;
   served.tokenizer = tokenizer.get();

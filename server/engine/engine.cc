@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "engine/text_stream.h"
@@ -27,6 +28,8 @@ const char* FinishReasonName(FinishReason reason) {
   return "unknown";
 }
 
+const char* StepPhaseName(StepPhase phase) { return phase == StepPhase::kPrefill ? "prefill" : "decode"; }
+
 struct Engine::Sequence {
   uint64_t handle = 0;
   EngineRequest request;
@@ -37,7 +40,8 @@ struct Engine::Sequence {
   int32_t next_token = -1;  // sampled, not yet fed back
   int64_t completion = 0;
   bool done = false;
-  std::chrono::steady_clock::time_point submitted, admitted, first_token;
+  bool counted_running = false;  // included in running_count_ (admitted, not yet finished)
+  std::chrono::steady_clock::time_point submitted, admitted, first_token, last_token;
 
   Sequence(EngineRequest r, Sampler s, const tokenizer::Tokenizer* tok)
       : request(std::move(r)), sampler(std::move(s)), text(tok, request.params.stop) {}
@@ -54,6 +58,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<models::qw
                                                       const tokenizer::Tokenizer* tokenizer,
                                                       const EngineOptions& options) {
   if (!model) return absl::InvalidArgumentError("engine: no model");
+  if (options.layer_metrics == LayerMetricsMode::kSampled &&
+      !(options.layer_metrics_sample_rate > 0 && options.layer_metrics_sample_rate <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("engine: layer_metrics_sample_rate must be in (0, 1], got ",
+                                                   options.layer_metrics_sample_rate));
+  }
   if (options.max_queue < 1 || options.max_batched_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("engine: max_queue and max_batched_tokens must be >= 1, got ", options.max_queue,
@@ -72,6 +81,8 @@ Engine::Engine(std::unique_ptr<models::qwen35::Qwen35Model> model, const tokeniz
                const EngineOptions& options)
     : model_(std::move(model)), tokenizer_(tokenizer), options_(options) {
   for (int64_t s = model_->options().max_seqs - 1; s >= 0; --s) free_slots_.push_back(s);
+  if (options_.metrics && options_.layer_metrics != LayerMetricsMode::kOff)
+    layer_timer_ = std::make_unique<models::LayerTimer>(model_->options().device, model_->TimedSpans().size());
 }
 
 Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
@@ -155,7 +166,53 @@ void Engine::Finish(Sequence& seq, FinishReason reason, absl::Status error, std:
   if (seq.admitted.time_since_epoch().count()) e.queue_seconds = Seconds(seq.submitted, seq.admitted);
   if (seq.completion > 0) e.time_to_first_token_seconds = Seconds(seq.submitted, seq.first_token);
   seq.done = true;
+  if (seq.counted_running) {
+    // Its slot is as good as free: a client that saw this stream end may submit again at once, and
+    // Submit must not count this sequence against the queue (the slot itself is released after the step).
+    std::lock_guard<std::mutex> lock(mu_);
+    --running_count_;
+    seq.counted_running = false;
+  }
+  // Metrics first, so a client that saw its stream end also sees the request counted.
+  if (options_.metrics) {
+    RequestReport r;
+    r.finished_reason = FinishReasonName(reason);
+    r.prompt_tokens = e.prompt_tokens;
+    r.generation_tokens = seq.completion;
+    r.e2e_seconds = e.total_seconds;
+    if (seq.admitted.time_since_epoch().count()) r.queue_seconds = e.queue_seconds;
+    if (seq.completion > 0) {
+      r.prefill_seconds = Seconds(seq.admitted, seq.first_token);
+      r.decode_seconds = Seconds(seq.first_token, now);
+    }
+    options_.metrics->OnRequestFinished(r);
+  }
   seq.request.on_event(e);
+}
+
+bool Engine::ShouldTimeLayers(StepPhase phase) {
+  const int64_t n = steps_by_phase_[static_cast<int>(phase)]++;
+  if (!layer_timer_) return false;
+  if (options_.layer_metrics == LayerMetricsMode::kAll) return true;
+  // Every round(1/rate)-th step of each phase, starting with the first, so short runs are seen too.
+  const auto period = std::max<int64_t>(1, std::llround(1.0 / options_.layer_metrics_sample_rate));
+  return n % period == 0;
+}
+
+void Engine::ReportGauges() {
+  if (!options_.metrics) return;
+  EngineGauges g;
+  int64_t kv_used = 0;
+  for (const auto& seq : running_) kv_used += model_->SequenceLength(seq->slot);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    g.waiting = static_cast<int64_t>(waiting_.size());
+  }
+  const models::qwen35::ModelOptions& mo = model_->options();
+  g.running = static_cast<int64_t>(running_.size());
+  g.state_pool_usage = static_cast<double>(g.running) / static_cast<double>(mo.max_seqs);
+  g.kv_cache_usage = static_cast<double>(kv_used) / static_cast<double>(mo.max_seqs * mo.max_model_len);
+  options_.metrics->OnGauges(g);
 }
 
 void Engine::Loop() {
@@ -192,6 +249,7 @@ void Engine::Loop() {
         seq->slot = free_slots_.back();
         free_slots_.pop_back();
         seq->admitted = std::chrono::steady_clock::now();
+        seq->counted_running = true;
         running_.push_back(std::move(seq));
       }
       running_count_ = static_cast<int64_t>(running_.size());
@@ -205,7 +263,8 @@ void Engine::Loop() {
       std::lock_guard<std::mutex> lock(mu_);
       return stop_;
     }();
-    if (!stopping) Step();
+    StepReport report;
+    if (!stopping && Step(report) && options_.metrics) options_.metrics->OnStep(report);
     // Release finished sequences' slots.
     for (auto it = running_.begin(); it != running_.end();) {
       if ((*it)->done) {
@@ -216,6 +275,7 @@ void Engine::Loop() {
         ++it;
       }
     }
+    ReportGauges();
     std::lock_guard<std::mutex> lock(mu_);
     running_count_ = static_cast<int64_t>(running_.size());
     if (running_.empty() && waiting_.empty()) drained_.notify_all();
@@ -223,7 +283,7 @@ void Engine::Loop() {
   }
 }
 
-bool Engine::Step() {
+bool Engine::Step(StepReport& report) {
   const absl::Time wall = absl::Now();
   std::vector<Sequence*> batch;
   std::vector<std::vector<int32_t>> tokens;
@@ -260,8 +320,24 @@ bool Engine::Step() {
     budget -= chunk;
   }
   if (batch.empty()) return false;
-  absl::StatusOr<at::Tensor> logits = model_->Forward(tokens, slots);
+  report.phase = StepPhase::kDecode;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    report.tokens += static_cast<int64_t>(tokens[i].size());
+    if (batch[i]->prefilling()) {
+      report.phase = StepPhase::kPrefill;
+      report.prompt_tokens += static_cast<int64_t>(tokens[i].size());
+    }
+  }
+  report.sequences = static_cast<int64_t>(batch.size());
+  models::LayerTimer* timer = ShouldTimeLayers(report.phase) ? layer_timer_.get() : nullptr;
+  absl::StatusOr<at::Tensor> logits = model_->Forward(tokens, slots, /*all_positions=*/false, timer);
   const auto now = std::chrono::steady_clock::now();
+  if (timer) {
+    // Waits for the step's last event: the same wait sampling's copy of the logits would do next, so
+    // timing adds no synchronisation of its own.
+    absl::StatusOr<std::vector<double>> seconds = timer->Collect();
+    if (seconds.ok()) report.layer_seconds = *std::move(seconds);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++steps_;
@@ -281,7 +357,14 @@ bool Engine::Step() {
       Finish(seq, FinishReason::kError, r.status(), "");
       continue;
     }
-    if (seq.completion == 0) seq.first_token = now;
+    if (seq.completion == 0) {
+      seq.first_token = now;
+      report.time_to_first_token.push_back(Seconds(seq.submitted, now));
+    } else {
+      report.inter_token.push_back(Seconds(seq.last_token, now));
+    }
+    seq.last_token = now;
+    ++report.generated_tokens;
     ++seq.completion;
     seq.next_token = r->token_id;
     TokenEvent e;

@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "engine/engine_metrics.h"
 #include "engine/sampler.h"
 #include "models/qwen35/model.h"
 #include "tokenizer/tokenizer.h"
@@ -27,6 +28,9 @@ struct EngineOptions {
   int64_t max_queue = 256;           // waiting requests beyond this are refused (RESOURCE_EXHAUSTED)
   int64_t max_batched_tokens = 512;  // tokens per step: every running decode plus prefill chunks
   int64_t prefill_chunk = 256;       // largest prefill piece per sequence per step (multiple of 64)
+  EngineMetrics* metrics = nullptr;  // not owned; must outlive the engine. Null: no reports
+  LayerMetricsMode layer_metrics = LayerMetricsMode::kSampled;
+  double layer_metrics_sample_rate = 0.05;  // kSampled: fraction of steps per phase that are timed
 };
 
 enum class FinishReason { kStop, kLength, kCancelled, kError };
@@ -86,8 +90,10 @@ class Engine {
          const EngineOptions& options);
   void Loop();
   // One scheduler iteration over the running set; returns false when there was nothing to do.
-  bool Step();
+  bool Step(StepReport& report);
   void Finish(Sequence& seq, FinishReason reason, absl::Status error, std::string stop_reason);
+  bool ShouldTimeLayers(StepPhase phase);
+  void ReportGauges();
 
   std::unique_ptr<models::qwen35::Qwen35Model> model_;
   const tokenizer::Tokenizer* tokenizer_;
@@ -107,6 +113,8 @@ class Engine {
   // Engine thread only.
   std::vector<std::unique_ptr<Sequence>> running_;
   std::vector<int64_t> free_slots_;
+  std::unique_ptr<models::LayerTimer> layer_timer_;  // when layer metrics are on
+  int64_t steps_by_phase_[2] = {0, 0};                 // for sampling, per StepPhase
   std::thread thread_;
 };
 

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -54,7 +55,10 @@ inline v1::GenerateRequest GreedyRequest(const std::vector<int32_t>& prompt, int
 class LocalServer {
  public:
   // Loads the checkpoint at `dir` with `slots` sequences of `max_model_len`, serves it as "golden".
-  LocalServer(const std::string& dir, int64_t slots, int64_t max_model_len, const engine::EngineOptions& options) {
+  // `configure` (optional) may adjust the engine options once the model is loaded (e.g. attach metrics).
+  using Configure = std::function<void(const models::qwen35::Qwen35Model&, engine::EngineOptions&)>;
+  LocalServer(const std::string& dir, int64_t slots, int64_t max_model_len, engine::EngineOptions options,
+              const Configure& configure = nullptr) {
     models::qwen35::ModelOptions mo;
     mo.max_seqs = slots;
     mo.max_model_len = max_model_len;
@@ -62,6 +66,7 @@ class LocalServer {
     EXPECT_TRUE(model.ok()) << model.status();
     if (!model.ok()) return;
     const int64_t vocab = (*model)->config().vocab_size;
+    if (configure) configure(**model, options);
     auto engine = engine::Engine::Start(*std::move(model), nullptr, options);
     EXPECT_TRUE(engine.ok()) << engine.status();
     if (!engine.ok()) return;

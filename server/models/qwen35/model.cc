@@ -207,8 +207,34 @@ at::Tensor Qwen35Model::FullAttention(size_t layer, const at::Tensor& x, const B
   return at::linear(attn * at::sigmoid(gate), w.o_proj);
 }
 
+std::vector<TimedSpan> Qwen35Model::TimedSpans() const {
+  std::vector<TimedSpan> spans = {{"embedding", "embedding"}};
+  for (size_t i = 0; i < weights_.layers.size(); ++i) {
+    const bool linear = weights_.layers[i].type == LayerType::kLinearAttention;
+    spans.push_back({std::to_string(i), linear ? "linear_attention" : "full_attention"});
+    spans.push_back({std::to_string(i), "mlp"});
+  }
+  spans.push_back({"lm_head", "lm_head"});
+  return spans;
+}
+
+namespace {
+// Brackets a span when a timer is given; the index layout is TimedSpans()'.
+struct SpanScope {
+  SpanScope(LayerTimer* timer, size_t span) : timer(timer), span(span) {
+    if (timer) timer->Begin(span);
+  }
+  ~SpanScope() {
+    if (timer) timer->End(span);
+  }
+  LayerTimer* timer;
+  size_t span;
+};
+}  // namespace
+
 absl::StatusOr<at::Tensor> Qwen35Model::Forward(const std::vector<std::vector<int32_t>>& tokens,
-                                                const std::vector<int64_t>& slots, bool all_positions) {
+                                                const std::vector<int64_t>& slots, bool all_positions,
+                                                LayerTimer* timer) {
   if (tokens.empty()) return absl::InvalidArgumentError("tokens: no sequences given");
   if (tokens.size() != slots.size()) {
     return absl::InvalidArgumentError(
@@ -256,20 +282,32 @@ absl::StatusOr<at::Tensor> Qwen35Model::Forward(const std::vector<std::vector<in
     b.slot_index = at::tensor(b.slots, lopts).to(options_.device);
     b.cu_seqlens = at::tensor(b.offsets, lopts).to(options_.device);
     b.positions = at::tensor(positions, lopts).to(options_.device);
-    at::Tensor x = at::embedding(weights_.embed_tokens, at::tensor(ids, lopts).to(options_.device));
+    at::Tensor x;
+    {
+      SpanScope span(timer, 0);
+      x = at::embedding(weights_.embed_tokens, at::tensor(ids, lopts).to(options_.device));
+    }
     for (size_t i = 0; i < weights_.layers.size(); ++i) {
       const LayerWeights& lw = weights_.layers[i];
-      at::Tensor h = RmsNormZeroCentred(x, lw.input_norm, config_.rms_norm_eps);
-      h = lw.type == LayerType::kLinearAttention ? LinearAttention(i, h, b) : FullAttention(i, h, b);
-      x = x + h;
+      {
+        SpanScope span(timer, 1 + 2 * i);
+        at::Tensor h = RmsNormZeroCentred(x, lw.input_norm, config_.rms_norm_eps);
+        h = lw.type == LayerType::kLinearAttention ? LinearAttention(i, h, b) : FullAttention(i, h, b);
+        x = x + h;
+      }
+      SpanScope span(timer, 2 + 2 * i);
       x = x + Mlp(lw, RmsNormZeroCentred(x, lw.post_attention_norm, config_.rms_norm_eps));
     }
-    if (!all_positions) {
-      at::Tensor last = at::tensor(std::vector<int64_t>(b.offsets.begin() + 1, b.offsets.end()), lopts) - 1;
-      x = x.index_select(0, last.to(options_.device));
+    at::Tensor logits;
+    {
+      SpanScope span(timer, 1 + 2 * weights_.layers.size());
+      if (!all_positions) {
+        at::Tensor last = at::tensor(std::vector<int64_t>(b.offsets.begin() + 1, b.offsets.end()), lopts) - 1;
+        x = x.index_select(0, last.to(options_.device));
+      }
+      x = RmsNormZeroCentred(x, weights_.final_norm, config_.rms_norm_eps);
+      logits = at::linear(x, weights_.lm_head).to(at::kFloat);
     }
-    x = RmsNormZeroCentred(x, weights_.final_norm, config_.rms_norm_eps);
-    at::Tensor logits = at::linear(x, weights_.lm_head).to(at::kFloat);
     for (size_t i = 0; i < b.slots.size(); ++i) lengths_[b.slots[i]] += b.lengths[i];
     return logits;
   } catch (const c10::Error& e) {

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "deltaserve/kernels/chunk_gated_delta_rule.h"
 #include "deltaserve/kernels/recurrent_state.h"
+#include "models/layer_timer.h"
 #include "models/qwen35/config.h"
 #include "models/qwen35/weights.h"
 #include "models/safetensors.h"
@@ -46,8 +47,13 @@ class Qwen35Model {
   // when `all_positions`. A batch where every sequence appends one token to a started sequence runs the
   // decode kernels (recurrent step, conv step); any other batch runs the chunked prefill. Bad ids, slots
   // or lengths give InvalidArgument naming the field and limit, and leave every slot unchanged.
+  // `timer` (may be null) gets one Begin/End per TimedSpans() entry.
   absl::StatusOr<at::Tensor> Forward(const std::vector<std::vector<int32_t>>& tokens,
-                                     const std::vector<int64_t>& slots, bool all_positions = false);
+                                     const std::vector<int64_t>& slots, bool all_positions = false,
+                                     LayerTimer* timer = nullptr);
+
+  // What Forward times, in order: embedding, then each layer's token mixer and MLP, then lm_head.
+  std::vector<TimedSpan> TimedSpans() const;
 
   // Forgets the sequence in `slot`: zero state, length 0.
   absl::Status ResetSlot(int64_t slot);

@@ -1,0 +1,55 @@
+// What the engine reports while it runs: per-step figures (batch, phase, per-layer seconds, token
+// latencies) and per-request figures at finish. server/metrics implements it for Prometheus.
+#ifndef DELTASERVE_SERVER_ENGINE_ENGINE_METRICS_H_
+#define DELTASERVE_SERVER_ENGINE_ENGINE_METRICS_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace deltaserve::engine {
+
+enum class StepPhase { kPrefill, kDecode };  // the model path a step ran (any prompt chunk: prefill)
+const char* StepPhaseName(StepPhase phase);
+
+// Which steps get per-layer timing.
+enum class LayerMetricsMode { kOff, kSampled, kAll };
+
+struct StepReport {
+  StepPhase phase = StepPhase::kDecode;
+  int64_t sequences = 0;  // in the batch
+  int64_t tokens = 0;     // decodes plus prefill chunk tokens
+  int64_t prompt_tokens = 0;  // prefill tokens among `tokens`
+  int64_t generated_tokens = 0;  // tokens sampled this step
+  // Seconds per model TimedSpan when this step was timed; empty otherwise.
+  std::vector<double> layer_seconds;
+  std::vector<double> time_to_first_token;  // seconds, for requests whose first token came this step
+  std::vector<double> inter_token;          // seconds since the previous token, for the others
+};
+
+// The engine's occupancy, reported after every scheduler iteration (also when no step ran).
+struct EngineGauges {
+  int64_t running = 0, waiting = 0;              // sequences holding slots, requests queued
+  double state_pool_usage = 0, kv_cache_usage = 0;  // fill of the slot pool and of KV capacity, 0..1
+};
+
+struct RequestReport {
+  const char* finished_reason = "";  // FinishReasonName
+  int64_t prompt_tokens = 0, generation_tokens = 0;
+  double e2e_seconds = 0;
+  double queue_seconds = -1;    // < 0: never admitted (cancelled while queued)
+  double prefill_seconds = -1;  // admitted to first token; < 0 when no token came
+  double decode_seconds = -1;   // first token to finish; < 0 when no token came
+};
+
+// Called on the engine thread: implementations must be cheap and must not block.
+class EngineMetrics {
+ public:
+  virtual ~EngineMetrics() = default;
+  virtual void OnStep(const StepReport& step) = 0;
+  virtual void OnRequestFinished(const RequestReport& request) = 0;
+  virtual void OnGauges(const EngineGauges& gauges) = 0;
+};
+
+}  // namespace deltaserve::engine
+
+#endif  // DELTASERVE_SERVER_ENGINE_ENGINE_METRICS_H_

@@ -1,0 +1,130 @@
+// Series creation and the mapping from engine reports to observations (see the header).
+#include "metrics/prometheus_engine_metrics.h"
+
+namespace deltaserve::metrics {
+namespace {
+
+using prometheus::Histogram;
+
+// Layers: 2.5 us (a small CPU layer) to 10 s (a long prefill on a large model).
+const Histogram::BucketBoundaries kLayerBuckets = {2.5e-6, 5e-6, 1e-5,  2.5e-5, 5e-5, 1e-4, 2.5e-4,
+                                                   5e-4,   1e-3, 2.5e-3, 5e-3,  0.01, 0.025, 0.05,
+                                                   0.1,    0.25, 0.5,   1,     2.5,  10};
+// Request latencies, as vLLM's buckets with finer steps below 10 ms (CPU-sized models are fast).
+const Histogram::BucketBoundaries kTtftBuckets = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25,
+                                                  0.5,   0.75,   1.0,   2.5,  5.0,  7.5,  10,   20,   40,  80,
+                                                  160,   640};
+const Histogram::BucketBoundaries kItlBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15,
+                                                 0.2,    0.3,   0.4,    0.5,   0.75, 1.0,   2.5,  5.0,   7.5, 10,
+                                                 20,     40,    80};
+const Histogram::BucketBoundaries kRequestBuckets = {0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1,   1.5, 2,   2.5,  5,
+                                                     10,   15,   20,  30,  40,  50,  60,  120, 240, 480, 960,
+                                                     1920, 7680};
+// Token counts and batch sizes: powers of two.
+Histogram::BucketBoundaries PowersOfTwo(int max_exponent) {
+  Histogram::BucketBoundaries b;
+  for (int e = 0; e <= max_exponent; ++e) b.push_back(static_cast<double>(int64_t{1} << e));
+  return b;
+}
+
+}  // namespace
+
+PrometheusEngineMetrics::PrometheusEngineMetrics(prometheus::Registry& registry, const std::string& model,
+                                                 const std::vector<models::TimedSpan>& spans) {
+  const prometheus::Labels m = {{"model", model}};
+  auto& layer = prometheus::BuildHistogram()
+                    .Name("deltaserve_layer_duration_seconds")
+                    .Help("Time one engine step spent in one layer (token mixer, MLP, embedding, lm_head)")
+                    .Register(registry);
+  auto& steps = prometheus::BuildCounter()
+                    .Name("deltaserve_engine_steps_total")
+                    .Help("Engine steps run, by phase")
+                    .Register(registry);
+  auto& timed = prometheus::BuildCounter()
+                    .Name("deltaserve_layer_timed_steps_total")
+                    .Help("Engine steps whose layers were timed (--layer-metrics)")
+                    .Register(registry);
+  for (const engine::StepPhase phase : {engine::StepPhase::kPrefill, engine::StepPhase::kDecode}) {
+    const int p = static_cast<int>(phase);
+    const std::string name = engine::StepPhaseName(phase);
+    for (const models::TimedSpan& s : spans) {
+      layer_[p].push_back(
+          &layer.Add({{"model", model}, {"layer", s.layer}, {"kind", s.kind}, {"phase", name}}, kLayerBuckets));
+    }
+    steps_[p] = &steps.Add({{"model", model}, {"phase", name}});
+    timed_steps_[p] = &timed.Add({{"model", model}, {"phase", name}});
+  }
+  auto histogram = [&](const char* name, const char* help, const Histogram::BucketBoundaries& buckets) {
+    return &prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add(m, buckets);
+  };
+  ttft_ = histogram("deltaserve_time_to_first_token_seconds", "Request received to its first token", kTtftBuckets);
+  itl_ = histogram("deltaserve_inter_token_latency_seconds", "Gap between consecutive tokens of a request",
+                   kItlBuckets);
+  e2e_ = histogram("deltaserve_e2e_request_latency_seconds", "Request received to finished", kRequestBuckets);
+  queue_ = histogram("deltaserve_request_queue_time_seconds", "Request received to admitted into a slot",
+                     kRequestBuckets);
+  prefill_ = histogram("deltaserve_request_prefill_time_seconds", "Request admitted to its first token",
+                       kRequestBuckets);
+  decode_ = histogram("deltaserve_request_decode_time_seconds", "Request's first token to finished",
+                      kRequestBuckets);
+  prompt_len_ = histogram("deltaserve_request_prompt_tokens", "Prompt tokens per finished request", PowersOfTwo(18));
+  generation_len_ = histogram("deltaserve_request_generation_tokens", "Generated tokens per finished request",
+                              PowersOfTwo(18));
+  batch_size_ = histogram("deltaserve_batch_size", "Sequences in one engine step", PowersOfTwo(10));
+  iteration_tokens_ = histogram("deltaserve_iteration_tokens",
+                                "Tokens in one engine step: decodes plus prefill chunks", PowersOfTwo(16));
+  auto counter = [&](const char* name, const char* help) {
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(m);
+  };
+  prompt_tokens_ = counter("deltaserve_prompt_tokens_total", "Prompt tokens prefilled");
+  generation_tokens_ = counter("deltaserve_generation_tokens_total", "Tokens generated");
+  auto& finished = prometheus::BuildCounter()
+                       .Name("deltaserve_request_finished_total")
+                       .Help("Requests that ended, by finish reason")
+                       .Register(registry);
+  for (const char* reason : {"stop", "length", "cancelled", "error"})
+    finished_[reason] = &finished.Add({{"model", model}, {"finished_reason", reason}});
+  auto gauge = [&](const char* name, const char* help) {
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add(m);
+  };
+  running_ = gauge("deltaserve_num_requests_running", "Sequences holding a slot");
+  waiting_ = gauge("deltaserve_num_requests_waiting", "Requests queued for a slot");
+  state_pool_usage_ = gauge("deltaserve_state_pool_usage_perc", "Recurrent-state slots in use, 0..1");
+  kv_cache_usage_ = gauge("deltaserve_kv_cache_usage_perc", "Attention KV positions in use over capacity, 0..1");
+}
+
+void PrometheusEngineMetrics::OnStep(const engine::StepReport& step) {
+  const int p = static_cast<int>(step.phase);
+  steps_[p]->Increment();
+  if (!step.layer_seconds.empty()) {
+    timed_steps_[p]->Increment();
+    for (size_t i = 0; i < step.layer_seconds.size() && i < layer_[p].size(); ++i)
+      if (step.layer_seconds[i] >= 0) layer_[p][i]->Observe(step.layer_seconds[i]);
+  }
+  batch_size_->Observe(static_cast<double>(step.sequences));
+  iteration_tokens_->Observe(static_cast<double>(step.tokens));
+  prompt_tokens_->Increment(static_cast<double>(step.prompt_tokens));
+  generation_tokens_->Increment(static_cast<double>(step.generated_tokens));
+  for (const double s : step.time_to_first_token) ttft_->Observe(s);
+  for (const double s : step.inter_token) itl_->Observe(s);
+}
+
+void PrometheusEngineMetrics::OnRequestFinished(const engine::RequestReport& r) {
+  const auto it = finished_.find(r.finished_reason);
+  if (it != finished_.end()) it->second->Increment();
+  e2e_->Observe(r.e2e_seconds);
+  if (r.queue_seconds >= 0) queue_->Observe(r.queue_seconds);
+  if (r.prefill_seconds >= 0) prefill_->Observe(r.prefill_seconds);
+  if (r.decode_seconds >= 0) decode_->Observe(r.decode_seconds);
+  prompt_len_->Observe(static_cast<double>(r.prompt_tokens));
+  generation_len_->Observe(static_cast<double>(r.generation_tokens));
+}
+
+void PrometheusEngineMetrics::OnGauges(const engine::EngineGauges& g) {
+  running_->Set(static_cast<double>(g.running));
+  waiting_->Set(static_cast<double>(g.waiting));
+  state_pool_usage_->Set(g.state_pool_usage);
+  kv_cache_usage_->Set(g.kv_cache_usage);
+}
+
+}  // namespace deltaserve::metrics
