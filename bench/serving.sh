@@ -3,17 +3,18 @@
 # `deltaserve-cli bench` at concurrency 1, 4, 16 and 64; throughput and TTFT/TPOT/ITL/E2E percentiles,
 # and the throughput ratio of continuous batching (--max-num-seqs 64) against the same server with
 # batching disabled (--max-num-seqs 1), measured in the same run.
-#   bench/serving.sh [--quick] [--device cpu|cuda] [--preset small|0.8b]
+#   bench/serving.sh [--quick] [--device cpu|cuda] [--preset small|0.8b] [--threads N (server --threads)]
 # Writes the JSON results to $TMPDIR/deltaserve-bench-serving/results.jsonl and prints a markdown table.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "${root}/scripts/env.sh"
-quick=0 device=cpu preset=small
+quick=0 device=cpu preset=small threads=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
     --device) device="$2"; shift ;;
     --preset) preset="$2"; shift ;;
+    --threads) threads="$2"; shift ;;
     -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "bench/serving.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -37,7 +38,7 @@ run_server() {  # $1 = max-num-seqs; runs every concurrency against one server p
   port="$(free_port)"; metrics="$(free_port)"
   "${build}/server/deltaserve" --model "${ckpt}" --model-name bench --port "${port}" --metrics-port "${metrics}" \
     --device "${device}" --max-num-seqs "${seqs}" --max-queue 1024 --max-model-len 512 \
-    --max-batched-tokens 512 2>"${work}/server-${seqs}.log" &
+    --max-batched-tokens 512 --threads "${threads}" 2>"${work}/server-${seqs}.log" &
   pid=$!
   for _ in $(seq 1 120); do
     "${build}/client/deltaserve-cli" --server "127.0.0.1:${port}" health >/dev/null 2>&1 && break
@@ -58,10 +59,10 @@ run_server() {  # $1 = max-num-seqs; runs every concurrency against one server p
 
 run_server 64
 run_server 1
-"${DELTASERVE_PYTHON}" - "${results}" "${preset}" "${device}" <<'PY'
+"${DELTASERVE_PYTHON}" - "${results}" "${preset}" "${device}" "${threads}" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"\nServing benchmark, preset {sys.argv[2]}, device {sys.argv[3]} (times in ms)\n")
+print(f"\nServing benchmark, preset {sys.argv[2]}, device {sys.argv[3]}, server --threads {sys.argv[4]} (times in ms)\n")
 print("| concurrency | max-num-seqs | req/s | output tok/s | vs seqs 1 | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | E2E p50 | E2E p99 |")
 print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "api/models_service.h"
+#include "api/status_convert.h"
 #include "api/text_generation_service.h"
 #include "cli/command_line.h"
 #include "deltaserve/kernels/recurrent_state.h"
@@ -55,6 +56,9 @@ ABSL_FLAG(int64_t, max_model_len, 0,
           "Tokens per sequence, prompt and output (0: min(4096, max_position_embeddings))");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "Tokens per engine step: running decodes plus prefill chunks");
 ABSL_FLAG(int64_t, max_queue, 256, "Requests that may wait for a slot; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(int32_t, threads, 0,
+          "CPU threads each model op may use (0: all cores). Small models decode faster with 1: per-op "
+          "thread start-up costs more than the work (docs/serving.md)");
 ABSL_FLAG(std::string, layer_metrics, "sampled",
           "Per-layer latency histograms (deltaserve_layer_duration_seconds): off, sampled (a fraction of steps, "
           "see --layer-metrics-sample-rate) or all (every step)");
@@ -146,6 +150,9 @@ int Run() {
     return Fail(absl::StrCat("--layer-metrics: must be off, sampled or all, got \"", layer_metrics, "\""));
   }
   engine_options.layer_metrics_sample_rate = absl::GetFlag(FLAGS_layer_metrics_sample_rate);
+  engine_options.intra_op_threads = absl::GetFlag(FLAGS_threads);
+  if (engine_options.intra_op_threads < 0)
+    return Fail(absl::StrCat("--threads: must be >= 0, got ", engine_options.intra_op_threads));
   if (!(engine_options.layer_metrics_sample_rate > 0 && engine_options.layer_metrics_sample_rate <= 1))
     return Fail(absl::StrCat("--layer-metrics-sample-rate: must be in (0, 1], got ",
                              engine_options.layer_metrics_sample_rate));
@@ -180,7 +187,7 @@ int Run() {
   std::mutex metrics_mu;
   api::RequestObserver observer = [&](absl::string_view method, grpc::StatusCode code) {
     std::lock_guard<std::mutex> lock(metrics_mu);  // Family::Add is thread-safe; this keeps labels cheap
-    requests.Add({{"method", std::string(method)}, {"code", absl::StrCat(static_cast<int>(code))}})
+    requests.Add({{"method", std::string(method)}, {"code", absl::StatusCodeToString(api::ToAbslCode(code))}})
         .Increment();
   };
 

@@ -4,6 +4,7 @@
 #include "engine/engine.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <chrono>
@@ -63,6 +64,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<models::qw
     return absl::InvalidArgumentError(absl::StrCat("engine: layer_metrics_sample_rate must be in (0, 1], got ",
                                                    options.layer_metrics_sample_rate));
   }
+  if (options.intra_op_threads < 0)
+    return absl::InvalidArgumentError(absl::StrCat("engine: intra_op_threads must be >= 0, got ", options.intra_op_threads));
   if (options.max_queue < 1 || options.max_batched_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("engine: max_queue and max_batched_tokens must be >= 1, got ", options.max_queue,
@@ -216,6 +219,8 @@ void Engine::ReportGauges() {
 }
 
 void Engine::Loop() {
+  // OpenMP's thread count is per calling thread, so it is set here, on the thread that runs the model.
+  if (options_.intra_op_threads > 0) at::set_num_threads(options_.intra_op_threads);
   while (true) {
     std::vector<std::unique_ptr<Sequence>> dropped;  // cancelled while still waiting
     {

@@ -31,6 +31,7 @@ struct EngineOptions {
   EngineMetrics* metrics = nullptr;  // not owned; must outlive the engine. Null: no reports
   LayerMetricsMode layer_metrics = LayerMetricsMode::kSampled;
   double layer_metrics_sample_rate = 0.05;  // kSampled: fraction of steps per phase that are timed
+  int intra_op_threads = 0;  // CPU threads per op on the engine thread; 0: LibTorch's default (all cores)
 };
 
 enum class FinishReason { kStop, kLength, kCancelled, kError };

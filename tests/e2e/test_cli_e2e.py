@@ -262,7 +262,7 @@ class ChatTest(CliTestCase):
         self.assertExit(run, 0)
         # Exactly two Generate calls: the commands are not sent as messages.
         after = settled_generate_counts(at_least=sum(before.values()) + 2)
-        self.assertEqual(counts_delta(before, after), {"0": 2}, repr(run))
+        self.assertEqual(counts_delta(before, after), {"OK": 2}, repr(run))
         # /reset forgot "hello": the second answer is to "again" alone.
         first = self.answer([("user", "hello")])
         second = self.answer([("user", "again")])
@@ -276,7 +276,7 @@ class ChatTest(CliTestCase):
         run = run_cli("chat", "--system", system, *self.FLAGS, stdin="hello\n\nagain\n")
         self.assertExit(run, 0)
         after = settled_generate_counts(at_least=sum(before.values()) + 2)
-        self.assertEqual(counts_delta(before, after), {"0": 2}, repr(run))
+        self.assertEqual(counts_delta(before, after), {"OK": 2}, repr(run))
         first = self.answer([("system", system), ("user", "hello")])
         second = self.answer([("system", system), ("user", "hello"), ("assistant", first), ("user", "again")])
         self.assertEqual(run.out, shown(first) + shown(second), repr(run))
@@ -390,7 +390,7 @@ class BenchTest(CliTestCase):
         # TTFT comes before the end of a request.
         self.assertLessEqual(result["median_ttft_ms"], result["max_e2el_ms"])
         # The server saw one warm-up request and the 8 measured ones, all OK.
-        self.assertEqual(delta, {"0": 9}, context)
+        self.assertEqual(delta, {"OK": 9}, context)
         # Progress goes to stderr, the JSON alone to stdout; --result-json holds the same JSON.
         self.assertTrue(any(l.startswith("bench: 8/8") for l in run.err_lines), repr(run))
         self.assertEqual(json.loads(result_file.read_text()), result)
@@ -473,7 +473,7 @@ class CtrlCTest(CliTestCase):
 
     def test_ctrl_c_cancels(self):
         server = CANCEL_SERVER
-        cancelled_before = settled_generate_counts(server).get("1", 0)
+        cancelled_before = settled_generate_counts(server).get("CANCELLED", 0)
         prompt = "Tell me a very long story:"
         argv = cli_command(["generate", prompt, "--temperature", "0", "--max-tokens", str(LONG), "--ignore-eos",
                             "--show-tokens"], server)
@@ -509,7 +509,7 @@ class CtrlCTest(CliTestCase):
 
         # The server ended the call as CANCELLED (not run to max_tokens) ...
         deadline = time.monotonic() + 10
-        while generate_counts(server).get("1", 0) - cancelled_before < 1:
+        while generate_counts(server).get("CANCELLED", 0) - cancelled_before < 1:
             self.assertLess(time.monotonic(), deadline, "the server did not count the call as CANCELLED")
             time.sleep(0.05)
         # ... and freed the only slot: the next generate starts at once (the interrupted one would have run
@@ -527,7 +527,7 @@ class CtrlCTest(CliTestCase):
     def test_ctrl_c_in_chat_stops_the_answer_only(self):
         # `chat`: Ctrl-C stops the answer being streamed and the conversation goes on.
         server = CANCEL_SERVER
-        cancelled_before = settled_generate_counts(server).get("1", 0)
+        cancelled_before = settled_generate_counts(server).get("CANCELLED", 0)
         argv = cli_command(["chat", "--temperature", "0", "--max-tokens", str(LONG), "--ignore-eos"], server)
         proc = popen_cli(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = bytearray(), bytearray()
@@ -565,7 +565,7 @@ class CtrlCTest(CliTestCase):
                     out.extend(data)
                 # The server ended the call as CANCELLED.
                 deadline = time.monotonic() + 10
-                while generate_counts(server).get("1", 0) - cancelled_before < n:
+                while generate_counts(server).get("CANCELLED", 0) - cancelled_before < n:
                     self.assertLess(time.monotonic(), deadline, f"answer {n} not counted CANCELLED by the server")
                     time.sleep(0.05)
                 self.assertIsNone(proc.poll(), "chat exited on Ctrl-C")

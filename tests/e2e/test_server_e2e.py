@@ -1045,7 +1045,7 @@ class CancellationTest(ServerTestCase):
             self.assertEqual(s.code.name, "CANCELLED")
         # The server ends each one as cancelled (the client's cancellation: no final message) ...
         deadline = time.monotonic() + 15
-        while request_counts().get(("Generate", "1"), 0) - before.get(("Generate", "1"), 0) < MAX_NUM_SEQS:
+        while request_counts().get(("Generate", "CANCELLED"), 0) - before.get(("Generate", "CANCELLED"), 0) < MAX_NUM_SEQS:
             self.assertLess(time.monotonic(), deadline, "cancelled calls not counted as CANCELLED")
             time.sleep(0.05)
         # ... and frees their slots: a new request runs at once, not after a ~2000-token generation.
@@ -1112,7 +1112,7 @@ class MetricsTest(ServerTestCase):
         text_stub().Tokenize(tg().TokenizeRequest(text="count me"), timeout=10)
         with self.assertRaises(grpc.RpcError):
             text_stub().Tokenize(tg().TokenizeRequest(model="nope", text="x"), timeout=10)
-        want = {("Tokenize", "0"): 1, ("Tokenize", "5"): 1}  # OK, NOT_FOUND
+        want = {("Tokenize", "OK"): 1, ("Tokenize", "NOT_FOUND"): 1}
         deadline = time.monotonic() + 10
         while True:
             after = request_counts()
