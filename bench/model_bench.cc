@@ -2,11 +2,14 @@
 // prefill of one prompt of N random tokens, then M greedy decode steps; one JSON line with tokens/s and
 // the process's peak RSS. scripts/bench_model.sh runs both on the same checkpoints and prints ratios.
 //   bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] [--dtype float32|bfloat16]
-//               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...]
+//               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...] [--batch B]
+// --batch B runs B sequences together (one packed prefill, then B tokens per decode step): the engine's
+// batched throughput; tokens/s count every sequence's tokens.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -25,7 +28,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string dir = argv[1];
-  int prompt_len = 256, decode = 32, threads = 2;
+  int prompt_len = 256, decode = 32, threads = 2, batch = 1;
   q::ModelOptions o;
   std::string state = "fp32";
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -42,6 +45,8 @@ int main(int argc, char** argv) {
       o.inverse_method = v;
     else if (f == "--state-dtype")
       state = v;
+    else if (f == "--batch")
+      batch = std::max(1, std::atoi(v.c_str()));
     else {
       std::fprintf(stderr, "bench_model: unknown flag %s\n", f.c_str());
       return 2;
@@ -53,7 +58,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.state_dtype = *sd;
-  o.max_seqs = 1;
+  o.max_seqs = batch;
   o.max_model_len = prompt_len + decode + 1;
   at::set_num_threads(threads);
   auto now = [] { return std::chrono::steady_clock::now(); };
@@ -66,21 +71,26 @@ int main(int argc, char** argv) {
   }
   const double load_s = secs(t0, now());
   std::mt19937 rng(0);
-  std::vector<int32_t> prompt(prompt_len);
-  for (int32_t& id : prompt) id = static_cast<int32_t>(rng() % (*model)->config().vocab_size);
+  std::vector<std::vector<int32_t>> prompts(batch, std::vector<int32_t>(prompt_len));
+  for (auto& p : prompts)
+    for (int32_t& id : p) id = static_cast<int32_t>(rng() % (*model)->config().vocab_size);
+  std::vector<int64_t> slots(batch);
+  for (int b = 0; b < batch; ++b) slots[b] = b;
   at::InferenceMode guard;
   // Weights are mapped lazily: touch them all once (a one-token forward) so that the timed prefill measures
   // compute, not page faults. transformers' load copies them, which its load_s includes.
   t0 = now();
-  if (!(*model)->Forward({{prompt[0]}}, {0}).ok() || !(*model)->ResetSlot(0).ok()) return 1;
+  if (!(*model)->Forward({{prompts[0][0]}}, {0}).ok() || !(*model)->ResetSlot(0).ok()) return 1;
   const double warm_s = secs(t0, now());
   t0 = now();
-  absl::StatusOr<at::Tensor> logits = (*model)->Forward({prompt}, {0});
+  absl::StatusOr<at::Tensor> logits = (*model)->Forward(prompts, slots);
   const double prefill_s = secs(t0, now());
   t0 = now();
   for (int i = 0; i < decode && logits.ok(); ++i) {
-    const int32_t next = static_cast<int32_t>((*logits)[0].argmax().item<int64_t>());
-    logits = (*model)->Forward({{next}}, {0});
+    const at::Tensor next = logits->argmax(1).to(at::kInt).contiguous();
+    std::vector<std::vector<int32_t>> step(batch);
+    for (int b = 0; b < batch; ++b) step[b] = {next[b].item<int32_t>()};
+    logits = (*model)->Forward(step, slots);
   }
   const double decode_s = secs(t0, now());
   if (!logits.ok()) {
@@ -90,12 +100,13 @@ int main(int argc, char** argv) {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   std::printf(
-      "{\"bench\": \"model\", \"engine\": \"deltaserve\", \"prompt_len\": %d, \"decode_tokens\": %d, "
+      "{\"bench\": \"model\", \"engine\": \"deltaserve\", \"batch\": %d, \"prompt_len\": %d, \"decode_tokens\": %d, "
       "\"threads\": %d, \"dtype\": \"%s\", \"inverse\": \"%s\", \"state\": \"%s\", \"load_s\": %.3f, "
       "\"first_touch_s\": %.3f, "
       "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.3f, \"peak_rss_mb\": %.1f}\n",
-      prompt_len, decode, threads, o.dtype == at::kBFloat16 ? "bfloat16" : "float32",
-      o.inverse_method.c_str(), state.c_str(), load_s, warm_s, prompt_len / prefill_s, decode / decode_s,
+      batch, prompt_len, decode, threads, o.dtype == at::kBFloat16 ? "bfloat16" : "float32",
+      o.inverse_method.c_str(), state.c_str(), load_s, warm_s, batch * prompt_len / prefill_s,
+      batch * decode / decode_s,
       ru.ru_maxrss / 1024.0);
   return 0;
 }

@@ -49,6 +49,18 @@ struct Engine::Sequence {
   bool prefilling() const { return prefilled < request.prompt.size(); }
 };
 
+// One forward pass's sequences and the tokens each appends.
+struct Engine::ForwardGroup {
+  std::vector<Sequence*> batch;
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<int64_t> slots;
+  void Add(Sequence* seq, std::vector<int32_t> t) {
+    batch.push_back(seq);
+    tokens.push_back(std::move(t));
+    slots.push_back(seq->slot);
+  }
+};
+
 namespace {
 double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -268,8 +280,7 @@ void Engine::Loop() {
       std::lock_guard<std::mutex> lock(mu_);
       return stop_;
     }();
-    StepReport report;
-    if (!stopping && Step(report) && options_.metrics) options_.metrics->OnStep(report);
+    if (!stopping) Step();
     // Release finished sequences' slots.
     for (auto it = running_.begin(); it != running_.end();) {
       if ((*it)->done) {
@@ -288,57 +299,59 @@ void Engine::Loop() {
   }
 }
 
-bool Engine::Step(StepReport& report) {
+bool Engine::Step() {
   const absl::Time wall = absl::Now();
-  std::vector<Sequence*> batch;
-  std::vector<std::vector<int32_t>> tokens;
-  std::vector<int64_t> slots;
   // Deadlines first: past-deadline requests stop before spending compute.
   for (auto& seq : running_) {
     if (!seq->done && seq->request.deadline && wall > *seq->request.deadline) {
       Finish(*seq, FinishReason::kCancelled, absl::DeadlineExceededError("deadline exceeded"), "");
     }
   }
-  // Every running decode gets its token; prefill chunks fill the rest of the budget.
+  // Every running decode gets its token; prefill chunks fill the rest of the budget. The two groups run
+  // as separate forward passes: decodes always take the model's batched single-token path, which a
+  // pass mixed with prompt chunks would lose (the chunked path costs far more per sequence).
+  ForwardGroup decodes, prefills;
   int64_t budget = options_.max_batched_tokens;
   for (auto& seq : running_) {
     if (seq->done || seq->prefilling()) continue;
-    batch.push_back(seq.get());
-    tokens.push_back({seq->next_token});
-    slots.push_back(seq->slot);
+    decodes.Add(seq.get(), {seq->next_token});
     --budget;
   }
   for (auto& seq : running_) {
     if (seq->done || !seq->prefilling()) continue;
     const int64_t remaining = static_cast<int64_t>(seq->request.prompt.size() - seq->prefilled);
     int64_t chunk = std::min({remaining, options_.prefill_chunk, budget});
-    // Whole kernel chunks unless it is the prompt's tail; an empty batch always makes progress.
+    // Whole kernel chunks unless it is the prompt's tail; a step always makes progress.
     if (chunk < remaining) chunk = chunk / 64 * 64;
     if (chunk <= 0) {
-      if (!batch.empty()) continue;
+      if (!decodes.batch.empty() || !prefills.batch.empty()) continue;
       chunk = std::min<int64_t>(remaining, 64);
     }
-    batch.push_back(seq.get());
-    tokens.emplace_back(seq->request.prompt.begin() + seq->prefilled,
-                        seq->request.prompt.begin() + seq->prefilled + chunk);
-    slots.push_back(seq->slot);
+    prefills.Add(seq.get(), std::vector<int32_t>(seq->request.prompt.begin() + seq->prefilled,
+                                                 seq->request.prompt.begin() + seq->prefilled + chunk));
     budget -= chunk;
   }
-  if (batch.empty()) return false;
-  report.phase = StepPhase::kDecode;
+  if (decodes.batch.empty() && prefills.batch.empty()) return false;
+  if (!decodes.batch.empty()) RunForward(decodes, StepPhase::kDecode);
+  if (!prefills.batch.empty()) RunForward(prefills, StepPhase::kPrefill);
+  return true;
+}
+
+void Engine::RunForward(const ForwardGroup& group, StepPhase phase) {
+  const std::vector<Sequence*>& batch = group.batch;
+  const std::vector<std::vector<int32_t>>& tokens = group.tokens;
+  StepReport report;
+  report.phase = phase;
+  report.sequences = static_cast<int64_t>(batch.size());
   for (size_t i = 0; i < batch.size(); ++i) {
     report.tokens += static_cast<int64_t>(tokens[i].size());
-    if (batch[i]->prefilling()) {
-      report.phase = StepPhase::kPrefill;
-      report.prompt_tokens += static_cast<int64_t>(tokens[i].size());
-    }
+    if (phase == StepPhase::kPrefill) report.prompt_tokens += static_cast<int64_t>(tokens[i].size());
   }
-  report.sequences = static_cast<int64_t>(batch.size());
-  models::LayerTimer* timer = ShouldTimeLayers(report.phase) ? layer_timer_.get() : nullptr;
-  absl::StatusOr<at::Tensor> logits = model_->Forward(tokens, slots, /*all_positions=*/false, timer);
+  models::LayerTimer* timer = ShouldTimeLayers(phase) ? layer_timer_.get() : nullptr;
+  absl::StatusOr<at::Tensor> logits = model_->Forward(tokens, group.slots, /*all_positions=*/false, timer);
   const auto now = std::chrono::steady_clock::now();
   if (timer) {
-    // Waits for the step's last event: the same wait sampling's copy of the logits would do next, so
+    // Waits for the pass's last event: the same wait sampling's copy of the logits would do next, so
     // timing adds no synchronisation of its own.
     absl::StatusOr<std::vector<double>> seconds = timer->Collect();
     if (seconds.ok()) report.layer_seconds = *std::move(seconds);
@@ -349,7 +362,8 @@ bool Engine::Step(StepReport& report) {
   }
   if (!logits.ok()) {
     for (Sequence* seq : batch) Finish(*seq, FinishReason::kError, logits.status(), "");
-    return true;
+    if (options_.metrics) options_.metrics->OnStep(report);
+    return;
   }
   for (size_t i = 0; i < batch.size(); ++i) {
     Sequence& seq = *batch[i];
@@ -394,7 +408,7 @@ bool Engine::Step(StepReport& report) {
     seq.request.on_event(e);
     if (reason) Finish(seq, *reason, absl::OkStatus(), stop_reason);
   }
-  return true;
+  if (options_.metrics) options_.metrics->OnStep(report);
 }
 
 }  // namespace deltaserve::engine

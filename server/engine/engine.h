@@ -87,11 +87,14 @@ class Engine {
 
  private:
   struct Sequence;
+  struct ForwardGroup;
   Engine(std::unique_ptr<models::qwen35::Qwen35Model> model, const tokenizer::Tokenizer* tokenizer,
          const EngineOptions& options);
   void Loop();
   // One scheduler iteration over the running set; returns false when there was nothing to do.
-  bool Step(StepReport& report);
+  bool Step();
+  // One forward pass over `group` (all decodes, or all prefill chunks), sampling and streaming its results.
+  void RunForward(const ForwardGroup& group, StepPhase phase);
   void Finish(Sequence& seq, FinishReason reason, absl::Status error, std::string stop_reason);
   bool ShouldTimeLayers(StepPhase phase);
   void ReportGauges();

@@ -8,12 +8,15 @@
 
 namespace deltaserve::engine {
 
-enum class StepPhase { kPrefill, kDecode };  // the model path a step ran (any prompt chunk: prefill)
+// What one forward pass ran: prompt chunks (the chunked prefill path) or single-token decodes. An engine
+// step runs at most one pass of each.
+enum class StepPhase { kPrefill, kDecode };
 const char* StepPhaseName(StepPhase phase);
 
 // Which steps get per-layer timing.
 enum class LayerMetricsMode { kOff, kSampled, kAll };
 
+// One forward pass.
 struct StepReport {
   StepPhase phase = StepPhase::kDecode;
   int64_t sequences = 0;  // in the batch

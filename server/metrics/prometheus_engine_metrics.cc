@@ -38,11 +38,11 @@ PrometheusEngineMetrics::PrometheusEngineMetrics(prometheus::Registry& registry,
                     .Register(registry);
   auto& steps = prometheus::BuildCounter()
                     .Name("deltaserve_engine_steps_total")
-                    .Help("Engine steps run, by phase")
+                    .Help("Forward passes run, by phase (prefill chunks or single-token decodes)")
                     .Register(registry);
   auto& timed = prometheus::BuildCounter()
                     .Name("deltaserve_layer_timed_steps_total")
-                    .Help("Engine steps whose layers were timed (--layer-metrics)")
+                    .Help("Forward passes whose layers were timed (--layer-metrics)")
                     .Register(registry);
   for (const engine::StepPhase phase : {engine::StepPhase::kPrefill, engine::StepPhase::kDecode}) {
     const int p = static_cast<int>(phase);
