@@ -1,0 +1,41 @@
+// The PADRe token mixer (polynomial attention drop-in replacement): projections, linear-cost token
+// mixing (depthwise 2-D conv + token mean), Hadamard products up to degree d, per-token RMS norm, output.
+#ifndef DELTASERVE_KERNELS_PADRE_MIXER_H_
+#define DELTASERVE_KERNELS_PADRE_MIXER_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+
+namespace deltaserve::kernels {
+
+// The d projections and mixings stacked along channels (term k owns channels [k*D, (k+1)*D)), so one
+// matmul and one grouped convolution serve every term.
+struct PadreMixerWeights {
+  at::Tensor proj_weight;  // [d*D, D]
+  at::Tensor proj_bias;    // [d*D]
+  at::Tensor mix_weight;   // [d*D, 1, K, K], K odd
+  at::Tensor mix_global;   // [d*D]: scale of each channel's token mean
+  at::Tensor norm_weight;  // [d, D]
+  at::Tensor out_weight;   // [D, D]
+  at::Tensor out_bias;     // [D]
+  double eps = 1e-6;
+};
+
+// x [B, N, D], N = grid_h * grid_w tokens in row-major grid order; returns [B, N, D]:
+//   Y_k = x W_k^T + b_k;  Z_k = dwconv_K(Y_k) + g_k * mean_N(Y_k);  H_0 = Z_0, H_k = H_{k-1} * Z_k;
+//   out = (sum_k H_k / sqrt(mean_D(H_k^2) + eps) * w_k) W_o^T + b_o.
+// Cost O(B * N * D * (d*D + d*K^2 + D)): linear in N. Bad shapes give InvalidArgument naming the argument.
+absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64_t grid_w,
+                                      const PadreMixerWeights& w);
+
+// Multiply-adds of one PadreMixer call and of softmax self-attention (projections included) on the same
+// tokens: what "linear vs quadratic in N" means, in numbers.
+int64_t PadreMixerMacs(int64_t batch, int64_t tokens, int64_t dim, int64_t degree, int64_t kernel);
+int64_t SoftmaxAttentionMacs(int64_t batch, int64_t tokens, int64_t dim);
+
+}  // namespace deltaserve::kernels
+
+#endif  // DELTASERVE_KERNELS_PADRE_MIXER_H_
