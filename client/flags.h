@@ -30,5 +30,8 @@ ABSL_DECLARE_FLAG(int32_t, input_len);
 ABSL_DECLARE_FLAG(int32_t, output_len);
 ABSL_DECLARE_FLAG(double, range_ratio);
 ABSL_DECLARE_FLAG(std::string, result_json);
+ABSL_DECLARE_FLAG(double, score_threshold);
+ABSL_DECLARE_FLAG(int32_t, max_detections);
+ABSL_DECLARE_FLAG(std::string, draw);
 
 #endif  // DELTASERVE_CLIENT_FLAGS_H_

@@ -36,6 +36,9 @@ ABSL_FLAG(int32_t, input_len, 128, "bench: prompt tokens per request (random ids
 ABSL_FLAG(int32_t, output_len, 64, "bench: generated tokens per request (mean; end-of-sequence ignored)");
 ABSL_FLAG(double, range_ratio, 0, "bench: lengths drawn uniformly in len*(1-r)..len*(1+r), r in [0, 1)");
 ABSL_FLAG(std::string, result_json, "", "bench: also write the JSON result to this file");
+ABSL_FLAG(double, score_threshold, -1, "detect: drop detections scoring below this, in [0, 1] (-1: the server's 0.25)");
+ABSL_FLAG(int32_t, max_detections, 0, "detect: at most this many detections (0: the server's 100)");
+ABSL_FLAG(std::string, draw, "", "detect: write the image with the boxes drawn to this PNG file");
 
 namespace {
 
@@ -46,6 +49,7 @@ constexpr char kUsage[] =
     "  deltaserve-cli chat [--system TEXT]       interactive conversation (/reset, /exit; Ctrl-C stops an answer)\n"
     "  deltaserve-cli models [NAME] [--json]     lists the served models, or one model in full\n"
     "  deltaserve-cli health                     the server's and each model's health; exit 0 when all serve\n"
+    "  deltaserve-cli detect IMAGE [--draw OUT.png] [--score-threshold T] [--json]   objects in a PNG/JPEG\n"
     "  deltaserve-cli bench [--num-requests N] [--concurrency C] [--request-rate R] [--input-len I]\n"
     "      [--output-len O] [--range-ratio r] [--json] [--result-json FILE]\n"
     "      load generator: throughput and TTFT/TPOT/ITL/E2E latency p50/p90/p99, as vLLM's benchmark\n"
@@ -59,14 +63,14 @@ int main(int argc, char** argv) {
   const std::map<std::string, int (*)(const std::vector<std::string>&)> commands = {
       {"generate", deltaserve::client::RunGenerate}, {"chat", deltaserve::client::RunChat},
       {"models", deltaserve::client::RunModels},     {"health", deltaserve::client::RunHealth},
-      {"bench", deltaserve::client::RunBench}};
+      {"bench", deltaserve::client::RunBench},       {"detect", deltaserve::client::RunDetect}};
   if (args.empty()) {
-    std::fprintf(stderr, "deltaserve-cli: missing command (generate, chat, models, health, bench); see --help\n");
+    std::fprintf(stderr, "deltaserve-cli: missing command (generate, chat, models, health, bench, detect); see --help\n");
     return 2;
   }
   const auto it = commands.find(args.front());
   if (it == commands.end()) {
-    std::fprintf(stderr, "deltaserve-cli: unknown command \"%s\" (generate, chat, models, health, bench)\n",
+    std::fprintf(stderr, "deltaserve-cli: unknown command \"%s\" (generate, chat, models, health, bench, detect)\n",
                  args.front().c_str());
     return 2;
   }

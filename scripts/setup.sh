@@ -43,5 +43,9 @@ else
     "grpcio==${GRPCIO_VERSION}" "grpcio-tools==${GRPCIO_VERSION}" "${SETUPTOOLS_SPEC}"
   touch "${DELTASERVE_VENV}/.complete"
 fi
+# Oracles added after the venv's first build: installed here when missing, so existing venvs gain them.
+if ! "${DELTASERVE_PYTHON}" -c "import importlib.metadata as m; assert m.version('pycocotools') == '${PYCOCOTOOLS_VERSION}'" 2>/dev/null; then
+  "${DELTASERVE_PYTHON}" -m pip install -q --progress-bar off "pycocotools==${PYCOCOTOOLS_VERSION}"
+fi
 mkdir -p "${CCACHE_DIR}"
 "${DELTASERVE_PYTHON}" -c 'import torch; print("setup.sh: torch", torch.__version__, "cmake prefix", torch.utils.cmake_prefix_path)'

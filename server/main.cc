@@ -27,6 +27,7 @@
 #include "api/models_service.h"
 #include "api/status_convert.h"
 #include "api/text_generation_service.h"
+#include "api/vision_service.h"
 #include "cli/command_line.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
@@ -34,6 +35,8 @@
 #include "engine/generation_config.h"
 #include "metrics/process_collector.h"
 #include "metrics/prometheus_engine_metrics.h"
+#include "metrics/prometheus_vision_metrics.h"
+#include "models/padre/model.h"
 #include "models/qwen35/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -63,6 +66,13 @@ ABSL_FLAG(std::string, layer_metrics, "sampled",
           "Per-layer latency histograms (deltaserve_layer_duration_seconds): off, sampled (a fraction of steps, "
           "see --layer-metrics-sample-rate) or all (every step)");
 ABSL_FLAG(double, layer_metrics_sample_rate, 0.05, "With --layer-metrics=sampled: fraction of steps timed, (0, 1]");
+ABSL_FLAG(std::string, vision_model, "",
+          "Also serve a PADRe detector from this directory (config.json, model.safetensors) over "
+          "deltaserve.v1.Vision");
+ABSL_FLAG(std::string, vision_model_name, "", "Name requests use for the detector (default: the directory's basename)");
+ABSL_FLAG(int64_t, vision_max_batch, 8, "Images per detector forward pass at most (dynamic batching)");
+ABSL_FLAG(double, vision_max_delay_ms, 2.0, "How long the first queued image waits for others to batch with");
+ABSL_FLAG(int64_t, vision_max_queue, 64, "Images that may wait for the detector; beyond: RESOURCE_EXHAUSTED");
 ABSL_FLAG(double, shutdown_grace, 30.0, "Seconds running requests may take to finish on SIGTERM/SIGINT");
 
 namespace {
@@ -219,9 +229,55 @@ int Run() {
   if (!engine.ok()) return Fail(std::string(engine.status().message()), 1);
   served.engine = engine->get();
 
-  api::ModelRegistry models({&served});
+  // The optional detector, served beside the text model.
+  api::ServedModel vision_served;
+  std::unique_ptr<deltaserve::metrics::PrometheusVisionMetrics> vision_metrics;
+  std::unique_ptr<deltaserve::engine::VisionBatcher> vision;
+  const std::string vision_dir = absl::GetFlag(FLAGS_vision_model);
+  if (!vision_dir.empty()) {
+    deltaserve::models::padre::PadreOptions vo;
+    vo.device = options.device;
+    absl::StatusOr<std::unique_ptr<deltaserve::models::padre::PadreDetector>> detector =
+        deltaserve::models::padre::PadreDetector::Load(vision_dir, vo);
+    if (!detector.ok()) {
+      (*engine)->Shutdown(absl::ZeroDuration());
+      return Fail(absl::StrCat("--vision-model: ", detector.status().message()), 1);
+    }
+    vision_served.name = absl::GetFlag(FLAGS_vision_model_name).empty() ? Basename(vision_dir)
+                                                                        : absl::GetFlag(FLAGS_vision_model_name);
+    if (vision_served.name == name) {
+      (*engine)->Shutdown(absl::ZeroDuration());
+      return Fail("--vision-model-name: must differ from the text model's name \"" + name + "\"");
+    }
+    vision_metrics = std::make_unique<deltaserve::metrics::PrometheusVisionMetrics>(*registry, vision_served.name,
+                                                                                     (*detector)->TimedSpans());
+    deltaserve::engine::VisionBatcherOptions bo;
+    bo.max_batch = absl::GetFlag(FLAGS_vision_max_batch);
+    bo.max_delay = absl::Microseconds(absl::GetFlag(FLAGS_vision_max_delay_ms) * 1000);
+    bo.max_queue = absl::GetFlag(FLAGS_vision_max_queue);
+    bo.intra_op_threads = engine_options.intra_op_threads;
+    bo.layer_metrics = engine_options.layer_metrics;
+    bo.layer_metrics_sample_rate = engine_options.layer_metrics_sample_rate;
+    absl::StatusOr<std::unique_ptr<deltaserve::engine::VisionBatcher>> batcher =
+        deltaserve::engine::VisionBatcher::Start(*std::move(detector), bo, vision_metrics.get());
+    if (!batcher.ok()) {
+      (*engine)->Shutdown(absl::ZeroDuration());
+      return Fail(absl::StrCat("--vision-*: ", batcher.status().message()));
+    }
+    vision = *std::move(batcher);
+    vision_served.vision = vision.get();
+    std::fprintf(stderr, "deltaserve: detector \"%s\" (%s, %s mixer, %ld classes, batch %ld)\n",
+                 vision_served.name.c_str(), vision_dir.c_str(),
+                 vision->model().config().mixer == deltaserve::models::padre::Mixer::kPadre ? "padre" : "softmax",
+                 static_cast<long>(vision->model().config().num_classes()), static_cast<long>(bo.max_batch));
+  }
+
+  std::vector<api::ServedModel*> served_models = {&served};
+  if (vision) served_models.push_back(&vision_served);
+  api::ModelRegistry models(served_models);
   api::TextGenerationService text_service(&models, observer);
   api::ModelsService models_service(&models, observer);
+  api::VisionService vision_service(&models, observer);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -232,14 +288,17 @@ int Run() {
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected_port);
   builder.RegisterService(&text_service);
   builder.RegisterService(&models_service);
+  if (vision) builder.RegisterService(&vision_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || selected_port == 0) {
     (*engine)->Shutdown(absl::ZeroDuration());
+    if (vision) vision->Shutdown(absl::ZeroDuration());
     return Fail(absl::StrCat("--port: cannot listen on ", address), 1);
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   if (health) {
     health->SetServingStatus(name, true);
+    if (vision) health->SetServingStatus(vision_served.name, true);
     health->SetServingStatus("", true);
   }
 
@@ -265,11 +324,14 @@ int Run() {
     }
     std::fprintf(stderr, "deltaserve: shutting down (grace %.1f s)\n", grace_s);
     served.ready = false;
+    vision_served.ready = false;
     if (health) {
       health->SetServingStatus(name, false);
+      if (vision) health->SetServingStatus(vision_served.name, false);
       health->SetServingStatus("", false);
     }
     served.engine->Shutdown(absl::Seconds(grace_s));
+    if (vision) vision->Shutdown(absl::Seconds(grace_s));
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   });
   server->Wait();

@@ -25,19 +25,53 @@ std::string DtypeName(at::ScalarType t) {
 }
 }  // namespace
 
-absl::StatusOr<ServedModel*> ModelRegistry::Find(absl::string_view name, absl::string_view field) const {
-  if (models_.empty()) return absl::UnavailableError("no model is served");
-  if (name.empty()) return models_.front();
+absl::StatusOr<ServedModel*> ModelRegistry::Find(absl::string_view name, absl::string_view field,
+                                                 Kind kind) const {
+  auto matches = [kind](const ServedModel* m) {
+    return kind == Kind::kAny || (kind == Kind::kText ? m->engine != nullptr : m->vision != nullptr);
+  };
+  const char* wanted = kind == Kind::kVision ? "vision detection" : "text generation";
+  if (name.empty()) {
+    for (ServedModel* m : models_)
+      if (matches(m)) return m;
+    return absl::UnavailableError(absl::StrCat("no ", kind == Kind::kAny ? "" : wanted, " model is served"));
+  }
   std::vector<std::string> names;
   for (ServedModel* m : models_) {
-    if (m->name == name) return m;
+    if (m->name == name) {
+      if (matches(m)) return m;
+      return absl::InvalidArgumentError(absl::StrCat(field, ": \"", name, "\" is a ",
+                                                     m->engine ? "text generation" : "vision detection",
+                                                     " model; this method needs a ", wanted, " model"));
+    }
     names.push_back(m->name);
   }
   return absl::NotFoundError(
       absl::StrCat(field, ": \"", name, "\" is not a served model; served: ", absl::StrJoin(names, ", ")));
 }
 
+namespace {
+void FillVisionModelInfo(const ServedModel& model, v1::ModelInfo* info) {
+  const models::padre::PadreConfig& c = model.vision->model().config();
+  info->set_name(model.name);
+  info->set_kind(v1::MODEL_KIND_VISION_DETECTION);
+  info->set_architecture(c.mixer == models::padre::Mixer::kPadre ? "PadreDetector" : "PadreDetector(softmax)");
+  info->set_dtype("float32");
+  info->set_device(model.vision->model().options().device.str());
+  info->set_ready(model.ready.load());
+  info->set_num_layers(static_cast<int32_t>(c.num_layers));
+  info->set_hidden_size(static_cast<int32_t>(c.hidden_size));
+  info->mutable_limits()->set_max_queued_requests(static_cast<int32_t>(model.vision->options().max_queue));
+  v1::VisionInfo* v = info->mutable_vision();
+  v->set_mixer(c.mixer == models::padre::Mixer::kPadre ? "padre" : "softmax");
+  v->set_input_size(static_cast<int32_t>(c.image_size));
+  v->set_max_batch_size(static_cast<int32_t>(model.vision->options().max_batch));
+  for (const std::string& name : c.class_names) v->add_class_names(name);
+}
+}  // namespace
+
 void FillModelInfo(const ServedModel& model, v1::ModelInfo* info) {
+  if (model.vision) return FillVisionModelInfo(model, info);
   const models::qwen35::Qwen35Config& c = model.engine->model().config();
   const models::qwen35::ModelOptions& o = model.engine->model().options();
   info->set_name(model.name);

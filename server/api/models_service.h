@@ -15,14 +15,17 @@
 #include "deltaserve/v1/models.grpc.pb.h"
 #include "engine/engine.h"
 #include "engine/sampler.h"
+#include "engine/vision_batcher.h"
 #include "tokenizer/tokenizer.h"
 
 namespace deltaserve::api {
 
-// One served text model. Everything pointed to must outlive the services.
+// One served model: a text model (engine set) or a detector (vision set). Everything pointed to must
+// outlive the services.
 struct ServedModel {
   std::string name;
   engine::Engine* engine = nullptr;
+  engine::VisionBatcher* vision = nullptr;
   const tokenizer::Tokenizer* tokenizer = nullptr;  // null: token ids only
   engine::SamplingParams defaults;                  // DefaultSamplingParams(generation config)
   engine::EngineOptions engine_options;
@@ -41,8 +44,11 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, cons
 class ModelRegistry {
  public:
   explicit ModelRegistry(std::vector<ServedModel*> models) : models_(std::move(models)) {}
-  // Empty name: the default model. Unknown: NOT_FOUND naming `field` and listing the served names.
-  absl::StatusOr<ServedModel*> Find(absl::string_view name, absl::string_view field = "model") const;
+  enum class Kind { kAny, kText, kVision };
+  // Empty name: the first model of `kind` (the default). Unknown: NOT_FOUND naming `field` and listing
+  // the served names; a model of another kind: INVALID_ARGUMENT saying what it is.
+  absl::StatusOr<ServedModel*> Find(absl::string_view name, absl::string_view field = "model",
+                                    Kind kind = Kind::kAny) const;
   const std::vector<ServedModel*>& models() const { return models_; }
 
  private:

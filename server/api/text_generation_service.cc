@@ -418,7 +418,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
 absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry,
                                                 const v1::GenerateRequest& request) {
-  absl::StatusOr<ServedModel*> found = registry.Find(request.model());
+  absl::StatusOr<ServedModel*> found = registry.Find(request.model(), "model", ModelRegistry::Kind::kText);
   if (!found.ok()) return found.status();
   ServedModel& m = **found;
   if (!m.ready.load()) {
@@ -484,7 +484,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* TextGenerationService::Generate(
 grpc::ServerUnaryReactor* TextGenerationService::Tokenize(grpc::CallbackServerContext* context,
                                                           const v1::TokenizeRequest* request,
                                                           v1::TokenizeResponse* response) {
-  absl::StatusOr<ServedModel*> found = registry_->Find(request->model());
+  absl::StatusOr<ServedModel*> found = registry_->Find(request->model(), "model", ModelRegistry::Kind::kText);
   if (!found.ok()) return FinishUnary(context, observer_, "Tokenize", ToGrpcStatus(found.status()));
   const ServedModel& m = **found;
   std::string text;
@@ -517,7 +517,7 @@ grpc::ServerUnaryReactor* TextGenerationService::Tokenize(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* TextGenerationService::Detokenize(grpc::CallbackServerContext* context,
                                                             const v1::DetokenizeRequest* request,
                                                             v1::DetokenizeResponse* response) {
-  absl::StatusOr<ServedModel*> found = registry_->Find(request->model());
+  absl::StatusOr<ServedModel*> found = registry_->Find(request->model(), "model", ModelRegistry::Kind::kText);
   if (!found.ok()) return FinishUnary(context, observer_, "Detokenize", ToGrpcStatus(found.status()));
   const ServedModel& m = **found;
   if (m.tokenizer == nullptr)

@@ -11,99 +11,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "models/tensor_loader.h"
 
 namespace deltaserve::models::qwen35 {
-namespace {
-
-std::optional<at::ScalarType> AtenType(TensorDtype d) {
-  switch (d) {
-    case TensorDtype::kF32:
-      return at::kFloat;
-    case TensorDtype::kF16:
-      return at::kHalf;
-    case TensorDtype::kBF16:
-      return at::kBFloat16;
-    case TensorDtype::kF64:
-      return at::kDouble;
-    default:
-      return std::nullopt;
-  }
-}
-
-std::string Shape(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
-
-class Loader {
- public:
-  Loader(const SafetensorsCheckpoint& checkpoint, std::string prefix, at::ScalarType dtype,
-         const c10::Device& device)
-      : checkpoint_(checkpoint), prefix_(std::move(prefix)), dtype_(dtype), device_(device) {}
-
-  // `name` below the model prefix ("layers.0.mlp.up_proj.weight"), or absolute when `absolute`.
-  at::Tensor Take(const std::string& name, const std::vector<int64_t>& shape, bool keep_float32 = false,
-                  bool absolute = false) {
-    const std::string full = absolute ? name : prefix_ + name;
-    auto it = checkpoint_.tensors().find(full);
-    if (it == checkpoint_.tensors().end()) {
-      missing_.push_back(absl::StrCat(full, " ", Shape(shape)));
-      return at::Tensor();
-    }
-    used_.insert(full);
-    const TensorView& view = it->second;
-    std::optional<at::ScalarType> source = AtenType(view.dtype);
-    if (!source.has_value()) {
-      mismatched_.push_back(absl::StrCat(full, ": dtype ", TensorDtypeName(view.dtype),
-                                         " is not a float type (F32, F16, BF16, F64)"));
-      return at::Tensor();
-    }
-    int64_t numel = 1;
-    for (int64_t d : shape) numel *= d;
-    int64_t view_numel = 1;
-    for (int64_t d : view.shape) view_numel *= d;
-    // The conv weight is [C, 1, K] in checkpoints; any shape with the same elements in the same order is
-    // accepted only for it, every other tensor must match exactly.
-    const bool squeezable = absl::StrContains(full, "conv1d.weight") && numel == view_numel;
-    if (view.shape != shape && !squeezable) {
-      mismatched_.push_back(
-          absl::StrCat(full, ": expected shape ", Shape(shape), ", found ", Shape(view.shape)));
-      return at::Tensor();
-    }
-    const at::ScalarType target = keep_float32 ? at::kFloat : dtype_;
-    at::Tensor mapped =
-        at::from_blob(const_cast<void*>(view.data), shape, at::TensorOptions().dtype(*source));
-    const bool aligned = reinterpret_cast<uintptr_t>(view.data) % c10::elementSize(*source) == 0;
-    // Zero-copy when the mapping already holds what we need; otherwise one converted copy.
-    if (aligned && *source == target && device_.is_cpu()) return mapped;
-    return mapped.to(device_, target, /*non_blocking=*/false, /*copy=*/true);
-  }
-
-  absl::Status Finish() {
-    for (const auto& [name, view] : checkpoint_.tensors()) {
-      if (used_.count(name) || absl::StartsWith(name, "mtp.") || absl::StartsWith(name, "model.visual."))
-        continue;
-      if (name == "lm_head.weight" && tied_) continue;  // tied: the embedding serves, as in transformers
-      unexpected_.push_back(name);
-    }
-    if (missing_.empty() && unexpected_.empty() && mismatched_.empty()) return absl::OkStatus();
-    std::string msg = "checkpoint does not match the config:";
-    if (!missing_.empty()) absl::StrAppend(&msg, " missing [", absl::StrJoin(missing_, "; "), "]");
-    if (!mismatched_.empty()) absl::StrAppend(&msg, " mismatched [", absl::StrJoin(mismatched_, "; "), "]");
-    if (!unexpected_.empty()) absl::StrAppend(&msg, " unexpected [", absl::StrJoin(unexpected_, "; "), "]");
-    return absl::InvalidArgumentError(msg);
-  }
-
-  void set_tied(bool tied) { tied_ = tied; }
-
- private:
-  const SafetensorsCheckpoint& checkpoint_;
-  std::string prefix_;
-  at::ScalarType dtype_;
-  c10::Device device_;
-  bool tied_ = false;
-  std::set<std::string> used_;
-  std::vector<std::string> missing_, unexpected_, mismatched_;
-};
-
-}  // namespace
 
 absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& checkpoint,
                                                 const Qwen35Config& c, at::ScalarType dtype,
@@ -115,8 +25,15 @@ absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& che
   // Multimodal checkpoints keep the text model under model.language_model.; text-only ones under model.
   const bool nested = checkpoint.tensors().count("model.language_model.embed_tokens.weight") > 0;
   try {
-    Loader load(checkpoint, nested ? "model.language_model." : "model.", dtype, device);
-    load.set_tied(c.tie_word_embeddings);
+    TensorLoader load(checkpoint, nested ? "model.language_model." : "model.", dtype, device);
+    // The conv weight is [C, 1, K] in checkpoints and read as [C, K].
+    load.set_reshapeable([](const std::string& name) { return absl::StrContains(name, "conv1d.weight"); });
+    // Multi-token prediction and vision towers are not served; a tied lm_head is the embedding.
+    const bool tied = c.tie_word_embeddings;
+    load.set_ignored([tied](const std::string& name) {
+      return absl::StartsWith(name, "mtp.") || absl::StartsWith(name, "model.visual.") ||
+             (tied && name == "lm_head.weight");
+    });
     const int64_t h = c.hidden_size, inter = c.intermediate_size;
     Qwen35Weights w;
     w.embed_tokens = load.Take("embed_tokens.weight", {c.vocab_size, h});

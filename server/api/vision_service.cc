@@ -1,0 +1,149 @@
+// Vision.Detect and Vision.DetectStream (see vision_service.h).
+#include "api/vision_service.h"
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "api/status_convert.h"
+
+namespace deltaserve::api {
+namespace {
+
+constexpr size_t kMaxRequestIdBytes = 128;
+constexpr float kDefaultScoreThreshold = 0.25f;
+constexpr int32_t kDefaultMaxDetections = 100;
+
+grpc::Status Invalid(const std::string& message) { return {grpc::StatusCode::INVALID_ARGUMENT, message}; }
+
+double Since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServerContext* context,
+                           std::function<void(const grpc::Status&, v1::DetectResponse)> done) const {
+  const auto received = std::chrono::steady_clock::now();
+  if (request.request_id().size() > kMaxRequestIdBytes)
+    return done(Invalid(absl::StrCat("request_id: at most ", kMaxRequestIdBytes, " bytes, got ",
+                                     request.request_id().size())),
+                {});
+  absl::StatusOr<ServedModel*> found = registry_->Find(request.model(), "model", ModelRegistry::Kind::kVision);
+  if (!found.ok()) return done(ToGrpcStatus(found.status()), {});
+  ServedModel* model = *found;
+  if (!model->ready.load()) return done({grpc::StatusCode::UNAVAILABLE, "model is shutting down"}, {});
+  absl::StatusOr<vision::RgbImage> image;
+  switch (request.image_case()) {
+    case v1::DetectRequest::kEncoded:
+      image = vision::DecodeImage(request.encoded(), limits_);
+      if (!image.ok()) image = absl::InvalidArgumentError(absl::StrCat("encoded: ", image.status().message()));
+      break;
+    case v1::DetectRequest::kRaw:
+      image = vision::RawRgbImage(request.raw().rgb(), request.raw().width(), request.raw().height(), limits_);
+      if (!image.ok()) image = absl::InvalidArgumentError(absl::StrCat("raw: ", image.status().message()));
+      break;
+    default:
+      return done(Invalid("image: missing; set encoded (PNG or JPEG bytes) or raw (RGB pixels)"), {});
+  }
+  if (!image.ok()) return done(ToGrpcStatus(image.status()), {});
+  const double decode_seconds = Since(received);
+  engine::VisionRequest vr;
+  vr.score_threshold = request.has_score_threshold() ? request.score_threshold() : kDefaultScoreThreshold;
+  vr.max_detections = request.has_max_detections() ? request.max_detections() : kDefaultMaxDetections;
+  vr.class_filter.assign(request.class_ids().begin(), request.class_ids().end());
+  if (context && context->deadline() < std::chrono::system_clock::now() + std::chrono::hours(24 * 365))
+    vr.deadline = absl::FromChrono(context->deadline());
+  const int width = image->width, height = image->height;
+  vr.image = *std::move(image);
+  const std::vector<std::string>& names = model->vision->model().config().class_names;
+  const std::string request_id = request.request_id();
+  // The callback may outlive this call: it owns copies of what it needs (the done function included).
+  auto shared_done = std::make_shared<std::function<void(const grpc::Status&, v1::DetectResponse)>>(std::move(done));
+  vr.done = [shared_done, names, request_id, width, height, decode_seconds,
+             received](absl::StatusOr<engine::VisionResult> r) {
+    if (!r.ok()) return (*shared_done)(ToGrpcStatus(r.status()), {});
+    v1::DetectResponse resp;
+    resp.set_request_id(request_id);
+    resp.set_image_width(width);
+    resp.set_image_height(height);
+    for (const engine::VisionDetection& d : r->detections) {
+      v1::Detection* out = resp.add_detections();
+      out->set_x0(d.x0);
+      out->set_y0(d.y0);
+      out->set_x1(d.x1);
+      out->set_y1(d.y1);
+      out->set_score(d.score);
+      out->set_class_id(d.class_id);
+      out->set_label(names.at(static_cast<size_t>(d.class_id)));
+    }
+    v1::DetectTiming* t = resp.mutable_timing();
+    t->set_decode_seconds(decode_seconds);
+    t->set_queue_seconds(r->queue_seconds);
+    t->set_preprocess_seconds(r->preprocess_seconds);
+    t->set_inference_seconds(r->inference_seconds);
+    t->set_postprocess_seconds(r->postprocess_seconds);
+    t->set_batch_size(static_cast<int32_t>(r->batch_size));
+    t->set_total_seconds(Since(received));
+    (*shared_done)(grpc::Status::OK, std::move(resp));
+  };
+  absl::Status submitted = model->vision->Submit(std::move(vr));
+  if (!submitted.ok()) (*shared_done)(ToGrpcStatus(submitted), {});
+}
+
+grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* context,
+                                                const v1::DetectRequest* request, v1::DetectResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Submit(*request, context, [this, reactor, response](const grpc::Status& status, v1::DetectResponse resp) {
+    if (status.ok()) *response = std::move(resp);
+    if (observer_) observer_("Detect", status.error_code());
+    reactor->Finish(status);
+  });
+  return reactor;
+}
+
+namespace {
+
+// One frame at a time: read, detect, write, read the next; so responses keep the requests' order.
+class DetectStreamReactor final : public grpc::ServerBidiReactor<v1::DetectRequest, v1::DetectResponse> {
+ public:
+  DetectStreamReactor(const VisionService* service, grpc::CallbackServerContext* context)
+      : service_(service), context_(context) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return End(grpc::Status::OK);  // the client finished sending
+    service_->Submit(request_, context_, [this](const grpc::Status& status, v1::DetectResponse resp) {
+      if (!status.ok()) return End(status);
+      response_ = std::move(resp);
+      StartWrite(&response_);
+    });
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) return End(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+    StartRead(&request_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void End(const grpc::Status& status) {
+    if (service_->observer()) service_->observer()("DetectStream", status.error_code());
+    Finish(status);
+  }
+  const VisionService* service_;
+  grpc::CallbackServerContext* context_;
+  v1::DetectRequest request_;
+  v1::DetectResponse response_;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::DetectRequest, v1::DetectResponse>* VisionService::DetectStream(
+    grpc::CallbackServerContext* context) {
+  return new DetectStreamReactor(this, context);
+}
+
+}  // namespace deltaserve::api

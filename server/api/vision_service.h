@@ -1,0 +1,39 @@
+// deltaserve.v1.Vision over the vision batcher: Detect (one image) and DetectStream (frames answered in
+// order). Decodes and validates images here; the batcher letterboxes, runs the detector and decodes boxes.
+#ifndef DELTASERVE_SERVER_API_VISION_SERVICE_H_
+#define DELTASERVE_SERVER_API_VISION_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include "api/models_service.h"
+#include "deltaserve/v1/vision.grpc.pb.h"
+#include "vision/image_codec.h"
+
+namespace deltaserve::api {
+
+class VisionService final : public v1::Vision::CallbackService {
+ public:
+  VisionService(const ModelRegistry* registry, RequestObserver observer = nullptr,
+                vision::DecodeLimits limits = {})
+      : registry_(registry), observer_(std::move(observer)), limits_(limits) {}
+
+  grpc::ServerUnaryReactor* Detect(grpc::CallbackServerContext* context, const v1::DetectRequest* request,
+                                   v1::DetectResponse* response) override;
+  grpc::ServerBidiReactor<v1::DetectRequest, v1::DetectResponse>* DetectStream(
+      grpc::CallbackServerContext* context) override;
+
+  // Validates `request`, decodes its image and hands it to its model's batcher; `done` gets the filled
+  // response or the error status, once, on the batcher's thread (or here, at once, for a refusal).
+  void Submit(const v1::DetectRequest& request, grpc::CallbackServerContext* context,
+              std::function<void(const grpc::Status&, v1::DetectResponse)> done) const;
+  const RequestObserver& observer() const { return observer_; }
+
+ private:
+  const ModelRegistry* registry_;
+  RequestObserver observer_;
+  vision::DecodeLimits limits_;
+};
+
+}  // namespace deltaserve::api
+
+#endif  // DELTASERVE_SERVER_API_VISION_SERVICE_H_

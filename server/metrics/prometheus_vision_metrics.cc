@@ -1,0 +1,68 @@
+// Vision series and their observations (see the header; names in docs/metrics.md).
+#include "metrics/prometheus_vision_metrics.h"
+
+namespace deltaserve::metrics {
+namespace {
+
+using prometheus::Histogram;
+
+// Same bounds as the text layers' (the family is shared; Prometheus needs one set of buckets per family).
+const Histogram::BucketBoundaries kLayerBuckets = {2.5e-6, 5e-6, 1e-5,  2.5e-5, 5e-5, 1e-4, 2.5e-4,
+                                                   5e-4,   1e-3, 2.5e-3, 5e-3,  0.01, 0.025, 0.05,
+                                                   0.1,    0.25, 0.5,   1,     2.5,  10};
+const Histogram::BucketBoundaries kLatencyBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                     0.25,  0.5,    1,     2.5,  5,     10};
+
+}  // namespace
+
+PrometheusVisionMetrics::PrometheusVisionMetrics(prometheus::Registry& registry, const std::string& model,
+                                                 const std::vector<models::TimedSpan>& spans) {
+  auto& layer = prometheus::BuildHistogram()
+                    .Name("deltaserve_layer_duration_seconds")
+                    .Help("Time one engine step spent in one layer (token mixer, MLP, embedding, lm_head)")
+                    .Register(registry);
+  for (const models::TimedSpan& s : spans)
+    layer_.push_back(
+        &layer.Add({{"model", model}, {"layer", s.layer}, {"kind", s.kind}, {"phase", "vision"}}, kLayerBuckets));
+  auto counter = [&](const char* name, const char* help, prometheus::Labels labels) {
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(labels);
+  };
+  passes_ = counter("deltaserve_engine_steps_total", "Forward passes run, by phase (prefill chunks or single-token decodes)",
+                    {{"model", model}, {"phase", "vision"}});
+  timed_passes_ = counter("deltaserve_layer_timed_steps_total", "Forward passes whose layers were timed (--layer-metrics)",
+                          {{"model", model}, {"phase", "vision"}});
+  images_ = counter("deltaserve_vision_images_total", "Images run through the detector", {{"model", model}});
+  auto& requests = prometheus::BuildCounter()
+                       .Name("deltaserve_vision_requests_total")
+                       .Help("Detection requests answered by the vision engine, by outcome")
+                       .Register(registry);
+  ok_ = &requests.Add({{"model", model}, {"outcome", "ok"}});
+  failed_ = &requests.Add({{"model", model}, {"outcome", "failed"}});
+  auto histogram = [&](const char* name, const char* help, const Histogram::BucketBoundaries& b) {
+    return &prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add({{"model", model}}, b);
+  };
+  batch_size_ = histogram("deltaserve_vision_batch_size", "Images in one detector forward pass",
+                          {1, 2, 4, 8, 16, 32, 64, 128});
+  inference_ = histogram("deltaserve_vision_inference_seconds", "One detector forward pass", kLatencyBuckets);
+  latency_ = histogram("deltaserve_vision_request_latency_seconds",
+                       "Request queued to answered inside the vision engine", kLatencyBuckets);
+}
+
+void PrometheusVisionMetrics::OnBatch(int64_t images, double inference_seconds,
+                                      const std::vector<double>& layer_seconds) {
+  passes_->Increment();
+  images_->Increment(static_cast<double>(images));
+  batch_size_->Observe(static_cast<double>(images));
+  inference_->Observe(inference_seconds);
+  if (layer_seconds.empty()) return;
+  timed_passes_->Increment();
+  for (size_t i = 0; i < layer_seconds.size() && i < layer_.size(); ++i)
+    if (layer_seconds[i] >= 0) layer_[i]->Observe(layer_seconds[i]);
+}
+
+void PrometheusVisionMetrics::OnRequest(double seconds, bool ok) {
+  (ok ? ok_ : failed_)->Increment();
+  latency_->Observe(seconds);
+}
+
+}  // namespace deltaserve::metrics

@@ -1,0 +1,84 @@
+// Named, shape-checked tensors from a mapped checkpoint (see tensor_loader.h).
+#include "models/tensor_loader.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace deltaserve::models {
+namespace {
+
+std::optional<at::ScalarType> AtenType(TensorDtype d) {
+  switch (d) {
+    case TensorDtype::kF32:
+      return at::kFloat;
+    case TensorDtype::kF16:
+      return at::kHalf;
+    case TensorDtype::kBF16:
+      return at::kBFloat16;
+    case TensorDtype::kF64:
+      return at::kDouble;
+    default:
+      return std::nullopt;
+  }
+}
+
+std::string Shape(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
+
+}  // namespace
+
+TensorLoader::TensorLoader(const SafetensorsCheckpoint& checkpoint, std::string prefix, at::ScalarType dtype,
+                           const c10::Device& device)
+    : checkpoint_(checkpoint), prefix_(std::move(prefix)), dtype_(dtype), device_(device) {}
+
+at::Tensor TensorLoader::Take(const std::string& name, const std::vector<int64_t>& shape, bool keep_float32,
+                              bool absolute) {
+  const std::string full = absolute ? name : prefix_ + name;
+  auto it = checkpoint_.tensors().find(full);
+  if (it == checkpoint_.tensors().end()) {
+    missing_.push_back(absl::StrCat(full, " ", Shape(shape)));
+    return at::Tensor();
+  }
+  used_.insert(full);
+  const TensorView& view = it->second;
+  std::optional<at::ScalarType> source = AtenType(view.dtype);
+  if (!source.has_value()) {
+    mismatched_.push_back(
+        absl::StrCat(full, ": dtype ", TensorDtypeName(view.dtype), " is not a float type (F32, F16, BF16, F64)"));
+    return at::Tensor();
+  }
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  int64_t view_numel = 1;
+  for (int64_t d : view.shape) view_numel *= d;
+  const bool reshapeable = reshapeable_ && reshapeable_(full) && numel == view_numel;
+  if (view.shape != shape && !reshapeable) {
+    mismatched_.push_back(absl::StrCat(full, ": expected shape ", Shape(shape), ", found ", Shape(view.shape)));
+    return at::Tensor();
+  }
+  const at::ScalarType target = keep_float32 ? at::kFloat : dtype_;
+  at::Tensor mapped = at::from_blob(const_cast<void*>(view.data), shape, at::TensorOptions().dtype(*source));
+  const bool aligned = reinterpret_cast<uintptr_t>(view.data) % c10::elementSize(*source) == 0;
+  if (aligned && *source == target && device_.is_cpu()) return mapped;
+  return mapped.to(device_, target, /*non_blocking=*/false, /*copy=*/true);
+}
+
+absl::Status TensorLoader::Finish() const {
+  std::vector<std::string> unexpected;
+  for (const auto& [name, view] : checkpoint_.tensors()) {
+    if (used_.count(name) || (ignored_ && ignored_(name))) continue;
+    unexpected.push_back(name);
+  }
+  if (missing_.empty() && unexpected.empty() && mismatched_.empty()) return absl::OkStatus();
+  std::string msg = "checkpoint does not match the config:";
+  if (!missing_.empty()) absl::StrAppend(&msg, " missing [", absl::StrJoin(missing_, "; "), "]");
+  if (!mismatched_.empty()) absl::StrAppend(&msg, " mismatched [", absl::StrJoin(mismatched_, "; "), "]");
+  if (!unexpected.empty()) absl::StrAppend(&msg, " unexpected [", absl::StrJoin(unexpected, "; "), "]");
+  return absl::InvalidArgumentError(msg);
+}
+
+}  // namespace deltaserve::models

@@ -1,0 +1,52 @@
+// Takes a model's tensors out of a mapped safetensors checkpoint by name and expected shape, converting
+// dtype and device, and reports every missing, mismatched or unexpected tensor in one error.
+#ifndef DELTASERVE_SERVER_MODELS_TENSOR_LOADER_H_
+#define DELTASERVE_SERVER_MODELS_TENSOR_LOADER_H_
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "models/safetensors.h"
+
+namespace deltaserve::models {
+
+class TensorLoader {
+ public:
+  // Names passed to Take are below `prefix` unless absolute. Tensors come out as `dtype` on `device`.
+  TensorLoader(const SafetensorsCheckpoint& checkpoint, std::string prefix, at::ScalarType dtype,
+               const c10::Device& device);
+
+  // Tensors whose checkpoint shape may differ from the expected one as long as the element count and
+  // order agree (e.g. a conv weight stored [C, 1, K] read as [C, K]).
+  void set_reshapeable(std::function<bool(const std::string&)> f) { reshapeable_ = std::move(f); }
+  // Checkpoint tensors that Finish must not report as unexpected (parts of the file this model ignores).
+  void set_ignored(std::function<bool(const std::string&)> f) { ignored_ = std::move(f); }
+
+  // The tensor, or an undefined one (recorded for Finish) when missing or mismatched. Zero-copy when the
+  // mapping already holds the right dtype on the CPU and is aligned; one converted copy otherwise.
+  at::Tensor Take(const std::string& name, const std::vector<int64_t>& shape, bool keep_float32 = false,
+                  bool absolute = false);
+
+  // InvalidArgument listing every missing, mismatched and unexpected tensor; Ok when there are none.
+  absl::Status Finish() const;
+
+ private:
+  const SafetensorsCheckpoint& checkpoint_;
+  std::string prefix_;
+  at::ScalarType dtype_;
+  c10::Device device_;
+  std::function<bool(const std::string&)> reshapeable_, ignored_;
+  std::set<std::string> used_;
+  std::vector<std::string> missing_, mismatched_;
+};
+
+}  // namespace deltaserve::models
+
+#endif  // DELTASERVE_SERVER_MODELS_TENSOR_LOADER_H_

@@ -1,0 +1,170 @@
+// The C++ PADRe detector against the PyTorch definition (tools/vision/padre_detector.py) on the golden
+// fixtures tools/vision/make_padre_golden.py writes fresh each run: for the padre, softmax and fp16-weight
+// models and images of four sizes, the letterboxed input, the three head outputs and the decoded, NMS'd
+// detections all agree; bad configs and checkpoints are refused naming the field or tensor.
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "models/padre/model.h"
+#include "vision/nms.h"
+
+namespace deltaserve::models::padre {
+namespace {
+
+using ::testing::HasSubstr;
+using Json = nlohmann::json;
+
+std::string GoldenDir() {
+  const char* dir = std::getenv("DELTASERVE_PADRE_GOLDEN");
+  return dir ? dir : "";
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A .npy file (version 1 or 2, little-endian float32 or uint8, C order) as a tensor.
+at::Tensor ReadNpy(const std::string& path) {
+  const std::string bytes = ReadText(path);
+  EXPECT_GE(bytes.size(), 10u) << path;
+  const int major = static_cast<unsigned char>(bytes[6]);
+  size_t header_len = 0, offset = 0;
+  if (major == 1) {
+    header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
+    offset = 10;
+  } else {
+    header_len = 0;
+    for (int i = 0; i < 4; ++i) header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
+    offset = 12;
+  }
+  const std::string header = bytes.substr(offset, header_len);
+  const bool f32 = header.find("'<f4'") != std::string::npos;
+  const bool u8 = header.find("'|u1'") != std::string::npos;
+  EXPECT_TRUE(f32 || u8) << path << ": " << header;
+  EXPECT_EQ(header.find("'fortran_order': True"), std::string::npos) << path;
+  std::vector<int64_t> shape;
+  const size_t open = header.find('(', header.find("'shape'")), close = header.find(')', open);
+  std::stringstream dims(header.substr(open + 1, close - open - 1));
+  std::string item;
+  while (std::getline(dims, item, ','))
+    if (item.find_first_of("0123456789") != std::string::npos) shape.push_back(std::stoll(item));
+  const char* data = bytes.data() + offset + header_len;
+  return at::from_blob(const_cast<char*>(data), shape, f32 ? at::kFloat : at::kByte).clone();
+}
+
+double RelErr(const at::Tensor& a, const at::Tensor& b) {
+  return ((a - b).norm() / b.norm().clamp_min(1e-12)).item<double>();
+}
+
+class PadreGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PadreGolden, EveryStageMatchesPyTorch) {
+  const std::string root = GoldenDir();
+  ASSERT_FALSE(root.empty()) << "DELTASERVE_PADRE_GOLDEN is not set";
+  const Json manifest = Json::parse(ReadText(root + "/manifest.json"));
+  const std::string model_dir = root + "/" + GetParam();
+  absl::StatusOr<std::unique_ptr<PadreDetector>> model = PadreDetector::Load(model_dir, PadreOptions{});
+  ASSERT_TRUE(model.ok()) << model.status();
+  for (const Json& img : manifest["images"]) {
+    const std::string name = img["name"];
+    SCOPED_TRACE(GetParam() + "/" + name);
+    const at::Tensor pixels = ReadNpy(root + "/" + img["npy"].get<std::string>()).contiguous();
+    const int h = static_cast<int>(pixels.size(0)), w = static_cast<int>(pixels.size(1));
+    absl::StatusOr<LetterboxedImage> lb = (*model)->Letterbox(pixels.data_ptr<uint8_t>(), w, h);
+    ASSERT_TRUE(lb.ok()) << lb.status();
+    const std::string dir = model_dir + "/" + name;
+    const at::Tensor input = ReadNpy(dir + "/input.npy");
+    EXPECT_LT((lb->input.unsqueeze(0) - input).abs().max().item<double>(), 1e-5);
+    absl::StatusOr<HeadOutputs> heads = (*model)->Forward(input);
+    ASSERT_TRUE(heads.ok()) << heads.status();
+    EXPECT_LT(RelErr(heads->heatmap_logits, ReadNpy(dir + "/heatmap_logits.npy")), 1e-5);
+    EXPECT_LT(RelErr(heads->size, ReadNpy(dir + "/size.npy")), 1e-5);
+    EXPECT_LT(RelErr(heads->offset, ReadNpy(dir + "/offset.npy")), 1e-5);
+
+    const Json expected = Json::parse(ReadText(dir + "/detections.json"));
+    for (const auto& [key, threshold] : {std::pair{"threshold_0", 0.0f}, {"threshold_0.5", 0.5f}}) {
+      std::vector<Candidate> candidates = (*model)->Decode(*heads, 0, *lb, threshold);
+      std::vector<vision::Detection> dets;
+      for (const Candidate& c : candidates) dets.push_back({c.x0, c.y0, c.x1, c.y1, c.score, c.class_id});
+      absl::StatusOr<std::vector<vision::Detection>> kept = vision::Nms(dets, 0.5f, 100);
+      ASSERT_TRUE(kept.ok()) << kept.status();
+      for (vision::Detection& d : *kept) {
+        Candidate c{d.x0, d.y0, d.x1, d.y1, d.score, d.class_id};
+        ClipToImage(c, *lb);
+        d = {c.x0, c.y0, c.x1, c.y1, c.score, c.class_id};
+      }
+      const Json& want = expected[key];
+      ASSERT_EQ(kept->size(), want.size()) << key;
+      ASSERT_GT(want.size(), 0u) << key;  // a fixture without detections would prove nothing
+      for (size_t i = 0; i < kept->size(); ++i) {
+        const vision::Detection& d = (*kept)[i];
+        const Json& e = want[i];
+        EXPECT_EQ(d.class_id, e["class_id"].get<int>()) << key << " #" << i;
+        EXPECT_NEAR(d.score, e["score"].get<double>(), 1e-5) << key << " #" << i;
+        const float box[4] = {d.x0, d.y0, d.x1, d.y1};
+        for (int k = 0; k < 4; ++k) EXPECT_NEAR(box[k], e["box"][k].get<double>(), 2e-3) << key << " #" << i;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, PadreGolden, ::testing::Values("padre", "softmax", "padre_fp16"));
+
+TEST(PadreModel, TimedSpansNameEveryBlock) {
+  absl::StatusOr<std::unique_ptr<PadreDetector>> model = PadreDetector::Load(GoldenDir() + "/padre", PadreOptions{});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::vector<TimedSpan> spans = (*model)->TimedSpans();
+  ASSERT_EQ(spans.size(), 2u + 2u * 2u);
+  EXPECT_EQ(spans.front().kind, "embedding");
+  EXPECT_EQ(spans[1].kind, "padre");
+  EXPECT_EQ(spans[2].kind, "mlp");
+  EXPECT_EQ(spans.back().kind, "head");
+  // The timer sees every span.
+  LayerTimer timer(c10::Device(c10::kCPU), spans.size());
+  ASSERT_TRUE((*model)->Forward(at::zeros({1, 3, 128, 128}), &timer).ok());
+  absl::StatusOr<std::vector<double>> seconds = timer.Collect();
+  ASSERT_TRUE(seconds.ok());
+  for (double s : *seconds) EXPECT_GE(s, 0);
+}
+
+TEST(PadreModel, BadConfigsNameTheField) {
+  for (const auto& [json, field] :
+       {std::pair{R"({"class_names": ["a"], "mixer": "mamba"})", "mixer"},
+        {R"({"class_names": ["a"], "image_size": 100, "patch_size": 8})", "image_size"},
+        {R"({"class_names": ["a"], "padre_kernel_size": 4})", "padre_kernel_size"},
+        {R"({"class_names": []})", "class_names"},
+        {R"({"class_names": ["a"], "hidden_size": 30, "num_heads": 4})", "num_heads"},
+        {R"({"class_names": ["a"], "num_classes": 3})", "num_classes"},
+        {R"({"class_names": ["a"], "pixel_std": [1, 0, 1]})", "pixel_std"},
+        {R"([1, 2])", "JSON object"}}) {
+    absl::StatusOr<PadreConfig> c = ParsePadreConfig(json);
+    ASSERT_FALSE(c.ok()) << json;
+    EXPECT_THAT(std::string(c.status().message()), HasSubstr(field)) << json;
+  }
+}
+
+TEST(PadreModel, ACheckpointMissingATensorNamesIt) {
+  // The softmax weights under a padre config: every PADRe tensor is missing, the qkv ones unexpected.
+  const std::string dir = ::testing::TempDir() + "/padre_mismatch";
+  ASSERT_EQ(std::system(("mkdir -p " + dir + " && cp " + GoldenDir() + "/softmax/model.safetensors " + dir +
+                         " && cp " + GoldenDir() + "/padre/config.json " + dir).c_str()),
+            0);
+  absl::StatusOr<std::unique_ptr<PadreDetector>> model = PadreDetector::Load(dir, PadreOptions{});
+  ASSERT_FALSE(model.ok());
+  EXPECT_THAT(std::string(model.status().message()), HasSubstr("blocks.0.mixer.proj.0.weight"));
+  EXPECT_THAT(std::string(model.status().message()), HasSubstr("blocks.0.mixer.qkv.weight"));
+}
+
+}  // namespace
+}  // namespace deltaserve::models::padre
