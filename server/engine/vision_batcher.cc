@@ -10,7 +10,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "vision/nms.h"
+#include "models/padre/postprocess.h"
 
 namespace deltaserve::engine {
 
@@ -183,28 +183,20 @@ void VisionBatcher::RunBatch(std::vector<std::unique_ptr<Pending>>& batch) {
   for (size_t i = 0; i < live.size(); ++i) {
     const VisionRequest& r = live[i]->request;
     const auto d0 = std::chrono::steady_clock::now();
-    std::vector<models::padre::Candidate> candidates =
-        model_->Decode(*heads, static_cast<int64_t>(i), inputs[i], r.score_threshold);
-    std::vector<vision::Detection> dets;
-    for (const models::padre::Candidate& c : candidates) {
-      if (!r.class_filter.empty() &&
-          std::find(r.class_filter.begin(), r.class_filter.end(), c.class_id) == r.class_filter.end())
-        continue;
-      dets.push_back({c.x0, c.y0, c.x1, c.y1, c.score, c.class_id});
-    }
+    models::padre::PostprocessOptions po;
+    po.score_threshold = r.score_threshold;
+    po.max_detections = static_cast<int>(r.max_detections);
+    po.nms_iou = options_.nms_iou;
+    po.class_filter = r.class_filter;
     absl::StatusOr<std::vector<vision::Detection>> kept =
-        vision::Nms(dets, options_.nms_iou, static_cast<int>(r.max_detections));
+        models::padre::Postprocess(*model_, *heads, static_cast<int64_t>(i), inputs[i], po);
     if (!kept.ok()) {
       live[i]->request.done(kept.status());
       if (metrics_) metrics_->OnRequest(Seconds(live[i]->submitted, std::chrono::steady_clock::now()), false);
       continue;
     }
     VisionResult out;
-    for (const vision::Detection& d : *kept) {
-      models::padre::Candidate c{d.x0, d.y0, d.x1, d.y1, d.score, d.class_id};
-      models::padre::ClipToImage(c, inputs[i]);
-      out.detections.push_back({c.x0, c.y0, c.x1, c.y1, c.score, c.class_id});
-    }
+    for (const vision::Detection& d : *kept) out.detections.push_back({d.x0, d.y0, d.x1, d.y1, d.score, d.class_id});
     out.batch_size = static_cast<int64_t>(live.size());
     out.queue_seconds = Seconds(live[i]->submitted, t0);
     out.preprocess_seconds = Seconds(t0, t1) / static_cast<double>(live.size());
