@@ -1138,7 +1138,9 @@ class StartupErrorTest(ServerTestCase):
     def test_startup_errors(self):
         model = ["--model", str(MODEL_DIR), "--host", "127.0.0.1"]
         p, m = free_ports(2)
-        self.check(["--port", str(p), "--metrics-port", str(m)], "--model")
+        empty = pathlib.Path(WORK) / "empty-model-dir"
+        empty.mkdir(exist_ok=True)
+        self.check(["--model", str(empty), "--port", str(p), "--metrics-port", str(m)], "--model", code=1)
         self.check(["--model", str(pathlib.Path(WORK) / "no-such-dir"), "--port", str(p), "--metrics-port", str(m)],
                    "no-such-dir", code=1)
         self.check(model + ["--port", str(p), "--metrics-port", str(m), "--max-num-seqs", "0"], "--max-num-seqs")
