@@ -25,7 +25,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string Repo() { return std::getenv("DELTASERVE_REPO") ? std::getenv("DELTASERVE_REPO") : "."; }
+std::string Repo() { return DELTASERVE_SOURCE_DIR; }
 std::string Images() { return std::getenv("DELTASERVE_VISION_IMAGES") ? std::getenv("DELTASERVE_VISION_IMAGES") : ""; }
 
 std::string ReadFile(const std::string& path) {
@@ -38,13 +38,17 @@ std::string ReadFile(const std::string& path) {
 class VisionServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    // No fatal assertions here: gtest reports tests after a fatal SetUpTestSuite failure as skipped,
+    // which CTest counts as not failed. SetUp fails each test instead.
     auto model = models::padre::PadreDetector::Load(Repo() + "/models/padre-detector", {});
-    ASSERT_TRUE(model.ok()) << model.status();
+    EXPECT_TRUE(model.ok()) << model.status();
+    if (!model.ok()) return;
     engine::VisionBatcherOptions options;
     options.max_batch = 8;
     options.max_delay = absl::Milliseconds(20);  // wide enough that concurrent calls really share passes
     auto batcher = engine::VisionBatcher::Start(*std::move(model), options);
-    ASSERT_TRUE(batcher.ok()) << batcher.status();
+    EXPECT_TRUE(batcher.ok()) << batcher.status();
+    if (!batcher.ok()) return;
     batcher_ = batcher->release();
     served_ = new ServedModel;
     served_->name = "padre";
@@ -60,6 +64,10 @@ class VisionServerTest : public ::testing::Test {
     server_ = builder.BuildAndStart().release();
     channel_ = new std::shared_ptr<grpc::Channel>(
         grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  }
+  void SetUp() override {
+    ASSERT_NE(channel_, nullptr) << "the test server did not start (see above)";
+    ASSERT_FALSE(Images().empty()) << "DELTASERVE_VISION_IMAGES is not set";
   }
   static void TearDownTestSuite() {
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
