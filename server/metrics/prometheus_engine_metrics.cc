@@ -1,15 +1,13 @@
 // Series creation and the mapping from engine reports to observations (see the header).
 #include "metrics/prometheus_engine_metrics.h"
 
+#include "metrics/layer_buckets.h"
+
 namespace deltaserve::metrics {
 namespace {
 
 using prometheus::Histogram;
 
-// Layers: 2.5 us (a small CPU layer) to 10 s (a long prefill on a large model).
-const Histogram::BucketBoundaries kLayerBuckets = {2.5e-6, 5e-6, 1e-5,  2.5e-5, 5e-5, 1e-4, 2.5e-4,
-                                                   5e-4,   1e-3, 2.5e-3, 5e-3,  0.01, 0.025, 0.05,
-                                                   0.1,    0.25, 0.5,   1,     2.5,  10};
 // Request latencies, as vLLM's buckets with finer steps below 10 ms (CPU-sized models are fast).
 const Histogram::BucketBoundaries kTtftBuckets = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25,
                                                   0.5,   0.75,   1.0,   2.5,  5.0,  7.5,  10,   20,   40,  80,
@@ -49,7 +47,7 @@ PrometheusEngineMetrics::PrometheusEngineMetrics(prometheus::Registry& registry,
     const std::string name = engine::StepPhaseName(phase);
     for (const models::TimedSpan& s : spans) {
       layer_[p].push_back(
-          &layer.Add({{"model", model}, {"layer", s.layer}, {"kind", s.kind}, {"phase", name}}, kLayerBuckets));
+          &layer.Add({{"model", model}, {"layer", s.layer}, {"kind", s.kind}, {"phase", name}}, LayerDurationBuckets()));
     }
     steps_[p] = &steps.Add({{"model", model}, {"phase", name}});
     timed_steps_[p] = &timed.Add({{"model", model}, {"phase", name}});

@@ -1,15 +1,13 @@
 // Vision series and their observations (see the header; names in docs/metrics.md).
 #include "metrics/prometheus_vision_metrics.h"
 
+#include "metrics/layer_buckets.h"
+
 namespace deltaserve::metrics {
 namespace {
 
 using prometheus::Histogram;
 
-// Same bounds as the text layers' (the family is shared; Prometheus needs one set of buckets per family).
-const Histogram::BucketBoundaries kLayerBuckets = {2.5e-6, 5e-6, 1e-5,  2.5e-5, 5e-5, 1e-4, 2.5e-4,
-                                                   5e-4,   1e-3, 2.5e-3, 5e-3,  0.01, 0.025, 0.05,
-                                                   0.1,    0.25, 0.5,   1,     2.5,  10};
 const Histogram::BucketBoundaries kLatencyBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                      0.25,  0.5,    1,     2.5,  5,     10};
 
@@ -23,7 +21,7 @@ PrometheusVisionMetrics::PrometheusVisionMetrics(prometheus::Registry& registry,
                     .Register(registry);
   for (const models::TimedSpan& s : spans)
     layer_.push_back(
-        &layer.Add({{"model", model}, {"layer", s.layer}, {"kind", s.kind}, {"phase", "vision"}}, kLayerBuckets));
+        &layer.Add({{"model", model}, {"layer", s.layer}, {"kind", s.kind}, {"phase", "vision"}}, LayerDurationBuckets()));
   auto counter = [&](const char* name, const char* help, prometheus::Labels labels) {
     return &prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(labels);
   };
