@@ -16,9 +16,9 @@ import tempfile
 
 SKIP = 77
 
-PROTOS = ["deltaserve/v1/text_generation.proto", "deltaserve/v1/models.proto"]
+PROTOS = ["deltaserve/v1/text_generation.proto", "deltaserve/v1/models.proto", "deltaserve/v1/vision.proto"]
 
-# service -> {method: (input, output, server_streaming)}
+# service -> {method: (input, output, server_streaming[, client_streaming])}
 SERVICES = {
     "deltaserve.v1.TextGeneration": {
         "Generate": ("GenerateRequest", "GenerateResponse", True),
@@ -28,6 +28,10 @@ SERVICES = {
     "deltaserve.v1.Models": {
         "ListModels": ("ListModelsRequest", "ListModelsResponse", False),
         "GetModel": ("GetModelRequest", "ModelInfo", False),
+    },
+    "deltaserve.v1.Vision": {
+        "Detect": ("DetectRequest", "DetectResponse", False),
+        "DetectStream": ("DetectRequest", "DetectResponse", True, True),
     },
 }
 
@@ -58,6 +62,8 @@ def main() -> int:
         models = importlib.import_module("deltaserve.v1.models_pb2")
         importlib.import_module("deltaserve.v1.text_generation_pb2_grpc")
         importlib.import_module("deltaserve.v1.models_pb2_grpc")
+        vision = importlib.import_module("deltaserve.v1.vision_pb2")
+        importlib.import_module("deltaserve.v1.vision_pb2_grpc")
 
         failures = []
 
@@ -71,13 +77,14 @@ def main() -> int:
             except ValueError:  # the field does not track presence at all
                 return False
 
-        files = {"deltaserve.v1.TextGeneration": tg.DESCRIPTOR, "deltaserve.v1.Models": models.DESCRIPTOR}
+        files = {"deltaserve.v1.TextGeneration": tg.DESCRIPTOR, "deltaserve.v1.Models": models.DESCRIPTOR,
+                 "deltaserve.v1.Vision": vision.DESCRIPTOR}
         for service_name, methods in SERVICES.items():
             service = files[service_name].services_by_name[service_name.split(".")[-1]]
             check(service.full_name == service_name, f"{service_name}: full name {service.full_name}")
             check(set(service.methods_by_name) == set(methods),
                   f"{service_name}: methods {sorted(service.methods_by_name)}")
-            for name, (inp, outp, streaming) in methods.items():
+            for name, (inp, outp, streaming, *client) in methods.items():
                 m = service.methods_by_name.get(name)
                 if m is None:
                     continue
@@ -87,7 +94,7 @@ def main() -> int:
                 # Older protobuf releases lack the streaming attributes; check them where present.
                 if hasattr(m, "server_streaming"):
                     check(m.server_streaming == streaming, f"{name}: server_streaming {m.server_streaming}")
-                    check(not m.client_streaming, f"{name}: client_streaming")
+                    check(m.client_streaming == bool(client and client[0]), f"{name}: client_streaming")
 
         # Round trip through the wire with every input form, and "unset" kept apart from zero.
         for kind, fill in [
