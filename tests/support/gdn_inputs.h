@@ -22,7 +22,8 @@ struct GdnRegime {
   double beta_bias = 0;  // beta = sigmoid(N(0, 1) + beta_bias): negative = a mostly closed write gate
 };
 
-// strong_decay, weak_decay, correlated_0.2, correlated_0.5 (the last two with weak decay).
+// strong_decay, weak_decay, correlated_0.2, correlated_0.5 (the last two with weak decay), and
+// trained_weak_tail (about -0.02 per token at cosine 0.2, the weakest decay the trained model shows).
 const std::vector<GdnRegime>& Regimes();
 
 struct GdnInputs {
