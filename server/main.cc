@@ -41,7 +41,8 @@
 #include "tokenizer/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "",
-          "Checkpoint directory: config.json, *.safetensors, tokenizer.json (required)");
+          "Checkpoint directory: config.json, *.safetensors, tokenizer.json (default: the shipped "
+          "models/qwen35-small of the source tree this binary was built from)");
 ABSL_FLAG(std::string, model_name, "", "Name requests use for the model (default: the directory's basename)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address the gRPC server listens on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");
@@ -106,8 +107,10 @@ std::string Basename(std::string dir) {
 }
 
 int Run() {
-  const std::string dir = absl::GetFlag(FLAGS_model);
-  if (dir.empty()) return Fail("--model is required (a checkpoint directory); see --help");
+  const std::string dir =
+      absl::GetFlag(FLAGS_model).empty() ? std::string(DELTASERVE_DEFAULT_MODEL_DIR) : absl::GetFlag(FLAGS_model);
+  if (!FileExists(dir + "/config.json"))
+    return Fail("--model: " + dir + " holds no config.json (a Qwen3.5 checkpoint directory); see --help", 1);
   const std::string name =
       absl::GetFlag(FLAGS_model_name).empty() ? Basename(dir) : absl::GetFlag(FLAGS_model_name);
   const int32_t port = absl::GetFlag(FLAGS_port), metrics_port = absl::GetFlag(FLAGS_metrics_port);
