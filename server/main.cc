@@ -41,8 +41,8 @@
 #include "tokenizer/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "",
-          "Checkpoint directory: config.json, *.safetensors, tokenizer.json (default: the shipped "
-          "models/qwen35-small of the source tree this binary was built from)");
+          "Checkpoint directory (config.json, *.safetensors, tokenizer.json), or NAME=DIR to name it (default: "
+          "the shipped models/qwen35-small of the source tree this binary was built from)");
 ABSL_FLAG(std::string, model_name, "", "Name requests use for the model (default: the directory's basename)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address the gRPC server listens on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");
@@ -107,12 +107,19 @@ std::string Basename(std::string dir) {
 }
 
 int Run() {
-  const std::string dir =
+  std::string dir =
       absl::GetFlag(FLAGS_model).empty() ? std::string(DELTASERVE_DEFAULT_MODEL_DIR) : absl::GetFlag(FLAGS_model);
+  std::string name = absl::GetFlag(FLAGS_model_name);
+  // --model NAME=DIR names the model in place (a path holding '=' before its first '/' is not taken apart).
+  const size_t eq = dir.find('=');
+  if (eq != std::string::npos && eq > 0 && dir.find('/') > eq && !FileExists(dir)) {
+    if (!name.empty()) return Fail("--model: NAME=DIR and --model-name both name the model; give one");
+    name = dir.substr(0, eq);
+    dir = dir.substr(eq + 1);
+  }
   if (!FileExists(dir + "/config.json"))
     return Fail("--model: " + dir + " holds no config.json (a Qwen3.5 checkpoint directory); see --help", 1);
-  const std::string name =
-      absl::GetFlag(FLAGS_model_name).empty() ? Basename(dir) : absl::GetFlag(FLAGS_model_name);
+  if (name.empty()) name = Basename(dir);
   const int32_t port = absl::GetFlag(FLAGS_port), metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (port < 0 || port > 65535) return Fail(absl::StrCat("--port: must be in [0, 65535], got ", port));
   if (metrics_port < 0 || metrics_port > 65535)

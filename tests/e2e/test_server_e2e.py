@@ -1141,6 +1141,8 @@ class StartupErrorTest(ServerTestCase):
         empty = pathlib.Path(WORK) / "empty-model-dir"
         empty.mkdir(exist_ok=True)
         self.check(["--model", str(empty), "--port", str(p), "--metrics-port", str(m)], "--model", code=1)
+        self.check(["--model", f"named={MODEL_DIR}", "--model-name", "other", "--port", str(p), "--metrics-port",
+                    str(m)], "--model", code=2)
         self.check(["--model", str(pathlib.Path(WORK) / "no-such-dir"), "--port", str(p), "--metrics-port", str(m)],
                    "no-such-dir", code=1)
         self.check(model + ["--port", str(p), "--metrics-port", str(m), "--max-num-seqs", "0"], "--max-num-seqs")
