@@ -29,6 +29,7 @@
 #include "api/text_generation_service.h"
 #include "api/vision_service.h"
 #include "cli/command_line.h"
+#include "cli/model_flags.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
 #include "engine/engine.h"
@@ -127,22 +128,11 @@ int Run() {
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace);
   if (!(grace_s >= 0)) return Fail("--shutdown-grace: must be >= 0 seconds");
 
-  q::ModelOptions options;
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype != "float32" && dtype != "bfloat16")
-    return Fail("--dtype: must be float32 or bfloat16, got " + dtype);
-  options.dtype = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
-  try {
-    options.device = c10::Device(absl::GetFlag(FLAGS_device));
-  } catch (const c10::Error&) {
-    return Fail("--device: \"" + absl::GetFlag(FLAGS_device) + "\" is not a device (cpu, cuda, cuda:N)");
-  }
-  if (options.device.is_cuda() && !at::hasCUDA()) return Fail("--device: CUDA requested but not available");
-  options.inverse_method = absl::GetFlag(FLAGS_inverse_method);
-  absl::StatusOr<deltaserve::kernels::StateDtype> state =
-      deltaserve::kernels::ParseStateDtype(absl::GetFlag(FLAGS_state_dtype));
-  if (!state.ok()) return Fail(absl::StrCat("--state-dtype: ", state.status().message()));
-  options.state_dtype = *state;
+  absl::StatusOr<q::ModelOptions> parsed = deltaserve::cli::ModelOptionsFromFlags(
+      dtype, absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_inverse_method), absl::GetFlag(FLAGS_state_dtype));
+  if (!parsed.ok()) return Fail(std::string(parsed.status().message()));
+  q::ModelOptions options = *parsed;
   options.max_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   if (options.max_seqs <= 0) return Fail("--max-num-seqs: must be positive");
 

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/command_line.h"
+#include "cli/model_flags.h"
 #include "engine/generation_config.h"
 #include "engine/sampler.h"
 #include "engine/text_stream.h"
@@ -140,22 +141,11 @@ int Run() {
                      !absl::GetFlag(FLAGS_chat_file).empty();
   if (inputs != 1) return Fail("give exactly one of --prompt, --prompt-ids and --chat-file");
   if (absl::GetFlag(FLAGS_threads) > 0) at::set_num_threads(absl::GetFlag(FLAGS_threads));
-  q::ModelOptions options;
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype != "float32" && dtype != "bfloat16")
-    return Fail("--dtype: must be float32 or bfloat16, got " + dtype);
-  options.dtype = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
-  try {
-    options.device = c10::Device(absl::GetFlag(FLAGS_device));
-  } catch (const c10::Error&) {
-    return Fail("--device: \"" + absl::GetFlag(FLAGS_device) + "\" is not a device (cpu, cuda, cuda:N)");
-  }
-  if (options.device.is_cuda() && !at::hasCUDA()) return Fail("--device: CUDA requested but not available");
-  options.inverse_method = absl::GetFlag(FLAGS_inverse_method);
-  absl::StatusOr<deltaserve::kernels::StateDtype> state =
-      deltaserve::kernels::ParseStateDtype(absl::GetFlag(FLAGS_state_dtype));
-  if (!state.ok()) return Fail(absl::StrCat("--state-dtype: ", state.status().message()));
-  options.state_dtype = *state;
+  absl::StatusOr<q::ModelOptions> parsed = deltaserve::cli::ModelOptionsFromFlags(
+      dtype, absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_inverse_method), absl::GetFlag(FLAGS_state_dtype));
+  if (!parsed.ok()) return Fail(std::string(parsed.status().message()));
+  q::ModelOptions options = *parsed;
 
   // The tokenizer: needed for --prompt, used for readable output whenever the checkpoint has one.
   std::unique_ptr<deltaserve::tokenizer::Tokenizer> tokenizer;
