@@ -207,11 +207,7 @@ void Engine::Finish(Sequence& seq, FinishReason reason, absl::Status error, std:
 
 bool Engine::ShouldTimeLayers(StepPhase phase) {
   const int64_t n = steps_by_phase_[static_cast<int>(phase)]++;
-  if (!layer_timer_) return false;
-  if (options_.layer_metrics == LayerMetricsMode::kAll) return true;
-  // Every round(1/rate)-th step of each phase, starting with the first, so short runs are seen too.
-  const auto period = std::max<int64_t>(1, std::llround(1.0 / options_.layer_metrics_sample_rate));
-  return n % period == 0;
+  return layer_timer_ && IsTimedPass(options_.layer_metrics, options_.layer_metrics_sample_rate, n);
 }
 
 void Engine::ReportGauges() {

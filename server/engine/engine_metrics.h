@@ -3,6 +3,8 @@
 #ifndef DELTASERVE_SERVER_ENGINE_ENGINE_METRICS_H_
 #define DELTASERVE_SERVER_ENGINE_ENGINE_METRICS_H_
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -15,6 +17,14 @@ const char* StepPhaseName(StepPhase phase);
 
 // Which steps get per-layer timing.
 enum class LayerMetricsMode { kOff, kSampled, kAll };
+
+// Whether pass number `index` (counted from 0, per phase) is timed: none, all, or under kSampled every
+// round(1 / sample_rate)-th pass starting with the first, so short runs are seen too.
+inline bool IsTimedPass(LayerMetricsMode mode, double sample_rate, int64_t index) {
+  if (mode == LayerMetricsMode::kOff) return false;
+  if (mode == LayerMetricsMode::kAll) return true;
+  return index % std::max<int64_t>(1, std::llround(1.0 / sample_rate)) == 0;
+}
 
 // One forward pass.
 struct StepReport {

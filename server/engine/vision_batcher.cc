@@ -162,9 +162,7 @@ void VisionBatcher::RunBatch(std::vector<std::unique_ptr<Pending>>& batch) {
     inputs.push_back(*std::move(lb));
   }
   const auto t1 = std::chrono::steady_clock::now();
-  const bool timed = timer_ && (options_.layer_metrics == LayerMetricsMode::kAll ||
-                                batches_ % std::max<int64_t>(1, std::llround(1.0 / options_.layer_metrics_sample_rate)) == 0);
-  ++batches_;
+  const bool timed = timer_ && IsTimedPass(options_.layer_metrics, options_.layer_metrics_sample_rate, batches_++);
   absl::StatusOr<models::padre::HeadOutputs> heads = [&]() -> absl::StatusOr<models::padre::HeadOutputs> {
     try {
       return model_->Forward(at::stack(tensors), timed ? timer_.get() : nullptr);

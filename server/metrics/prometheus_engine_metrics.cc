@@ -1,8 +1,6 @@
 // Series creation and the mapping from engine reports to observations (see the header).
 #include "metrics/prometheus_engine_metrics.h"
 
-#include "metrics/layer_buckets.h"
-
 namespace deltaserve::metrics {
 namespace {
 
@@ -30,28 +28,8 @@ Histogram::BucketBoundaries PowersOfTwo(int max_exponent) {
 PrometheusEngineMetrics::PrometheusEngineMetrics(prometheus::Registry& registry, const std::string& model,
                                                  const std::vector<models::TimedSpan>& spans) {
   const prometheus::Labels m = {{"model", model}};
-  auto& layer = prometheus::BuildHistogram()
-                    .Name("deltaserve_layer_duration_seconds")
-                    .Help("Time one engine step spent in one layer (token mixer, MLP, embedding, lm_head)")
-                    .Register(registry);
-  auto& steps = prometheus::BuildCounter()
-                    .Name("deltaserve_engine_steps_total")
-                    .Help("Forward passes run, by phase (prefill chunks or single-token decodes)")
-                    .Register(registry);
-  auto& timed = prometheus::BuildCounter()
-                    .Name("deltaserve_layer_timed_steps_total")
-                    .Help("Forward passes whose layers were timed (--layer-metrics)")
-                    .Register(registry);
-  for (const engine::StepPhase phase : {engine::StepPhase::kPrefill, engine::StepPhase::kDecode}) {
-    const int p = static_cast<int>(phase);
-    const std::string name = engine::StepPhaseName(phase);
-    for (const models::TimedSpan& s : spans) {
-      layer_[p].push_back(
-          &layer.Add({{"model", model}, {"layer", s.layer}, {"kind", s.kind}, {"phase", name}}, LayerDurationBuckets()));
-    }
-    steps_[p] = &steps.Add({{"model", model}, {"phase", name}});
-    timed_steps_[p] = &timed.Add({{"model", model}, {"phase", name}});
-  }
+  for (const engine::StepPhase phase : {engine::StepPhase::kPrefill, engine::StepPhase::kDecode})
+    layers_[static_cast<int>(phase)] = AddLayerSeries(registry, model, engine::StepPhaseName(phase), spans);
   auto histogram = [&](const char* name, const char* help, const Histogram::BucketBoundaries& buckets) {
     return &prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add(m, buckets);
   };
@@ -92,13 +70,7 @@ PrometheusEngineMetrics::PrometheusEngineMetrics(prometheus::Registry& registry,
 }
 
 void PrometheusEngineMetrics::OnStep(const engine::StepReport& step) {
-  const int p = static_cast<int>(step.phase);
-  steps_[p]->Increment();
-  if (!step.layer_seconds.empty()) {
-    timed_steps_[p]->Increment();
-    for (size_t i = 0; i < step.layer_seconds.size() && i < layer_[p].size(); ++i)
-      if (step.layer_seconds[i] >= 0) layer_[p][i]->Observe(step.layer_seconds[i]);
-  }
+  layers_[static_cast<int>(step.phase)].OnPass(step.layer_seconds);
   batch_size_->Observe(static_cast<double>(step.sequences));
   iteration_tokens_->Observe(static_cast<double>(step.tokens));
   prompt_tokens_->Increment(static_cast<double>(step.prompt_tokens));

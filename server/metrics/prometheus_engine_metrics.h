@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/engine_metrics.h"
+#include "metrics/layer_series.h"
 #include "models/layer_timer.h"
 
 namespace deltaserve::metrics {
@@ -29,10 +30,7 @@ class PrometheusEngineMetrics : public engine::EngineMetrics {
   void OnGauges(const engine::EngineGauges& gauges) override;
 
  private:
-  // Per phase (StepPhase order), per span.
-  std::vector<prometheus::Histogram*> layer_[2];
-  prometheus::Counter* steps_[2];
-  prometheus::Counter* timed_steps_[2];
+  LayerSeries layers_[2];  // by StepPhase
   prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_, *prefill_, *decode_, *prompt_len_, *generation_len_;
   prometheus::Histogram *batch_size_, *iteration_tokens_;
   prometheus::Counter *prompt_tokens_, *generation_tokens_;

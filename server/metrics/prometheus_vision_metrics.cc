@@ -1,8 +1,6 @@
 // Vision series and their observations (see the header; names in docs/metrics.md).
 #include "metrics/prometheus_vision_metrics.h"
 
-#include "metrics/layer_buckets.h"
-
 namespace deltaserve::metrics {
 namespace {
 
@@ -15,21 +13,12 @@ const Histogram::BucketBoundaries kLatencyBuckets = {0.001, 0.0025, 0.005, 0.01,
 
 PrometheusVisionMetrics::PrometheusVisionMetrics(prometheus::Registry& registry, const std::string& model,
                                                  const std::vector<models::TimedSpan>& spans) {
-  auto& layer = prometheus::BuildHistogram()
-                    .Name("deltaserve_layer_duration_seconds")
-                    .Help("Time one engine step spent in one layer (token mixer, MLP, embedding, lm_head)")
-                    .Register(registry);
-  for (const models::TimedSpan& s : spans)
-    layer_.push_back(
-        &layer.Add({{"model", model}, {"layer", s.layer}, {"kind", s.kind}, {"phase", "vision"}}, LayerDurationBuckets()));
-  auto counter = [&](const char* name, const char* help, prometheus::Labels labels) {
-    return &prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(labels);
-  };
-  passes_ = counter("deltaserve_engine_steps_total", "Forward passes run, by phase (prefill chunks or single-token decodes)",
-                    {{"model", model}, {"phase", "vision"}});
-  timed_passes_ = counter("deltaserve_layer_timed_steps_total", "Forward passes whose layers were timed (--layer-metrics)",
-                          {{"model", model}, {"phase", "vision"}});
-  images_ = counter("deltaserve_vision_images_total", "Images run through the detector", {{"model", model}});
+  layers_ = AddLayerSeries(registry, model, "vision", spans);
+  images_ = &prometheus::BuildCounter()
+                 .Name("deltaserve_vision_images_total")
+                 .Help("Images run through the detector")
+                 .Register(registry)
+                 .Add({{"model", model}});
   auto& requests = prometheus::BuildCounter()
                        .Name("deltaserve_vision_requests_total")
                        .Help("Detection requests answered by the vision engine, by outcome")
@@ -48,14 +37,10 @@ PrometheusVisionMetrics::PrometheusVisionMetrics(prometheus::Registry& registry,
 
 void PrometheusVisionMetrics::OnBatch(int64_t images, double inference_seconds,
                                       const std::vector<double>& layer_seconds) {
-  passes_->Increment();
+  layers_.OnPass(layer_seconds);
   images_->Increment(static_cast<double>(images));
   batch_size_->Observe(static_cast<double>(images));
   inference_->Observe(inference_seconds);
-  if (layer_seconds.empty()) return;
-  timed_passes_->Increment();
-  for (size_t i = 0; i < layer_seconds.size() && i < layer_.size(); ++i)
-    if (layer_seconds[i] >= 0) layer_[i]->Observe(layer_seconds[i]);
 }
 
 void PrometheusVisionMetrics::OnRequest(double seconds, bool ok) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/vision_batcher.h"
+#include "metrics/layer_series.h"
 #include "models/layer_timer.h"
 
 namespace deltaserve::metrics {
@@ -24,8 +25,8 @@ class PrometheusVisionMetrics : public engine::VisionMetrics {
   void OnRequest(double seconds, bool ok) override;
 
  private:
-  std::vector<prometheus::Histogram*> layer_;
-  prometheus::Counter *passes_, *timed_passes_, *images_, *ok_, *failed_;
+  LayerSeries layers_;
+  prometheus::Counter *images_, *ok_, *failed_;
   prometheus::Histogram *batch_size_, *inference_, *latency_;
 };
 
