@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "client/commands.h"
 #include "client/flags.h"
@@ -46,13 +47,10 @@ void SetTimeout(grpc::ClientContext& ctx, double seconds) {
 }
 
 int ReportFailure(const std::string& what, const grpc::Status& status) {
-  static const char* const kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
-                                       "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  const int code = static_cast<int>(status.error_code());
-  std::fprintf(stderr, "deltaserve-cli %s: %s: %s%s\n", what.c_str(),
-               code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN", status.error_message().c_str(),
+  // gRPC's codes share absl's numeric values; the name is "" for a value outside both.
+  std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
+  if (name.empty()) name = "UNKNOWN";
+  std::fprintf(stderr, "deltaserve-cli %s: %s: %s%s\n", what.c_str(), name.c_str(), status.error_message().c_str(),
                status.error_code() == grpc::StatusCode::UNAVAILABLE
                    ? absl::StrFormat(" (is a server listening on %s?)", absl::GetFlag(FLAGS_server)).c_str()
                    : "");

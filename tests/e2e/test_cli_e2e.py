@@ -34,7 +34,6 @@ import unittest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import test_server_e2e as base  # noqa: E402  (setup, server processes, grpcio helpers)
 
-SKIP = base.SKIP
 CLI = None  # the deltaserve-cli binary
 CANCEL_SERVER = None  # a one-slot server for the Ctrl-C test, started by CtrlCTest
 
@@ -604,23 +603,7 @@ def parse_args(argv):
 
 
 def main():
-    rest = parse_args(sys.argv[1:])
-    try:
-        import grpc  # noqa: F401
-        import grpc_tools  # noqa: F401
-        import tokenizers  # noqa: F401
-    except ImportError as e:
-        print(f"skipped: {e}")
-        return SKIP
-    t0 = time.monotonic()
-    program = unittest.main(argv=[sys.argv[0], *rest], exit=False)
-    result = program.result
-    if not result.wasSuccessful():
-        for s in base.ALL_SERVERS:
-            print(f"\n===== server {s.label} log ({s.log_path}) =====\n{s.log_text or s.read_log()}",
-                  file=sys.stderr)
-    print(f"e2e cli: {time.monotonic() - t0:.1f} s", file=sys.stderr)
-    return 0 if result.wasSuccessful() else 1
+    return base.main(parse_args, "e2e cli")
 
 
 if __name__ == "__main__":

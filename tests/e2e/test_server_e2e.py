@@ -1259,8 +1259,9 @@ def parse_args(argv):
     return rest
 
 
-def main():
-    rest = parse_args(sys.argv[1:])
+def main(parse=None, label="e2e"):
+    """Runs the tests of the __main__ module (this file, or test_cli_e2e.py with its own `parse`)."""
+    rest = (parse or parse_args)(sys.argv[1:])
     try:
         import grpc  # noqa: F401
         import grpc_tools  # noqa: F401
@@ -1275,7 +1276,7 @@ def main():
         for s in ALL_SERVERS:
             print(f"\n===== server {s.label} log ({s.log_path}) =====\n{s.log_text or s.read_log()}",
                   file=sys.stderr)
-    print(f"e2e: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    print(f"{label}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
     return 0 if result.wasSuccessful() else 1
 
 
