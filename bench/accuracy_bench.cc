@@ -14,6 +14,7 @@
 
 #include "deltaserve/kernels/recurrent_state.h"
 #include "models/qwen35/model.h"
+#include "runner/model_runner.h"
 
 namespace q = deltaserve::models::qwen35;
 
@@ -26,14 +27,15 @@ struct Result {
   std::vector<int64_t> top1;  // argmax at every position, for agreement
 };
 
-std::unique_ptr<q::Qwen35Model> Load(const std::string& dir, const std::string& inverse, const std::string& state,
+std::unique_ptr<deltaserve::runner::ModelRunner> Load(const std::string& dir, const std::string& inverse, const std::string& state,
                                      int64_t windows) {
   q::ModelOptions o;
   o.inverse_method = inverse;
   o.state_dtype = *deltaserve::kernels::ParseStateDtype(state);
-  o.max_seqs = windows;
-  o.max_model_len = kWindow + 1;
-  auto m = q::Qwen35Model::Load(dir, o);
+  deltaserve::runner::RunnerOptions ro;
+  ro.max_seqs = windows;
+  ro.max_model_len = kWindow + 1;
+  auto m = deltaserve::runner::ModelRunner::Load(dir, o, ro);
   if (!m.ok()) {
     std::fprintf(stderr, "%s\n", std::string(m.status().message()).c_str());
     std::exit(1);
@@ -50,7 +52,7 @@ void Accumulate(const at::Tensor& logits, const std::vector<int32_t>& next, Resu
 }
 
 // Prefill path: each window in one chunked forward pass, logits at every position.
-Result Prefill(q::Qwen35Model& m, const std::vector<std::vector<int32_t>>& windows) {
+Result Prefill(deltaserve::runner::ModelRunner& m, const std::vector<std::vector<int32_t>>& windows) {
   Result r;
   double nll = 0;
   int64_t count = 0;
@@ -67,7 +69,7 @@ Result Prefill(q::Qwen35Model& m, const std::vector<std::vector<int32_t>>& windo
 
 // Decode path: every window fed one token per step, all windows batched, so the recurrent state (and its
 // quantisation) carries the whole window.
-Result Decode(q::Qwen35Model& m, const std::vector<std::vector<int32_t>>& windows) {
+Result Decode(deltaserve::runner::ModelRunner& m, const std::vector<std::vector<int32_t>>& windows) {
   const size_t n = windows.size();
   std::vector<int64_t> slots(n);
   for (size_t w = 0; w < n; ++w) slots[w] = static_cast<int64_t>(w);

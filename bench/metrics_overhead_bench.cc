@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "runner/model_runner.h"
 #include "metrics/prometheus_engine_metrics.h"
 
 namespace {
@@ -95,15 +96,16 @@ int main(int argc, char** argv) {
   auto measure = [&](const Mode& m, int round) -> double {
     deltaserve::models::qwen35::ModelOptions mo;
     mo.device = c10::Device(device);
-    mo.max_seqs = seqs;
-    mo.max_model_len = prompt + decode + 1;
-    auto model = deltaserve::models::qwen35::Qwen35Model::Load(dir, mo);
+    deltaserve::runner::RunnerOptions ro;
+    ro.max_seqs = seqs;
+    ro.max_model_len = prompt + decode + 1;
+    auto model = deltaserve::runner::ModelRunner::Load(dir, mo, ro);
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
       std::exit(1);
     }
     prometheus::Registry registry;
-    deltaserve::metrics::PrometheusEngineMetrics sink(registry, "bench", (*model)->TimedSpans());
+    deltaserve::metrics::PrometheusEngineMetrics sink(registry, "bench", (*model)->model().TimedSpans());
     deltaserve::engine::EngineOptions eo;
     eo.metrics = &sink;  // every mode pays for the request metrics; only layer timing differs
     eo.layer_metrics = m.mode;

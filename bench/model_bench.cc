@@ -2,7 +2,8 @@
 // prefill of one prompt of N random tokens, then M greedy decode steps; one JSON line with tokens/s and
 // the process's peak RSS. scripts/bench_model.sh runs both on the same checkpoints and prints ratios.
 //   bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] [--dtype float32|bfloat16]
-//               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...] [--batch B]
+//               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...] [--batch B] [--device cpu|cuda]
+//               [--cuda-graphs 0|1]
 // --batch B runs B sequences together (one packed prefill, then B tokens per decode step): the engine's
 // batched throughput; tokens/s count every sequence's tokens.
 #include <ATen/ATen.h>
@@ -17,6 +18,7 @@
 #include <string>
 
 #include "models/qwen35/model.h"
+#include "runner/model_runner.h"
 
 namespace q = deltaserve::models::qwen35;
 
@@ -29,6 +31,7 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   int prompt_len = 256, decode = 32, threads = 2, batch = 1;
+  bool cuda_graphs = true;
   q::ModelOptions o;
   std::string state = "fp32";
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -47,6 +50,10 @@ int main(int argc, char** argv) {
       state = v;
     else if (f == "--batch")
       batch = std::max(1, std::atoi(v.c_str()));
+    else if (f == "--device")
+      o.device = c10::Device(v);
+    else if (f == "--cuda-graphs")
+      cuda_graphs = v != "0";
     else {
       std::fprintf(stderr, "bench_model: unknown flag %s\n", f.c_str());
       return 2;
@@ -58,13 +65,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.state_dtype = *sd;
-  o.max_seqs = batch;
-  o.max_model_len = prompt_len + decode + 1;
+  deltaserve::runner::RunnerOptions ro;
+  ro.max_seqs = batch;
+  ro.max_model_len = prompt_len + decode + 1;
+  ro.cuda_graphs = cuda_graphs;
   at::set_num_threads(threads);
   auto now = [] { return std::chrono::steady_clock::now(); };
   auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
   auto t0 = now();
-  absl::StatusOr<std::unique_ptr<q::Qwen35Model>> model = q::Qwen35Model::Load(dir, o);
+  absl::StatusOr<std::unique_ptr<deltaserve::runner::ModelRunner>> model = deltaserve::runner::ModelRunner::Load(dir, o, ro);
   if (!model.ok()) {
     std::fprintf(stderr, "bench_model: %s\n", std::string(model.status().message()).c_str());
     return 1;
@@ -73,7 +82,7 @@ int main(int argc, char** argv) {
   std::mt19937 rng(0);
   std::vector<std::vector<int32_t>> prompts(batch, std::vector<int32_t>(prompt_len));
   for (auto& p : prompts)
-    for (int32_t& id : p) id = static_cast<int32_t>(rng() % (*model)->config().vocab_size);
+    for (int32_t& id : p) id = static_cast<int32_t>(rng() % (*model)->model().config().vocab_size);
   std::vector<int64_t> slots(batch);
   for (int b = 0; b < batch; ++b) slots[b] = b;
   at::InferenceMode guard;

@@ -39,6 +39,7 @@
 #include "metrics/prometheus_vision_metrics.h"
 #include "models/padre/model.h"
 #include "models/qwen35/model.h"
+#include "runner/model_runner.h"
 #include "tokenizer/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "",
@@ -57,6 +58,15 @@ ABSL_FLAG(
 ABSL_FLAG(std::string, state_dtype, "fp32",
           "Recurrent decode state: fp32, bf16, int8, int8-sr, int8-coarse, fp8");
 ABSL_FLAG(int64_t, max_num_seqs, 8, "Sequences running at once (slots)");
+ABSL_FLAG(int64_t, kv_block_size, 16, "Tokens per paged KV cache block (a power of two)");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9,
+          "CUDA: fraction of the GPU's memory this process may use; the paged KV cache gets what is left once "
+          "weights, sequence state and a working reserve are counted (capacity is logged and exported)");
+ABSL_FLAG(int64_t, kv_cache_tokens, 0,
+          "Paged KV cache capacity in tokens (0: max-num-seqs x max-model-len on CPU, sized from "
+          "--gpu-memory-utilization on CUDA)");
+ABSL_FLAG(bool, cuda_graphs, true,
+          "CUDA: capture the decode step as CUDA graphs per batch-size bucket (--cuda-graphs=false: eager)");
 ABSL_FLAG(int64_t, max_model_len, 0,
           "Tokens per sequence, prompt and output (0: min(4096, max_position_embeddings))");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "Tokens per engine step: running decodes plus prefill chunks");
@@ -133,17 +143,23 @@ int Run() {
       dtype, absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_inverse_method), absl::GetFlag(FLAGS_state_dtype));
   if (!parsed.ok()) return Fail(std::string(parsed.status().message()));
   q::ModelOptions options = *parsed;
-  options.max_seqs = absl::GetFlag(FLAGS_max_num_seqs);
-  if (options.max_seqs <= 0) return Fail("--max-num-seqs: must be positive");
+  deltaserve::runner::RunnerOptions runner_options;
+  runner_options.max_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  if (runner_options.max_seqs <= 0) return Fail("--max-num-seqs: must be positive");
+  // The runner checks these (its messages name the option: kv_block_size, gpu_memory_utilization, ...).
+  runner_options.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
+  runner_options.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
+  runner_options.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
+  runner_options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
 
   absl::StatusOr<q::Qwen35Config> config = q::LoadQwen35Config(dir);
   if (!config.ok()) return Fail(std::string(config.status().message()), 1);
   const int64_t max_pos = config->max_position_embeddings > 0 ? config->max_position_embeddings : 4096;
-  options.max_model_len = absl::GetFlag(FLAGS_max_model_len) > 0 ? absl::GetFlag(FLAGS_max_model_len)
-                                                                 : std::min<int64_t>(4096, max_pos);
-  if (options.max_model_len < 2 || options.max_model_len > max_pos)
+  runner_options.max_model_len = absl::GetFlag(FLAGS_max_model_len) > 0 ? absl::GetFlag(FLAGS_max_model_len)
+                                                                        : std::min<int64_t>(4096, max_pos);
+  if (runner_options.max_model_len < 2 || runner_options.max_model_len > max_pos)
     return Fail(absl::StrCat("--max-model-len: must be in [2, max_position_embeddings ", max_pos, "], got ",
-                             options.max_model_len));
+                             runner_options.max_model_len));
   deltaserve::engine::EngineOptions engine_options;
   engine_options.max_queue = absl::GetFlag(FLAGS_max_queue);
   engine_options.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
@@ -224,8 +240,15 @@ int Run() {
   if (served.defaults.eos_token_ids.empty())
     served.defaults.eos_token_ids.assign(config->eos_token_ids.begin(), config->eos_token_ids.end());
   served.engine_options = engine_options;
+  absl::StatusOr<std::unique_ptr<deltaserve::runner::ModelRunner>> runner =
+      deltaserve::runner::ModelRunner::Create(*std::move(model), runner_options);
+  if (!runner.ok()) {
+    // Bad values are the operator's flags (exit 2, as for other flag errors); the rest is the machine's.
+    return Fail(std::string(runner.status().message()),
+                runner.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1);
+  }
   absl::StatusOr<std::unique_ptr<deltaserve::engine::Engine>> engine =
-      deltaserve::engine::Engine::Start(*std::move(model), tokenizer.get(), engine_options);
+      deltaserve::engine::Engine::Start(*std::move(runner), tokenizer.get(), engine_options);
   if (!engine.ok()) return Fail(std::string(engine.status().message()), 1);
   served.engine = engine->get();
 
@@ -313,7 +336,7 @@ int Run() {
       tokenizer ? "yes" : "no",
       deltaserve::kernels::ResolveTriInverseMethod(mo.inverse_method, mo.device.is_cuda()).c_str(),
       deltaserve::kernels::StateDtypeName(mo.state_dtype).c_str(), absl::GetFlag(FLAGS_host).c_str(),
-      selected_port, static_cast<long>(mo.max_model_len), static_cast<long>(mo.max_seqs),
+      selected_port, static_cast<long>(runner_options.max_model_len), static_cast<long>(runner_options.max_seqs),
       static_cast<long>(engine_options.max_batched_tokens), static_cast<long>(engine_options.max_queue),
       metrics_port ? absl::StrCat("on :", metrics_port, "/metrics").c_str() : "off");
 

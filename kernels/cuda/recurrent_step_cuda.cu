@@ -3,6 +3,7 @@
 // one vector load or store (16 B for fp32, 8 B for bf16, 4 B for int8/fp8). Pass 1 forms per-warp
 // column sums of S^T k and S^T q, reduced through shared memory; pass 2 re-reads each row (from L1/L2),
 // updates it and requantizes it with the row's new max, all in registers. Same math as the CPU kernel.
+// A negative slot (padding row) only zeroes its output.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -71,6 +72,7 @@ struct StepArgs {
   const int64_t* slots;
   float* out;
   int heads, key_heads, group, dk, dv;
+  int64_t pool_slots;
   bool l2norm, scaled, coarse, stochastic;
   float qscale, qmax;
   uint64_t base;
@@ -84,7 +86,15 @@ __global__ void __launch_bounds__(kThreads) StepKernel(Store* __restrict__ value
   const int dk = a.dk, dv = a.dv;
   const int bh = blockIdx.x;
   const int b = bh / a.heads, h = bh % a.heads;
-  const int64_t head = a.slots[b] * a.heads + h;
+  const int64_t slot = a.slots[b];
+  // Negative: a padding row, zero output and no state touched; at or above the pool (only slots changed
+  // behind the checks, as in a graph replayed with unchecked slots) likewise, rather than out of bounds.
+  // The whole block takes this branch, so leaving before the first barrier is safe.
+  if (slot < 0 || slot >= a.pool_slots) {
+    for (int j = threadIdx.x; j < dv; j += kThreads) a.out[static_cast<int64_t>(bh) * dv + j] = 0.0f;
+    return;
+  }
+  const int64_t head = slot * a.heads + h;
   Store* s = values + head * dk * dv;
   float* sc = a.scaled ? a.scales + head * dk : nullptr;
   const float decay = expf(a.g[bh]);
@@ -210,6 +220,7 @@ at::Tensor Launch(const DecodeInputs& in, RecurrentStatePool& pool) {
   a.group = static_cast<int>(in.group);
   a.dk = in.q.size(2);
   a.dv = in.v.size(2);
+  a.pool_slots = pool.slots();
   if (a.dv % 4 != 0 || a.dv > kMaxDv || a.dk > kMaxDv) return RecurrentStepAten(in, pool);
   const int batch = in.v.size(0);
   at::Tensor o = at::empty({batch, a.heads, a.dv}, in.v.options());

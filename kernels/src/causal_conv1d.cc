@@ -1,5 +1,6 @@
 // Depthwise causal conv1d for Qwen3.5's short convolution: prefill over whole (packed) sequences and the
-// one-token decode step against a conv-state pool, in plain ATen so it runs on any device.
+// one-token decode step against a conv-state pool, in plain ATen so it runs on any device, with a fused
+// CUDA kernel for the decode step.
 #include "deltaserve/kernels/causal_conv1d.h"
 
 #include <ATen/ATen.h>
@@ -11,7 +12,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "check.h"
+#ifdef DELTASERVE_WITH_CUDA
+#include "causal_conv1d_step_cuda.h"
+#endif
 
 namespace deltaserve::kernels {
 namespace {
@@ -22,6 +27,8 @@ using internal::CheckSameDevice;
 using internal::CheckSize;
 using internal::CheckSlots;
 using internal::CheckTensor;
+using internal::HostIndices;
+using internal::IndexOnDevice;
 
 // bf16 products and sums lose too much over K taps and the bias; accumulate in float32 instead.
 at::ScalarType ComputeDtype(at::ScalarType dtype) { return dtype == at::kBFloat16 ? at::kFloat : dtype; }
@@ -84,28 +91,24 @@ CausalConv1dOutput RunBatched(const at::Tensor& x, const at::Tensor& weight, con
   return out;
 }
 
-at::Tensor IndexTensor(const std::vector<int64_t>& values, const at::Device& device) {
-  return at::tensor(at::ArrayRef<int64_t>(values), at::TensorOptions().dtype(at::kLong).device(device));
-}
-
 // All N sequences go through one convolution over a [D, T + N (K - 1)] buffer in which each sequence is
 // preceded by its own K - 1 state columns; outputs whose window straddles two sequences are dropped.
 // This costs a fixed number of kernel launches however many sequences are packed.
 CausalConv1dOutput RunPacked(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                             const at::Tensor& initial_state, const at::Tensor& cu_seqlens, int64_t num_seqs,
+                             const at::Tensor& initial_state, absl::Span<const int64_t> cu, int64_t num_seqs,
                              int64_t k, bool silu) {
   const int64_t total = x.size(1);
   const int64_t dim = x.size(2);
   const int64_t w = k - 1;
-  const at::Tensor host_cu = cu_seqlens.cpu();
-  const int64_t* cu = host_cu.data_ptr<int64_t>();
 
   // Token t of sequence i sits at buffer column t + (i + 1) w; sequence i's state columns start at
-  // cu[i] + i w and its last K - 1 columns at cu[i + 1] + i w.
-  std::vector<int64_t> x_cols(total);
-  std::vector<int64_t> y_cols(total);
-  std::vector<int64_t> init_cols(num_seqs * w);
-  std::vector<int64_t> final_cols(num_seqs * w);
+  // cu[i] + i w and its last K - 1 columns at cu[i + 1] + i w. The four column lists are computed from
+  // the host offsets and go to the device as one upload: [x | y | init | final].
+  std::vector<int64_t> cols(2 * total + 2 * num_seqs * w);
+  int64_t* x_cols = cols.data();
+  int64_t* y_cols = x_cols + total;
+  int64_t* init_cols = y_cols + total;
+  int64_t* final_cols = init_cols + num_seqs * w;
   for (int64_t i = 0; i < num_seqs; ++i) {
     for (int64_t t = cu[i]; t < cu[i + 1]; ++t) {
       x_cols[t] = t + (i + 1) * w;
@@ -116,6 +119,11 @@ CausalConv1dOutput RunPacked(const at::Tensor& x, const at::Tensor& weight, cons
       final_cols[i * w + j] = cu[i + 1] + i * w + j;
     }
   }
+  const at::Tensor index = IndexOnDevice(cols, x.device());
+  const at::Tensor x_index = index.narrow(0, 0, total);
+  const at::Tensor y_index = index.narrow(0, total, total);
+  const at::Tensor init_index = index.narrow(0, 2 * total, num_seqs * w);
+  const at::Tensor final_index = index.narrow(0, 2 * total + num_seqs * w, num_seqs * w);
 
   const at::ScalarType dtype = ComputeDtype(x.scalar_type());
   const at::TensorOptions options = x.options().dtype(dtype);
@@ -124,26 +132,26 @@ CausalConv1dOutput RunPacked(const at::Tensor& x, const at::Tensor& weight, cons
   if (initial_state.defined()) {
     buffer = at::empty({dim, width}, options);
     const at::Tensor init = initial_state.to(dtype).permute({1, 0, 2}).reshape({dim, num_seqs * w});
-    buffer.index_copy_(1, IndexTensor(init_cols, x.device()), init);
+    buffer.index_copy_(1, init_index, init);
   } else {
     buffer = at::zeros({dim, width}, options);
   }
-  buffer.index_copy_(1, IndexTensor(x_cols, x.device()), x.to(dtype)[0].t());
+  buffer.index_copy_(1, x_index, x.to(dtype)[0].t());
 
   const at::Tensor y_all = DepthwiseConv(buffer.unsqueeze(0), weight, bias, silu)[0];
-  const at::Tensor y = y_all.index_select(1, IndexTensor(y_cols, x.device()));  // [D, T]
+  const at::Tensor y = y_all.index_select(1, y_index);  // [D, T]
   const at::Tensor final_state =
-      buffer.index_select(1, IndexTensor(final_cols, x.device())).view({dim, num_seqs, w}).permute({1, 0, 2});
+      buffer.index_select(1, final_index).view({dim, num_seqs, w}).permute({1, 0, 2});
   CausalConv1dOutput out;
   out.y = ContiguousCopy(y.t().unsqueeze(0), x.scalar_type());
   out.final_state = ContiguousCopy(final_state, x.scalar_type());
   return out;
 }
 
+// The step as ATen ops over rows whose slots (`index`, on conv_state's device) are all valid.
 at::Tensor RunStep(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                   at::Tensor& conv_state, const at::Tensor& slots, bool silu) {
+                   at::Tensor& conv_state, const at::Tensor& index, bool silu) {
   const at::ScalarType dtype = ComputeDtype(x.scalar_type());
-  const at::Tensor index = slots.to(conv_state.device());
   // Kept in the storage dtype so the state written back holds exactly the inputs, as prefill's does.
   const at::Tensor window = at::cat({conv_state.index_select(0, index), x.unsqueeze(2)}, 2);  // [B, D, K]
   at::Tensor y = (window.to(dtype) * weight.to(dtype).unsqueeze(0)).sum(2);
@@ -153,21 +161,45 @@ at::Tensor RunStep(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   return y.to(x.scalar_type());  // y is freshly computed, so a no-op cast aliases nothing of the caller's
 }
 
+// The ATen step with padding rows: only the rows with a slot run, the others' y rows stay zero. `host`
+// holds the slot values, so picking the rows needs nothing from the device.
+at::Tensor RunStepSkippingPadding(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                  at::Tensor& conv_state, const at::Tensor& slots,
+                                  absl::Span<const int64_t> host, bool silu) {
+  std::vector<int64_t> rows;
+  std::vector<int64_t> valid_slots;
+  for (int64_t i = 0; i < static_cast<int64_t>(host.size()); ++i) {
+    if (host[i] < 0) continue;
+    rows.push_back(i);
+    valid_slots.push_back(host[i]);
+  }
+  if (rows.size() == host.size()) {
+    const at::Tensor index = slots.device() == x.device() ? slots : IndexOnDevice(host, x.device());
+    return RunStep(x, weight, bias, conv_state, index, silu);
+  }
+  at::Tensor y = at::zeros(x.sizes(), x.options());
+  if (rows.empty()) return y;
+  const at::Tensor row_index = IndexOnDevice(rows, x.device());
+  const at::Tensor y_valid = RunStep(x.index_select(0, row_index), weight, bias, conv_state,
+                                     IndexOnDevice(valid_slots, x.device()), silu);
+  y.index_copy_(0, row_index, y_valid);
+  return y;
+}
+
 }  // namespace
 
 absl::StatusOr<CausalConv1dOutput> CausalConv1d(const at::Tensor& x, const at::Tensor& weight,
                                                 const at::Tensor& bias, const at::Tensor& initial_state,
-                                                const at::Tensor& cu_seqlens, bool silu) {
+                                                const at::Tensor& cu_seqlens, bool silu,
+                                                absl::Span<const int64_t> host_cu_seqlens) {
   DS_RETURN_IF_ERROR(CheckTensor(x, "x", 3));
   DS_RETURN_IF_ERROR(CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16}));
   const int64_t batch = x.size(0);
   const int64_t total = x.size(1);
   const int64_t dim = x.size(2);
   DS_ASSIGN_OR_RETURN(const int64_t k, CheckConvParams(x, weight, bias, dim));
-  int64_t num_seqs = batch;
-  if (cu_seqlens.defined()) {
-    DS_ASSIGN_OR_RETURN(num_seqs, CheckCuSeqlens(cu_seqlens, batch, total));
-  }
+  DS_ASSIGN_OR_RETURN(const HostIndices cu, CheckCuSeqlens(cu_seqlens, host_cu_seqlens, batch, total));
+  const int64_t num_seqs = cu_seqlens.defined() ? static_cast<int64_t>(cu.values.size()) - 1 : batch;
   if (initial_state.defined()) {
     DS_RETURN_IF_ERROR(CheckTensor(initial_state, "initial_state", 3));
     DS_RETURN_IF_ERROR(CheckDtype(initial_state, "initial_state", {x.scalar_type()}));
@@ -178,14 +210,15 @@ absl::StatusOr<CausalConv1dOutput> CausalConv1d(const at::Tensor& x, const at::T
   }
 
   DS_CATCH_ATEN({
-    if (cu_seqlens.defined()) return RunPacked(x, weight, bias, initial_state, cu_seqlens, num_seqs, k, silu);
+    if (cu_seqlens.defined()) return RunPacked(x, weight, bias, initial_state, cu.values, num_seqs, k, silu);
     return RunBatched(x, weight, bias, initial_state, k, silu);
   })
 }
 
 absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tensor& weight,
                                             const at::Tensor& bias, at::Tensor& conv_state,
-                                            const at::Tensor& slots, bool silu) {
+                                            const at::Tensor& slots, bool silu,
+                                            absl::Span<const int64_t> host_slots) {
   DS_RETURN_IF_ERROR(CheckTensor(x, "x", 2));
   DS_RETURN_IF_ERROR(CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16}));
   const int64_t batch = x.size(0);
@@ -196,9 +229,19 @@ absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tenso
   DS_RETURN_IF_ERROR(CheckSameDevice(conv_state, "conv_state", x));
   DS_RETURN_IF_ERROR(CheckSize(conv_state, "conv_state", 1, dim, "channels D"));
   DS_RETURN_IF_ERROR(CheckSize(conv_state, "conv_state", 2, k - 1, "state width K - 1"));
-  DS_RETURN_IF_ERROR(CheckSlots(slots, batch, conv_state.size(0)));
+  DS_ASSIGN_OR_RETURN(const HostIndices host,
+                      CheckSlots(slots, host_slots, batch, conv_state.size(0), /*allow_padding=*/true));
 
-  DS_CATCH_ATEN({ return RunStep(x, weight, bias, conv_state, slots, silu); })
+  DS_CATCH_ATEN({
+#ifdef DELTASERVE_WITH_CUDA
+    if (x.is_cuda()) {
+      // Slots already on the device go straight to the kernel, which skips padding rows itself.
+      const at::Tensor index = slots.device() == x.device() ? slots : IndexOnDevice(host.values, x.device());
+      return internal::CausalConv1dStepCuda(x, weight, bias, conv_state, index, silu);
+    }
+#endif
+    return RunStepSkippingPadding(x, weight, bias, conv_state, slots, host.values, silu);
+  })
 }
 
 }  // namespace deltaserve::kernels

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace deltaserve::kernels::internal {
 
@@ -65,12 +66,38 @@ inline absl::Status CheckSameDevice(const at::Tensor& t, absl::string_view name,
   return absl::OkStatus();
 }
 
-// Validates packed-sequence offsets: int64 [N + 1], starting at 0, non-decreasing, ending at `total`.
-// Returns N. Reads the values (a device sync on GPU; offsets are tiny).
-absl::StatusOr<int64_t> CheckCuSeqlens(const at::Tensor& cu_seqlens, int64_t batch, int64_t total);
+// The values of a 1-D int64 index tensor as the host sees them. `values` stays valid while this object
+// lives (moves included): it points into the caller's span, or into `storage`.
+struct HostIndices {
+  at::Tensor storage;  // the CPU tensor `values` points into; undefined when they are the caller's
+  absl::Span<const int64_t> values;
+};
 
-// Validates decode slot indices: int64 [B], each in [0, slots), no duplicates.
-absl::Status CheckSlots(const at::Tensor& slots, int64_t batch, int64_t pool_slots);
+// The caller's host copy `host` when given (non-empty: it must then have t.numel() values, and the
+// caller promises they equal the tensor's), else the tensor's own memory on the CPU, else a read-back
+// (a device sync). `t` must be defined, 1-D and int64; `name`/`host_name` label the length error.
+absl::StatusOr<HostIndices> HostValues(const at::Tensor& t, absl::Span<const int64_t> host,
+                                       absl::string_view name, absl::string_view host_name);
+
+// An int64 tensor of `values` on `device` without a blocking copy: built in place on the CPU; for CUDA,
+// staged in pinned memory and copied asynchronously on the current stream (the caching host allocator
+// holds the staging buffer until that copy has run).
+at::Tensor IndexOnDevice(absl::Span<const int64_t> values, const at::Device& device);
+
+// Validates packed-sequence offsets: int64 [N + 1], starting at 0, non-decreasing, ending at `total`,
+// checking the host copy `host_cu_seqlens` instead of the tensor's values when one is given (see
+// HostValues). Returns the offsets as host values, so N = values.size() - 1; returns no values when
+// cu_seqlens is undefined (then `host_cu_seqlens` must be empty too).
+absl::StatusOr<HostIndices> CheckCuSeqlens(const at::Tensor& cu_seqlens,
+                                           absl::Span<const int64_t> host_cu_seqlens, int64_t batch,
+                                           int64_t total);
+
+// Validates slot indices: int64 [B], each below `pool_slots` and, among the non-negative ones, no
+// duplicates. A negative index marks a padding row when `allow_padding` (the decode steps skip it);
+// otherwise it is out of range. Checks `host_slots` instead of the tensor's values when given (see
+// HostValues) and returns the values it checked.
+absl::StatusOr<HostIndices> CheckSlots(const at::Tensor& slots, absl::Span<const int64_t> host_slots,
+                                       int64_t batch, int64_t pool_slots, bool allow_padding);
 
 }  // namespace deltaserve::kernels::internal
 

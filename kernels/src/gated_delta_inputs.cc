@@ -38,10 +38,9 @@ absl::Status ValidateGatedDeltaArgs(const at::Tensor& q, const at::Tensor& k, co
     DS_RETURN_IF_ERROR(CheckSize(*x, name, 2, hv, "value heads Hv"));
   }
   int64_t n = b;
-  if (cu_seqlens.defined()) {
-    DS_RETURN_IF_ERROR(CheckSameDevice(cu_seqlens, "cu_seqlens", v));
-    DS_ASSIGN_OR_RETURN(n, CheckCuSeqlens(cu_seqlens, b, t));
-  }
+  if (cu_seqlens.defined()) DS_RETURN_IF_ERROR(CheckSameDevice(cu_seqlens, "cu_seqlens", v));
+  DS_ASSIGN_OR_RETURN(const HostIndices offsets, CheckCuSeqlens(cu_seqlens, options.host_cu_seqlens, b, t));
+  if (cu_seqlens.defined()) n = static_cast<int64_t>(offsets.values.size()) - 1;
   if (initial_state.defined()) {
     DS_RETURN_IF_ERROR(CheckTensor(initial_state, "initial_state", 4));
     DS_RETURN_IF_ERROR(CheckDtype(initial_state, "initial_state", {at::kFloat, at::kDouble}));
@@ -108,8 +107,11 @@ PackedGatedDeltaInputs PackGatedDeltaInputs(const at::Tensor& q, const at::Tenso
   at::Tensor vc = v.to(compute), gc = g.to(compute), bc = beta.to(compute);
   int64_t max_len = in.time;
   if (in.packed) {
-    at::Tensor cu = cu_seqlens.cpu();
-    const int64_t* p = cu.data_ptr<int64_t>();
+    // Validated by ValidateGatedDeltaArgs: from the caller's host copy when given, else read again.
+    absl::StatusOr<HostIndices> cu =
+        HostValues(cu_seqlens, options.host_cu_seqlens, "cu_seqlens", "host_cu_seqlens");
+    TORCH_CHECK(cu.ok(), cu.status().ToString());
+    const absl::Span<const int64_t> p = cu->values;
     max_len = 0;
     for (int64_t i = 0; i < num_sequences; ++i) {
       in.starts.push_back(p[i]);

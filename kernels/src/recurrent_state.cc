@@ -135,9 +135,17 @@ absl::Status CheckPool(const RecurrentStatePool& pool) {
   }
   return absl::OkStatus();
 }
+
+// `slots` on the pool's device: as given when it already is, else uploaded from its host values.
+at::Tensor SlotsOnPoolDevice(const RecurrentStatePool& pool, const at::Tensor& slots,
+                             const internal::HostIndices& host) {
+  const at::Device device = pool.values.device();
+  return slots.device() == device ? slots.contiguous() : internal::IndexOnDevice(host.values, device);
+}
 }  // namespace
 
-absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states) {
+absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states,
+                         absl::Span<const int64_t> host_slots) {
   DS_RETURN_IF_ERROR(CheckPool(pool));
   DS_RETURN_IF_ERROR(internal::CheckTensor(states, "states", 4));
   DS_RETURN_IF_ERROR(internal::CheckDtype(states, "states", {at::kFloat, at::kDouble}));
@@ -145,18 +153,23 @@ absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, cons
     DS_RETURN_IF_ERROR(internal::CheckSize(states, "states", d, pool.values.size(d), "pool state shape"));
   }
   DS_RETURN_IF_ERROR(internal::CheckSameDevice(states, "states", pool.values));
-  DS_RETURN_IF_ERROR(internal::CheckSlots(slots, states.size(0), pool.slots()));
+  DS_ASSIGN_OR_RETURN(
+      const internal::HostIndices host,
+      internal::CheckSlots(slots, host_slots, states.size(0), pool.slots(), /*allow_padding=*/false));
   DS_CATCH_ATEN({
-    internal::ScatterQuantized(pool, slots.to(pool.values.device()), states.to(at::kFloat), false);
+    internal::ScatterQuantized(pool, SlotsOnPoolDevice(pool, slots, host), states.to(at::kFloat), false);
     return absl::OkStatus();
   })
 }
 
-absl::StatusOr<at::Tensor> ReadStates(const RecurrentStatePool& pool, const at::Tensor& slots) {
+absl::StatusOr<at::Tensor> ReadStates(const RecurrentStatePool& pool, const at::Tensor& slots,
+                                      absl::Span<const int64_t> host_slots) {
   DS_RETURN_IF_ERROR(CheckPool(pool));
   if (!slots.defined() || slots.dim() != 1) return absl::InvalidArgumentError("slots: expected [n] int64");
-  DS_RETURN_IF_ERROR(internal::CheckSlots(slots, slots.size(0), pool.slots()));
-  DS_CATCH_ATEN({ return internal::GatherDequantized(pool, slots.to(pool.values.device())); })
+  DS_ASSIGN_OR_RETURN(
+      const internal::HostIndices host,
+      internal::CheckSlots(slots, host_slots, slots.size(0), pool.slots(), /*allow_padding=*/false));
+  DS_CATCH_ATEN({ return internal::GatherDequantized(pool, SlotsOnPoolDevice(pool, slots, host)); })
 }
 
 absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at::Tensor& k,
@@ -199,7 +212,9 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
     DS_RETURN_IF_ERROR(CheckSize(*t, name, 0, b, "batch B"));
     DS_RETURN_IF_ERROR(CheckSize(*t, name, 1, hv, "value heads Hv"));
   }
-  DS_RETURN_IF_ERROR(internal::CheckSlots(slots, b, pool.slots()));
+  DS_ASSIGN_OR_RETURN(
+      const internal::HostIndices host,
+      internal::CheckSlots(slots, options.host_slots, b, pool.slots(), /*allow_padding=*/true));
   if (options.scale.has_value() && !(*options.scale > 0)) {
     return absl::InvalidArgumentError(absl::StrCat("scale: must be positive, got ", *options.scale));
   }
@@ -210,7 +225,8 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
     in.v = v.to(at::kFloat).contiguous();
     in.g = g.to(at::kFloat).contiguous();
     in.beta = beta.to(at::kFloat).contiguous();
-    in.slots = slots.to(pool.values.device()).contiguous();
+    in.slots = SlotsOnPoolDevice(pool, slots, host);
+    in.host_slots = host.values;
     in.l2norm = options.l2norm_qk;
     in.scale = static_cast<float>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(dk))));
     in.group = hv / hk;

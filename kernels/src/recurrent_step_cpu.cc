@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "check.h"
 #include "recurrent_step_impl.h"
 #include "state_quant.h"
 
@@ -114,6 +115,10 @@ at::Tensor StepHeads(const DecodeInputs& in, RecurrentStatePool& pool) {
     std::vector<float> rows(coarse ? dk * dv : dv);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / heads, h = bh % heads;
+      if (slots[b] < 0) {  // padding row: zero output, no state touched
+        std::fill(o_ptr + bh * dv, o_ptr + (bh + 1) * dv, 0.0f);
+        continue;
+      }
       const int64_t head = slots[b] * heads + h;
       const int64_t key = (b * key_heads + h / in.group) * dk;
       Store* s = values + head * dk * dv;
@@ -193,6 +198,24 @@ at::Tensor RecurrentStepCpu(const DecodeInputs& in, RecurrentStatePool& pool) {
 }
 
 at::Tensor RecurrentStepAten(const DecodeInputs& in, RecurrentStatePool& pool) {
+  // Padding rows: step the other rows alone (picked on the host) and leave zeros in the padding's output.
+  std::vector<int64_t> rows, valid_slots;
+  for (int64_t i = 0; i < static_cast<int64_t>(in.host_slots.size()); ++i) {
+    if (in.host_slots[i] < 0) continue;
+    rows.push_back(i);
+    valid_slots.push_back(in.host_slots[i]);
+  }
+  if (rows.size() != in.host_slots.size()) {
+    at::Tensor o = at::zeros(in.v.sizes(), in.v.options());
+    if (rows.empty()) return o;
+    const at::Tensor row_index = IndexOnDevice(rows, in.v.device());
+    DecodeInputs sub = in;
+    for (at::Tensor* t : {&sub.q, &sub.k, &sub.v, &sub.g, &sub.beta}) *t = t->index_select(0, row_index);
+    sub.slots = IndexOnDevice(valid_slots, pool.values.device());
+    sub.host_slots = valid_slots;
+    o.index_copy_(0, row_index, RecurrentStepAten(sub, pool));
+    return o;
+  }
   at::Tensor q = in.q, k = in.k;
   if (in.l2norm) {
     q = q * at::rsqrt((q * q).sum(-1, true) + 1e-6);

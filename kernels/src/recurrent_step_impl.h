@@ -5,6 +5,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
+
+#include "absl/types/span.h"
 #include "deltaserve/kernels/recurrent_state.h"
 
 namespace deltaserve::kernels::internal {
@@ -15,10 +18,13 @@ struct DecodeInputs {
   at::Tensor q, k;      // [B, Hk, dk] float32
   at::Tensor v;         // [B, Hv, dv] float32
   at::Tensor g, beta;   // [B, Hv] float32
-  at::Tensor slots;     // [B] int64 on the pool's device
+  at::Tensor slots;     // [B] int64 on the pool's device; negative: a padding row (zero output)
   bool l2norm = false;  // L2-normalise q and k (eps 1e-6 inside the square root, as Qwen3.5)
   float scale = 1.0f;   // applied to q after normalisation
   int64_t group = 1;    // Hv / Hk: value head h reads key head h / group
+  // The slots' values on the host, for paths that select rows on the host (the ATen step); empty
+  // means no row is padding.
+  absl::Span<const int64_t> host_slots;
 };
 
 // Fused loop over (sequence, head): one read and one write of each state, quantization in registers.

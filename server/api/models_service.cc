@@ -89,13 +89,13 @@ void FillModelInfo(const ServedModel& model, v1::ModelInfo* info) {
   info->mutable_layer_types()->set_full_attention(full);
   info->set_hidden_size(static_cast<int32_t>(c.hidden_size));
   info->set_vocab_size(static_cast<int32_t>(c.vocab_size));
-  info->set_max_model_len(static_cast<int32_t>(o.max_model_len));
-  info->set_max_num_seqs(static_cast<int32_t>(o.max_seqs));
+  info->set_max_model_len(static_cast<int32_t>(model.engine->max_model_len()));
+  info->set_max_num_seqs(static_cast<int32_t>(model.engine->max_num_seqs()));
   info->set_inverse_method(kernels::ResolveTriInverseMethod(o.inverse_method, o.device.is_cuda()));
   info->set_state_dtype(kernels::StateDtypeName(o.state_dtype));
   v1::ModelLimits* limits = info->mutable_limits();
-  limits->set_max_prompt_tokens(static_cast<int32_t>(o.max_model_len - 1));
-  limits->set_max_new_tokens(static_cast<int32_t>(o.max_model_len - 1));
+  limits->set_max_prompt_tokens(static_cast<int32_t>(model.engine->max_model_len() - 1));
+  limits->set_max_new_tokens(static_cast<int32_t>(model.engine->max_model_len() - 1));
   limits->set_max_logprobs(kMaxLogprobs);
   limits->set_max_queued_requests(static_cast<int32_t>(model.engine_options.max_queue));
   const engine::SamplingParams& d = model.defaults;

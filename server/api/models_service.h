@@ -14,7 +14,7 @@
 #include "absl/strings/string_view.h"
 #include "deltaserve/v1/models.grpc.pb.h"
 #include "engine/engine.h"
-#include "engine/sampler.h"
+#include "runner/sampler.h"
 #include "engine/vision_batcher.h"
 #include "tokenizer/tokenizer.h"
 

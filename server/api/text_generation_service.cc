@@ -53,7 +53,7 @@ std::string NewRequestId() {
 }
 
 int64_t VocabSize(const ServedModel& m) { return m.engine->model().config().vocab_size; }
-int64_t MaxModelLen(const ServedModel& m) { return m.engine->model().options().max_model_len; }
+int64_t MaxModelLen(const ServedModel& m) { return m.engine->max_model_len(); }
 
 absl::Status CheckIds(absl::string_view field, const google::protobuf::RepeatedField<int32_t>& ids,
                       int64_t vocab_size) {

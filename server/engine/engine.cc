@@ -34,7 +34,7 @@ const char* StepPhaseName(StepPhase phase) { return phase == StepPhase::kPrefill
 struct Engine::Sequence {
   uint64_t handle = 0;
   EngineRequest request;
-  Sampler sampler;
+  std::optional<Sampler> sampler;  // handed to the runner at admission
   TextStream text;
   int64_t slot = -1;
   size_t prefilled = 0;     // prompt tokens already in the slot's state
@@ -49,15 +49,13 @@ struct Engine::Sequence {
   bool prefilling() const { return prefilled < request.prompt.size(); }
 };
 
-// One forward pass's sequences and the tokens each appends.
+// One forward pass's sequences and what the runner runs for them.
 struct Engine::ForwardGroup {
   std::vector<Sequence*> batch;
-  std::vector<std::vector<int32_t>> tokens;
-  std::vector<int64_t> slots;
-  void Add(Sequence* seq, std::vector<int32_t> t) {
+  runner::ScheduledBatch scheduled;
+  void Add(Sequence* seq, std::vector<int32_t> t, bool sample) {
     batch.push_back(seq);
-    tokens.push_back(std::move(t));
-    slots.push_back(seq->slot);
+    scheduled.sequences.push_back({seq->slot, std::move(t), sample});
   }
 };
 
@@ -65,12 +63,18 @@ namespace {
 double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
+
+// Positions a request may occupy: its prompt and every token it may generate. The runner reserves KV
+// blocks for all of them at admission, so a running sequence never waits for memory.
+int64_t Footprint(const EngineRequest& r, int64_t max_model_len) {
+  return std::min<int64_t>(static_cast<int64_t>(r.prompt.size()) + r.params.max_new_tokens, max_model_len);
+}
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<models::qwen35::Qwen35Model> model,
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<runner::ModelRunner> runner,
                                                       const tokenizer::Tokenizer* tokenizer,
                                                       const EngineOptions& options) {
-  if (!model) return absl::InvalidArgumentError("engine: no model");
+  if (!runner) return absl::InvalidArgumentError("engine: no model runner");
   if (options.layer_metrics == LayerMetricsMode::kSampled &&
       !(options.layer_metrics_sample_rate > 0 && options.layer_metrics_sample_rate <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat("engine: layer_metrics_sample_rate must be in (0, 1], got ",
@@ -87,24 +91,25 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<models::qw
     return absl::InvalidArgumentError(
         absl::StrCat("engine: prefill_chunk must be a positive multiple of 64, got ", options.prefill_chunk));
   }
-  auto engine = std::unique_ptr<Engine>(new Engine(std::move(model), tokenizer, options));
+  auto engine = std::unique_ptr<Engine>(new Engine(std::move(runner), tokenizer, options));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
 
-Engine::Engine(std::unique_ptr<models::qwen35::Qwen35Model> model, const tokenizer::Tokenizer* tokenizer,
+Engine::Engine(std::unique_ptr<runner::ModelRunner> runner, const tokenizer::Tokenizer* tokenizer,
                const EngineOptions& options)
-    : model_(std::move(model)), tokenizer_(tokenizer), options_(options) {
-  for (int64_t s = model_->options().max_seqs - 1; s >= 0; --s) free_slots_.push_back(s);
-  if (options_.metrics && options_.layer_metrics != LayerMetricsMode::kOff)
-    layer_timer_ = std::make_unique<models::LayerTimer>(model_->options().device, model_->TimedSpans().size());
+    : runner_(std::move(runner)), tokenizer_(tokenizer), options_(options) {
+  if (options_.metrics && options_.layer_metrics != LayerMetricsMode::kOff) {
+    layer_timer_ =
+        std::make_unique<models::LayerTimer>(model().options().device, model().TimedSpans().size());
+  }
 }
 
 Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
 
 absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request) {
-  const models::qwen35::Qwen35Config& c = model_->config();
-  const int64_t max_len = model_->options().max_model_len;
+  const models::qwen35::Qwen35Config& c = model().config();
+  const int64_t max_len = runner_->options().max_model_len;
   if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: empty; give at least one token");
   if (static_cast<int64_t>(request.prompt.size()) + request.params.max_new_tokens > max_len) {
     return absl::InvalidArgumentError(absl::StrCat("prompt (", request.prompt.size(),
@@ -117,15 +122,17 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request) {
         "stop_token_ids");
   }
   if (!request.on_event) return absl::InvalidArgumentError("on_event: a callback is required");
+  // The runner's capacity is fixed once it runs, so this reads nothing the engine thread writes.
+  if (absl::Status fits = runner_->CheckFits(Footprint(request, max_len)); !fits.ok()) return fits;
   absl::StatusOr<Sampler> sampler = Sampler::Create(request.params, c.vocab_size, request.prompt);
   if (!sampler.ok()) return sampler.status();
-  auto seq = std::make_unique<Sequence>(std::move(request), *std::move(sampler), tokenizer_);
+  auto seq = std::make_unique<Sequence>(std::move(request), std::move(sampler).value(), tokenizer_);
   seq->submitted = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> lock(mu_);
   if (!admitting_) return absl::UnavailableError("engine: shutting down, not admitting requests");
   // Requests that free slots will take at the next step are not waiting for a slot: only the rest count
   // against max_queue, so a burst within capacity is never refused.
-  const int64_t unclaimed = std::max<int64_t>(0, model_->options().max_seqs - running_count_);
+  const int64_t unclaimed = std::max<int64_t>(0, runner_->options().max_seqs - running_count_);
   if (static_cast<int64_t>(waiting_.size()) >= options_.max_queue + unclaimed) {
     return absl::ResourceExhaustedError(absl::StrCat("queue full: ", waiting_.size(),
                                                      " requests waiting (max_queue ", options_.max_queue,
@@ -149,7 +156,7 @@ Engine::Stats Engine::stats() const {
   Stats s;
   s.running = running_count_;
   s.waiting = static_cast<int64_t>(waiting_.size());
-  s.free_slots = model_->options().max_seqs - running_count_;
+  s.free_slots = runner_->options().max_seqs - running_count_;
   s.steps = steps_;
   return s;
 }
@@ -213,16 +220,16 @@ bool Engine::ShouldTimeLayers(StepPhase phase) {
 void Engine::ReportGauges() {
   if (!options_.metrics) return;
   EngineGauges g;
-  int64_t kv_used = 0;
-  for (const auto& seq : running_) kv_used += model_->SequenceLength(seq->slot);
   {
     std::lock_guard<std::mutex> lock(mu_);
     g.waiting = static_cast<int64_t>(waiting_.size());
   }
-  const models::qwen35::ModelOptions& mo = model_->options();
+  const runner::RunnerCapacity cap = runner_->capacity();
   g.running = static_cast<int64_t>(running_.size());
-  g.state_pool_usage = static_cast<double>(g.running) / static_cast<double>(mo.max_seqs);
-  g.kv_cache_usage = static_cast<double>(kv_used) / static_cast<double>(mo.max_seqs * mo.max_model_len);
+  g.state_pool_usage = static_cast<double>(g.running) / static_cast<double>(cap.slots);
+  g.kv_cache_usage = static_cast<double>(runner_->used_kv_blocks()) / static_cast<double>(cap.kv_blocks);
+  g.max_num_seqs = cap.slots;
+  g.kv_cache_tokens = cap.kv_tokens();
   options_.metrics->OnGauges(g);
 }
 
@@ -255,12 +262,17 @@ void Engine::Loop() {
           seq->done = true;  // finished below, outside the lock
         }
       }
-      // Admission: FIFO into free slots.
-      while (!stop_ && !waiting_.empty() && !free_slots_.empty()) {
+      // Admission: FIFO, while a slot and the head request's KV blocks are free (a request that does not
+      // fit yet waits for running ones to finish; Submit refused those that never fit).
+      const int64_t max_len = runner_->options().max_model_len;
+      while (!stop_ && !waiting_.empty() && runner_->CanAdmit(Footprint(waiting_.front()->request, max_len))) {
         std::unique_ptr<Sequence> seq = std::move(waiting_.front());
+        absl::StatusOr<int64_t> slot =
+            runner_->AddSequence(std::move(*seq->sampler), Footprint(seq->request, max_len));
+        if (!slot.ok()) break;  // CanAdmit said yes: not expected; the request stays queued
         waiting_.pop_front();
-        seq->slot = free_slots_.back();
-        free_slots_.pop_back();
+        seq->sampler.reset();
+        seq->slot = *slot;
         seq->admitted = std::chrono::steady_clock::now();
         seq->counted_running = true;
         running_.push_back(std::move(seq));
@@ -280,8 +292,7 @@ void Engine::Loop() {
     // Release finished sequences' slots.
     for (auto it = running_.begin(); it != running_.end();) {
       if ((*it)->done) {
-        (void)model_->ResetSlot((*it)->slot);
-        free_slots_.push_back((*it)->slot);
+        runner_->RemoveSequence((*it)->slot);
         it = running_.erase(it);
       } else {
         ++it;
@@ -310,7 +321,7 @@ bool Engine::Step() {
   int64_t budget = options_.max_batched_tokens;
   for (auto& seq : running_) {
     if (seq->done || seq->prefilling()) continue;
-    decodes.Add(seq.get(), {seq->next_token});
+    decodes.Add(seq.get(), {seq->next_token}, /*sample=*/true);
     --budget;
   }
   for (auto& seq : running_) {
@@ -323,8 +334,11 @@ bool Engine::Step() {
       if (!decodes.batch.empty() || !prefills.batch.empty()) continue;
       chunk = std::min<int64_t>(remaining, 64);
     }
-    prefills.Add(seq.get(), std::vector<int32_t>(seq->request.prompt.begin() + seq->prefilled,
-                                                 seq->request.prompt.begin() + seq->prefilled + chunk));
+    const bool last_chunk = seq->prefilled + static_cast<size_t>(chunk) == seq->request.prompt.size();
+    prefills.Add(seq.get(),
+                 std::vector<int32_t>(seq->request.prompt.begin() + seq->prefilled,
+                                      seq->request.prompt.begin() + seq->prefilled + chunk),
+                 /*sample=*/last_chunk);
     budget -= chunk;
   }
   if (decodes.batch.empty() && prefills.batch.empty()) return false;
@@ -333,22 +347,22 @@ bool Engine::Step() {
   return true;
 }
 
-void Engine::RunForward(const ForwardGroup& group, StepPhase phase) {
+void Engine::RunForward(ForwardGroup& group, StepPhase phase) {
   const std::vector<Sequence*>& batch = group.batch;
-  const std::vector<std::vector<int32_t>>& tokens = group.tokens;
+  const std::vector<runner::ScheduledSequence>& scheduled = group.scheduled.sequences;
   StepReport report;
   report.phase = phase;
   report.sequences = static_cast<int64_t>(batch.size());
-  for (size_t i = 0; i < batch.size(); ++i) {
-    report.tokens += static_cast<int64_t>(tokens[i].size());
-    if (phase == StepPhase::kPrefill) report.prompt_tokens += static_cast<int64_t>(tokens[i].size());
+  for (const runner::ScheduledSequence& s : scheduled) {
+    report.tokens += static_cast<int64_t>(s.tokens.size());
+    if (phase == StepPhase::kPrefill) report.prompt_tokens += static_cast<int64_t>(s.tokens.size());
   }
   models::LayerTimer* timer = ShouldTimeLayers(phase) ? layer_timer_.get() : nullptr;
-  absl::StatusOr<at::Tensor> logits = model_->Forward(tokens, group.slots, /*all_positions=*/false, timer);
+  group.scheduled.timer = timer;
+  absl::StatusOr<runner::StepOutput> out = runner_->Execute(group.scheduled);
   const auto now = std::chrono::steady_clock::now();
   if (timer) {
-    // Waits for the pass's last event: the same wait sampling's copy of the logits would do next, so
-    // timing adds no synchronisation of its own.
+    // The step's results are on the host already, so the pass's events have completed: no extra wait.
     absl::StatusOr<std::vector<double>> seconds = timer->Collect();
     if (seconds.ok()) report.layer_seconds = *std::move(seconds);
   }
@@ -356,18 +370,17 @@ void Engine::RunForward(const ForwardGroup& group, StepPhase phase) {
     std::lock_guard<std::mutex> lock(mu_);
     ++steps_;
   }
-  if (!logits.ok()) {
-    for (Sequence* seq : batch) Finish(*seq, FinishReason::kError, logits.status(), "");
+  if (!out.ok()) {
+    for (Sequence* seq : batch) Finish(*seq, FinishReason::kError, out.status(), "");
     if (options_.metrics) options_.metrics->OnStep(report);
     return;
   }
+  const int64_t max_len = runner_->options().max_model_len;
   for (size_t i = 0; i < batch.size(); ++i) {
     Sequence& seq = *batch[i];
-    if (seq.prefilling()) {
-      seq.prefilled += tokens[i].size();
-      if (seq.prefilling()) continue;  // more prompt to go: these logits are not a prediction we use
-    }
-    absl::StatusOr<SampleResult> r = seq.sampler.Sample((*logits)[static_cast<int64_t>(i)]);
+    if (seq.prefilling()) seq.prefilled += scheduled[i].tokens.size();
+    if (!out->samples[i]) continue;  // a prompt chunk before the last: nothing to predict yet
+    const absl::StatusOr<SampleResult>& r = *out->samples[i];
     if (!r.ok()) {
       Finish(seq, FinishReason::kError, r.status(), "");
       continue;
@@ -397,8 +410,7 @@ void Engine::RunForward(const ForwardGroup& group, StepPhase phase) {
     } else if (seq.text.stopped()) {
       reason = FinishReason::kStop;
       stop_reason = seq.text.stop_string();
-    } else if (seq.completion >= seq.request.params.max_new_tokens ||
-               total >= model_->options().max_model_len) {
+    } else if (seq.completion >= seq.request.params.max_new_tokens || total >= max_len) {
       reason = FinishReason::kLength;
     }
     seq.request.on_event(e);

@@ -1,5 +1,5 @@
-// The text engine: one thread that owns a model and runs continuous (iteration-level) batching over a
-// bounded admission queue; requests stream token events back through a callback.
+// The text engine: one thread that schedules continuous (iteration-level) batching over a bounded
+// admission queue and a model runner; requests stream token events back through a callback.
 #ifndef DELTASERVE_SERVER_ENGINE_ENGINE_H_
 #define DELTASERVE_SERVER_ENGINE_ENGINE_H_
 
@@ -18,11 +18,22 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/engine_metrics.h"
-#include "engine/sampler.h"
-#include "models/qwen35/model.h"
+#include "runner/sampler.h"
+#include "runner/model_runner.h"
+#include "runner/sampler.h"
 #include "tokenizer/tokenizer.h"
 
 namespace deltaserve::engine {
+
+// A request's decoding parameters and sampled tokens are the runner's types; the engine's callers (the
+// API) name them through the engine.
+using runner::IsStopToken;
+using runner::LogprobsMode;
+using runner::SampleResult;
+using runner::Sampler;
+using runner::SamplingParams;
+using runner::TokenLogprob;
+using runner::ValidateSamplingParams;
 
 struct EngineOptions {
   int64_t max_queue = 256;           // waiting requests beyond this are refused (RESOURCE_EXHAUSTED)
@@ -60,8 +71,9 @@ struct EngineRequest {
 
 class Engine {
  public:
-  // Takes the model; `tokenizer` (may be null: ids only, no stop strings) must outlive the engine.
-  static absl::StatusOr<std::unique_ptr<Engine>> Start(std::unique_ptr<models::qwen35::Qwen35Model> model,
+  // Takes the runner (and its model); `tokenizer` (may be null: ids only, no stop strings) must outlive
+  // the engine.
+  static absl::StatusOr<std::unique_ptr<Engine>> Start(std::unique_ptr<runner::ModelRunner> runner,
                                                        const tokenizer::Tokenizer* tokenizer,
                                                        const EngineOptions& options);
   ~Engine();  // Shutdown(zero grace) if not done yet
@@ -70,7 +82,9 @@ class Engine {
 
   // Validates and enqueues. INVALID_ARGUMENT names the field and limit (empty or over-long prompt, ids
   // outside the vocabulary, bad sampling values, stop strings without a tokenizer); RESOURCE_EXHAUSTED
-  // when the queue is full; UNAVAILABLE once shutting down. Returns a handle for Cancel.
+  // when the queue is full, or when prompt + max_tokens needs more KV blocks than the cache holds;
+  // UNAVAILABLE once shutting down. A request waits in the queue until a slot and its KV blocks are
+  // free. Returns a handle for Cancel.
   absl::StatusOr<uint64_t> Submit(EngineRequest request);
   // Ends the request at the next step (finish reason kCancelled) and frees its slot. Unknown or
   // finished handles are ignored.
@@ -83,23 +97,27 @@ class Engine {
     int64_t running = 0, waiting = 0, free_slots = 0, steps = 0;
   };
   Stats stats() const;
-  const models::qwen35::Qwen35Model& model() const { return *model_; }
+  const models::qwen35::Qwen35Model& model() const { return runner_->model(); }
+  const runner::ModelRunner& runner() const { return *runner_; }
+  // Limits the front ends report and validate against (the runner's, fixed at start).
+  int64_t max_model_len() const { return runner_->options().max_model_len; }
+  int64_t max_num_seqs() const { return runner_->options().max_seqs; }
 
  private:
   struct Sequence;
   struct ForwardGroup;
-  Engine(std::unique_ptr<models::qwen35::Qwen35Model> model, const tokenizer::Tokenizer* tokenizer,
+  Engine(std::unique_ptr<runner::ModelRunner> runner, const tokenizer::Tokenizer* tokenizer,
          const EngineOptions& options);
   void Loop();
   // One scheduler iteration over the running set; returns false when there was nothing to do.
   bool Step();
   // One forward pass over `group` (all decodes, or all prefill chunks), sampling and streaming its results.
-  void RunForward(const ForwardGroup& group, StepPhase phase);
+  void RunForward(ForwardGroup& group, StepPhase phase);
   void Finish(Sequence& seq, FinishReason reason, absl::Status error, std::string stop_reason);
   bool ShouldTimeLayers(StepPhase phase);
   void ReportGauges();
 
-  std::unique_ptr<models::qwen35::Qwen35Model> model_;
+  std::unique_ptr<runner::ModelRunner> runner_;  // engine thread only, but for its constant capacity
   const tokenizer::Tokenizer* tokenizer_;
   EngineOptions options_;
 
@@ -116,7 +134,6 @@ class Engine {
 
   // Engine thread only.
   std::vector<std::unique_ptr<Sequence>> running_;
-  std::vector<int64_t> free_slots_;
   std::unique_ptr<models::LayerTimer> layer_timer_;  // when layer metrics are on
   int64_t steps_by_phase_[2] = {0, 0};                 // for sampling, per StepPhase
   std::thread thread_;

@@ -42,7 +42,9 @@ struct StepReport {
 // The engine's occupancy, reported after every scheduler iteration (also when no step ran).
 struct EngineGauges {
   int64_t running = 0, waiting = 0;              // sequences holding slots, requests queued
-  double state_pool_usage = 0, kv_cache_usage = 0;  // fill of the slot pool and of KV capacity, 0..1
+  double state_pool_usage = 0, kv_cache_usage = 0;  // fill of the slot pool and of KV blocks, 0..1
+  // Capacity, constant while the engine runs: sequence slots and KV cache tokens (blocks x block size).
+  int64_t max_num_seqs = 0, kv_cache_tokens = 0;
 };
 
 struct RequestReport {

@@ -10,9 +10,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "engine/sampler.h"
+#include "runner/sampler.h"
 
 namespace deltaserve::engine {
+
+using runner::SamplingParams;
 
 // Defaults are transformers' GenerationConfig._get_default_generation_params(), which generate() fills in
 // for every field the file leaves unset or null, so a checkpoint decodes here as it does in transformers.

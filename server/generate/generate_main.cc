@@ -22,10 +22,11 @@
 #include "cli/command_line.h"
 #include "cli/model_flags.h"
 #include "engine/generation_config.h"
-#include "engine/sampler.h"
 #include "engine/text_stream.h"
 #include "generate/npy_writer.h"
 #include "models/qwen35/model.h"
+#include "runner/model_runner.h"
+#include "runner/sampler.h"
 #include "tokenizer/chat_format.h"
 #include "tokenizer/tokenizer.h"
 
@@ -182,23 +183,26 @@ int Run() {
   if (params.eos_token_ids.empty()) {
     params.eos_token_ids.assign(config->eos_token_ids.begin(), config->eos_token_ids.end());
   }
-  absl::StatusOr<deltaserve::engine::Sampler> sampler =
-      deltaserve::engine::Sampler::Create(params, config->vocab_size, prompt);
+  absl::StatusOr<deltaserve::runner::Sampler> sampler =
+      deltaserve::runner::Sampler::Create(params, config->vocab_size, prompt);
   if (!sampler.ok()) return Fail(std::string(sampler.status().message()));
-  options.max_seqs = 1;
-  options.max_model_len = static_cast<int64_t>(prompt.size()) + params.max_new_tokens + 1;
+  deltaserve::runner::RunnerOptions runner_options;
+  runner_options.max_seqs = 1;
+  runner_options.max_model_len = static_cast<int64_t>(prompt.size()) + params.max_new_tokens + 1;
+  runner_options.cuda_graphs = false;  // one sequence, one process: capture would cost more than it saves
 
   auto now = [] { return std::chrono::steady_clock::now(); };
   auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
   auto t0 = now();
-  absl::StatusOr<std::unique_ptr<q::Qwen35Model>> model = q::Qwen35Model::Load(dir, options);
+  absl::StatusOr<std::unique_ptr<deltaserve::runner::ModelRunner>> model =
+      deltaserve::runner::ModelRunner::Load(dir, options, runner_options);
   if (!model.ok()) return Fail(std::string(model.status().message()), 1);
   const double load_s = secs(t0, now());
 
   at::InferenceMode inference;
   const bool want_logits = !absl::GetFlag(FLAGS_logits_out).empty();
   std::vector<float> logits_rows;
-  std::vector<deltaserve::engine::SampleResult> results;
+  std::vector<deltaserve::runner::SampleResult> results;
   if (!tokenizer && !params.stop.empty())
     return Fail("--stop: this checkpoint has no tokenizer.json to match text");
   deltaserve::engine::TextStream stream(tokenizer.get(), params.stop);
@@ -217,13 +221,13 @@ int Run() {
     at::Tensor row = (*logits)[0].contiguous();
     if (want_logits)
       logits_rows.insert(logits_rows.end(), row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
-    absl::StatusOr<deltaserve::engine::SampleResult> r = sampler->Sample(row);
+    absl::StatusOr<deltaserve::runner::SampleResult> r = sampler->Sample(row);
     if (!r.ok()) return Fail(std::string(r.status().message()), 1);
     results.push_back(*r);
     ++generated;
     // Without a tokenizer the output is the ids themselves.
     emit(tokenizer ? stream.Push(r->token_id) : absl::StrCat(generated > 1 ? " " : "", r->token_id));
-    if (deltaserve::engine::IsStopToken(params, r->token_id) || stream.stopped()) {
+    if (deltaserve::runner::IsStopToken(params, r->token_id) || stream.stopped()) {
       finish = "stop";
       break;
     }

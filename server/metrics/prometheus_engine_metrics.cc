@@ -66,7 +66,9 @@ PrometheusEngineMetrics::PrometheusEngineMetrics(prometheus::Registry& registry,
   running_ = gauge("deltaserve_num_requests_running", "Sequences holding a slot");
   waiting_ = gauge("deltaserve_num_requests_waiting", "Requests queued for a slot");
   state_pool_usage_ = gauge("deltaserve_state_pool_usage_perc", "Recurrent-state slots in use, 0..1");
-  kv_cache_usage_ = gauge("deltaserve_kv_cache_usage_perc", "Attention KV positions in use over capacity, 0..1");
+  kv_cache_usage_ = gauge("deltaserve_kv_cache_usage_perc", "Paged KV blocks in use (reserved) over all blocks, 0..1");
+  kv_cache_capacity_ = gauge("deltaserve_kv_cache_capacity_tokens", "Paged KV cache capacity in tokens (blocks x block size)");
+  max_num_seqs_ = gauge("deltaserve_max_num_seqs", "Sequence slots (recurrent and conv state) the runner holds");
 }
 
 void PrometheusEngineMetrics::OnStep(const engine::StepReport& step) {
@@ -95,6 +97,8 @@ void PrometheusEngineMetrics::OnGauges(const engine::EngineGauges& g) {
   waiting_->Set(static_cast<double>(g.waiting));
   state_pool_usage_->Set(g.state_pool_usage);
   kv_cache_usage_->Set(g.kv_cache_usage);
+  kv_cache_capacity_->Set(static_cast<double>(g.kv_cache_tokens));
+  max_num_seqs_->Set(static_cast<double>(g.max_num_seqs));
 }
 
 }  // namespace deltaserve::metrics

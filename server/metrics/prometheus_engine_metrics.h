@@ -35,7 +35,7 @@ class PrometheusEngineMetrics : public engine::EngineMetrics {
   prometheus::Histogram *batch_size_, *iteration_tokens_;
   prometheus::Counter *prompt_tokens_, *generation_tokens_;
   std::map<std::string, prometheus::Counter*> finished_;
-  prometheus::Gauge *running_, *waiting_, *state_pool_usage_, *kv_cache_usage_;
+  prometheus::Gauge *running_, *waiting_, *state_pool_usage_, *kv_cache_usage_, *kv_cache_capacity_, *max_num_seqs_;
 };
 
 }  // namespace deltaserve::metrics

@@ -16,6 +16,7 @@
 #include "api/text_generation_service.h"
 #include "deltaserve/v1/text_generation.grpc.pb.h"
 #include "engine/engine.h"
+#include "runner/model_runner.h"
 #include "engine/generation_config.h"
 
 namespace deltaserve::api::testing {
@@ -59,14 +60,14 @@ class LocalServer {
   using Configure = std::function<void(const models::qwen35::Qwen35Model&, engine::EngineOptions&)>;
   LocalServer(const std::string& dir, int64_t slots, int64_t max_model_len, engine::EngineOptions options,
               const Configure& configure = nullptr) {
-    models::qwen35::ModelOptions mo;
-    mo.max_seqs = slots;
-    mo.max_model_len = max_model_len;
-    auto model = models::qwen35::Qwen35Model::Load(dir, mo);
+    runner::RunnerOptions ro;
+    ro.max_seqs = slots;
+    ro.max_model_len = max_model_len;
+    auto model = runner::ModelRunner::Load(dir, models::qwen35::ModelOptions{}, ro);
     EXPECT_TRUE(model.ok()) << model.status();
     if (!model.ok()) return;
-    const int64_t vocab = (*model)->config().vocab_size;
-    if (configure) configure(**model, options);
+    const int64_t vocab = (*model)->model().config().vocab_size;
+    if (configure) configure((*model)->model(), options);
     auto engine = engine::Engine::Start(*std::move(model), nullptr, options);
     EXPECT_TRUE(engine.ok()) << engine.status();
     if (!engine.ok()) return;

@@ -52,12 +52,15 @@ struct Stream {
   }
 };
 
-std::unique_ptr<Engine> StartEngine(const Golden& g, int64_t max_seqs, EngineOptions options = {}) {
+std::unique_ptr<Engine> StartEngine(const Golden& g, int64_t max_seqs, EngineOptions options = {},
+                                    c10::Device device = c10::kCPU, int64_t kv_cache_tokens = 0) {
+  runner::RunnerOptions ro;
+  ro.max_seqs = max_seqs;
+  ro.max_model_len = 512;
+  ro.kv_cache_tokens = kv_cache_tokens;
   models::qwen35::ModelOptions mo;
-  mo.max_seqs = max_seqs;
-  mo.max_model_len = 512;
-  absl::StatusOr<std::unique_ptr<models::qwen35::Qwen35Model>> model =
-      models::qwen35::Qwen35Model::Load(g.dir, mo);
+  mo.device = device;
+  absl::StatusOr<std::unique_ptr<runner::ModelRunner>> model = runner::ModelRunner::Load(g.dir, mo, ro);
   EXPECT_TRUE(model.ok()) << model.status();
   if (!model.ok()) return nullptr;
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Start(*std::move(model), nullptr, options);
@@ -137,6 +140,78 @@ TEST(Engine, ConcurrentStreamsEqualTheirSoloRuns) {
   EXPECT_EQ(engine->stats().free_slots, 4);
   EXPECT_EQ(engine->stats().running, 0);
 }
+
+// A request whose prompt + max_tokens needs more KV blocks than the cache holds is refused at once,
+// naming the limit; requests that fit only one at a time wait for each other and are not disturbed.
+TEST(Engine, KvCacheLimitRefusesOrWaits) {
+  Golden g = ReadGolden("flat_untied");
+  std::unique_ptr<Engine> engine = StartEngine(g, 3, {}, c10::kCPU, /*kv_cache_tokens=*/64);
+  ASSERT_NE(engine, nullptr);
+  Stream never;
+  absl::StatusOr<uint64_t> refused = engine->Submit(Request(g.greedy_prompt, Greedy(60), never));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("KV blocks"));
+  const std::vector<int32_t> prompt(g.greedy_prompt.begin(), g.greedy_prompt.begin() + 10);
+  std::vector<int32_t> solo;
+  {
+    Stream s;
+    ASSERT_TRUE(engine->Submit(Request(prompt, Greedy(30), s)).ok());
+    s.Wait();
+    solo = s.tokens;
+  }
+  // Each needs 40 positions (3 blocks of 16): only one fits at a time in 4 blocks.
+  Stream a, b;
+  ASSERT_TRUE(engine->Submit(Request(prompt, Greedy(30), a)).ok());
+  ASSERT_TRUE(engine->Submit(Request(prompt, Greedy(30), b)).ok());
+  a.Wait();
+  b.Wait();
+  EXPECT_EQ(a.tokens, solo);
+  EXPECT_EQ(b.tokens, solo);
+}
+
+#if DELTASERVE_WITH_CUDA
+// 64 concurrent requests on the CUDA runner (graphs, paged KV, device sampling) equal their solo runs.
+TEST(EngineCuda, SixtyFourConcurrentRequestsEqualTheirSoloRuns) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  Golden g = ReadGolden("nested_tied");
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t i = 0; i < 64; ++i) {
+    std::vector<int32_t> p = i % 3 == 0 ? g.greedy_prompt : g.prompts[i % g.prompts.size()].ids;
+    p.resize(std::min<size_t>(p.size(), 3 + 7 * (i % 29)));
+    prompts.push_back(p);
+  }
+  auto params = [](size_t i) {
+    SamplingParams p = Greedy(8 + static_cast<int64_t>(i % 17));
+    if (i % 2) {  // seeded sampling: the same tokens whatever the batch
+      p.temperature = 0.9;
+      p.top_p = 0.95;
+      p.seed = 1000 + i;
+    }
+    return p;
+  };
+  EngineOptions o;
+  o.max_batched_tokens = 256;
+  std::unique_ptr<Engine> engine = StartEngine(g, 64, o, c10::kCUDA);
+  ASSERT_NE(engine, nullptr);
+  std::vector<std::vector<int32_t>> solo(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Stream s;
+    ASSERT_TRUE(engine->Submit(Request(prompts[i], params(i), s)).ok());
+    s.Wait();
+    solo[i] = s.tokens;
+  }
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    streams.push_back(std::make_unique<Stream>());
+    ASSERT_TRUE(engine->Submit(Request(prompts[i], params(i), *streams.back())).ok());
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    TokenEvent last = streams[i]->Wait();
+    EXPECT_TRUE(last.error.ok()) << last.error;
+    EXPECT_EQ(streams[i]->tokens, solo[i]) << "request " << i;
+  }
+}
+#endif
 
 TEST(Engine, CancellationFreesTheSlot) {
   Golden g = ReadGolden("flat_untied");

@@ -10,6 +10,7 @@
 
 #include "golden.h"
 #include "models/qwen35/model.h"
+#include "runner/model_runner.h"
 
 namespace deltaserve::models::qwen35 {
 namespace {
@@ -29,7 +30,7 @@ double RelErr(const at::Tensor& x, const at::Tensor& ref) {
 // quantization error (docs/kernels.md: ~1e-5 per chunk inverse), which the layers amplify.
 double Tolerance(const std::string& method) { return method == "neumann-int16" ? 2e-2 : 1e-4; }
 
-std::unique_ptr<Qwen35Model> LoadModel(const std::string& dir, const std::string& method,
+std::unique_ptr<runner::ModelRunner> LoadModel(const std::string& dir, const std::string& method,
                                        kernels::StateDtype state = kernels::StateDtype::kFloat32,
                                        at::ScalarType dtype = at::kFloat, c10::Device device = c10::kCPU) {
   ModelOptions o;
@@ -37,9 +38,10 @@ std::unique_ptr<Qwen35Model> LoadModel(const std::string& dir, const std::string
   o.device = device;
   o.inverse_method = method;
   o.state_dtype = state;
-  o.max_seqs = 6;
-  o.max_model_len = 512;
-  absl::StatusOr<std::unique_ptr<Qwen35Model>> m = Qwen35Model::Load(dir, o);
+  runner::RunnerOptions ro;
+  ro.max_seqs = 6;
+  ro.max_model_len = 512;
+  absl::StatusOr<std::unique_ptr<runner::ModelRunner>> m = runner::ModelRunner::Load(dir, o, ro);
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? *std::move(m) : nullptr;
 }
@@ -49,7 +51,7 @@ class Qwen35Golden : public ::testing::TestWithParam<std::tuple<std::string, std
 TEST_P(Qwen35Golden, LogitsMatchTransformersAtEveryPosition) {
   const auto& [name, method] = GetParam();
   Golden g = ReadGolden(name);
-  std::unique_ptr<Qwen35Model> m = LoadModel(g.dir, method);
+  std::unique_ptr<runner::ModelRunner> m = LoadModel(g.dir, method);
   ASSERT_NE(m, nullptr);
   for (const auto& p : g.prompts) {
     ASSERT_TRUE(m->ResetSlot(0).ok());
@@ -64,7 +66,7 @@ TEST_P(Qwen35Golden, LogitsMatchTransformersAtEveryPosition) {
 TEST_P(Qwen35Golden, PackedBatchEqualsTransformers) {
   const auto& [name, method] = GetParam();
   Golden g = ReadGolden(name);
-  std::unique_ptr<Qwen35Model> m = LoadModel(g.dir, method);
+  std::unique_ptr<runner::ModelRunner> m = LoadModel(g.dir, method);
   ASSERT_NE(m, nullptr);
   std::vector<std::vector<int32_t>> batch;
   std::vector<int64_t> slots;
@@ -81,7 +83,7 @@ TEST_P(Qwen35Golden, PackedBatchEqualsTransformers) {
 }
 
 // Prefill the prompt, then feed back the argmax one token at a time: the decode kernels' path.
-std::vector<int32_t> Greedy(Qwen35Model& m, const Golden& g, int64_t slot, std::vector<double>* errs) {
+std::vector<int32_t> Greedy(runner::ModelRunner& m, const Golden& g, int64_t slot, std::vector<double>* errs) {
   std::vector<int32_t> out;
   absl::StatusOr<at::Tensor> logits = m.Forward({g.greedy_prompt}, {slot});
   for (size_t step = 0; step < g.greedy_tokens.size() && logits.ok(); ++step) {
@@ -97,7 +99,7 @@ std::vector<int32_t> Greedy(Qwen35Model& m, const Golden& g, int64_t slot, std::
 TEST_P(Qwen35Golden, GreedyDecodeMatchesTransformers) {
   const auto& [name, method] = GetParam();
   Golden g = ReadGolden(name);
-  std::unique_ptr<Qwen35Model> m = LoadModel(g.dir, method);
+  std::unique_ptr<runner::ModelRunner> m = LoadModel(g.dir, method);
   ASSERT_NE(m, nullptr);
   std::vector<double> errs;
   EXPECT_EQ(Greedy(*m, g, 3, &errs), g.greedy_tokens);
@@ -120,7 +122,7 @@ INSTANTIATE_TEST_SUITE_P(ConfigsAndMethods, Qwen35Golden,
 TEST(Qwen35GoldenQuantizedState, Int8GreedyMatchesTransformers) {
   for (const char* name : {"flat_untied", "nested_tied"}) {
     Golden g = ReadGolden(name);
-    std::unique_ptr<Qwen35Model> m = LoadModel(g.dir, "neumann", kernels::StateDtype::kInt8);
+    std::unique_ptr<runner::ModelRunner> m = LoadModel(g.dir, "neumann", kernels::StateDtype::kInt8);
     ASSERT_NE(m, nullptr);
     std::vector<double> errs;
     EXPECT_EQ(Greedy(*m, g, 0, &errs), g.greedy_tokens) << name;
@@ -140,7 +142,7 @@ TEST(Qwen35GoldenQuantizedState, Int8GreedyMatchesTransformers) {
 TEST(Qwen35GoldenBFloat16, NoWorseThanTransformersInBf16) {
   for (const char* name : {"flat_untied", "nested_tied"}) {
     Golden g = ReadGolden(name);
-    std::unique_ptr<Qwen35Model> m = LoadModel(g.dir, "auto", kernels::StateDtype::kFloat32, at::kBFloat16);
+    std::unique_ptr<runner::ModelRunner> m = LoadModel(g.dir, "auto", kernels::StateDtype::kFloat32, at::kBFloat16);
     ASSERT_NE(m, nullptr);
     for (const auto& p : g.prompts) {
       ASSERT_TRUE(m->ResetSlot(0).ok());
@@ -165,7 +167,7 @@ TEST(Qwen35GoldenCuda, LogitsAndGreedyMatchTransformers) {
   for (const char* name : {"flat_untied", "nested_tied"}) {
     Golden g = ReadGolden(name);
     for (kernels::StateDtype state : {kernels::StateDtype::kFloat32, kernels::StateDtype::kInt8}) {
-      std::unique_ptr<Qwen35Model> m = LoadModel(g.dir, "auto", state, at::kFloat, c10::Device(c10::kCUDA));
+      std::unique_ptr<runner::ModelRunner> m = LoadModel(g.dir, "auto", state, at::kFloat, c10::Device(c10::kCUDA));
       ASSERT_NE(m, nullptr);
       for (const auto& p : g.prompts) {
         ASSERT_TRUE(m->ResetSlot(0).ok());

@@ -12,23 +12,24 @@
 
 #include "golden.h"
 #include "models/qwen35/model.h"
+#include "runner/model_runner.h"
 
 namespace deltaserve::models::qwen35 {
 namespace {
 
 using ::testing::HasSubstr;
 
-std::unique_ptr<Qwen35Model> Load(const std::string& dir) {
-  ModelOptions o;
-  o.max_seqs = 2;
-  o.max_model_len = 80;
-  absl::StatusOr<std::unique_ptr<Qwen35Model>> m = Qwen35Model::Load(dir, o);
+std::unique_ptr<runner::ModelRunner> Load(const std::string& dir) {
+  runner::RunnerOptions ro;
+  ro.max_seqs = 2;
+  ro.max_model_len = 80;
+  absl::StatusOr<std::unique_ptr<runner::ModelRunner>> m = runner::ModelRunner::Load(dir, ModelOptions{}, ro);
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? *std::move(m) : nullptr;
 }
 
 TEST(Qwen35ModelArgs, BadRequestsAreRefusedAndLeaveSlotsUnchanged) {
-  std::unique_ptr<Qwen35Model> m = Load(deltaserve::testing::GoldenRoot() + "/flat_untied");
+  std::unique_ptr<runner::ModelRunner> m = Load(deltaserve::testing::GoldenRoot() + "/flat_untied");
   ASSERT_NE(m, nullptr);
   ASSERT_TRUE(m->Forward({{5, 6, 7}}, {1}).ok());
   auto expect = [&](const absl::StatusOr<at::Tensor>& r, const std::string& what) {

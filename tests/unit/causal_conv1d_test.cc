@@ -287,6 +287,85 @@ TEST(CausalConv1dTest, RunsOnCudaLikeOnCpu) {
   EXPECT_FALSE(at::equal(pool[2], before[2]));
 }
 
+TEST(CausalConv1dTest, HostMetadataGivesIdenticalResults) {
+  at::manual_seed(707);
+  const int64_t dim = 21, k = 4;
+  const std::vector<int64_t> offsets = {0, 3, 3, 17, 18};
+  const at::Tensor x = at::randn({1, 18, dim}, at::kFloat);
+  const at::Tensor weight = RandomWeight(dim, k, at::kFloat);
+  const at::Tensor bias = at::randn({dim}, at::kFloat);
+  const at::Tensor init = at::randn({4, dim, k - 1}, at::kFloat);
+  absl::StatusOr<CausalConv1dOutput> device_only =
+      CausalConv1d(x, weight, bias, init, Int64Tensor(offsets), true);
+  absl::StatusOr<CausalConv1dOutput> with_host =
+      CausalConv1d(x, weight, bias, init, Int64Tensor(offsets), true, offsets);
+  ASSERT_TRUE(device_only.ok()) << device_only.status();
+  ASSERT_TRUE(with_host.ok()) << with_host.status();
+  EXPECT_TRUE(at::equal(with_host->y, device_only->y));
+  EXPECT_TRUE(at::equal(with_host->final_state, device_only->final_state));
+
+  const std::vector<int64_t> slots = {4, 0, 2};
+  at::Tensor pool_a = at::randn({5, dim, k - 1}, at::kFloat);
+  at::Tensor pool_b = pool_a.clone();
+  for (int64_t t = 0; t < 3; ++t) {
+    const at::Tensor xt = at::randn({3, dim}, at::kFloat);
+    absl::StatusOr<at::Tensor> ya = CausalConv1dStep(xt, weight, bias, pool_a, Int64Tensor(slots), true);
+    absl::StatusOr<at::Tensor> yb =
+        CausalConv1dStep(xt, weight, bias, pool_b, Int64Tensor(slots), true, slots);
+    ASSERT_TRUE(ya.ok()) << ya.status();
+    ASSERT_TRUE(yb.ok()) << yb.status();
+    EXPECT_TRUE(at::equal(*ya, *yb)) << "token " << t;
+  }
+  EXPECT_TRUE(at::equal(pool_a, pool_b));
+}
+
+// Negative slots are padding rows: zero output, no state touched, and the other rows exactly as in a
+// call without the padding.
+void RunPaddingCase(at::ScalarType dtype, int64_t k, uint64_t seed) {
+  at::manual_seed(seed);
+  const int64_t dim = 19, pool_slots = 6;
+  const at::Tensor weight = RandomWeight(dim, k, dtype);
+  const at::Tensor bias = at::randn({dim}, at::kFloat).to(dtype);
+  at::Tensor padded_pool = at::randn({pool_slots, dim, k - 1}, at::kFloat).to(dtype);
+  at::Tensor plain_pool = padded_pool.clone();
+  const std::vector<int64_t> padded_slots = {-1, 5, -1, 0, 3, -7};
+  const std::vector<int64_t> real_rows = {1, 3, 4};
+  const std::vector<int64_t> plain_slots = {5, 0, 3};
+  const std::string label = std::string(c10::toString(dtype)) + " K=" + std::to_string(k);
+  for (int64_t t = 0; t < 4; ++t) {
+    const at::Tensor x = at::randn({6, dim}, at::kFloat).to(dtype);
+    // Host copy given on even tokens only: both routes must skip the padding.
+    const std::vector<int64_t> host = t % 2 == 0 ? padded_slots : std::vector<int64_t>{};
+    absl::StatusOr<at::Tensor> padded =
+        CausalConv1dStep(x, weight, bias, padded_pool, Int64Tensor(padded_slots), true, host);
+    absl::StatusOr<at::Tensor> plain = CausalConv1dStep(x.index_select(0, Int64Tensor(real_rows)), weight,
+                                                        bias, plain_pool, Int64Tensor(plain_slots), true);
+    ASSERT_TRUE(padded.ok()) << label << ": " << padded.status();
+    ASSERT_TRUE(plain.ok()) << label << ": " << plain.status();
+    EXPECT_TRUE(at::equal(padded->index_select(0, Int64Tensor(real_rows)), *plain))
+        << label << " token " << t;
+    for (int64_t row : {0, 2, 5}) {
+      EXPECT_TRUE(at::equal((*padded)[row], at::zeros({dim}, padded->options()))) << label << " row " << row;
+    }
+    EXPECT_NE((*padded)[1].abs().sum().item<double>(), 0.0) << label;
+  }
+  EXPECT_TRUE(at::equal(padded_pool, plain_pool)) << label << ": the pools must match slot for slot";
+
+  // A batch of padding alone: zeros out, pool untouched.
+  const at::Tensor before = padded_pool.clone();
+  absl::StatusOr<at::Tensor> none = CausalConv1dStep(at::randn({2, dim}, at::kFloat).to(dtype), weight, bias,
+                                                     padded_pool, Int64Tensor({-1, -1}), true);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(at::equal(*none, at::zeros({2, dim}, none->options())));
+  EXPECT_TRUE(at::equal(padded_pool, before));
+}
+
+TEST(CausalConv1dTest, StepPaddingRowsAreZeroAndTouchNothing) {
+  RunPaddingCase(at::kFloat, 4, 808);
+  RunPaddingCase(at::kFloat, 2, 809);
+  RunPaddingCase(at::kBFloat16, 3, 810);
+}
+
 class CausalConv1dArgsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -345,6 +424,39 @@ TEST_F(CausalConv1dArgsTest, DuplicateSlotsLeaveThePoolAlone) {
 
 TEST_F(CausalConv1dArgsTest, SlotOutOfRange) {
   ExpectInvalid(Step(x_.select(1, 0).contiguous(), pool_, {0, 4}), "slots: index 4");
+}
+
+TEST_F(CausalConv1dArgsTest, SlotAbovePoolWithPaddingIsStillAnError) {
+  ExpectInvalid(Step(x_.select(1, 0).contiguous(), pool_, {-1, 4}), "slots: index 4 at position 1");
+  ExpectInvalid(Step(x_.select(1, 0).contiguous(), pool_, {2, 2}), "appears twice");
+  EXPECT_TRUE(Step(x_.select(1, 0).contiguous(), pool_, {-1, -1}).ok());
+}
+
+// Wrong host copies are caught on their own values (the tensors here are valid) and named.
+TEST_F(CausalConv1dArgsTest, WrongHostMetadata) {
+  const at::Tensor x = x_.select(1, 0).contiguous();
+  const at::Tensor slots = Int64Tensor({0, 1});
+  auto step = [&](const std::vector<int64_t>& host) {
+    return CausalConv1dStep(x, weight_, bias_, pool_, slots, true, host).status();
+  };
+  const at::Tensor before = pool_.clone();
+  ExpectInvalid(step({0}), "host_slots: has 1 values but slots has 2");
+  ExpectInvalid(step({0, 4}), "slots: index 4");
+  ExpectInvalid(step({0, 4}), "host_slots");
+  ExpectInvalid(step({1, 1}), "slots: slot 1 appears twice");
+  EXPECT_TRUE(at::equal(pool_, before));
+
+  const at::Tensor x1 = x_[0].unsqueeze(0).contiguous();
+  const at::Tensor cu = Int64Tensor({0, 3, 8});
+  auto full = [&](const at::Tensor& offsets, const std::vector<int64_t>& host) {
+    return CausalConv1d(x1, weight_, bias_, {}, offsets, true, host).status();
+  };
+  EXPECT_TRUE(full(cu, {0, 3, 8}).ok());
+  ExpectInvalid(full(cu, {0, 3, 5, 8}), "host_cu_seqlens: has 4 values but cu_seqlens has 3");
+  ExpectInvalid(full(cu, {0, 9, 8}), "cu_seqlens: offsets must not decrease");
+  ExpectInvalid(full(cu, {0, 9, 8}), "host_cu_seqlens");
+  ExpectInvalid(full(cu, {0, 3, 7}), "last offset 7");
+  ExpectInvalid(full({}, {0, 8}), "host_cu_seqlens: given without cu_seqlens");
 }
 
 TEST_F(CausalConv1dArgsTest, CuSeqlensWithBatchTwo) {

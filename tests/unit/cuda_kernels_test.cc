@@ -1,8 +1,21 @@
-// The kernels on CUDA tensors (skipped where no GPU is present): the ATen paths unchanged, and the
-// CUDA decode kernel against the fused CPU kernel on the same inputs and states.
+// The kernels on CUDA tensors (skipped where no GPU is present): the ATen paths unchanged, the CUDA
+// decode kernels against the CPU paths on the same inputs and states (padding rows included), and the
+// decode steps with host metadata free of host synchronisation and replayable in a CUDA graph.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#ifdef DELTASERVE_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "deltaserve/kernels/causal_conv1d.h"
 #include "deltaserve/kernels/chunk_gated_delta_rule.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
@@ -121,6 +134,251 @@ TEST_F(CudaKernels, StochasticRoundingDriftMatchesCpuScale) {
   at::Tensor sf = ReadStates(ref, slot)->cpu(), sq = ReadStates(sr, slot)->cpu();
   EXPECT_LT(((sq - sf).norm() / sf.norm()).item<double>(), 0.16);
 }
+
+// |got - want| <= atol + rtol |want| everywhere (both moved to the CPU as float64).
+void ExpectClose(const at::Tensor& got, const at::Tensor& want, double atol, double rtol,
+                 const std::string& what) {
+  ASSERT_EQ(got.sizes(), want.sizes()) << what;
+  const at::Tensor g = got.cpu().to(at::kDouble), w = want.cpu().to(at::kDouble);
+  const double excess = ((g - w).abs() - rtol * w.abs()).max().item<double>();
+  EXPECT_LE(excess, atol) << what << ": max |got - want| = " << (g - w).abs().max().item<double>();
+}
+
+// The fused conv-step kernel against the CPU (ATen) path: odd channel counts (one partial block, and
+// several blocks), K = 2, 3, 4 (unrolled) and 5 (any-width loop), padding rows, fp32 and bf16.
+TEST_F(CudaKernels, ConvStepKernelMatchesCpu) {
+  at::manual_seed(90917);
+  const at::Device gpu(at::kCUDA, 0);
+  const std::vector<int64_t> slots = {4, -1, 0, 6, -1};
+  const at::Tensor slots_cpu = at::tensor(slots, at::kLong);
+  const at::Tensor slots_gpu = slots_cpu.to(gpu);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    for (int64_t k : {2, 3, 4, 5}) {
+      for (int64_t dim : {37, 301}) {
+        const bool with_bias = dim == 301 || k != 3;  // one case without bias or SiLU
+        const std::string label =
+            std::string(c10::toString(dtype)) + " K=" + std::to_string(k) + " D=" + std::to_string(dim);
+        const at::Tensor weight = (0.5 * at::randn({dim, k}, at::kDouble)).to(dtype);
+        const at::Tensor bias = with_bias ? at::randn({dim}).to(dtype) : at::Tensor();
+        at::Tensor cpu_pool = at::randn({8, dim, k - 1}).to(dtype);
+        at::Tensor gpu_pool = cpu_pool.to(gpu);
+        for (int64_t t = 0; t < 3; ++t) {
+          const at::Tensor x = at::randn({5, dim}).to(dtype);
+          absl::StatusOr<at::Tensor> yc = CausalConv1dStep(x, weight, bias, cpu_pool, slots_cpu, with_bias);
+          absl::StatusOr<at::Tensor> yg =
+              CausalConv1dStep(x.to(gpu), weight.to(gpu), with_bias ? bias.to(gpu) : at::Tensor(), gpu_pool,
+                               slots_gpu, with_bias, t == 1 ? std::vector<int64_t>{} : slots);
+          ASSERT_TRUE(yc.ok()) << label << ": " << yc.status();
+          ASSERT_TRUE(yg.ok()) << label << ": " << yg.status();
+          ASSERT_TRUE(yg->is_cuda());
+          ASSERT_EQ(yg->scalar_type(), dtype);
+          // fp32: only the summation order and FMA differ. bf16: the fp32 results may round to
+          // neighbouring bf16 values, one unit in the 8th significant bit.
+          if (dtype == at::kFloat) {
+            ExpectClose(*yg, *yc, 1e-6, 1e-6, label + " y, token " + std::to_string(t));
+          } else {
+            ExpectClose(*yg, *yc, 1e-6, 1.0 / 128, label + " y, token " + std::to_string(t));
+          }
+          for (int64_t row : {1, 4}) {
+            EXPECT_TRUE(at::equal((*yg)[row].cpu(), at::zeros({dim}, yc->options())))
+                << label << " row " << row;
+          }
+          EXPECT_GT((*yg)[0].abs().sum().item<double>(), 0.0) << label;
+        }
+        // The state is copies of inputs: exact, and the slots no row addressed are untouched.
+        EXPECT_TRUE(at::equal(gpu_pool.cpu(), cpu_pool)) << label << " conv_state";
+      }
+    }
+  }
+}
+
+// Padding rows in the CUDA decode kernel, and in the ATen fallback it uses for dv % 4 != 0: zero output,
+// no state touched, the other rows as on the CPU.
+TEST_F(CudaKernels, DecodePaddingRowsMatchCpu) {
+  at::manual_seed(11235);
+  for (int64_t dv : {64, 30}) {
+    const int64_t hv = 4, dk = 32, slots_n = 5;
+    GdnInputs in = MakeGdnInputs(4, 6, 2, hv, dk, dv, Regimes()[1], 47);
+    RecurrentStatePool cpu = *MakeRecurrentStatePool(slots_n, hv, dk, dv, StateDtype::kInt8, at::kCPU);
+    RecurrentStatePool gpu = *MakeRecurrentStatePool(slots_n, hv, dk, dv, StateDtype::kInt8, at::kCUDA);
+    at::Tensor init = at::randn({slots_n, hv, dk, dv}) * 0.2;
+    ASSERT_TRUE(WriteStates(cpu, at::arange(slots_n, at::kLong), init).ok());
+    ASSERT_TRUE(WriteStates(gpu, at::arange(slots_n, at::kLong).cuda(), init.cuda()).ok());
+    const at::Tensor before = gpu.values.cpu();
+    const std::vector<int64_t> slots = {3, -1, 0, -1};
+    const at::Tensor slots_cpu = at::tensor(slots, at::kLong);
+    DecodeStepOptions host;
+    host.host_slots = slots;
+    for (int64_t t = 0; t < 6; ++t) {
+      auto at_t = [t](const at::Tensor& x) { return x.select(1, t).contiguous(); };
+      at::Tensor oc = *RecurrentGatedDeltaStep(at_t(in.q), at_t(in.k), at_t(in.v), at_t(in.g), at_t(in.beta),
+                                               slots_cpu, cpu);
+      absl::StatusOr<at::Tensor> og =
+          RecurrentGatedDeltaStep(at_t(in.q).cuda(), at_t(in.k).cuda(), at_t(in.v).cuda(), at_t(in.g).cuda(),
+                                  at_t(in.beta).cuda(), slots_cpu.cuda(), gpu, host);
+      ASSERT_TRUE(og.ok()) << og.status();
+      ASSERT_LT(RelMaxError(og->cpu(), oc), 3e-2) << "dv " << dv << " step " << t;
+      EXPECT_TRUE(at::equal((*og)[1].cpu(), at::zeros_like(oc[1]))) << "dv " << dv;
+      EXPECT_TRUE(at::equal((*og)[3].cpu(), at::zeros_like(oc[3]))) << "dv " << dv;
+    }
+    const at::Tensor after = gpu.values.cpu();
+    for (int64_t s : {1, 2, 4}) EXPECT_TRUE(at::equal(after[s], before[s])) << "dv " << dv << " slot " << s;
+    EXPECT_FALSE(at::equal(after[3], before[3])) << "dv " << dv;
+  }
+}
+
+#ifdef DELTASERVE_WITH_CUDA
+// Any synchronising CUDA call (a read-back, a blocking copy, .item()) throws while this is alive.
+class SyncDebugErrors {
+ public:
+  SyncDebugErrors() { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR); }
+  ~SyncDebugErrors() { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED); }
+  SyncDebugErrors(const SyncDebugErrors&) = delete;
+  SyncDebugErrors& operator=(const SyncDebugErrors&) = delete;
+};
+
+// One decode step of both kernels as a model runner makes it: inputs, pools and slots on the device,
+// the slots' host copy beside them.
+struct DecodeBatch {
+  std::vector<int64_t> host_slots;
+  at::Tensor slots, x, weight, bias, conv_pool;  // conv: x [B, D], pool [slots, D, K - 1]
+  at::Tensor q, k, v, g, beta;                   // delta rule: one token
+  RecurrentStatePool pool;
+  at::Tensor y, o;  // outputs of Run
+
+  absl::Status Run() {
+    absl::StatusOr<at::Tensor> yy = CausalConv1dStep(x, weight, bias, conv_pool, slots, true, host_slots);
+    if (!yy.ok()) return yy.status();
+    DecodeStepOptions options;
+    options.l2norm_qk = true;
+    options.host_slots = host_slots;
+    absl::StatusOr<at::Tensor> oo = RecurrentGatedDeltaStep(q, k, v, g, beta, slots, pool, options);
+    if (!oo.ok()) return oo.status();
+    y = *yy;
+    o = *oo;
+    return absl::OkStatus();
+  }
+};
+
+DecodeBatch MakeDecodeBatch(int64_t dv, StateDtype dtype) {
+  const at::TensorOptions cuda = at::TensorOptions().device(at::kCUDA);
+  const int64_t batch = 4, dim = 97, hv = 4, dk = 32;
+  DecodeBatch d;
+  d.host_slots = {2, -1, 0, 5};
+  d.slots = at::tensor(d.host_slots, at::kLong).to(at::kCUDA);
+  d.x = at::randn({batch, dim}, cuda);
+  d.weight = at::randn({dim, 4}, cuda) * 0.5;
+  d.bias = at::randn({dim}, cuda);
+  d.conv_pool = at::randn({6, dim, 3}, cuda);
+  d.q = at::randn({batch, 2, dk}, cuda);
+  d.k = at::randn({batch, 2, dk}, cuda);
+  d.v = at::randn({batch, hv, dv}, cuda);
+  d.g = -at::rand({batch, hv}, cuda) * 0.1;
+  d.beta = at::rand({batch, hv}, cuda);
+  d.pool = *MakeRecurrentStatePool(6, hv, dk, dv, dtype, at::kCUDA);
+  EXPECT_TRUE(WriteStates(d.pool, at::arange(6, at::kLong), at::randn({6, hv, dk, dv}, cuda) * 0.2).ok());
+  return d;
+}
+
+TEST_F(CudaKernels, DecodeStepsWithHostMetadataNeverSynchronise) {
+  at::manual_seed(60221);
+  // dv = 64: the fused kernel; dv = 30: the ATen fallback, whose row selection uploads from pinned memory.
+  for (int64_t dv : {64, 30}) {
+    DecodeBatch d = MakeDecodeBatch(dv, StateDtype::kInt8);
+    ASSERT_TRUE(d.Run().ok());  // warm-up: first-use initialisation (cuBLAS, allocators) may synchronise
+    const at::Tensor conv_before = d.conv_pool.clone(), values_before = d.pool.values.clone();
+    {
+      SyncDebugErrors errors;
+      absl::Status status = d.Run();
+      EXPECT_TRUE(status.ok()) << "dv " << dv << ": " << status;
+      // Without the host copy the check must read the slots back: the mode has to catch that, or this
+      // test would prove nothing.
+      EXPECT_ANY_THROW((void)CausalConv1dStep(d.x, d.weight, d.bias, d.conv_pool, d.slots, true));
+    }
+    EXPECT_TRUE(at::equal(d.y[1].cpu(), at::zeros({d.x.size(1)}))) << "dv " << dv;
+    EXPECT_TRUE(at::equal(d.o[1].cpu(), at::zeros({d.v.size(1), dv}))) << "dv " << dv;
+    for (int64_t s : {1, 3, 4}) {
+      EXPECT_TRUE(at::equal(d.conv_pool[s], conv_before[s])) << "dv " << dv << " slot " << s;
+      EXPECT_TRUE(at::equal(d.pool.values[s], values_before[s])) << "dv " << dv << " slot " << s;
+    }
+  }
+}
+
+// Packed prefill with host offsets: the column lists are computed on the host and reach the GPU by an
+// asynchronous copy from pinned memory, never a blocking one.
+TEST_F(CudaKernels, PackedConvPrefillWithHostOffsetsNeverSynchronises) {
+  at::manual_seed(14142);
+  const std::vector<int64_t> offsets = {0, 3, 3, 11};
+  const at::Tensor x = at::randn({1, 11, 97}), weight = at::randn({97, 4}) * 0.5, bias = at::randn({97});
+  const at::Tensor init = at::randn({3, 97, 3});
+  const at::Tensor cu = at::tensor(offsets, at::kLong);
+  absl::StatusOr<CausalConv1dOutput> cpu = CausalConv1d(x, weight, bias, init, cu, true);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  auto gpu_call = [&] {
+    return CausalConv1d(x.cuda(), weight.cuda(), bias.cuda(), init.cuda(), cu.cuda(), true, offsets);
+  };
+  ASSERT_TRUE(gpu_call().ok());  // warm-up: first-use initialisation (cuDNN, pinned pool) may synchronise
+  const at::Tensor xg = x.cuda(), wg = weight.cuda(), bg = bias.cuda(), ig = init.cuda(), cg = cu.cuda();
+  absl::StatusOr<CausalConv1dOutput> gpu = absl::UnknownError("not run");
+  {
+    SyncDebugErrors errors;
+    gpu = CausalConv1d(xg, wg, bg, ig, cg, true, offsets);
+  }
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  ExpectClose(gpu->y, cpu->y, 1e-5, 1e-5, "packed y");
+  EXPECT_TRUE(at::equal(gpu->final_state.cpu(), cpu->final_state));
+}
+
+// The decode steps captured once in a CUDA graph and replayed with new inputs and new slots (padding
+// moved) give exactly what eager calls give: nothing of the capture-time host values is baked in but
+// the checks' verdict.
+TEST_F(CudaKernels, DecodeStepsReplayInACudaGraph) {
+  at::manual_seed(16180);
+  DecodeBatch graph_batch = MakeDecodeBatch(64, StateDtype::kInt8);
+  DecodeBatch eager = graph_batch;
+  eager.conv_pool = graph_batch.conv_pool.clone();
+  eager.pool.values = graph_batch.pool.values.clone();
+  eager.pool.scales = graph_batch.pool.scales.clone();
+
+  at::cuda::CUDAGraph graph;
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  {
+    const c10::cuda::CUDAStreamGuard guard(side);
+    // Capture on scratch pools: the warm-up and capture must not advance the states compared below.
+    DecodeBatch scratch = graph_batch;
+    scratch.conv_pool = graph_batch.conv_pool.clone();
+    scratch.pool.values = graph_batch.pool.values.clone();
+    scratch.pool.scales = graph_batch.pool.scales.clone();
+    ASSERT_TRUE(scratch.Run().ok());
+    side.synchronize();
+    graph.capture_begin();
+    absl::Status captured = graph_batch.Run();
+    graph.capture_end();
+    ASSERT_TRUE(captured.ok()) << captured;
+  }
+  // Capture recorded the kernels without running them: graph_batch's pools are still the initial ones.
+  const std::vector<std::vector<int64_t>> steps = {{2, -1, 0, 5}, {-1, 3, 0, -1}, {1, 4, -1, 2}};
+  for (size_t t = 0; t < steps.size(); ++t) {
+    const at::Tensor x = at::randn(graph_batch.x.sizes(), graph_batch.x.options());
+    const at::Tensor v = at::randn(graph_batch.v.sizes(), graph_batch.v.options());
+    const at::Tensor slots = at::tensor(steps[t], at::kLong).to(at::kCUDA);
+    graph_batch.x.copy_(x);
+    graph_batch.v.copy_(v);
+    graph_batch.slots.copy_(slots);
+    graph.replay();
+    eager.x = x;
+    eager.v = v;
+    eager.slots = slots;
+    eager.host_slots = steps[t];
+    ASSERT_TRUE(eager.Run().ok());
+    EXPECT_TRUE(at::equal(graph_batch.y, eager.y)) << "step " << t;
+    EXPECT_TRUE(at::equal(graph_batch.o, eager.o)) << "step " << t;
+    EXPECT_TRUE(at::equal(graph_batch.conv_pool, eager.conv_pool)) << "step " << t;
+    EXPECT_TRUE(at::equal(graph_batch.pool.values, eager.pool.values)) << "step " << t;
+    EXPECT_TRUE(at::equal(graph_batch.pool.scales, eager.pool.scales)) << "step " << t;
+  }
+}
+#endif  // DELTASERVE_WITH_CUDA
 
 }  // namespace
 }  // namespace deltaserve::kernels

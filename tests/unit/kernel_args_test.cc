@@ -4,6 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <vector>
+
 #include "deltaserve/kernels/chunk_gated_delta_rule.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
@@ -106,6 +109,61 @@ TEST(KernelArgs, DecodeStepAndPool) {
   EXPECT_TRUE(at::equal(pool.values, before)) << "a rejected step must not touch the pool";
   ExpectInvalid(WriteStates(pool, slots, at::randn({2, 4, 16, 8})), "states");
   ExpectInvalid(ReadStates(pool, at::tensor({7}, at::kLong)).status(), "outside the pool");
+}
+
+// The caller's host copies are what gets checked (the device tensors are never read back when they are
+// given): host values that disagree with valid tensors are caught, and errors name the host field.
+TEST(KernelArgs, HostMetadataIsChecked) {
+  GdnInputs one = MakeGdnInputs(1, 20, 2, 4, 16, 16, Regimes()[0], 5);
+  const at::Tensor cu = at::tensor({0, 5, 20}, at::kLong);
+  auto chunk = [&](std::vector<int64_t> host, const at::Tensor& offsets) {
+    GatedDeltaRuleOptions o;
+    o.host_cu_seqlens = host;
+    return ChunkGatedDeltaRule(one.q, one.k, one.v, one.g, one.beta, {}, offsets, o).status();
+  };
+  EXPECT_TRUE(chunk({0, 5, 20}, cu).ok());
+  ExpectInvalid(chunk({0, 5}, cu), "host_cu_seqlens: has 2 values but cu_seqlens has 3");
+  ExpectInvalid(chunk({0, 15, 5, 20}, at::tensor({0, 5, 10, 20}, at::kLong)), "must not decrease");
+  ExpectInvalid(chunk({0, 15, 5, 20}, at::tensor({0, 5, 10, 20}, at::kLong)), "host_cu_seqlens");
+  ExpectInvalid(chunk({0, 5, 19}, cu), "last offset 19 must equal the packed length 20");
+  ExpectInvalid(chunk({1, 5, 20}, cu), "must start at 0");
+  ExpectInvalid(chunk({0, 5, 20}, {}), "host_cu_seqlens: given without cu_seqlens");
+
+  RecurrentStatePool pool = *MakeRecurrentStatePool(4, 4, 16, 16, StateDtype::kInt8, at::kCPU);
+  ASSERT_TRUE(WriteStates(pool, at::arange(4, at::kLong), at::randn({4, 4, 16, 16})).ok());
+  const at::Tensor before = pool.values.clone();
+  at::Tensor q = at::randn({2, 2, 16}), v = at::randn({2, 4, 16}), g = -at::rand({2, 4}),
+             b = at::rand({2, 4});
+  const at::Tensor slots = at::tensor({0, 3}, at::kLong);
+  auto step = [&](std::vector<int64_t> host) {
+    DecodeStepOptions o;
+    o.host_slots = host;
+    return RecurrentGatedDeltaStep(q, q, v, g, b, slots, pool, o).status();
+  };
+  ExpectInvalid(step({0, 3, 1}), "host_slots: has 3 values but slots has 2");
+  ExpectInvalid(step({0, 4}), "slots: index 4 at position 1 is outside the pool [0, 4)");
+  ExpectInvalid(step({0, 4}), "host_slots");
+  ExpectInvalid(step({3, 3}), "slots: slot 3 appears twice");
+  ExpectInvalid(step({-1, 7}), "outside the pool");
+  EXPECT_TRUE(at::equal(pool.values, before)) << "a rejected step must not touch the pool";
+  ExpectInvalid(ReadStates(pool, slots, std::vector<int64_t>{0}).status(), "host_slots: has 1 values");
+  ExpectInvalid(ReadStates(pool, slots, std::vector<int64_t>{0, 9}).status(), "outside the pool");
+  ExpectInvalid(WriteStates(pool, slots, at::randn({2, 4, 16, 16}), std::vector<int64_t>{1, 1}),
+                "appears twice");
+  EXPECT_TRUE(at::equal(pool.values, before));
+}
+
+// A negative slot is a padding row for the decode step only: reading or writing states needs real slots.
+TEST(KernelArgs, PaddingSlotsOnlyInTheDecodeStep) {
+  RecurrentStatePool pool = *MakeRecurrentStatePool(4, 4, 16, 16, StateDtype::kFloat32, at::kCPU);
+  at::Tensor q = at::randn({2, 2, 16}), v = at::randn({2, 4, 16}), g = -at::rand({2, 4}),
+             b = at::rand({2, 4});
+  EXPECT_TRUE(RecurrentGatedDeltaStep(q, q, v, g, b, at::tensor({-1, 2}, at::kLong), pool).ok());
+  EXPECT_TRUE(RecurrentGatedDeltaStep(q, q, v, g, b, at::tensor({-1, -1}, at::kLong), pool).ok())
+      << "padding rows never collide with each other";
+  ExpectInvalid(ReadStates(pool, at::tensor({-1}, at::kLong)).status(), "slots: index -1");
+  ExpectInvalid(WriteStates(pool, at::tensor({-1, 2}, at::kLong), at::randn({2, 4, 16, 16})),
+                "outside the pool");
 }
 
 }  // namespace

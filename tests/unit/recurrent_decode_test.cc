@@ -4,8 +4,11 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "deltaserve/kernels/chunk_gated_delta_rule.h"
 #include "deltaserve/kernels/recurrent_state.h"
@@ -67,7 +70,8 @@ TEST(RecurrentDecode, FusedCpuEqualsAtenComposition) {
       auto at_t = [t](const at::Tensor& x) { return x.select(1, t).contiguous(); };
       internal::DecodeInputs di{at_t(in.q),       at_t(in.k),         at_t(in.v),
                                 at_t(in.g),       at_t(in.beta),      slots,
-                                /*l2norm=*/false, /*scale=*/1 / 8.0f, /*group=*/2};
+                                /*l2norm=*/false, /*scale=*/1 / 8.0f, /*group=*/2,
+                                /*host_slots=*/{}};
       at::Tensor o2 = internal::RecurrentStepAten(di, aten);
       // Rounding ties may fall differently (x * (1/s) vs x / s, FMA contraction): allow a quantum's
       // worth, which for e4m3 is 1/8 of a value.
@@ -77,6 +81,98 @@ TEST(RecurrentDecode, FusedCpuEqualsAtenComposition) {
     at::Tensor s1 = *ReadStates(fused, slots), s2 = *ReadStates(aten, slots);
     EXPECT_LT(RelMaxError(s1, s2), dt == StateDtype::kFloat32 ? 1e-5 : (dt == StateDtype::kFloat8E4M3 ? 0.15 : 3e-2))
         << StateDtypeName(dt);
+  }
+}
+
+at::Tensor StepWith(const GdnInputs& in, int64_t t, const at::Tensor& slots, RecurrentStatePool& pool,
+                    const DecodeStepOptions& options) {
+  auto at_t = [t](const at::Tensor& x) { return x.select(1, t).contiguous(); };
+  absl::StatusOr<at::Tensor> o = RecurrentGatedDeltaStep(at_t(in.q), at_t(in.k), at_t(in.v), at_t(in.g),
+                                                         at_t(in.beta), slots, pool, options);
+  EXPECT_TRUE(o.ok()) << o.status();
+  return o.ok() ? *o : at::Tensor();
+}
+
+RecurrentStatePool ClonePool(const RecurrentStatePool& pool) {
+  RecurrentStatePool copy = pool;
+  copy.values = pool.values.clone();
+  if (pool.scales.defined()) copy.scales = pool.scales.clone();
+  return copy;
+}
+
+TEST(RecurrentDecode, HostSlotsGiveIdenticalResults) {
+  at::manual_seed(31337);
+  GdnInputs in = MakeGdnInputs(3, 6, 2, 4, 32, 32, Regimes()[1], 41);
+  RecurrentStatePool a = *MakeRecurrentStatePool(5, 4, 32, 32, StateDtype::kInt8Stochastic, at::kCPU);
+  ASSERT_TRUE(WriteStates(a, at::arange(5, at::kLong), at::randn({5, 4, 32, 32}) * 0.2).ok());
+  RecurrentStatePool b = ClonePool(a);
+  const std::vector<int64_t> slots = {3, 0, 4};
+  const at::Tensor slot_tensor = at::tensor(slots, at::kLong);
+  DecodeStepOptions with_host;
+  with_host.host_slots = slots;
+  for (int64_t t = 0; t < 6; ++t) {
+    EXPECT_TRUE(at::equal(StepWith(in, t, slot_tensor, a, {}), StepWith(in, t, slot_tensor, b, with_host)))
+        << "step " << t;
+  }
+  EXPECT_TRUE(at::equal(a.values, b.values));
+  EXPECT_TRUE(at::equal(a.scales, b.scales));
+  EXPECT_TRUE(at::equal(*ReadStates(a, slot_tensor), *ReadStates(b, slot_tensor, slots)));
+}
+
+// Padding rows (negative slots) give zero output and touch no state; the other rows are exactly those
+// of a call without the padding. The fused CPU kernel and the ATen composition both skip them.
+TEST(RecurrentDecode, PaddingRowsAreZeroAndTouchNothing) {
+  at::manual_seed(27182);
+  for (StateDtype dt : {StateDtype::kFloat32, StateDtype::kBFloat16, StateDtype::kInt8,
+                        StateDtype::kInt8Stochastic, StateDtype::kFloat8E4M3}) {
+    const std::string name = StateDtypeName(dt);
+    GdnInputs in = MakeGdnInputs(5, 8, 2, 4, 32, 32, Regimes()[1], 43);
+    RecurrentStatePool padded = *MakeRecurrentStatePool(6, 4, 32, 32, dt, at::kCPU);
+    ASSERT_TRUE(WriteStates(padded, at::arange(6, at::kLong), at::randn({6, 4, 32, 32}) * 0.2).ok());
+    RecurrentStatePool plain = ClonePool(padded);
+    RecurrentStatePool aten = ClonePool(padded);
+    const std::vector<int64_t> padded_slots = {-1, 4, -1, 1, 2};
+    const at::Tensor padded_tensor = at::tensor(padded_slots, at::kLong);
+    const at::Tensor real_rows = at::tensor({1, 3, 4}, at::kLong);
+    const at::Tensor plain_slots = at::tensor({4, 1, 2}, at::kLong);
+    GdnInputs real = in;
+    for (at::Tensor* x : {&real.q, &real.k, &real.v, &real.g, &real.beta}) *x = x->index_select(0, real_rows);
+    DecodeStepOptions host;
+    host.host_slots = padded_slots;
+    for (int64_t t = 0; t < 8; ++t) {
+      // Host copy on even steps only: the tensor's own values must work the same.
+      at::Tensor o = StepWith(in, t, padded_tensor, padded, t % 2 == 0 ? host : DecodeStepOptions{});
+      at::Tensor o_plain = Step(real, t, plain_slots, plain);
+      EXPECT_TRUE(at::equal(o.index_select(0, real_rows), o_plain)) << name << " step " << t;
+      EXPECT_TRUE(at::equal(o[0], at::zeros_like(o[0]))) << name;
+      EXPECT_TRUE(at::equal(o[2], at::zeros_like(o[2]))) << name;
+      EXPECT_GT(o[1].abs().sum().item<double>(), 0.0) << name;
+
+      auto at_t = [t](const at::Tensor& x) { return x.select(1, t).contiguous(); };
+      internal::DecodeInputs di{at_t(in.q),       at_t(in.k),
+                                at_t(in.v),       at_t(in.g),
+                                at_t(in.beta),    padded_tensor,
+                                /*l2norm=*/false, /*scale=*/1 / std::sqrt(32.0f),
+                                /*group=*/2,      padded_slots};
+      at::Tensor o_aten = internal::RecurrentStepAten(di, aten);
+      ++aten.step;
+      EXPECT_TRUE(at::equal(o_aten[0], at::zeros_like(o_aten[0]))) << name;
+      EXPECT_TRUE(at::equal(o_aten[2], at::zeros_like(o_aten[2]))) << name;
+      const double tol = dt == StateDtype::kFloat32 ? 1e-5 : (dt == StateDtype::kFloat8E4M3 ? 0.15 : 5e-2);
+      // Stochastic rounding draws other bits in the ATen path: only its padding is compared.
+      if (dt != StateDtype::kInt8Stochastic) {
+        EXPECT_LT(RelMaxError(o_aten, o), tol) << name << " step " << t;
+      }
+    }
+    // Byte for byte (float8 compares as bytes): padding touched nothing, the rest matches the plain pool.
+    auto bytes = [](const at::Tensor& v) { return v.view(at::kByte); };
+    EXPECT_TRUE(at::equal(bytes(padded.values), bytes(plain.values))) << name;
+    if (padded.scales.defined()) {
+      EXPECT_TRUE(at::equal(padded.scales, plain.scales)) << name;
+    }
+    for (int64_t s : {0, 3, 5}) {
+      EXPECT_TRUE(at::equal(bytes(aten.values[s]), bytes(plain.values[s]))) << name << " slot " << s;
+    }
   }
 }
 

@@ -14,6 +14,18 @@
 #include "models/tensor_loader.h"
 
 namespace deltaserve::models::qwen35 {
+namespace {
+
+// Projections that read the same input are stacked into one weight, so each is one GEMM. Undefined when
+// a part is (missing or mismatched), so that Finish reports every problem of the checkpoint at once.
+at::Tensor Stack(std::initializer_list<at::Tensor> parts) {
+  for (const at::Tensor& p : parts) {
+    if (!p.defined()) return at::Tensor();
+  }
+  return at::cat(std::vector<at::Tensor>(parts));
+}
+
+}  // namespace
 
 absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& checkpoint,
                                                 const Qwen35Config& c, at::ScalarType dtype,
@@ -43,29 +55,30 @@ absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& che
       l.type = c.layer_types[i];
       l.input_norm = load.Take(p + "input_layernorm.weight", {h});
       l.post_attention_norm = load.Take(p + "post_attention_layernorm.weight", {h});
-      l.gate_proj = load.Take(p + "mlp.gate_proj.weight", {inter, h});
-      l.up_proj = load.Take(p + "mlp.up_proj.weight", {inter, h});
+      l.gate_up_proj = Stack({load.Take(p + "mlp.gate_proj.weight", {inter, h}),
+                                load.Take(p + "mlp.up_proj.weight", {inter, h})});
       l.down_proj = load.Take(p + "mlp.down_proj.weight", {h, inter});
       if (l.type == LayerType::kLinearAttention) {
         const int64_t hk = c.linear_num_key_heads, hv = c.linear_num_value_heads;
         const int64_t dk = c.linear_key_head_dim, dv = c.linear_value_head_dim;
         const int64_t conv_dim = 2 * hk * dk + hv * dv;
         const std::string a = p + "linear_attn.";
-        l.linear.in_proj_qkv = load.Take(a + "in_proj_qkv.weight", {conv_dim, h});
-        l.linear.in_proj_z = load.Take(a + "in_proj_z.weight", {hv * dv, h});
-        l.linear.in_proj_b = load.Take(a + "in_proj_b.weight", {hv, h});
-        l.linear.in_proj_a = load.Take(a + "in_proj_a.weight", {hv, h});
+        l.linear.in_proj = Stack({load.Take(a + "in_proj_qkv.weight", {conv_dim, h}),
+                                    load.Take(a + "in_proj_z.weight", {hv * dv, h}),
+                                    load.Take(a + "in_proj_b.weight", {hv, h}),
+                                    load.Take(a + "in_proj_a.weight", {hv, h})});
         l.linear.conv1d = load.Take(a + "conv1d.weight", {conv_dim, c.linear_conv_kernel_dim});
         l.linear.dt_bias = load.Take(a + "dt_bias", {hv}, /*keep_float32=*/true);
         l.linear.a_log = load.Take(a + "A_log", {hv}, /*keep_float32=*/true);
+        if (l.linear.a_log.defined()) l.linear.neg_a_exp = -l.linear.a_log.exp();
         l.linear.norm = load.Take(a + "norm.weight", {dv});
         l.linear.out_proj = load.Take(a + "out_proj.weight", {h, hv * dv});
       } else {
         const int64_t heads = c.num_attention_heads, kvh = c.num_key_value_heads, hd = c.head_dim;
         const std::string a = p + "self_attn.";
         l.full.q_proj = load.Take(a + "q_proj.weight", {heads * hd * 2, h});
-        l.full.k_proj = load.Take(a + "k_proj.weight", {kvh * hd, h});
-        l.full.v_proj = load.Take(a + "v_proj.weight", {kvh * hd, h});
+        l.full.kv_proj = Stack({load.Take(a + "k_proj.weight", {kvh * hd, h}),
+                                  load.Take(a + "v_proj.weight", {kvh * hd, h})});
         l.full.o_proj = load.Take(a + "o_proj.weight", {h, heads * hd});
         l.full.q_norm = load.Take(a + "q_norm.weight", {hd});
         l.full.k_norm = load.Take(a + "k_norm.weight", {hd});

@@ -16,16 +16,19 @@
 namespace deltaserve::models::qwen35 {
 
 struct LinearAttentionWeights {
-  at::Tensor in_proj_qkv, in_proj_z, in_proj_b, in_proj_a;  // [out, hidden]
+  // The checkpoint's in_proj_qkv, in_proj_z, in_proj_b and in_proj_a stacked in that order, so the four
+  // projections are one GEMM: [conv_dim + Hv dv + 2 Hv, hidden].
+  at::Tensor in_proj;
   at::Tensor conv1d;          // [conv_dim, K] (the checkpoint's [conv_dim, 1, K] squeezed)
   at::Tensor dt_bias, a_log;  // [Hv], kept float32
+  at::Tensor neg_a_exp;       // -exp(A_log) [Hv] float32: the decay's rate, computed once
   at::Tensor norm;            // [dv] gated RMSNorm weight (plain, not zero-centred)
   at::Tensor out_proj;        // [hidden, Hv dv]
 };
 
 struct FullAttentionWeights {
   at::Tensor q_proj;          // [heads 2 head_dim, hidden]: per head, query then output gate
-  at::Tensor k_proj, v_proj;  // [kv_heads head_dim, hidden]
+  at::Tensor kv_proj;         // k_proj and v_proj stacked: [2 kv_heads head_dim, hidden]
   at::Tensor o_proj;          // [hidden, heads head_dim]
   at::Tensor q_norm, k_norm;  // [head_dim] zero-centred RMSNorm weights
 };
@@ -35,7 +38,8 @@ struct LayerWeights {
   LinearAttentionWeights linear;               // set when type is kLinearAttention
   FullAttentionWeights full;                   // set when type is kFullAttention
   at::Tensor input_norm, post_attention_norm;  // [hidden] zero-centred
-  at::Tensor gate_proj, up_proj, down_proj;
+  at::Tensor gate_up_proj;  // gate_proj and up_proj stacked: [2 intermediate, hidden], one GEMM
+  at::Tensor down_proj;
 };
 
 struct Qwen35Weights {

@@ -5,7 +5,10 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 
 namespace deltaserve::kernels {
 
@@ -14,18 +17,27 @@ struct CausalConv1dOutput {
   at::Tensor final_state;  // [N, D, K - 1]: the last K - 1 inputs of each sequence (zeros before)
 };
 
+// Host metadata: `host_cu_seqlens` / `host_slots`, when non-empty, are the caller's host copies of
+// `cu_seqlens` / `slots` (same values: the caller's contract, not checked against the device). The
+// checks and the index arithmetic then use them, and nothing is read back from the device; left
+// empty, CUDA index tensors are read back (a device sync).
+
 // x [B, T, D]; weight [D, K]; bias [D] or undefined; initial_state [N, D, K - 1] or undefined (zeros);
 // cu_seqlens as in ChunkGatedDeltaRule (B = 1 packing). y_t = act(sum_j w[:, j] x_{t - K + 1 + j} + b),
 // act = SiLU when `silu`, else identity.
 absl::StatusOr<CausalConv1dOutput> CausalConv1d(const at::Tensor& x, const at::Tensor& weight,
                                                 const at::Tensor& bias, const at::Tensor& initial_state,
-                                                const at::Tensor& cu_seqlens, bool silu);
+                                                const at::Tensor& cu_seqlens, bool silu,
+                                                absl::Span<const int64_t> host_cu_seqlens = {});
 
 // One token per sequence: x [B, D]; conv_state pool [slots, D, K - 1] updated in place at slots [B]
-// (int64, distinct). Returns y [B, D].
+// (int64, distinct among the non-negative ones). A negative slot marks a padding row: its y row is
+// zero and no state is touched. On CUDA one fused kernel, free of host synchronisation when slots is
+// on x's device (with host_slots, or the check reads slots back). Returns y [B, D].
 absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tensor& weight,
                                             const at::Tensor& bias, at::Tensor& conv_state,
-                                            const at::Tensor& slots, bool silu);
+                                            const at::Tensor& slots, bool silu,
+                                            absl::Span<const int64_t> host_slots = {});
 
 }  // namespace deltaserve::kernels
 

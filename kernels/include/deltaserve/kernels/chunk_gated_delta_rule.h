@@ -6,9 +6,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <optional>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "deltaserve/kernels/tri_inverse.h"
 
 namespace deltaserve::kernels {
@@ -18,6 +20,9 @@ struct GatedDeltaRuleOptions {
   TriInverseOptions inverse = DefaultTriInverseOptions(64, TriInverseMethod::kNeumann);
   bool l2norm_qk = false;       // L2-normalise q and k over dk inside the kernel
   std::optional<double> scale;  // q scale; default dk^-0.5
+  // The caller's host copy of cu_seqlens (same values: the caller's contract). When given, the offsets
+  // are checked and used from it and cu_seqlens is never read back from the device.
+  absl::Span<const int64_t> host_cu_seqlens;
 };
 
 struct GatedDeltaRuleOutput {

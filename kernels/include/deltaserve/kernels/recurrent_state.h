@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace deltaserve::kernels {
 
@@ -46,20 +47,33 @@ struct RecurrentStatePool {
 absl::StatusOr<RecurrentStatePool> MakeRecurrentStatePool(int64_t slots, int64_t heads, int64_t dk,
                                                           int64_t dv, StateDtype dtype,
                                                           const at::Device& device);
-// Writes fp32 states [n, Hv, dk, dv] (e.g. a prefill's final state) into slots [n] (int64), quantizing.
-absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states);
+// Host metadata: `host_slots` below, when non-empty, is the caller's host copy of `slots` (same values,
+// same order: the caller's contract, not checked against the device). The checks then read it instead
+// of the tensor, so nothing is copied back from the device; left empty, a CUDA `slots` is read back
+// (a device sync) to be checked.
+
+// Writes fp32 states [n, Hv, dk, dv] (e.g. a prefill's final state) into slots [n] (int64, distinct,
+// in the pool), quantizing.
+absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states,
+                         absl::Span<const int64_t> host_slots = {});
 // Reads slots [n] back as fp32 [n, Hv, dk, dv].
-absl::StatusOr<at::Tensor> ReadStates(const RecurrentStatePool& pool, const at::Tensor& slots);
+absl::StatusOr<at::Tensor> ReadStates(const RecurrentStatePool& pool, const at::Tensor& slots,
+                                      absl::Span<const int64_t> host_slots = {});
 
 struct DecodeStepOptions {
   bool l2norm_qk = false;
   std::optional<double> scale;  // default dk^-0.5
+  // The caller's host copy of `slots` (see above). With it, and slots on the pool's device, the CUDA
+  // step is free of host synchronisation and can be captured in a CUDA graph.
+  absl::Span<const int64_t> host_slots;
 };
 
 // One token for each of B sequences: q, k [B, Hk, dk], v [B, Hv, dv], g, beta [B, Hv] (g and beta are
-// read as fp32 whatever their dtype), slots [B] int64 distinct indices into the pool. Dequantizes,
-// decays, applies the delta update, computes o = S^T q and requantizes each head in one pass over the
-// state; slots not addressed are untouched. Returns o [B, Hv, dv] in v's dtype.
+// read as fp32 whatever their dtype), slots [B] int64 indices into the pool, distinct among the
+// non-negative ones. A negative slot marks a padding row (vLLM's PAD_SLOT_ID): its output row is zero
+// and no state is touched. Dequantizes, decays, applies the delta update, computes o = S^T q and
+// requantizes each head in one pass over the state; slots not addressed are untouched. Returns
+// o [B, Hv, dv] in v's dtype.
 absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at::Tensor& k,
                                                    const at::Tensor& v, const at::Tensor& g,
                                                    const at::Tensor& beta, const at::Tensor& slots,

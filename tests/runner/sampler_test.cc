@@ -1,7 +1,7 @@
 // The token sampler: greedy is argmax, seeds reproduce, the empirical distribution matches the exact
 // filtered softmax (computed here in double, independently of ATen), penalties match hand arithmetic,
 // logprobs are log_softmax values, and every bad parameter is refused by name.
-#include "engine/sampler.h"
+#include "runner/sampler.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -21,7 +21,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace deltaserve::engine {
+namespace deltaserve::runner {
 namespace {
 
 using ::testing::HasSubstr;
@@ -687,4 +687,4 @@ TEST(SamplerCuda, ProcessLogitsMatchesCpu) {
 }
 
 }  // namespace
-}  // namespace deltaserve::engine
+}  // namespace deltaserve::runner

@@ -1,4 +1,4 @@
-#include "engine/sampler.h"
+#include "runner/sampler.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
-namespace deltaserve::engine {
+namespace deltaserve::runner {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -51,8 +51,6 @@ at::Tensor IdTensor(const std::vector<int64_t>& ids, const at::Device& device) {
                                  at::TensorOptions().dtype(at::kLong));
   return device.is_cpu() ? cpu.clone() : cpu.to(device);
 }
-
-bool IsGreedy(const SamplingParams& p) { return p.temperature < kGreedyTemperature; }
 
 // Penalties and temperature: the distribution that kProcessed logprobs describe and the filters cut.
 at::Tensor PenalizeAndScale(const at::Tensor& logits, const SamplingParams& p, const TokenHistory& h) {
@@ -183,6 +181,8 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int64_t vocab_size)
   return absl::OkStatus();
 }
 
+bool IsGreedy(const SamplingParams& params) { return params.temperature < kGreedyTemperature; }
+
 bool IsStopToken(const SamplingParams& params, int32_t token) {
   const auto has = [token](const std::vector<int32_t>& ids) {
     return std::find(ids.begin(), ids.end(), token) != ids.end();
@@ -239,6 +239,8 @@ double Sampler::NextUniform() {
   const uint64_t bits = generator_.get<at::CPUGeneratorImpl>()->random64();
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
+
+double Sampler::DrawUniform() { return greedy() ? 0.0 : NextUniform(); }
 
 absl::StatusOr<SampleResult> Sampler::Sample(const at::Tensor& logits) {
   if (!logits.defined() || logits.dim() != 1 || logits.size(0) != vocab_size_) {
@@ -321,4 +323,4 @@ absl::StatusOr<std::vector<SampleResult>> SampleBatch(const at::Tensor& logits,
   return results;
 }
 
-}  // namespace deltaserve::engine
+}  // namespace deltaserve::runner

@@ -1,7 +1,7 @@
 // Token sampling for one request: the request's decoding parameters, their validation, and a per-request
 // Sampler (own seeded RNG, penalty bookkeeping) that turns one row of model logits into the next token.
-#ifndef DELTASERVE_SERVER_ENGINE_SAMPLER_H_
-#define DELTASERVE_SERVER_ENGINE_SAMPLER_H_
+#ifndef DELTASERVE_SERVER_RUNNER_SAMPLER_H_
+#define DELTASERVE_SERVER_RUNNER_SAMPLER_H_
 
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
-namespace deltaserve::engine {
+namespace deltaserve::runner {
 
 // Which distribution SampleResult's logprobs describe.
 enum class LogprobsMode {
@@ -57,6 +57,9 @@ struct SamplingParams {
 
 // OK, or InvalidArgument naming the first bad field and its allowed range.
 absl::Status ValidateSamplingParams(const SamplingParams& params, int64_t vocab_size);
+
+// Whether `params` decode greedily (temperature below 1e-5, see SamplingParams::temperature).
+bool IsGreedy(const SamplingParams& params);
 
 // Whether generating `token` ends the request: a stop token, or an EOS id unless ignore_eos.
 bool IsStopToken(const SamplingParams& params, int32_t token);
@@ -134,6 +137,13 @@ class Sampler {
   // +inf, or no finite logit; the history is then unchanged.
   absl::StatusOr<SampleResult> Sample(const at::Tensor& logits);
 
+  // The two halves of Sample for the batched device path (batch_sampler.h), which samples many requests
+  // in one pass and so cannot call Sample. DrawUniform takes the one draw Sample would take for the next
+  // token (none for a greedy request, which gets 0), so a seed gives the same tokens on either path;
+  // Record then enters the chosen token in the history, as Sample does.
+  double DrawUniform();
+  void Record(int32_t token) { history_.AddOutput(token); }
+
   const SamplingParams& params() const { return params_; }
   int64_t vocab_size() const { return vocab_size_; }
   uint64_t seed() const { return seed_; }
@@ -156,6 +166,6 @@ class Sampler {
 absl::StatusOr<std::vector<SampleResult>> SampleBatch(const at::Tensor& logits,
                                                       absl::Span<Sampler* const> samplers);
 
-}  // namespace deltaserve::engine
+}  // namespace deltaserve::runner
 
-#endif  // DELTASERVE_SERVER_ENGINE_SAMPLER_H_
+#endif  // DELTASERVE_SERVER_RUNNER_SAMPLER_H_

@@ -1,0 +1,113 @@
+// Internals shared by the fused row ops (rms_norm.cc, activation.cc, rotary.cc): their argument checks,
+// how a [..., H] tensor is addressed as rows, and the CUDA launchers behind them.
+#ifndef DELTASERVE_KERNELS_SRC_FUSED_OPS_IMPL_H_
+#define DELTASERVE_KERNELS_SRC_FUSED_OPS_IMPL_H_
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "check.h"
+
+namespace deltaserve::kernels::internal {
+
+// The kernels take one base pointer and one stride between rows, so that a narrow() of a wider
+// projection needs no copy. Returns that stride (elements) when the last dimension is contiguous and
+// every leading dimension steps uniformly, else -1 (the caller then copies).
+inline int64_t RowStride(const at::Tensor& t) {
+  if (t.size(-1) != 1 && t.stride(-1) != 1) return -1;
+  int64_t stride = -1, next = 0;
+  for (int64_t d = t.dim() - 2; d >= 0; --d) {
+    if (t.size(d) == 1) continue;  // a unit dimension's stride is meaningless
+    if (stride < 0) {
+      stride = t.stride(d);
+    } else if (t.stride(d) != next) {
+      return -1;
+    }
+    next = t.stride(d) * t.size(d);
+  }
+  return stride < 0 ? t.size(-1) : stride;
+}
+
+// `t` itself when the kernels can address its rows, else a contiguous copy.
+inline at::Tensor AsRows(const at::Tensor& t) { return RowStride(t) >= 0 ? t : t.contiguous(); }
+
+// Activations [..., H]: defined, at least `min_dims` dimensions, non-empty, fp32 or bf16.
+inline absl::Status CheckActivations(const at::Tensor& t, absl::string_view name, int64_t min_dims = 1) {
+  if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(name, ": tensor is undefined"));
+  if (t.dim() < min_dims) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": expected at least ", min_dims, " dimensions, got shape ", ShapeString(t)));
+  }
+  if (t.numel() == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": empty tensor, shape ", ShapeString(t)));
+  }
+  // The launchers index rows with 32-bit grid sizes; no real batch comes near this.
+  if (t.numel() / t.size(-1) >= std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": too many rows, shape ", ShapeString(t)));
+  }
+  return CheckDtype(t, name, {at::kFloat, at::kBFloat16});
+}
+
+// A second input with exactly x's shape, dtype and device (the residual, the gate).
+inline absl::Status CheckLikeX(const at::Tensor& t, absl::string_view name, const at::Tensor& x) {
+  DS_RETURN_IF_ERROR(CheckActivations(t, name));
+  if (!t.sizes().equals(x.sizes())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": shape must equal x's ", ShapeString(x), ", got ", ShapeString(t)));
+  }
+  if (t.scalar_type() != x.scalar_type()) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": dtype must equal x's (",
+                                                   c10::toString(x.scalar_type()), "), got ",
+                                                   c10::toString(t.scalar_type())));
+  }
+  return CheckSameDevice(t, name, x);
+}
+
+// A per-feature weight [size] in x's dtype or fp32, on x's device.
+inline absl::Status CheckFeatureWeight(const at::Tensor& w, absl::string_view name, int64_t size,
+                                       const at::Tensor& x) {
+  if (!w.defined()) return absl::InvalidArgumentError(absl::StrCat(name, ": tensor is undefined"));
+  if (w.dim() != 1 || w.size(0) != size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": shape must be [", size, "] (x's last dimension), got ", ShapeString(w)));
+  }
+  DS_RETURN_IF_ERROR(x.scalar_type() == at::kFloat ? CheckDtype(w, name, {at::kFloat})
+                                                   : CheckDtype(w, name, {x.scalar_type(), at::kFloat}));
+  return CheckSameDevice(w, name, x);
+}
+
+inline absl::Status CheckEps(double eps) {
+  if (!(eps >= 0) || !std::isfinite(eps)) {
+    return absl::InvalidArgumentError(absl::StrCat("eps: must be finite and >= 0, got ", eps));
+  }
+  return absl::OkStatus();
+}
+
+#ifdef DELTASERVE_WITH_CUDA
+enum class RowNormKind {
+  kZeroCentred,     // x / rms(x) * (1 + w)
+  kAddZeroCentred,  // residual += x in place, then the above on residual
+  kGated,           // x / rms(x) * w * silu(gate)
+};
+// Validated inputs on one CUDA device. x: rows addressable (RowStride >= 0). `other`: the residual
+// (kAddZeroCentred: RowStride >= H, written in place) or the gate (kGated: RowStride >= 0), undefined
+// for kZeroCentred. weight [H] contiguous. out: fresh contiguous [rows, H] of x's dtype.
+void RowNormCuda(RowNormKind kind, const at::Tensor& x, const at::Tensor& other, const at::Tensor& weight,
+                 double eps, const at::Tensor& out);
+// x [..., 2F] rows addressable; out fresh contiguous [..., F].
+void SiluAndMulCuda(const at::Tensor& x, const at::Tensor& out);
+// x [T, heads, D] with stride(2) == 1; weight [D], positions [T] int64, inv_freq [R / 2] fp32, all
+// contiguous; out fresh contiguous [T, heads, D].
+void QkNormRotaryCuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& positions,
+                      const at::Tensor& inv_freq, double eps, const at::Tensor& out);
+#endif
+
+}  // namespace deltaserve::kernels::internal
+
+#endif  // DELTASERVE_KERNELS_SRC_FUSED_OPS_IMPL_H_

@@ -1,0 +1,358 @@
+// The model runner on the golden checkpoints: Execute's sampled tokens equal transformers' greedy ones,
+// paged KV blocks scattered over the cache give the results of solo runs, KV exhaustion is refused
+// without touching other sequences; on CUDA (skipped elsewhere) graph replay equals eager, and decode
+// and prefill steps run without a single host synchronisation besides the one download.
+#include "runner/model_runner.h"
+
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#if DELTASERVE_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+#include <memory>
+#include <vector>
+
+#include "model/golden.h"
+
+namespace deltaserve::runner {
+namespace {
+
+using ::deltaserve::testing::Golden;
+using ::deltaserve::testing::ReadGolden;
+using ::testing::HasSubstr;
+
+double RelErr(const at::Tensor& a, const at::Tensor& b) {
+  return (a.cpu().to(at::kDouble) - b.cpu().to(at::kDouble)).norm().item<double>() /
+         b.cpu().to(at::kDouble).norm().item<double>();
+}
+
+std::unique_ptr<ModelRunner> MakeRunner(const Golden& g, RunnerOptions ro, c10::Device device = c10::kCPU,
+                                        at::ScalarType dtype = at::kFloat) {
+  models::qwen35::ModelOptions mo;
+  mo.device = device;
+  mo.dtype = dtype;
+  absl::StatusOr<std::unique_ptr<ModelRunner>> r = ModelRunner::Load(g.dir, mo, ro);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? *std::move(r) : nullptr;
+}
+
+Sampler MakeSampler(const SamplingParams& p, const std::vector<int32_t>& prompt, int64_t vocab) {
+  absl::StatusOr<Sampler> s = Sampler::Create(p, vocab, prompt);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return *std::move(s);
+}
+
+SamplingParams GreedyParams() {
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_new_tokens = 64;
+  return p;
+}
+
+// Runs `prompts` through Execute as the engine would (whole-prompt prefill, then batched decodes) for
+// `steps` tokens each; returns each sequence's tokens.
+std::vector<std::vector<int32_t>> Generate(ModelRunner& r, const std::vector<std::vector<int32_t>>& prompts,
+                                           const std::vector<SamplingParams>& params, int steps) {
+  const int64_t vocab = r.model().config().vocab_size;
+  std::vector<int64_t> slots;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    absl::StatusOr<int64_t> slot = r.AddSequence(MakeSampler(params[i], prompts[i], vocab),
+                                                 static_cast<int64_t>(prompts[i].size()) + steps);
+    EXPECT_TRUE(slot.ok()) << slot.status();
+    slots.push_back(*slot);
+  }
+  std::vector<std::vector<int32_t>> out(prompts.size());
+  ScheduledBatch prefill;
+  for (size_t i = 0; i < prompts.size(); ++i) prefill.sequences.push_back({slots[i], prompts[i], true});
+  absl::StatusOr<StepOutput> step = r.Execute(prefill);
+  for (int s = 0; s < steps && step.ok(); ++s) {
+    ScheduledBatch decode;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_TRUE(step->samples[i].has_value() && step->samples[i]->ok());
+      const int32_t t = (*step->samples[i])->token_id;
+      out[i].push_back(t);
+      decode.sequences.push_back({slots[i], {t}, true});
+    }
+    if (s + 1 < steps) step = r.Execute(decode);
+  }
+  EXPECT_TRUE(step.ok()) << step.status();
+  for (int64_t slot : slots) r.RemoveSequence(slot);
+  return out;
+}
+
+TEST(ModelRunner, ExecuteSamplesTransformersGreedyTokens) {
+  Golden g = ReadGolden("flat_untied");
+  RunnerOptions ro;
+  ro.max_seqs = 3;
+  ro.max_model_len = 256;
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
+  ASSERT_NE(r, nullptr);
+  const int steps = static_cast<int>(g.greedy_tokens.size());
+  std::vector<std::vector<int32_t>> tokens = Generate(*r, {g.greedy_prompt}, {GreedyParams()}, steps);
+  EXPECT_EQ(tokens[0], g.greedy_tokens);
+  EXPECT_EQ(r->active_sequences(), 0);
+  EXPECT_EQ(r->used_kv_blocks(), 0);
+}
+
+// Three sequences grow in turns, in chunks that do not align with blocks of 4 tokens, so each block
+// table is a scattered, interleaved list of blocks; every logit must equal a solo run in a fresh runner.
+TEST(ModelRunner, ScatteredBlocksGiveSoloResults) {
+  Golden g = ReadGolden("nested_tied");
+  RunnerOptions ro;
+  ro.max_seqs = 3;
+  ro.max_model_len = 256;
+  ro.kv_block_size = 4;
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t i = 0; i < 3; ++i) prompts.push_back(g.prompts[i % g.prompts.size()].ids);
+  prompts[1].resize(std::min<size_t>(prompts[1].size(), 37));
+  std::vector<at::Tensor> solo;
+  for (const auto& p : prompts) {
+    std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
+    ASSERT_NE(r, nullptr);
+    absl::StatusOr<at::Tensor> l = r->Forward({p}, {0}, /*all_positions=*/true);
+    ASSERT_TRUE(l.ok()) << l.status();
+    solo.push_back(l->clone());
+  }
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
+  ASSERT_NE(r, nullptr);
+  std::vector<size_t> done(3, 0);
+  std::vector<std::vector<at::Tensor>> rows(3);
+  for (size_t chunk : {5u, 7u, 3u, 11u, 1u, 1u, 1u, 64u, 64u, 256u}) {
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<int64_t> slots;
+    for (size_t i = 0; i < 3; ++i) {
+      const size_t n = std::min(chunk, prompts[i].size() - done[i]);
+      if (n == 0) continue;
+      tokens.emplace_back(prompts[i].begin() + done[i], prompts[i].begin() + done[i] + n);
+      slots.push_back(static_cast<int64_t>(i));
+    }
+    if (tokens.empty()) break;
+    absl::StatusOr<at::Tensor> l = r->Forward(tokens, slots, /*all_positions=*/true);
+    ASSERT_TRUE(l.ok()) << l.status();
+    int64_t row = 0;
+    for (size_t k = 0; k < slots.size(); ++k) {
+      const int64_t n = static_cast<int64_t>(tokens[k].size());
+      rows[slots[k]].push_back(l->narrow(0, row, n).clone());
+      row += n;
+      done[slots[k]] += tokens[k].size();
+    }
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_LT(RelErr(at::cat(rows[i]), solo[i]), 1e-5) << "sequence " << i;
+    EXPECT_EQ(r->SequenceLength(static_cast<int64_t>(i)), static_cast<int64_t>(prompts[i].size()));
+  }
+}
+
+TEST(ModelRunner, KvExhaustionIsRefusedWithoutHarm) {
+  Golden g = ReadGolden("flat_untied");
+  RunnerOptions ro;
+  ro.max_seqs = 3;
+  ro.max_model_len = 128;
+  ro.kv_block_size = 16;
+  ro.kv_cache_tokens = 64;  // 4 blocks
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->capacity().kv_tokens(), 64);
+  absl::Status never = r->CheckFits(65);
+  EXPECT_EQ(never.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(never.message()), HasSubstr("needs 5 KV blocks of 16 tokens"));
+  EXPECT_THAT(std::string(never.message()), HasSubstr("holds 4 blocks (64 tokens)"));
+  EXPECT_TRUE(r->CheckFits(64).ok());
+
+  const std::vector<int32_t> prompt(g.greedy_prompt.begin(), g.greedy_prompt.begin() + 20);
+  const int64_t vocab = r->model().config().vocab_size;
+  absl::StatusOr<int64_t> a = r->AddSequence(MakeSampler(GreedyParams(), prompt, vocab), 48);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_FALSE(r->CanAdmit(17));
+  EXPECT_TRUE(r->CanAdmit(16));
+  absl::StatusOr<int64_t> b = r->AddSequence(MakeSampler(GreedyParams(), prompt, vocab), 17);
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(r->active_sequences(), 1);
+
+  // The admitted sequence runs to its reservation and equals a solo runner's tokens.
+  ScheduledBatch prefill;
+  prefill.sequences.push_back({*a, prompt, true});
+  absl::StatusOr<StepOutput> out = r->Execute(prefill);
+  ASSERT_TRUE(out.ok()) << out.status();
+  std::vector<int32_t> tokens = {(*out->samples[0])->token_id};
+  for (int s = 0; s < 27; ++s) {
+    ScheduledBatch d;
+    d.sequences.push_back({*a, {tokens.back()}, true});
+    out = r->Execute(d);
+    ASSERT_TRUE(out.ok()) << out.status();
+    tokens.push_back((*out->samples[0])->token_id);
+  }
+  RunnerOptions big = ro;
+  big.kv_cache_tokens = 0;
+  std::unique_ptr<ModelRunner> fresh = MakeRunner(g, big);
+  ASSERT_NE(fresh, nullptr);
+  std::vector<std::vector<int32_t>> expected = Generate(*fresh, {prompt}, {GreedyParams()}, 28);
+  EXPECT_EQ(tokens, expected[0]);
+  r->RemoveSequence(*a);
+  EXPECT_EQ(r->used_kv_blocks(), 0);
+  EXPECT_TRUE(r->CanAdmit(64));
+}
+
+TEST(ModelRunner, BadOptionsNameTheField) {
+  Golden g = ReadGolden("flat_untied");
+  models::qwen35::ModelOptions mo;
+  RunnerOptions ro;
+  ro.kv_block_size = 12;
+  EXPECT_THAT(std::string(ModelRunner::Load(g.dir, mo, ro).status().message()), HasSubstr("kv_block_size"));
+  ro = RunnerOptions();
+  ro.gpu_memory_utilization = 1.5;
+  EXPECT_THAT(std::string(ModelRunner::Load(g.dir, mo, ro).status().message()),
+              HasSubstr("gpu_memory_utilization must be in (0, 1]"));
+  ro = RunnerOptions();
+  ro.max_seqs = 0;
+  EXPECT_EQ(ModelRunner::Load(g.dir, mo, ro).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ModelRunner, ExecuteRefusesSlotsWithoutSequence) {
+  Golden g = ReadGolden("flat_untied");
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, RunnerOptions());
+  ASSERT_NE(r, nullptr);
+  ScheduledBatch b;
+  b.sequences.push_back({0, {1, 2, 3}, true});
+  EXPECT_THAT(std::string(r->Execute(b).status().message()), HasSubstr("holds no sequence"));
+}
+
+#if DELTASERVE_WITH_CUDA
+class ModelRunnerCuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+// Mixed requests: greedy, seeded sampling with every filter and penalty, logprobs.
+std::vector<SamplingParams> MixedParams(size_t n) {
+  std::vector<SamplingParams> out;
+  for (size_t i = 0; i < n; ++i) {
+    SamplingParams p;
+    p.max_new_tokens = 64;
+    switch (i % 4) {
+      case 0:
+        p.temperature = 0;
+        break;
+      case 1:
+        p.temperature = 0.8;
+        p.top_p = 0.9;
+        p.seed = 100 + i;
+        break;
+      case 2:
+        p.temperature = 1.1;
+        p.top_k = 20;
+        p.min_p = 0.02;
+        p.repetition_penalty = 1.2;
+        p.seed = 200 + i;
+        break;
+      default:
+        p.temperature = 0.7;
+        p.presence_penalty = 0.5;
+        p.frequency_penalty = 0.3;
+        p.logprobs = true;
+        p.top_logprobs = 5;
+        p.seed = 300 + i;
+    }
+    out.push_back(p);
+  }
+  return out;
+}
+
+std::vector<std::vector<int32_t>> Prompts(const Golden& g, size_t n) {
+  std::vector<std::vector<int32_t>> out;
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<int32_t> p = i % 2 ? g.greedy_prompt : g.prompts[i % g.prompts.size()].ids;
+    p.resize(std::min<size_t>(p.size(), 8 + 13 * i));
+    out.push_back(p);
+  }
+  return out;
+}
+
+TEST_F(ModelRunnerCuda, GraphReplayEqualsEager) {
+  Golden g = ReadGolden("flat_untied");
+  RunnerOptions ro;
+  ro.max_seqs = 6;
+  ro.max_model_len = 256;
+  const std::vector<std::vector<int32_t>> prompts = Prompts(g, 5);
+  const std::vector<SamplingParams> params = MixedParams(5);
+  RunnerOptions eager_options = ro;
+  eager_options.cuda_graphs = false;
+  std::unique_ptr<ModelRunner> eager = MakeRunner(g, eager_options, c10::kCUDA);
+  std::unique_ptr<ModelRunner> graphs = MakeRunner(g, ro, c10::kCUDA);
+  ASSERT_NE(eager, nullptr);
+  ASSERT_NE(graphs, nullptr);
+  EXPECT_FALSE(eager->graphs_enabled());
+  EXPECT_TRUE(graphs->graphs_enabled());
+  EXPECT_EQ(Generate(*graphs, prompts, params, 30), Generate(*eager, prompts, params, 30));
+  // Logits too, through the direct API (a bucket of 4 for 3 sequences: padding rows included).
+  for (ModelRunner* r : {eager.get(), graphs.get()}) {
+    for (int64_t s = 0; s < 3; ++s) ASSERT_TRUE(r->ResetSlot(s).ok());
+  }
+  std::vector<std::vector<int32_t>> three(prompts.begin(), prompts.begin() + 3);
+  ASSERT_TRUE(eager->Forward(three, {0, 1, 2}).ok());
+  ASSERT_TRUE(graphs->Forward(three, {0, 1, 2}).ok());
+  for (int step = 0; step < 5; ++step) {
+    std::vector<std::vector<int32_t>> next = {{static_cast<int32_t>(step + 1)}, {7}, {11}};
+    absl::StatusOr<at::Tensor> a = eager->Forward(next, {0, 1, 2});
+    absl::StatusOr<at::Tensor> b = graphs->Forward(next, {0, 1, 2});
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_LT(RelErr(*b, *a), 1e-5) << "step " << step;
+  }
+}
+
+// ATen's sync debug mode turns any synchronising op (a blocking copy, .item(), nonzero, ...) into an
+// error; Execute catches it and reports INTERNAL. Prefill (eager), graph decode and eager decode (a
+// batch over the largest bucket does not exist here, so timing forces eager with a layer timer) all run.
+TEST_F(ModelRunnerCuda, StepsNeverSynchroniseTheHost) {
+  Golden g = ReadGolden("nested_tied");
+  RunnerOptions ro;
+  ro.max_seqs = 4;
+  ro.max_model_len = 256;
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, ro, c10::kCUDA);
+  ASSERT_NE(r, nullptr);
+  const std::vector<std::vector<int32_t>> prompts = Prompts(g, 4);
+  const std::vector<SamplingParams> params = MixedParams(4);
+  std::vector<int64_t> slots;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    slots.push_back(*r->AddSequence(MakeSampler(params[i], prompts[i], r->model().config().vocab_size), 128));
+  }
+  models::LayerTimer timer(c10::Device(c10::kCUDA), r->model().TimedSpans().size());
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  ScheduledBatch prefill;
+  for (size_t i = 0; i < prompts.size(); ++i) prefill.sequences.push_back({slots[i], prompts[i], true});
+  absl::StatusOr<StepOutput> out = r->Execute(prefill);
+  for (int step = 0; step < 6 && out.ok(); ++step) {
+    ScheduledBatch d;
+    for (size_t i = 0; i < slots.size(); ++i) d.sequences.push_back({slots[i], {(*out->samples[i])->token_id}, true});
+    d.timer = step % 2 ? &timer : nullptr;  // odd steps eager (timed), even steps graph replay
+    out = r->Execute(d);
+  }
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  EXPECT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(timer.Collect().ok());
+}
+
+TEST_F(ModelRunnerCuda, Bf16StaysNearFloat32) {
+  Golden g = ReadGolden("flat_untied");
+  RunnerOptions ro;
+  ro.max_seqs = 2;
+  ro.max_model_len = 256;
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, ro, c10::kCUDA, at::kBFloat16);
+  ASSERT_NE(r, nullptr);
+  for (const auto& p : g.prompts) {
+    ASSERT_TRUE(r->ResetSlot(0).ok());
+    absl::StatusOr<at::Tensor> logits = r->Forward({p.ids}, {0}, true);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    const double ours = RelErr(*logits, p.logits), theirs = RelErr(p.bf16_logits, p.logits);
+    EXPECT_LT(ours, 1.5 * theirs + 1e-2) << "length " << p.ids.size();
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace deltaserve::runner
