@@ -58,7 +58,7 @@ ABSL_FLAG(
 ABSL_FLAG(std::string, state_dtype, "fp32",
           "Recurrent decode state: fp32, bf16, int8, int8-sr, int8-coarse, fp8");
 ABSL_FLAG(int64_t, max_num_seqs, 8, "Sequences running at once (slots)");
-ABSL_FLAG(int64_t, kv_block_size, 16, "Tokens per paged KV cache block (a power of two)");
+ABSL_FLAG(int64_t, kv_block_size, 16, "Tokens per paged KV cache block (a power of two, 8 to 1024)");
 ABSL_FLAG(double, gpu_memory_utilization, 0.9,
           "CUDA: fraction of the GPU's memory this process may use; the paged KV cache gets what is left once "
           "weights, sequence state and a working reserve are counted (capacity is logged and exported)");

@@ -29,9 +29,10 @@ absl::Status ValidateOptions(const RunnerOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("max_seqs and max_model_len must be positive, got ", o.max_seqs,
                                                    " and ", o.max_model_len));
   }
-  if (o.kv_block_size < 1 || o.kv_block_size > 1024 || (o.kv_block_size & (o.kv_block_size - 1)) != 0) {
+  // The paged attention kernels' limits (a shift and a mask, at least 8 rows a block).
+  if (o.kv_block_size < 8 || o.kv_block_size > 1024 || (o.kv_block_size & (o.kv_block_size - 1)) != 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("kv_block_size must be a power of two in [1, 1024], got ", o.kv_block_size));
+        absl::StrCat("kv_block_size must be a power of two in [8, 1024], got ", o.kv_block_size));
   }
   if (!(o.gpu_memory_utilization > 0 && o.gpu_memory_utilization <= 1)) {
     return absl::InvalidArgumentError(

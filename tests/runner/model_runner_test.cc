@@ -97,14 +97,14 @@ TEST(ModelRunner, ExecuteSamplesTransformersGreedyTokens) {
   EXPECT_EQ(r->used_kv_blocks(), 0);
 }
 
-// Three sequences grow in turns, in chunks that do not align with blocks of 4 tokens, so each block
+// Three sequences grow in turns, in chunks that do not align with blocks of 8 tokens, so each block
 // table is a scattered, interleaved list of blocks; every logit must equal a solo run in a fresh runner.
 TEST(ModelRunner, ScatteredBlocksGiveSoloResults) {
   Golden g = ReadGolden("nested_tied");
   RunnerOptions ro;
   ro.max_seqs = 3;
   ro.max_model_len = 256;
-  ro.kv_block_size = 4;
+  ro.kv_block_size = 8;
   std::vector<std::vector<int32_t>> prompts;
   for (size_t i = 0; i < 3; ++i) prompts.push_back(g.prompts[i % g.prompts.size()].ids);
   prompts[1].resize(std::min<size_t>(prompts[1].size(), 37));

@@ -218,6 +218,10 @@ at::Tensor Qwen35Model::Forward(const ForwardBatch& b, Qwen35State& state, Layer
     h = at::linear(Unwrap(kernels::SiluAndMul(at::linear(h, lw.gate_up_proj))), lw.down_proj);
   }
   SpanScope span(timer, 1 + 2 * weights_.layers.size());
+  if (b.logit_rows.defined() && b.logit_rows.numel() == 0) {
+    // A pass of prompt chunks none of which ends its prompt: nothing to predict, no lm_head.
+    return at::empty({0, weights_.lm_head.size(0)}, residual.options().dtype(at::kFloat));
+  }
   if (b.logit_rows.defined()) {
     residual = residual.index_select(0, b.logit_rows);
     h = h.index_select(0, b.logit_rows);
