@@ -97,6 +97,35 @@ TEST(ModelRunner, ExecuteSamplesTransformersGreedyTokens) {
   EXPECT_EQ(r->used_kv_blocks(), 0);
 }
 
+// A long prompt arrives in chunks; only the last samples. A pass of chunks that sample nothing must run
+// (it once reached the lm_head with no rows and failed), and the token after the last chunk must be the
+// one the whole prompt in one pass gives.
+TEST(ModelRunner, PromptChunksThatSampleNothingThenTheLastSamples) {
+  Golden g = ReadGolden("flat_untied");
+  RunnerOptions ro;
+  ro.max_seqs = 2;
+  ro.max_model_len = 256;
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
+  ASSERT_NE(r, nullptr);
+  const std::vector<int32_t>& prompt = g.greedy_prompt;
+  ASSERT_GE(prompt.size(), 2u);
+  const int64_t vocab = r->model().config().vocab_size;
+  const int32_t whole = Generate(*r, {prompt}, {GreedyParams()}, 1)[0][0];
+  absl::StatusOr<int64_t> slot = r->AddSequence(MakeSampler(GreedyParams(), prompt, vocab), 64);
+  ASSERT_TRUE(slot.ok()) << slot.status();
+  const size_t half = prompt.size() / 2;
+  ScheduledBatch first{{{*slot, std::vector<int32_t>(prompt.begin(), prompt.begin() + half), false}}};
+  absl::StatusOr<StepOutput> out = r->Execute(first);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_FALSE(out->samples[0].has_value());
+  ScheduledBatch last{{{*slot, std::vector<int32_t>(prompt.begin() + half, prompt.end()), true}}};
+  out = r->Execute(last);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_TRUE(out->samples[0].has_value() && out->samples[0]->ok());
+  EXPECT_EQ((*out->samples[0])->token_id, whole);
+  r->RemoveSequence(*slot);
+}
+
 // Three sequences grow in turns, in chunks that do not align with blocks of 8 tokens, so each block
 // table is a scattered, interleaved list of blocks; every logit must equal a solo run in a fresh runner.
 TEST(ModelRunner, ScatteredBlocksGiveSoloResults) {
