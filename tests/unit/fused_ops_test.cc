@@ -36,8 +36,8 @@ at::Tensor Rand(at::IntArrayRef shape, at::ScalarType dtype, double scale = 1.5,
   return (at::randn(shape, at::kDouble) * scale + shift).to(dtype);
 }
 
-// --- The unfused compositions of server/models/qwen35 (layers.cc, model.cc), intermediates rounded to
-// the activation dtype between ops as the model does.
+// --- The unfused compositions the model used before these kernels, intermediates rounded to
+// the activation dtype between ops as the model did.
 
 at::Tensor RefRmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor xf = x.to(at::kFloat);
