@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 import unittest
 
 import numpy as np
@@ -218,32 +217,8 @@ class CostTest(unittest.TestCase):
         # The quadratic part is 2 * 2 * N^2 * D: the growth beyond linear is exactly that.
         self.assertEqual(f[("softmax", 1024)] - 4 * f[("softmax", 256)], 4 * 1024 ** 2 * d - 4 * 4 * 256 ** 2 * d)
 
-    def test_padre_time_grows_linearly(self):
-        # CPU time of one thread (robust to other work on a shared machine) from N = 1024 to 4096 tokens,
-        # best of 5 runs, up to 3 attempts: PADRe grows about 4x, softmax attention about 15x.
-        def best(module, n, d=64):
-            x = torch.randn(2, n, d)
-            with torch.no_grad():
-                module(x)
-                module(x)
-                ts = []
-                for _ in range(5):
-                    t0 = time.process_time()
-                    module(x)
-                    ts.append(time.process_time() - t0)
-            return min(ts)
-        mods = {(kind, g): (pd.PadreMixer(64, (g, g), 3, 7, 1e-6) if kind == "padre" else pd.SoftmaxMixer(64, 4))
-                for kind in ("padre", "softmax") for g in (32, 64)}
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            for _ in range(3):
-                growth = {k: best(mods[(k, 64)], 4096) / best(mods[(k, 32)], 1024) for k in ("padre", "softmax")}
-                if growth["padre"] < 6.0 and growth["softmax"] > 8.0 and growth["softmax"] > 2 * growth["padre"]:
-                    return
-        finally:
-            torch.set_num_threads(threads)
-        self.fail(f"CPU time growth for 4x the tokens: {growth}")
+    # Wall-clock growth is a benchmark's business (bench_vision, docs/vision.md), never a test's: the counted
+    # FLOPs above are the deterministic form of "PADRe is linear in tokens".
 
 
 class LetterboxTest(unittest.TestCase):

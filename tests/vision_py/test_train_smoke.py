@@ -106,7 +106,7 @@ class TrainSmokeTest(unittest.TestCase):
         out = os.path.join(self.tmp.name, "timed")
         log, _ = train(out, "--mixer", "padre", "--max-steps", "1000000", "--minutes", "0.03")
         self.assertGreaterEqual(log["train_time_s"], 1.8)
-        self.assertLess(log["train_time_s"], 4.0)
+        # Stopped by the budget (not the step limit); no upper bound on seconds, which a loaded machine can stretch.
         self.assertLess(log["steps"], 1000000)
         self.assertTrue(os.path.exists(os.path.join(out, "model.safetensors")))
 
