@@ -60,9 +60,11 @@ foreach(_e ${_torch_inc_entries})
 endforeach()
 target_include_directories(deltaserve_torch SYSTEM INTERFACE
   "${_torch_inc}" "${_torch_root}/include/torch/csrc/api/include")
-target_link_libraries(deltaserve_torch INTERFACE
-  "${_torch_lib}/libtorch.so" "${_torch_lib}/libtorch_cpu.so" "${_torch_lib}/libc10.so")
+# libtorch.so only forwards to libtorch_cpu and, in the CUDA wheel, libtorch_cuda (2 GB with the CUDA
+# libraries it loads): a CPU build links libtorch_cpu directly, so its runtime image holds no CUDA.
+target_link_libraries(deltaserve_torch INTERFACE "${_torch_lib}/libtorch_cpu.so" "${_torch_lib}/libc10.so")
 if(DELTASERVE_WITH_CUDA)
+  target_link_libraries(deltaserve_torch INTERFACE "${_torch_lib}/libtorch.so")
   # --no-as-needed: libtorch_cuda registers the CUDA kernels at load time; nothing references it.
   target_link_libraries(deltaserve_torch INTERFACE
     "-Wl,--no-as-needed,${_torch_lib}/libtorch_cuda.so,${_torch_lib}/libc10_cuda.so,--as-needed"

@@ -29,6 +29,7 @@
 #include "api/text_generation_service.h"
 #include "api/vision_service.h"
 #include "cli/command_line.h"
+#include "cli/default_model.h"
 #include "cli/model_flags.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
@@ -44,7 +45,8 @@
 
 ABSL_FLAG(std::string, model, "",
           "Checkpoint directory (config.json, *.safetensors, tokenizer.json), or NAME=DIR to name it (default: "
-          "the shipped models/qwen35-small of the source tree this binary was built from)");
+          "$DELTASERVE_MODEL_DIR, else the shipped qwen35-small beside the binary: "
+          "<prefix>/share/deltaserve/models/ when installed, <source>/models/ in a build tree)");
 ABSL_FLAG(std::string, model_name, "", "Name requests use for the model (default: the directory's basename)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address the gRPC server listens on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");
@@ -118,8 +120,8 @@ std::string Basename(std::string dir) {
 }
 
 int Run() {
-  std::string dir =
-      absl::GetFlag(FLAGS_model).empty() ? std::string(DELTASERVE_DEFAULT_MODEL_DIR) : absl::GetFlag(FLAGS_model);
+  const bool default_model = absl::GetFlag(FLAGS_model).empty();
+  std::string dir = default_model ? deltaserve::cli::DefaultModelDir() : absl::GetFlag(FLAGS_model);
   std::string name = absl::GetFlag(FLAGS_model_name);
   // --model NAME=DIR names the model in place (a path holding '=' before its first '/' is not taken apart).
   const size_t eq = dir.find('=');
@@ -128,6 +130,10 @@ int Run() {
     name = dir.substr(0, eq);
     dir = dir.substr(eq + 1);
   }
+  if (default_model && !FileExists(dir + "/config.json"))
+    return Fail("--model not given and no default model found (looked in " + deltaserve::cli::DefaultModelSearchPath() +
+                    "); pass --model DIR or set DELTASERVE_MODEL_DIR",
+                1);
   if (!FileExists(dir + "/config.json"))
     return Fail("--model: " + dir + " holds no config.json (a Qwen3.5 checkpoint directory); see --help", 1);
   if (name.empty()) name = Basename(dir);
