@@ -24,10 +24,16 @@ RUN apt-get update -q && apt-get install -y -q --no-install-recommends sudo ca-c
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src/deltaserve
 COPY . .
-# The PyTorch wheel's LibTorch links the binaries; for CUDA, nvcc comes from NVIDIA's PyPI wheel of the
-# same CUDA release as the wheel's runtime (13.0).
+# The PyTorch wheel's LibTorch links the binaries. For CUDA, the compiler comes from NVIDIA's PyPI wheels
+# of the CUDA release of the torch wheel's runtime (13.0): nvcc, its cicc (nvvm) and the CCCL headers,
+# merged into the venv's nvidia/cu13 tree beside the runtime; CMake's CUDA::cudart wants the unversioned
+# libcudart.so. (Checked: this tree configures and compiles the CUDA sources.)
 RUN scripts/setup.sh \
-    && if [ "${DEVICE}" = cuda ]; then . scripts/env.sh && "${DELTASERVE_VENV}/bin/pip" install -q "nvidia-cuda-nvcc==13.0.*"; fi
+    && if [ "${DEVICE}" = cuda ]; then . scripts/env.sh \
+         && "${DELTASERVE_VENV}/bin/pip" install -q "nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" \
+              "nvidia-cuda-cccl==13.0.*" \
+         && nv="$("${DELTASERVE_PYTHON}" -c 'import nvidia.cu13 as m; print(list(m.__path__)[0])')" \
+         && ln -sf libcudart.so.13 "${nv}/lib/libcudart.so"; fi
 RUN . scripts/env.sh \
     && cuda=OFF && if [ "${DEVICE}" = cuda ]; then cuda=ON; \
          nv="$("${DELTASERVE_PYTHON}" -c 'import nvidia.cu13 as m; print(list(m.__path__)[0])')"; \
