@@ -9,7 +9,7 @@
 #   deploy/docker/build_local.sh                                 # binaries built outside: ARTIFACTS=prebuilt
 #
 # Run: docker run -p 50051:50051 -p 9090:9090 deltaserve:cpu [deltaserve flags]   (default: both shipped
-# models, text and vision). docs/deploy.md has the details.
+# models, text and vision, /metrics on all addresses). docs/deploy.md has the details.
 ARG BASE=debian:12
 ARG RUNTIME_BASE=debian:12-slim
 # builder: build from source here; prebuilt: take build-stage/ from the context (deploy/docker/build_local.sh).
@@ -66,4 +66,4 @@ EXPOSE 50051 9090
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD ["deltaserve-cli", "--server", "127.0.0.1:50051", "--timeout", "4", "health"]
 ENTRYPOINT ["deltaserve"]
-CMD ["--vision-model", "/opt/deltaserve/share/deltaserve/models/padre-detector"]
+CMD ["--metrics-host", "0.0.0.0", "--vision-model", "/opt/deltaserve/share/deltaserve/models/padre-detector"]

@@ -3,12 +3,15 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "client/channel.h"
 #include "client/commands.h"
 #include "client/flags.h"
 #include "deltaserve/v1/models.grpc.pb.h"
@@ -37,7 +40,27 @@ std::string ToJsonText(const google::protobuf::Message& m) {
 }  // namespace
 
 std::shared_ptr<grpc::Channel> ServerChannel() {
-  return grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  ChannelOptions o;
+  o.target = absl::GetFlag(FLAGS_server);
+  o.tls = absl::GetFlag(FLAGS_tls);
+  o.ca = absl::GetFlag(FLAGS_tls_ca);
+  o.cert = absl::GetFlag(FLAGS_tls_cert);
+  o.key = absl::GetFlag(FLAGS_tls_key);
+  o.token = absl::GetFlag(FLAGS_token);
+  if (o.token.empty() && !absl::GetFlag(FLAGS_token_file).empty()) {
+    std::ifstream in(absl::GetFlag(FLAGS_token_file));
+    if (!in || !std::getline(in, o.token) || o.token.empty()) {
+      std::fprintf(stderr, "deltaserve-cli: --token-file: cannot read a token from %s\n",
+                   absl::GetFlag(FLAGS_token_file).c_str());
+      std::exit(2);
+    }
+  }
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(o);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "deltaserve-cli: %s\n", std::string(channel.status().message()).c_str());
+    std::exit(2);
+  }
+  return *channel;
 }
 
 void SetTimeout(grpc::ClientContext& ctx, double seconds) {

@@ -10,6 +10,14 @@
 #include "cli/command_line.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "The server's gRPC address, host:port");
+ABSL_FLAG(bool, tls, false, "Connect over TLS, verifying the server against the system's CA roots (or --tls-ca)");
+ABSL_FLAG(std::string, tls_ca, "", "TLS: CA bundle (PEM) the server's certificate must chain to (implies --tls)");
+ABSL_FLAG(std::string, tls_cert, "", "mTLS: this client's certificate chain (PEM), with --tls-key (implies --tls)");
+ABSL_FLAG(std::string, tls_key, "", "mTLS: the private key of --tls-cert (PEM)");
+ABSL_FLAG(std::string, token, "",
+          "Bearer token sent as metadata \"authorization: Bearer <token>\" on every call (servers started with "
+          "--auth-token-file); prefer --token-file, which keeps it out of the process list");
+ABSL_FLAG(std::string, token_file, "", "A file whose first line is the bearer token (see --token)");
 ABSL_FLAG(std::string, model, "", "Model name (default: the server's default model)");
 ABSL_FLAG(double, timeout, 0,
           "Seconds each call may take before the client gives up (DEADLINE_EXCEEDED); 0: no limit "
@@ -53,7 +61,8 @@ constexpr char kUsage[] =
     "  deltaserve-cli bench [--num-requests N] [--concurrency C] [--request-rate R] [--input-len I]\n"
     "      [--output-len O] [--range-ratio r] [--json] [--result-json FILE]\n"
     "      load generator: throughput and TTFT/TPOT/ITL/E2E latency p50/p90/p99, as vLLM's benchmark\n"
-    "Common: --server host:port (default localhost:50051), --model NAME, --timeout SECONDS.\n"
+    "Common: --server host:port (default localhost:50051), --model NAME, --timeout SECONDS;\n"
+    "  security: --tls, --tls-ca FILE, --tls-cert FILE --tls-key FILE (mTLS), --token-file FILE.\n"
     "Flags may be written with dashes or underscores.";
 
 }  // namespace

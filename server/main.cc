@@ -25,8 +25,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "api/models_service.h"
+#include "api/call_gate.h"
 #include "api/status_convert.h"
 #include "api/text_generation_service.h"
+#include "api/transport_security.h"
 #include "api/vision_service.h"
 #include "cli/command_line.h"
 #include "cli/default_model.h"
@@ -88,6 +90,25 @@ ABSL_FLAG(int64_t, vision_max_batch, 8, "Images per detector forward pass at mos
 ABSL_FLAG(double, vision_max_delay_ms, 2.0, "How long the first queued image waits for others to batch with");
 ABSL_FLAG(int64_t, vision_max_queue, 64, "Images that may wait for the detector; beyond: RESOURCE_EXHAUSTED");
 ABSL_FLAG(double, shutdown_grace, 30.0, "Seconds running requests may take to finish on SIGTERM/SIGINT");
+// Security: transport, authentication, exposure and limits (docs/security.md).
+ABSL_FLAG(std::string, tls_cert, "", "TLS: the server's certificate chain (PEM); with --tls-key, gRPC is served over TLS");
+ABSL_FLAG(std::string, tls_key, "", "TLS: the private key of --tls-cert (PEM)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "mTLS: CA bundle (PEM) that client certificates must chain to; clients without one are refused");
+ABSL_FLAG(int32_t, tls_reload_interval, 10,
+          "Seconds between checks of the TLS files for renewal (new handshakes use new files; streams go on)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "Bearer tokens, one per line (at least 16 characters each): every call but health must send "
+          "metadata \"authorization: Bearer <token>\" (else UNAUTHENTICATED)");
+ABSL_FLAG(bool, reflection, true, "Serve gRPC server reflection (--reflection=false hides the schema)");
+ABSL_FLAG(std::string, metrics_host, "127.0.0.1",
+          "Address /metrics listens on (0.0.0.0 to expose it; the images and Kubernetes manifests do)");
+ABSL_FLAG(int64_t, max_request_bytes, int64_t{24} << 20,
+          "Largest request message accepted, bytes (gRPC's receive limit; the default covers the 20 MiB image "
+          "limit); larger ones get RESOURCE_EXHAUSTED from gRPC");
+ABSL_FLAG(double, rate_limit, 0, "Calls/s per client address, token bucket; 0: unlimited (RESOURCE_EXHAUSTED "
+                                  "with a retry-after-ms trailer beyond)");
+ABSL_FLAG(double, rate_burst, 0, "Token bucket size of --rate-limit (0: max(1, rate))");
 
 namespace {
 
@@ -198,6 +219,30 @@ int Run() {
   absl::StatusOr<deltaserve::engine::GenerationConfig> gen = deltaserve::engine::LoadGenerationConfig(dir);
   if (!gen.ok()) return Fail(std::string(gen.status().message()), 1);
 
+  // Security flags next: their errors, too, come before the slow weight load.
+  api::TlsFiles tls;
+  tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  tls.key = absl::GetFlag(FLAGS_tls_key);
+  tls.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  tls.reload_interval_s = absl::GetFlag(FLAGS_tls_reload_interval);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = api::MakeServerCredentials(tls);
+  if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
+  api::CallGateOptions gate_options;
+  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
+    absl::StatusOr<std::vector<std::string>> tokens = api::LoadBearerTokens(absl::GetFlag(FLAGS_auth_token_file));
+    if (!tokens.ok()) return Fail(std::string(tokens.status().message()));
+    gate_options.bearer_tokens = *std::move(tokens);
+  }
+  gate_options.rate_limit = absl::GetFlag(FLAGS_rate_limit);
+  gate_options.rate_burst = absl::GetFlag(FLAGS_rate_burst);
+  if (!(gate_options.rate_limit >= 0) || !(gate_options.rate_burst >= 0))
+    return Fail(absl::StrCat("--rate-limit and --rate-burst: must be >= 0, got ", gate_options.rate_limit, " and ",
+                             gate_options.rate_burst));
+  const int64_t max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  if (max_request_bytes < 1024 || max_request_bytes > (int64_t{1} << 30))
+    return Fail(absl::StrCat("--max-request-bytes: must be in [1024, 1073741824], got ", max_request_bytes));
+  api::CallGate gate(gate_options);
+
   // Metrics first: a taken port fails fast, before the slow weight load.
   auto registry = std::make_shared<prometheus::Registry>();
   auto process_collector = std::make_shared<deltaserve::metrics::ProcessCollector>();
@@ -207,7 +252,7 @@ int Run() {
                        .Register(*registry);
   std::unique_ptr<prometheus::Exposer> exposer;
   if (metrics_port != 0) {
-    const std::string bind = absl::StrCat(absl::GetFlag(FLAGS_host), ":", metrics_port);
+    const std::string bind = absl::StrCat(absl::GetFlag(FLAGS_metrics_host), ":", metrics_port);
     try {
       exposer = std::make_unique<prometheus::Exposer>(bind);
     } catch (const std::exception& e) {
@@ -304,17 +349,19 @@ int Run() {
   std::vector<api::ServedModel*> served_models = {&served};
   if (vision) served_models.push_back(&vision_served);
   api::ModelRegistry models(served_models);
-  api::TextGenerationService text_service(&models, observer);
-  api::ModelsService models_service(&models, observer);
-  api::VisionService vision_service(&models, observer);
+  api::TextGenerationService text_service(&models, observer, &gate);
+  api::ModelsService models_service(&models, observer, &gate);
+  api::VisionService vision_service(&models, observer, {}, &gate);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (!absl::GetFlag(FLAGS_reflection)) builder.SetOption(api::WithoutReflection());
   int selected_port = 0;
   const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", port);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port must fail, not be shared
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_request_bytes));
+  builder.AddListeningPort(address, *credentials, &selected_port);
   builder.RegisterService(&text_service);
   builder.RegisterService(&models_service);
   if (vision) builder.RegisterService(&vision_service);
@@ -346,12 +393,23 @@ int Run() {
       static_cast<long>(engine_options.max_batched_tokens), static_cast<long>(engine_options.max_queue),
       metrics_port ? absl::StrCat("on :", metrics_port, "/metrics").c_str() : "off");
 
+  std::fprintf(stderr, "deltaserve: transport %s; authentication %s; reflection %s; rate limit %s; max request %ld bytes\n",
+               !tls.enabled() ? "plaintext" : tls.client_ca.empty() ? "TLS" : "mutual TLS",
+               gate_options.bearer_tokens.empty()
+                   ? "off"
+                   : absl::StrCat(gate_options.bearer_tokens.size(), " bearer token(s)").c_str(),
+               absl::GetFlag(FLAGS_reflection) ? "on" : "off",
+               gate_options.rate_limit > 0 ? absl::StrCat(gate_options.rate_limit, " calls/s per client").c_str()
+                                           : "off",
+               static_cast<long>(max_request_bytes));
+
   // Shutdown: the signal handler only writes a byte; this thread does the work.
   std::thread waiter([&] {
     char c;
     while (::read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
     }
     std::fprintf(stderr, "deltaserve: shutting down (grace %.1f s)\n", grace_s);
+    gate.StartDrain();
     served.ready = false;
     vision_served.ready = false;
     if (health) {

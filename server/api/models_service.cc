@@ -27,6 +27,11 @@ std::string DtypeName(at::ScalarType t) {
 
 absl::StatusOr<ServedModel*> ModelRegistry::Find(absl::string_view name, absl::string_view field,
                                                  Kind kind) const {
+  // Echo at most kMaxEchoedNameBytes of a name in errors: a huge name must not make a huge status (gRPC
+  // turns a status over its metadata limit into RESOURCE_EXHAUSTED, hiding the real answer).
+  const std::string shown = name.size() <= kMaxEchoedNameBytes
+                                ? std::string(name)
+                                : absl::StrCat(name.substr(0, kMaxEchoedNameBytes), "... (", name.size(), " bytes)");
   auto matches = [kind](const ServedModel* m) {
     return kind == Kind::kAny || (kind == Kind::kText ? m->engine != nullptr : m->vision != nullptr);
   };
@@ -40,14 +45,14 @@ absl::StatusOr<ServedModel*> ModelRegistry::Find(absl::string_view name, absl::s
   for (ServedModel* m : models_) {
     if (m->name == name) {
       if (matches(m)) return m;
-      return absl::InvalidArgumentError(absl::StrCat(field, ": \"", name, "\" is a ",
+      return absl::InvalidArgumentError(absl::StrCat(field, ": \"", shown, "\" is a ",
                                                      m->engine ? "text generation" : "vision detection",
                                                      " model; this method needs a ", wanted, " model"));
     }
     names.push_back(m->name);
   }
   return absl::NotFoundError(
-      absl::StrCat(field, ": \"", name, "\" is not a served model; served: ", absl::StrJoin(names, ", ")));
+      absl::StrCat(field, ": \"", shown, "\" is not a served model; served: ", absl::StrJoin(names, ", ")));
 }
 
 namespace {
@@ -120,9 +125,17 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, cons
   return reactor;
 }
 
+grpc::Status AdmitCall(const CallGate* gate, grpc::CallbackServerContext* context, absl::string_view method,
+                       bool drain_applies) {
+  return gate == nullptr ? grpc::Status::OK : gate->Admit(context, method, drain_applies);
+}
+
 grpc::ServerUnaryReactor* ModelsService::ListModels(grpc::CallbackServerContext* context,
                                                     const v1::ListModelsRequest*,
                                                     v1::ListModelsResponse* response) {
+  // Through a drain the Models service keeps answering (each model's ready is false): how clients see it.
+  if (grpc::Status st = AdmitCall(gate_, context, "ListModels", /*drain_applies=*/false); !st.ok())
+    return FinishUnary(context, observer_, "ListModels", st);
   for (ServedModel* m : registry_->models()) FillModelInfo(*m, response->add_models());
   if (!registry_->models().empty()) response->set_default_model(registry_->models().front()->name);
   return FinishUnary(context, observer_, "ListModels", grpc::Status::OK);
@@ -131,6 +144,8 @@ grpc::ServerUnaryReactor* ModelsService::ListModels(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* ModelsService::GetModel(grpc::CallbackServerContext* context,
                                                   const v1::GetModelRequest* request,
                                                   v1::ModelInfo* response) {
+  if (grpc::Status st = AdmitCall(gate_, context, "GetModel", /*drain_applies=*/false); !st.ok())
+    return FinishUnary(context, observer_, "GetModel", st);
   absl::StatusOr<ServedModel*> m = registry_->Find(request->name(), "name");
   if (!m.ok()) return FinishUnary(context, observer_, "GetModel", ToGrpcStatus(m.status()));
   FillModelInfo(**m, response);

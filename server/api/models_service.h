@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "api/call_gate.h"
 #include "deltaserve/v1/models.grpc.pb.h"
 #include "engine/engine.h"
 #include "runner/sampler.h"
@@ -40,6 +41,13 @@ using RequestObserver = std::function<void(absl::string_view method, grpc::Statu
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, const RequestObserver& observer,
                                       absl::string_view method, const grpc::Status& status);
 
+// `gate`'s verdict on the call (OK when gate is null): the first thing every service method asks.
+grpc::Status AdmitCall(const CallGate* gate, grpc::CallbackServerContext* context, absl::string_view method,
+                       bool drain_applies = true);
+
+// Longest part of a requested model name that errors repeat.
+inline constexpr size_t kMaxEchoedNameBytes = 128;
+
 // The served models in startup order (the first is the default); the name lookup every service uses.
 class ModelRegistry {
  public:
@@ -60,8 +68,9 @@ void FillModelInfo(const ServedModel& model, v1::ModelInfo* info);
 
 class ModelsService final : public v1::Models::CallbackService {
  public:
-  ModelsService(const ModelRegistry* registry, RequestObserver observer = nullptr)
-      : registry_(registry), observer_(std::move(observer)) {}
+  // `gate` (may be null: every call admitted) is asked first by every method.
+  ModelsService(const ModelRegistry* registry, RequestObserver observer = nullptr, const CallGate* gate = nullptr)
+      : registry_(registry), observer_(std::move(observer)), gate_(gate) {}
 
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const v1::ListModelsRequest* request,
@@ -72,6 +81,7 @@ class ModelsService final : public v1::Models::CallbackService {
  private:
   const ModelRegistry* registry_;
   RequestObserver observer_;
+  const CallGate* gate_;
 };
 
 }  // namespace deltaserve::api

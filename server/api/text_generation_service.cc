@@ -222,10 +222,14 @@ v1::FinishReason ToProto(engine::FinishReason reason) {
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   GenerateReactor(grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
-                  const ModelRegistry* registry, RequestObserver observer)
+                  const ModelRegistry* registry, RequestObserver observer, const CallGate* gate)
       : state_(std::make_shared<State>()), observer_(std::move(observer)) {
     state_->reactor = this;
     received_ = std::chrono::steady_clock::now();
+    if (grpc::Status admitted = AdmitCall(gate, context, "Generate"); !admitted.ok()) {
+      FinishNow(admitted);
+      return;
+    }
     absl::StatusOr<PreparedRequest> prepared = PrepareGenerate(*registry, *request);
     if (!prepared.ok()) {
       FinishNow(ToGrpcStatus(prepared.status()));
@@ -478,12 +482,14 @@ absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry,
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* TextGenerationService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new GenerateReactor(context, request, registry_, observer_);
+  return new GenerateReactor(context, request, registry_, observer_, gate_);
 }
 
 grpc::ServerUnaryReactor* TextGenerationService::Tokenize(grpc::CallbackServerContext* context,
                                                           const v1::TokenizeRequest* request,
                                                           v1::TokenizeResponse* response) {
+  if (grpc::Status st = AdmitCall(gate_, context, "Tokenize"); !st.ok())
+    return FinishUnary(context, observer_, "Tokenize", st);
   absl::StatusOr<ServedModel*> found = registry_->Find(request->model(), "model", ModelRegistry::Kind::kText);
   if (!found.ok()) return FinishUnary(context, observer_, "Tokenize", ToGrpcStatus(found.status()));
   const ServedModel& m = **found;
@@ -517,6 +523,8 @@ grpc::ServerUnaryReactor* TextGenerationService::Tokenize(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* TextGenerationService::Detokenize(grpc::CallbackServerContext* context,
                                                             const v1::DetokenizeRequest* request,
                                                             v1::DetokenizeResponse* response) {
+  if (grpc::Status st = AdmitCall(gate_, context, "Detokenize"); !st.ok())
+    return FinishUnary(context, observer_, "Detokenize", st);
   absl::StatusOr<ServedModel*> found = registry_->Find(request->model(), "model", ModelRegistry::Kind::kText);
   if (!found.ok()) return FinishUnary(context, observer_, "Detokenize", ToGrpcStatus(found.status()));
   const ServedModel& m = **found;

@@ -33,8 +33,10 @@ absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry,
 
 class TextGenerationService final : public v1::TextGeneration::CallbackService {
  public:
-  TextGenerationService(const ModelRegistry* registry, RequestObserver observer = nullptr)
-      : registry_(registry), observer_(std::move(observer)) {}
+  // `gate` (may be null: every call admitted) is asked first by every method.
+  TextGenerationService(const ModelRegistry* registry, RequestObserver observer = nullptr,
+                        const CallGate* gate = nullptr)
+      : registry_(registry), observer_(std::move(observer)), gate_(gate) {}
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
                                                            const v1::GenerateRequest* request) override;
@@ -47,6 +49,7 @@ class TextGenerationService final : public v1::TextGeneration::CallbackService {
  private:
   const ModelRegistry* registry_;
   RequestObserver observer_;
+  const CallGate* gate_;
 };
 
 }  // namespace deltaserve::api

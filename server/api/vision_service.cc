@@ -27,6 +27,7 @@ double Since(std::chrono::steady_clock::time_point t) {
 void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServerContext* context,
                            std::function<void(const grpc::Status&, v1::DetectResponse)> done) const {
   const auto received = std::chrono::steady_clock::now();
+  if (grpc::Status admitted = AdmitCall(gate_, context, "Detect"); !admitted.ok()) return done(admitted, {});
   if (request.request_id().size() > kMaxRequestIdBytes)
     return done(Invalid(absl::StrCat("request_id: at most ", kMaxRequestIdBytes, " bytes, got ",
                                      request.request_id().size())),

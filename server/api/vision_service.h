@@ -13,9 +13,10 @@ namespace deltaserve::api {
 
 class VisionService final : public v1::Vision::CallbackService {
  public:
+  // `gate` (may be null: every call admitted) is asked first for every image.
   VisionService(const ModelRegistry* registry, RequestObserver observer = nullptr,
-                vision::DecodeLimits limits = {})
-      : registry_(registry), observer_(std::move(observer)), limits_(limits) {}
+                vision::DecodeLimits limits = {}, const CallGate* gate = nullptr)
+      : registry_(registry), observer_(std::move(observer)), limits_(limits), gate_(gate) {}
 
   grpc::ServerUnaryReactor* Detect(grpc::CallbackServerContext* context, const v1::DetectRequest* request,
                                    v1::DetectResponse* response) override;
@@ -32,6 +33,7 @@ class VisionService final : public v1::Vision::CallbackService {
   const ModelRegistry* registry_;
   RequestObserver observer_;
   vision::DecodeLimits limits_;
+  const CallGate* gate_;
 };
 
 }  // namespace deltaserve::api

@@ -134,8 +134,9 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request) {
   // against max_queue, so a burst within capacity is never refused.
   const int64_t unclaimed = std::max<int64_t>(0, runner_->options().max_seqs - running_count_);
   if (static_cast<int64_t>(waiting_.size()) >= options_.max_queue + unclaimed) {
-    return absl::ResourceExhaustedError(absl::StrCat("queue full: ", waiting_.size(),
-                                                     " requests waiting (max_queue ", options_.max_queue,
+    // Count what waits beyond the free slots, the quantity max_queue bounds.
+    return absl::ResourceExhaustedError(absl::StrCat("queue full: ", static_cast<int64_t>(waiting_.size()) - unclaimed,
+                                                     " requests waiting for a slot (max_queue ", options_.max_queue,
                                                      "); retry later"));
   }
   seq->handle = next_handle_++;

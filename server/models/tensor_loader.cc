@@ -63,8 +63,13 @@ at::Tensor TensorLoader::Take(const std::string& name, const std::vector<int64_t
   const at::ScalarType target = keep_float32 ? at::kFloat : dtype_;
   at::Tensor mapped = at::from_blob(const_cast<void*>(view.data), shape, at::TensorOptions().dtype(*source));
   const bool aligned = reinterpret_cast<uintptr_t>(view.data) % c10::elementSize(*source) == 0;
-  if (aligned && *source == target && device_.is_cpu()) return mapped;
-  return mapped.to(device_, target, /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor out = aligned && *source == target && device_.is_cpu()
+                       ? mapped
+                       : mapped.to(device_, target, /*non_blocking=*/false, /*copy=*/true);
+  // A NaN or Inf weight would load and serve errors (or garbage) on every request: refuse it here, in the
+  // dtype it is used in (a float32 value can overflow a narrower one). One pass over the weights at load.
+  if (!at::isfinite(out).all().item<bool>()) nonfinite_.push_back(full);
+  return out;
 }
 
 absl::Status TensorLoader::Finish() const {
@@ -73,11 +78,15 @@ absl::Status TensorLoader::Finish() const {
     if (used_.count(name) || (ignored_ && ignored_(name))) continue;
     unexpected.push_back(name);
   }
-  if (missing_.empty() && unexpected.empty() && mismatched_.empty()) return absl::OkStatus();
-  std::string msg = "checkpoint does not match the config:";
+  if (missing_.empty() && unexpected.empty() && mismatched_.empty() && nonfinite_.empty()) return absl::OkStatus();
+  std::string msg = missing_.empty() && unexpected.empty() && mismatched_.empty()
+                        ? "checkpoint weights are not all finite:"
+                        : "checkpoint does not match the config:";
   if (!missing_.empty()) absl::StrAppend(&msg, " missing [", absl::StrJoin(missing_, "; "), "]");
   if (!mismatched_.empty()) absl::StrAppend(&msg, " mismatched [", absl::StrJoin(mismatched_, "; "), "]");
   if (!unexpected.empty()) absl::StrAppend(&msg, " unexpected [", absl::StrJoin(unexpected, "; "), "]");
+  if (!nonfinite_.empty())
+    absl::StrAppend(&msg, " non-finite values (NaN or Inf) in [", absl::StrJoin(nonfinite_, "; "), "]");
   return absl::InvalidArgumentError(msg);
 }
 

@@ -30,11 +30,13 @@ class TensorLoader {
   void set_ignored(std::function<bool(const std::string&)> f) { ignored_ = std::move(f); }
 
   // The tensor, or an undefined one (recorded for Finish) when missing or mismatched. Zero-copy when the
-  // mapping already holds the right dtype on the CPU and is aligned; one converted copy otherwise.
+  // mapping already holds the right dtype on the CPU and is aligned; one converted copy otherwise. Every
+  // value is checked finite (Finish reports those that are not).
   at::Tensor Take(const std::string& name, const std::vector<int64_t>& shape, bool keep_float32 = false,
                   bool absolute = false);
 
-  // InvalidArgument listing every missing, mismatched and unexpected tensor; Ok when there are none.
+  // InvalidArgument listing every missing, mismatched and unexpected tensor and every one holding a NaN or
+  // Inf; Ok when there are none.
   absl::Status Finish() const;
 
  private:
@@ -44,7 +46,7 @@ class TensorLoader {
   c10::Device device_;
   std::function<bool(const std::string&)> reshapeable_, ignored_;
   std::set<std::string> used_;
-  std::vector<std::string> missing_, mismatched_;
+  std::vector<std::string> missing_, mismatched_, nonfinite_;
 };
 
 }  // namespace deltaserve::models

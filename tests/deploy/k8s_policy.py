@@ -108,6 +108,8 @@ def check_workload(objects, known_flags=None):
             p.append(f"ConfigMap flags: --{f} is not a deltaserve flag (deltaserve --help)")
     if "grpc" in ports and flags.get("port") not in (None, str(ports["grpc"])):
         p.append(f"Deployment {name}: grpc containerPort {ports['grpc']} but --port={flags['port']}")
+    if "metrics" in ports and flags.get("metrics_host", "127.0.0.1") in ("127.0.0.1", "localhost", "::1"):
+        p.append(f"Deployment {name}: /metrics listens on loopback only (--metrics_host); Prometheus cannot scrape it")
     if "metrics" in ports and flags.get("metrics_port") not in (None, str(ports["metrics"])):
         p.append(f"Deployment {name}: metrics containerPort {ports['metrics']} but --metrics_port={flags['metrics_port']}")
 

@@ -169,6 +169,7 @@ class K8sManifests(unittest.TestCase):
             "not --name=value with underscores": lambda o: self.flags_text(o, lambda t: t + "max-queue 4\n"),
             "annotation prometheus.io/port 9091": lambda o: kp.one(o, "Deployment")["spec"]["template"]["metadata"][
                 "annotations"].update({"prometheus.io/port": "9091"}),
+            "listens on loopback only": lambda o: self.flags_text(o, lambda t: t.replace("--metrics_host=0.0.0.0\n", "")),
             "maxUnavailable should be 0": lambda o: kp.one(o, "Deployment")["spec"]["strategy"]["rollingUpdate"].update(
                 maxUnavailable=1),
         }
