@@ -89,6 +89,11 @@ ABSL_FLAG(std::string, vision_model_name, "", "Name requests use for the detecto
 ABSL_FLAG(int64_t, vision_max_batch, 8, "Images per detector forward pass at most (dynamic batching)");
 ABSL_FLAG(double, vision_max_delay_ms, 2.0, "How long the first queued image waits for others to batch with");
 ABSL_FLAG(int64_t, vision_max_queue, 64, "Images that may wait for the detector; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, vision_max_pixels, 16'000'000,
+          "Largest image accepted, width x height (read from the file's header before decoding; 48 MB as RGB)");
+ABSL_FLAG(int64_t, vision_max_inflight_pixels, 64'000'000,
+          "Pixels of all images decoded and not yet answered, at most (bounds their memory; beyond: "
+          "RESOURCE_EXHAUSTED, retry later); at least --vision-max-pixels");
 ABSL_FLAG(double, shutdown_grace, 30.0, "Seconds running requests may take to finish on SIGTERM/SIGINT");
 // Security: transport, authentication, exposure and limits (docs/security.md).
 ABSL_FLAG(std::string, tls_cert, "", "TLS: the server's certificate chain (PEM); with --tls-key, gRPC is served over TLS");
@@ -242,6 +247,13 @@ int Run() {
   if (max_request_bytes < 1024 || max_request_bytes > (int64_t{1} << 30))
     return Fail(absl::StrCat("--max-request-bytes: must be in [1024, 1073741824], got ", max_request_bytes));
   api::CallGate gate(gate_options);
+  deltaserve::vision::DecodeLimits decode_limits;
+  decode_limits.max_pixels = absl::GetFlag(FLAGS_vision_max_pixels);
+  if (decode_limits.max_pixels < 1)
+    return Fail(absl::StrCat("--vision-max-pixels: must be >= 1, got ", decode_limits.max_pixels));
+  if (absl::GetFlag(FLAGS_vision_max_inflight_pixels) < decode_limits.max_pixels)
+    return Fail(absl::StrCat("--vision-max-inflight-pixels: must be at least --vision-max-pixels (",
+                             decode_limits.max_pixels, "), got ", absl::GetFlag(FLAGS_vision_max_inflight_pixels)));
 
   // Metrics first: a taken port fails fast, before the slow weight load.
   auto registry = std::make_shared<prometheus::Registry>();
@@ -351,7 +363,8 @@ int Run() {
   api::ModelRegistry models(served_models);
   api::TextGenerationService text_service(&models, observer, &gate);
   api::ModelsService models_service(&models, observer, &gate);
-  api::VisionService vision_service(&models, observer, {}, &gate);
+  api::VisionService vision_service(&models, observer, decode_limits, &gate,
+                                    absl::GetFlag(FLAGS_vision_max_inflight_pixels));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

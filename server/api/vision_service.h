@@ -5,6 +5,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
+#include <cstdint>
+
 #include "api/models_service.h"
 #include "deltaserve/v1/vision.grpc.pb.h"
 #include "vision/image_codec.h"
@@ -13,10 +16,16 @@ namespace deltaserve::api {
 
 class VisionService final : public v1::Vision::CallbackService {
  public:
-  // `gate` (may be null: every call admitted) is asked first for every image.
+  // `gate` (may be null: every call admitted) is asked first for every image. `max_inflight_pixels` > 0
+  // bounds the pixels of images decoded or being decoded and not yet answered (their memory), counted from
+  // each file's header before decoding: beyond it, RESOURCE_EXHAUSTED (retry later).
   VisionService(const ModelRegistry* registry, RequestObserver observer = nullptr,
-                vision::DecodeLimits limits = {}, const CallGate* gate = nullptr)
-      : registry_(registry), observer_(std::move(observer)), limits_(limits), gate_(gate) {}
+                vision::DecodeLimits limits = {}, const CallGate* gate = nullptr, int64_t max_inflight_pixels = 0)
+      : registry_(registry),
+        observer_(std::move(observer)),
+        limits_(limits),
+        gate_(gate),
+        max_inflight_pixels_(max_inflight_pixels) {}
 
   grpc::ServerUnaryReactor* Detect(grpc::CallbackServerContext* context, const v1::DetectRequest* request,
                                    v1::DetectResponse* response) override;
@@ -34,6 +43,8 @@ class VisionService final : public v1::Vision::CallbackService {
   RequestObserver observer_;
   vision::DecodeLimits limits_;
   const CallGate* gate_;
+  int64_t max_inflight_pixels_;
+  mutable std::atomic<int64_t> inflight_pixels_{0};
 };
 
 }  // namespace deltaserve::api

@@ -53,7 +53,8 @@ absl::Status CheckDimensions(absl::string_view format, uint64_t width, uint64_t 
 std::string FirstBytesHex(std::string_view bytes) {
   std::string out;
   for (size_t i = 0; i < bytes.size() && i < 8; ++i) {
-    absl::StrAppendFormat(&out, i == 0 ? "%02x" : " %02x", static_cast<unsigned char>(bytes[i]));
+    if (i != 0) out += ' ';
+    absl::StrAppendFormat(&out, "%02x", static_cast<unsigned char>(bytes[i]));
   }
   return out;
 }
@@ -488,6 +489,40 @@ absl::StatusOr<std::string> EncodePng(const RgbImage& image) {
   }
   out.resize(size);
   return out;
+}
+
+absl::StatusOr<int64_t> DeclaredPixels(std::string_view bytes) {
+  auto u8 = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(bytes[i])); };
+  auto be16 = [&](size_t i) { return (u8(i) << 8) | u8(i + 1); };
+  auto be32 = [&](size_t i) { return (be16(i) << 16) | be16(i + 2); };
+  static constexpr char kPng[] = "\x89PNG\r\n\x1a\n";
+  if (bytes.size() >= 24 && bytes.substr(0, 8) == std::string_view(kPng, 8) && bytes.substr(12, 4) == "IHDR")
+    return static_cast<int64_t>(be32(16)) * static_cast<int64_t>(be32(20));
+  if (bytes.size() >= 4 && u8(0) == 0xff && u8(1) == 0xd8) {
+    // Walk the marker segments up to the first frame header (SOF0..SOF15 but DHT C4, JPG C8, DAC CC).
+    size_t i = 2;
+    while (i + 4 <= bytes.size()) {
+      if (u8(i) != 0xff) break;
+      const uint32_t marker = u8(i + 1);
+      if (marker == 0xff) {  // fill byte
+        ++i;
+        continue;
+      }
+      if (marker == 0xd8 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {  // no length
+        i += 2;
+        continue;
+      }
+      if (marker == 0xda || marker == 0xd9) break;  // scan data or the end before any frame header
+      const uint32_t length = be16(i + 2);
+      if (marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 && marker != 0xcc) {
+        if (i + 9 > bytes.size()) break;
+        return static_cast<int64_t>(be16(i + 5)) * static_cast<int64_t>(be16(i + 7));  // height * width
+      }
+      if (length < 2) break;
+      i += 2 + length;
+    }
+  }
+  return absl::NotFoundError("no PNG or JPEG header with a size");
 }
 
 }  // namespace deltaserve::vision

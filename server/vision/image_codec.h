@@ -43,6 +43,11 @@ struct DecodeLimits {
 //    truncated JPEG is refused rather than padded with gray. More than 500 progressive scans is refused.
 absl::StatusOr<RgbImage> DecodeImage(std::string_view bytes, const DecodeLimits& limits = {});
 
+// The pixel count (width * height) a PNG or JPEG header declares, read from the first chunk (PNG IHDR)
+// or frame marker (JPEG SOFn) without decoding anything; NotFound when the bytes are neither or the header
+// is cut short (DecodeImage then names the problem). For budgeting memory before a decode.
+absl::StatusOr<int64_t> DeclaredPixels(std::string_view bytes);
+
 // Wraps raw interleaved RGB bytes (row-major, no padding) of a width x height image. Checks width > 0,
 // height > 0, width * height <= limits.max_pixels and bytes.size() == width * height * 3 (the message
 // names both numbers). limits.max_bytes does not apply: the pixel limit bounds raw input.

@@ -59,6 +59,18 @@ def make_cert(d, ca, name, server):
             "-days", "2", "-extfile", ext.name, "-out", f"{name}.pem", cwd=d)
 
 
+def grey_png(width, height):
+    """An 8-bit grey PNG of one colour: megapixels in a few kilobytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    rows = (b"\x00" + b"\x80" * width) * height
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
 def der_of(pem_path):
     return ssl.PEM_cert_to_DER_cert(pathlib.Path(pem_path).read_text().split("-----END CERTIFICATE-----")[0]
                                     + "-----END CERTIFICATE-----\n")
@@ -362,6 +374,41 @@ class Limits(unittest.TestCase):
                               "--metrics-port", "0"], capture_output=True, text=True, timeout=120)
         self.assertEqual(out.returncode, 1, out.stderr)
         self.assertIn("non-finite values (NaN or Inf) in [" + name + "]", out.stderr)
+
+    def test_image_memory_is_bounded_before_decoding(self):
+        import grpc
+        from concurrent.futures import ThreadPoolExecutor
+        vision = base.GEN["vision"]
+        bomb = grey_png(6324, 6324)  # 40 MP in a few KB: over the default per-image limit of 16 MP
+        big = grey_png(2900, 2900)   # 8.4 MP each: two fit in the 18 MP budget below
+        s = Server("--vision-max-pixels", "9000000", "--vision-max-inflight-pixels", "18000000", vision=True)
+        default = Server(vision=True)
+        try:
+            with grpc.insecure_channel(default.address) as ch:
+                with self.assertRaises(grpc.RpcError) as e:
+                    base.GEN["vision_grpc"].VisionStub(ch).Detect(vision.DetectRequest(encoded=bomb), timeout=30)
+                self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+                self.assertIn("above the limit of 16000000 pixels", e.exception.details())
+            with grpc.insecure_channel(s.address) as ch:
+                stub = base.GEN["vision_grpc"].VisionStub(ch)
+
+                def detect(_):
+                    try:
+                        stub.Detect(vision.DetectRequest(encoded=big), timeout=120)
+                        return "OK", ""
+                    except grpc.RpcError as err:
+                        return err.code().name, err.details()
+                with ThreadPoolExecutor(12) as pool:
+                    results = list(pool.map(detect, range(12)))
+                codes = [c for c, _ in results]
+                self.assertGreaterEqual(codes.count("OK"), 2, results)
+                self.assertGreaterEqual(codes.count("RESOURCE_EXHAUSTED"), 1, results)
+                self.assertEqual(codes.count("OK") + codes.count("RESOURCE_EXHAUSTED"), 12, results)
+                self.assertIn("--vision-max-inflight-pixels 18000000", next(d for c, d in results if c != "OK"))
+                stub.Detect(vision.DetectRequest(encoded=big), timeout=120)  # the budget was given back
+        finally:
+            s.stop()
+            default.stop()
 
     def test_every_service_follows_the_drain(self):
         import grpc

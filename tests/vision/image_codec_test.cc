@@ -761,5 +761,25 @@ TEST(RawRgb, RefusesWrongSizesAndLimits) {
   ExpectInvalid(RawRgbImage("abc", 100000, 100000), "above the limit of 40000000 pixels");
 }
 
+TEST(DeclaredPixels, ReadsPngAndJpegHeadersWithoutDecoding) {
+  EXPECT_EQ(*DeclaredPixels(HandMadePng(6324, 6324)), int64_t{6324} * 6324);
+  EXPECT_EQ(*DeclaredPixels(HandMadePng(0xffffffffu, 3)), int64_t{0xffffffffu} * 3);
+  for (int progressive = 0; progressive < 2; ++progressive) {
+    JpegSpec spec;
+    spec.width = 37;
+    spec.height = 11;
+    spec.progressive = progressive == 1;
+    spec.data.assign(37 * 11 * 3, 90);
+    const std::string jpeg = WriteJpeg(spec);
+    EXPECT_EQ(*DeclaredPixels(jpeg), 37 * 11) << progressive;
+    EXPECT_EQ(DecodeImage(jpeg)->width * DecodeImage(jpeg)->height, 37 * 11);
+    // Cut before the frame header: no size.
+    EXPECT_FALSE(DeclaredPixels(jpeg.substr(0, 20)).ok());
+  }
+  EXPECT_EQ(DeclaredPixels("").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(DeclaredPixels("GIF89a....").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(DeclaredPixels(HandMadePng(5, 5).substr(0, 20)).ok());
+}
+
 }  // namespace
 }  // namespace deltaserve::vision
