@@ -3,7 +3,11 @@
 // the process's peak RSS. scripts/bench_model.sh runs both on the same checkpoints and prints ratios.
 //   bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] [--dtype float32|bfloat16]
 //               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...] [--batch B] [--device cpu|cuda]
-//               [--cuda-graphs 0|1]
+//               [--cuda-graphs 0|1] [--profile-steps K] [--profile-trace FILE]
+// --profile-steps K profiles K more decode steps after the timed ones with LibTorch's Kineto profiler
+// (CUPTI on CUDA): a second JSON line says, per step, the GPU kernels launched, their summed time, the
+// time the GPU was busy, the step's span on the GPU and the gaps in it, the CUDA runtime calls the host
+// made, and the ten kernels taking the most time. --profile-trace also writes a Chrome trace.
 // --batch B runs B sequences together (one packed prefill, then B tokens per decode step): the engine's
 // batched throughput; tokens/s count every sequence's tokens.
 #include <ATen/ATen.h>
@@ -16,6 +20,9 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+
+#include <map>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "models/qwen35/model.h"
 #include "runner/model_runner.h"
@@ -32,6 +39,8 @@ int main(int argc, char** argv) {
   const std::string dir = argv[1];
   int prompt_len = 256, decode = 32, threads = 2, batch = 1;
   bool cuda_graphs = true;
+  int profile_steps = 0;
+  std::string profile_trace;
   q::ModelOptions o;
   std::string state = "fp32";
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -54,6 +63,10 @@ int main(int argc, char** argv) {
       o.device = c10::Device(v);
     else if (f == "--cuda-graphs")
       cuda_graphs = v != "0";
+    else if (f == "--profile-steps")
+      profile_steps = std::max(0, std::atoi(v.c_str()));
+    else if (f == "--profile-trace")
+      profile_trace = v;
     else {
       std::fprintf(stderr, "bench_model: unknown flag %s\n", f.c_str());
       return 2;
@@ -105,6 +118,83 @@ int main(int argc, char** argv) {
   if (!logits.ok()) {
     std::fprintf(stderr, "bench_model: %s\n", std::string(logits.status().message()).c_str());
     return 1;
+  }
+  if (profile_steps > 0) {
+    namespace prof = torch::autograd::profiler;
+    using torch::profiler::impl::ActivityType;
+    std::set<ActivityType> activities{ActivityType::CPU};
+    if (o.device.is_cuda()) activities.insert(ActivityType::CUDA);
+    const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+    prof::prepareProfiler(config, activities);
+    // A value read back waits for the device: nothing of the timed steps spills into the profile.
+    auto drain = [&] {
+      if (logits.ok()) (void)logits->sum().item<float>();
+    };
+    drain();
+    prof::enableProfiler(config, activities);
+    for (int i = 0; i < profile_steps && logits.ok(); ++i) {
+      const at::Tensor next = logits->argmax(1).to(at::kInt).contiguous();
+      std::vector<std::vector<int32_t>> step(batch);
+      for (int b = 0; b < batch; ++b) step[b] = {next[b].item<int32_t>()};
+      logits = (*model)->Forward(step, slots);
+    }
+    drain();
+    std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
+    if (!profile_trace.empty()) result->save(profile_trace);
+    // GPU events (kernels, copies, sets) by start; the union of their intervals is the busy time.
+    std::vector<std::pair<uint64_t, uint64_t>> gpu;
+    std::map<std::string, std::pair<int, double>> by_kernel;  // name -> (count, microseconds)
+    int runtime_calls = 0, graph_launches = 0, cpu_ops = 0;
+    double kernel_us = 0;
+    for (const auto& e : result->events()) {
+      if (e.deviceType() == c10::DeviceType::CUDA) {
+        gpu.emplace_back(e.startNs(), e.endNs());
+        kernel_us += e.durationNs() / 1e3;
+        auto& k = by_kernel[e.name().substr(0, 80)];
+        k.first += 1;
+        k.second += e.durationNs() / 1e3;
+      } else if (e.name().rfind("cuda", 0) == 0) {
+        ++runtime_calls;
+        if (e.name().rfind("cudaGraphLaunch", 0) == 0) ++graph_launches;
+      } else if (e.name().rfind("aten::", 0) == 0) {
+        ++cpu_ops;  // ATen operators dispatched on the host (nested ones counted too)
+      }
+    }
+    std::sort(gpu.begin(), gpu.end());
+    double busy_us = 0, span_us = 0;
+    uint64_t cur_s = 0, cur_e = 0;
+    for (const auto& [a, b] : gpu) {
+      if (cur_e == 0 || a > cur_e) {
+        busy_us += (cur_e - cur_s) / 1e3;
+        cur_s = a;
+        cur_e = b;
+      } else {
+        cur_e = std::max(cur_e, b);
+      }
+    }
+    busy_us += (cur_e - cur_s) / 1e3;
+    if (!gpu.empty()) span_us = (cur_e - gpu.front().first) / 1e3;
+    std::vector<std::pair<double, std::string>> top;
+    for (const auto& [name, v] : by_kernel) top.emplace_back(v.second, name);
+    std::sort(top.rbegin(), top.rend());
+    std::string top_json;
+    for (size_t i = 0; i < top.size() && i < 10; ++i) {
+      std::string name = top[i].second;
+      for (char& c : name)
+        if (c == '"' || c == '\\') c = '\'';
+      top_json += (i ? ", " : "") + std::string("[\"") + name + "\", " + std::to_string(by_kernel[top[i].second].first / profile_steps) +
+                  ", " + std::to_string(top[i].first / profile_steps) + "]";
+    }
+    std::printf(
+        "{\"bench\": \"model_profile\", \"batch\": %d, \"cuda_graphs\": %s, \"steps\": %d, "
+        "\"gpu_events_per_step\": %.1f, \"gpu_time_us_per_step\": %.1f, \"gpu_busy_us_per_step\": %.1f, "
+        "\"gpu_span_us_per_step\": %.1f, \"gpu_gaps_us_per_step\": %.1f, \"cuda_runtime_calls_per_step\": %.1f, "
+        "\"graph_launches_per_step\": %.1f, \"aten_ops_per_step\": %.1f, \"top_kernels\": [%s]}\n",
+        batch, cuda_graphs ? "true" : "false", profile_steps, static_cast<double>(gpu.size()) / profile_steps,
+        kernel_us / profile_steps, busy_us / profile_steps, span_us / profile_steps,
+        (span_us - busy_us) / profile_steps, static_cast<double>(runtime_calls) / profile_steps,
+        static_cast<double>(graph_launches) / profile_steps, static_cast<double>(cpu_ops) / profile_steps,
+        top_json.c_str());
   }
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
