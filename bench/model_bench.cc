@@ -5,9 +5,11 @@
 //               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...] [--batch B] [--device cpu|cuda]
 //               [--cuda-graphs 0|1] [--profile-steps K] [--profile-trace FILE]
 // --profile-steps K profiles K more decode steps after the timed ones with LibTorch's Kineto profiler
-// (CUPTI on CUDA): a second JSON line says, per step, the GPU kernels launched, their summed time, the
-// time the GPU was busy, the step's span on the GPU and the gaps in it, the CUDA runtime calls the host
-// made, and the ten kernels taking the most time. --profile-trace also writes a Chrome trace.
+// (CUPTI on CUDA): a second JSON line gives, over the profiled window, the GPU events, their summed time,
+// the time the GPU was busy, the window's span on the GPU and the gaps in it, the CUDA runtime calls and
+// ATen operators of the host, and the ten kernels taking the most time. Totals, not per step: on the H200
+// the trace kept only about 2 of 10 steps, so divide by the steps the trace holds (count a kernel that
+// runs a known number of times per step). --profile-trace also writes the Chrome trace.
 // --batch B runs B sequences together (one packed prefill, then B tokens per decode step): the engine's
 // batched throughput; tokens/s count every sequence's tokens.
 #include <ATen/ATen.h>
@@ -182,19 +184,16 @@ int main(int argc, char** argv) {
       std::string name = top[i].second;
       for (char& c : name)
         if (c == '"' || c == '\\') c = '\'';
-      top_json += (i ? ", " : "") + std::string("[\"") + name + "\", " + std::to_string(by_kernel[top[i].second].first / profile_steps) +
-                  ", " + std::to_string(top[i].first / profile_steps) + "]";
+      top_json += (i ? ", " : "") + std::string("[\"") + name + "\", " + std::to_string(by_kernel[top[i].second].first) +
+                  ", " + std::to_string(top[i].first) + "]";
     }
     std::printf(
-        "{\"bench\": \"model_profile\", \"batch\": %d, \"cuda_graphs\": %s, \"steps\": %d, "
-        "\"gpu_events_per_step\": %.1f, \"gpu_time_us_per_step\": %.1f, \"gpu_busy_us_per_step\": %.1f, "
-        "\"gpu_span_us_per_step\": %.1f, \"gpu_gaps_us_per_step\": %.1f, \"cuda_runtime_calls_per_step\": %.1f, "
-        "\"graph_launches_per_step\": %.1f, \"aten_ops_per_step\": %.1f, \"top_kernels\": [%s]}\n",
-        batch, cuda_graphs ? "true" : "false", profile_steps, static_cast<double>(gpu.size()) / profile_steps,
-        kernel_us / profile_steps, busy_us / profile_steps, span_us / profile_steps,
-        (span_us - busy_us) / profile_steps, static_cast<double>(runtime_calls) / profile_steps,
-        static_cast<double>(graph_launches) / profile_steps, static_cast<double>(cpu_ops) / profile_steps,
-        top_json.c_str());
+        "{\"bench\": \"model_profile\", \"batch\": %d, \"cuda_graphs\": %s, \"steps_requested\": %d, "
+        "\"gpu_events\": %zu, \"gpu_time_us\": %.1f, \"gpu_busy_us\": %.1f, \"gpu_span_us\": %.1f, "
+        "\"gpu_gaps_us\": %.1f, \"cuda_runtime_calls\": %d, \"graph_launches\": %d, \"aten_ops\": %d, "
+        "\"top_kernels\": [%s]}\n",
+        batch, cuda_graphs ? "true" : "false", profile_steps, gpu.size(), kernel_us, busy_us, span_us,
+        span_us - busy_us, runtime_calls, graph_launches, cpu_ops, top_json.c_str());
   }
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

@@ -41,8 +41,9 @@ void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServe
   if (max_inflight_pixels_ > 0) {
     int64_t pixels = 0;
     if (request.image_case() == v1::DetectRequest::kEncoded) {
+      // A header the probe cannot read is charged the most an image may hold: no way around the budget.
       absl::StatusOr<int64_t> declared = vision::DeclaredPixels(request.encoded());
-      pixels = declared.ok() ? *declared : 0;
+      pixels = declared.ok() ? *declared : limits_.max_pixels;
     } else if (request.image_case() == v1::DetectRequest::kRaw && request.raw().width() > 0 &&
                request.raw().height() > 0) {
       pixels = int64_t{request.raw().width()} * request.raw().height();

@@ -277,8 +277,9 @@ absl::StatusOr<TokenizerSpec> ParseTokenizerJson(absl::string_view json) {
   Json root;
   try {
     root = Json::parse(json.begin(), json.end());
-  } catch (const Json::parse_error& e) {
-    // nlohmann reports the line, column and what it read there.
+  } catch (const Json::exception& e) {
+    // nlohmann reports the line, column and what it read there. Not parse_error alone: a number out of
+    // double's range ("4e493") is an out_of_range exception (found by tests/fuzz/fuzz_tokenizer_json).
     return absl::InvalidArgumentError(absl::StrCat("not valid JSON: ", e.what()));
   }
   if (!root.is_object()) return absl::InvalidArgumentError("the top level must be a JSON object");

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -496,30 +497,34 @@ absl::StatusOr<int64_t> DeclaredPixels(std::string_view bytes) {
   auto be16 = [&](size_t i) { return (u8(i) << 8) | u8(i + 1); };
   auto be32 = [&](size_t i) { return (be16(i) << 16) | be16(i + 2); };
   static constexpr char kPng[] = "\x89PNG\r\n\x1a\n";
-  if (bytes.size() >= 24 && bytes.substr(0, 8) == std::string_view(kPng, 8) && bytes.substr(12, 4) == "IHDR")
-    return static_cast<int64_t>(be32(16)) * static_cast<int64_t>(be32(20));
+  if (bytes.size() >= 24 && bytes.substr(0, 8) == std::string_view(kPng, 8) && bytes.substr(12, 4) == "IHDR") {
+    // Two 32-bit sides can overflow int64 (found by fuzz_image): saturate, any such size is refused later.
+    int64_t pixels = 0;
+    if (__builtin_mul_overflow(static_cast<int64_t>(be32(16)), static_cast<int64_t>(be32(20)), &pixels))
+      return std::numeric_limits<int64_t>::max();
+    return pixels;
+  }
   if (bytes.size() >= 4 && u8(0) == 0xff && u8(1) == 0xd8) {
-    // Walk the marker segments up to the first frame header (SOF0..SOF15 but DHT C4, JPG C8, DAC CC).
+    // Walk the markers up to the first frame header (SOF0..SOF15 but DHT C4, JPG C8, DAC CC) the way
+    // libjpeg's marker reader does, so the size is the one it will decode: bytes between segments that
+    // are not 0xFF are skipped, as are fill bytes (FF FF) and stuffed zeros (FF 00).
+    const size_t n = bytes.size();
     size_t i = 2;
-    while (i + 4 <= bytes.size()) {
-      if (u8(i) != 0xff) break;
-      const uint32_t marker = u8(i + 1);
-      if (marker == 0xff) {  // fill byte
-        ++i;
-        continue;
-      }
-      if (marker == 0xd8 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {  // no length
-        i += 2;
-        continue;
-      }
+    while (true) {
+      while (i < n && u8(i) != 0xff) ++i;
+      while (i < n && u8(i) == 0xff) ++i;
+      if (i >= n) break;
+      const uint32_t marker = u8(i++);  // i is now at the segment's length, if it has one
+      if (marker == 0x00 || marker == 0xd8 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7)) continue;
       if (marker == 0xda || marker == 0xd9) break;  // scan data or the end before any frame header
-      const uint32_t length = be16(i + 2);
+      if (i + 2 > n) break;
       if (marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 && marker != 0xcc) {
-        if (i + 9 > bytes.size()) break;
-        return static_cast<int64_t>(be16(i + 5)) * static_cast<int64_t>(be16(i + 7));  // height * width
+        if (i + 7 > n) break;
+        return static_cast<int64_t>(be16(i + 3)) * static_cast<int64_t>(be16(i + 5));  // height * width
       }
-      if (length < 2) break;
-      i += 2 + length;
+      // libjpeg reads a length below 2 and skips nothing more: the next marker is searched from there.
+      const uint32_t length = be16(i);
+      i += length < 2 ? 2 : length;
     }
   }
   return absl::NotFoundError("no PNG or JPEG header with a size");

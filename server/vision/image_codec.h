@@ -44,8 +44,9 @@ struct DecodeLimits {
 absl::StatusOr<RgbImage> DecodeImage(std::string_view bytes, const DecodeLimits& limits = {});
 
 // The pixel count (width * height) a PNG or JPEG header declares, read from the first chunk (PNG IHDR)
-// or frame marker (JPEG SOFn) without decoding anything; NotFound when the bytes are neither or the header
-// is cut short (DecodeImage then names the problem). For budgeting memory before a decode.
+// or frame marker (JPEG SOFn, found as libjpeg finds it) without decoding anything: for every image that
+// DecodeImage accepts it equals width * height (tests/fuzz/fuzz_image checks that). NotFound when the
+// bytes are neither or the header is cut short. For budgeting memory before a decode.
 absl::StatusOr<int64_t> DeclaredPixels(std::string_view bytes);
 
 // Wraps raw interleaved RGB bytes (row-major, no padding) of a width x height image. Checks width > 0,

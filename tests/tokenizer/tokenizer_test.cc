@@ -315,6 +315,10 @@ TEST(TokenizerJson, CorruptFilesGiveClearErrors) {
   ExpectError(Tokenizer::FromJson("{\"model\": {").status(), absl::StatusCode::kInvalidArgument,
               "not valid JSON");
   ExpectError(Tokenizer::FromJson("[1, 2]").status(), absl::StatusCode::kInvalidArgument, "JSON object");
+  // A number beyond double's range is nlohmann's out_of_range, not parse_error: it used to escape and
+  // terminate the process (found by tests/fuzz/fuzz_tokenizer_json).
+  ExpectError(Tokenizer::FromJson("{\"model\": {\"vocab\": {\"a\": 4e493}}}").status(),
+              absl::StatusCode::kInvalidArgument, "number overflow");
 
   Json j = MinimalTokenizer();
   j["model"].erase("vocab");

@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <cstdlib>
 #include <optional>
 #include <random>
@@ -764,6 +765,7 @@ TEST(RawRgb, RefusesWrongSizesAndLimits) {
 TEST(DeclaredPixels, ReadsPngAndJpegHeadersWithoutDecoding) {
   EXPECT_EQ(*DeclaredPixels(HandMadePng(6324, 6324)), int64_t{6324} * 6324);
   EXPECT_EQ(*DeclaredPixels(HandMadePng(0xffffffffu, 3)), int64_t{0xffffffffu} * 3);
+  EXPECT_EQ(*DeclaredPixels(HandMadePng(0xffffffffu, 0xffffffffu)), std::numeric_limits<int64_t>::max());
   for (int progressive = 0; progressive < 2; ++progressive) {
     JpegSpec spec;
     spec.width = 37;
@@ -775,6 +777,16 @@ TEST(DeclaredPixels, ReadsPngAndJpegHeadersWithoutDecoding) {
     EXPECT_EQ(DecodeImage(jpeg)->width * DecodeImage(jpeg)->height, 37 * 11);
     // Cut before the frame header: no size.
     EXPECT_FALSE(DeclaredPixels(jpeg.substr(0, 20)).ok());
+  }
+  {
+    // Junk between segments: libjpeg skips it (a warning) and so does the probe (found by fuzz_image).
+    JpegSpec spec;
+    spec.width = 5;
+    spec.height = 3;
+    spec.data.assign(5 * 3 * 3, 7);
+    std::string jpeg = WriteJpeg(spec);
+    jpeg.insert(20, "junk");  // after the JFIF APP0 segment (2 + 18 bytes)
+    EXPECT_EQ(*DeclaredPixels(jpeg), 15);
   }
   EXPECT_EQ(DeclaredPixels("").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(DeclaredPixels("GIF89a....").status().code(), absl::StatusCode::kNotFound);
