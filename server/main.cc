@@ -421,10 +421,11 @@ int Run() {
     char c;
     while (::read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {
     }
-    std::fprintf(stderr, "deltaserve: shutting down (grace %.1f s)\n", grace_s);
+    // Refuse first, then say so: whoever reads "shutting down" already gets UNAVAILABLE and ready = false.
     gate.StartDrain();
     served.ready = false;
     vision_served.ready = false;
+    std::fprintf(stderr, "deltaserve: shutting down (grace %.1f s)\n", grace_s);
     if (health) {
       health->SetServingStatus(name, false);
       if (vision) health->SetServingStatus(vision_served.name, false);
