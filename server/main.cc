@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "api/models_service.h"
 #include "api/call_gate.h"
+#include "api/protobuf_log.h"
 #include "api/status_convert.h"
 #include "api/text_generation_service.h"
 #include "api/transport_security.h"
@@ -366,6 +367,8 @@ int Run() {
   api::VisionService vision_service(&models, observer, decode_limits, &gate,
                                     absl::GetFlag(FLAGS_vision_max_inflight_pixels));
 
+  // A malformed request makes protobuf log a line: bounded, so garbage cannot flood the log.
+  api::InstallRateLimitedProtobufLog();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

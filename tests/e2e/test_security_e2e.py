@@ -410,6 +410,23 @@ class Limits(unittest.TestCase):
             s.stop()
             default.stop()
 
+    def test_malformed_requests_do_not_flood_the_log(self):
+        import grpc
+        s = Server()
+        try:
+            with grpc.insecure_channel(s.address) as ch:
+                raw = ch.unary_unary("/deltaserve.v1.TextGeneration/Tokenize", request_serializer=lambda x: x,
+                                     response_deserializer=lambda x: x)
+                for _ in range(100):  # TokenizeRequest.text (field 2) holding invalid UTF-8
+                    with self.assertRaises(grpc.RpcError):
+                        raw(b"\x12\x02\xff\xfe", timeout=10)
+                self.assertEqual(len(tokenize(ch, "still serving").token_ids) > 0, True)
+            lines = [l for l in s.text().splitlines() if "invalid UTF-8" in l]
+            self.assertGreaterEqual(len(lines), 1)
+            self.assertLessEqual(len(lines), 10)  # 10 a minute, then counted, not printed
+        finally:
+            s.stop()
+
     def test_every_service_follows_the_drain(self):
         import grpc
         s = Server()
