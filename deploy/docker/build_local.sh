@@ -36,6 +36,11 @@ for _ in $(seq 60); do "${cli[@]}" health > /dev/null 2>&1 && break; sleep 1; do
 echo "build_local: the image's HEALTHCHECK passes"
 "${cli[@]}" generate "The weather today" --max-tokens 16 --temperature 0
 "${cli[@]}" detect /opt/deltaserve/share/deltaserve/models/padre-detector/sample.png
+# /metrics serves (on the host's network, which cannot tell a loopback bind from an all-address one; the
+# image's command sets --metrics-host 0.0.0.0 for containers with their own network).
+series="$(curl -sf http://127.0.0.1:9090/metrics | grep -c '^deltaserve_')"
+echo "build_local: /metrics from the host: ${series} deltaserve series"
+[[ "${series}" -gt 0 ]]
 "${podman[@]}" exec "${name}" sh -c 'id; touch /opt/deltaserve/x 2>&1 || true'
 "${podman[@]}" stop -t 40 "${name}" > /dev/null
 "${podman[@]}" logs "${name}" 2>&1 | tail -3
