@@ -24,6 +24,30 @@ double Since(std::chrono::steady_clock::time_point t) {
 
 }  // namespace
 
+absl::StatusOr<int64_t> VisionService::ReservePixels(const v1::DetectRequest& request) const {
+  if (max_inflight_pixels_ <= 0) return 0;
+  int64_t pixels = 0;
+  if (request.image_case() == v1::DetectRequest::kEncoded) {
+    // A header the probe cannot read is charged the most an image may hold: no way around the budget.
+    absl::StatusOr<int64_t> declared = vision::DeclaredPixels(request.encoded());
+    pixels = declared.ok() ? *declared : limits_.max_pixels;
+  } else if (request.image_case() == v1::DetectRequest::kRaw && request.raw().width() > 0 &&
+             request.raw().height() > 0) {
+    pixels = int64_t{request.raw().width()} * request.raw().height();
+  }
+  // Sizes over the per-image limit are left to the decoder, which refuses them by name.
+  if (pixels <= 0 || pixels > limits_.max_pixels) return 0;
+  int64_t held = inflight_pixels_.load();
+  do {
+    if (held + pixels > max_inflight_pixels_)
+      return absl::ResourceExhaustedError(absl::StrCat("images being decoded or detected hold ", held,
+                                                       " pixels; this one needs ", pixels,
+                                                       " more, over --vision-max-inflight-pixels ",
+                                                       max_inflight_pixels_, "; retry later"));
+  } while (!inflight_pixels_.compare_exchange_weak(held, held + pixels));
+  return pixels;
+}
+
 void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServerContext* context,
                            std::function<void(const grpc::Status&, v1::DetectResponse)> done) const {
   const auto received = std::chrono::steady_clock::now();
@@ -36,34 +60,15 @@ void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServe
   if (!found.ok()) return done(ToGrpcStatus(found.status()), {});
   ServedModel* model = *found;
   if (!model->ready.load()) return done({grpc::StatusCode::UNAVAILABLE, "model is shutting down"}, {});
-  // Memory first: the pixels this image will hold, from its header, against what decoded images not yet
-  // answered hold. Sizes over the per-image limit are left to the decoder, which refuses them by name.
-  if (max_inflight_pixels_ > 0) {
-    int64_t pixels = 0;
-    if (request.image_case() == v1::DetectRequest::kEncoded) {
-      // A header the probe cannot read is charged the most an image may hold: no way around the budget.
-      absl::StatusOr<int64_t> declared = vision::DeclaredPixels(request.encoded());
-      pixels = declared.ok() ? *declared : limits_.max_pixels;
-    } else if (request.image_case() == v1::DetectRequest::kRaw && request.raw().width() > 0 &&
-               request.raw().height() > 0) {
-      pixels = int64_t{request.raw().width()} * request.raw().height();
-    }
-    if (pixels > 0 && pixels <= limits_.max_pixels) {
-      int64_t held = inflight_pixels_.load();
-      do {
-        if (held + pixels > max_inflight_pixels_)
-          return done({grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       absl::StrCat("images being decoded or detected hold ", held, " pixels; this one needs ", pixels,
-                                    " more, over --vision-max-inflight-pixels ", max_inflight_pixels_,
-                                    "; retry later")},
-                      {});
-      } while (!inflight_pixels_.compare_exchange_weak(held, held + pixels));
-      // Given back when the call is answered, whatever the outcome.
-      done = [this, pixels, inner = std::move(done)](const grpc::Status& status, v1::DetectResponse resp) {
-        inflight_pixels_.fetch_sub(pixels);
-        inner(status, std::move(resp));
-      };
-    }
+  // Memory first: the pixels this image will hold, reserved before decoding, given back when the call is
+  // answered, whatever the outcome.
+  absl::StatusOr<int64_t> reserved = ReservePixels(request);
+  if (!reserved.ok()) return done(ToGrpcStatus(reserved.status()), {});
+  if (*reserved > 0) {
+    done = [this, pixels = *reserved, inner = std::move(done)](const grpc::Status& status, v1::DetectResponse resp) {
+      inflight_pixels_.fetch_sub(pixels);
+      inner(status, std::move(resp));
+    };
   }
   absl::StatusOr<vision::RgbImage> image;
   switch (request.image_case()) {

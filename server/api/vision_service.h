@@ -39,6 +39,10 @@ class VisionService final : public v1::Vision::CallbackService {
   const RequestObserver& observer() const { return observer_; }
 
  private:
+  // Reserves the pixels `request`'s image will hold against max_inflight_pixels_: how many (0 when no
+  // budget applies), or RESOURCE_EXHAUSTED when they do not fit now. The caller gives them back.
+  absl::StatusOr<int64_t> ReservePixels(const v1::DetectRequest& request) const;
+
   const ModelRegistry* registry_;
   RequestObserver observer_;
   vision::DecodeLimits limits_;

@@ -28,9 +28,10 @@ std::string SelfExe() {
   return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
 }
 
-std::vector<std::string> CandidatesOfThisProcess() {
+// $DELTASERVE_MODEL_DIR, or "" when unset or empty.
+std::string EnvModelDir() {
   const char* env = std::getenv(kModelDirEnv);
-  return DefaultModelCandidates(SelfExe(), env == nullptr ? "" : env);
+  return env == nullptr ? std::string() : std::string(env);
 }
 
 }  // namespace
@@ -53,18 +54,17 @@ std::vector<std::string> DefaultModelCandidates(const std::string& exe_path, con
 }
 
 std::string DefaultModelDir() {
-  const std::vector<std::string> candidates = CandidatesOfThisProcess();
   // A directory named by the environment is what the operator asked for: no quiet fallback past it.
-  if (std::getenv(kModelDirEnv) != nullptr && *std::getenv(kModelDirEnv) != '\0') return candidates.front();
+  if (std::string env = EnvModelDir(); !env.empty()) return env;
+  const std::vector<std::string> candidates = DefaultModelCandidates(SelfExe(), "");
   for (const std::string& dir : candidates)
     if (HasConfig(dir)) return dir;
   return candidates.empty() ? std::string("models/") + kShippedTextModel : candidates.front();
 }
 
 std::string DefaultModelSearchPath() {
-  const char* env = std::getenv(kModelDirEnv);
-  if (env != nullptr && *env != '\0') return std::string(kModelDirEnv) + "=" + env;
-  return absl::StrJoin(CandidatesOfThisProcess(), ", ");
+  if (std::string env = EnvModelDir(); !env.empty()) return std::string(kModelDirEnv) + "=" + env;
+  return absl::StrJoin(DefaultModelCandidates(SelfExe(), ""), ", ");
 }
 
 }  // namespace deltaserve::cli
