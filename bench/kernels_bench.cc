@@ -1,7 +1,7 @@
 // Kernel benchmark: triangular-inverse methods, whole chunked prefill, and the decode step per state
 // dtype, at Qwen3.5-like sizes (Hv = 32, Hk = 16, dk = dv = 128). Each figure is a ratio against the
 // baseline measured in the same run (forward substitution; fp32 state), with the method's error.
-//   bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] [--reps N] [--quick]
+//   bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] [--reps N] [--quick] [--composition-max-seq T]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -30,6 +30,7 @@ struct Args {
   std::vector<int64_t> batches = {1, 16, 64};
   int reps = 3;
   bool prefill = true;
+  int64_t composition_max_seq = 16384;  // the ATen composition's baseline rows on CUDA stop here
 };
 
 std::vector<int64_t> ParseList(const char* s) {
@@ -64,12 +65,14 @@ Args ParseArgs(int argc, char** argv) {
       a.seqs = {1024};
       a.batches = {1, 16};
       a.reps = 1;
+    } else if (f == "--composition-max-seq") {
+      a.composition_max_seq = std::strtoll(next(), nullptr, 10);
     } else if (f == "--no-prefill") {
       a.prefill = false;
     } else {
       std::fprintf(stderr,
                    "usage: bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] "
-                   "[--reps N] [--quick] [--no-prefill]\n");
+                   "[--reps N] [--quick] [--no-prefill] [--composition-max-seq T]\n");
       std::exit(f == "--help" ? 0 : 2);
     }
   }
@@ -129,34 +132,57 @@ void InverseBench(const Args& a) {
   }
 }
 
+// The whole prefill layer per inverse method. On CUDA each method runs in the fused kernels
+// (kernels/cuda/chunk_gated_delta_rule_cuda.cu; fp32 and bf16 inputs, fp32 g and beta) and, as the
+// baseline of the same run, as the ATen composition (fp32; up to --composition-max-seq tokens).
 void PrefillBench(const Args& a) {
   const int64_t hk = 16, hv = 32, d = 128;
   const dt::GdnRegime& regime = dt::Regimes()[2];
+  const bool cuda = a.device.is_cuda();
   std::printf("\n== chunked prefill, Hk=%ld Hv=%ld dk=dv=%ld, C=64, regime %s ==\n", hk, hv, d,
               regime.name.c_str());
-  std::printf("%-7s %-18s %12s %10s %12s %10s\n", "T", "method", "time_ms", "vs_fwd", "out_err", "tok/s");
+  std::printf("%-7s %-18s %-6s %-9s %12s %10s %12s %12s\n", "T", "method", "kernel", "dtype", "time_ms",
+              "vs_fwd", "out_err", "tok/s");
   for (int64_t t : a.seqs) {
     dt::GdnInputs in = dt::MakeGdnInputs(1, t, hk, hv, d, d, regime, 7 + t);
     for (at::Tensor* x : {&in.q, &in.k, &in.v, &in.g, &in.beta}) *x = x->to(a.device);
     ds::GatedDeltaRuleOptions base_opt;
     base_opt.inverse = *ds::ParseTriInverseMethod("solve-triangular", 64);
-    // The reference output: exact inverse, computed once.
+    // The reference output: exact inverse (cuBLAS / LAPACK trsm in the composition), computed once.
     at::Tensor ref = ds::ChunkGatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, {}, {}, base_opt)->o.cpu();
+    struct Variant {
+      const char* kernel;
+      at::ScalarType dtype;
+    };
+    std::vector<Variant> variants = {{cuda ? "fused" : "aten", at::kFloat}};
+    if (cuda) {
+      variants.push_back({"fused", at::kBFloat16});
+      if (t <= a.composition_max_seq) variants.push_back({"aten", at::kFloat});
+    }
     double base = 0;
-    for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast"}) {
-      ds::GatedDeltaRuleOptions o;
-      o.inverse = *ds::ParseTriInverseMethod(name, 64);
-      at::Tensor out;
-      const double sec = Time(a.device, std::max(1, a.reps / 2), [&] {
-        out = ds::ChunkGatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, {}, {}, o)->o;
-      });
-      if (base == 0) base = sec;
-      const double err = dt::RelMaxError(out.cpu(), ref);
-      std::printf("%-7ld %-18s %12.1f %10.2f %12.2e %10.0f\n", t, name, sec * 1e3, base / sec, err, t / sec);
-      std::printf(
-          "{\"bench\":\"prefill\",\"device\":\"%s\",\"T\":%ld,\"Hv\":%ld,\"method\":\"%s\",\"seconds\":%.6g,"
-          "\"speedup_vs_forward\":%.4g,\"rel_err\":%.3g}\n",
-          DeviceName(a.device), t, hv, name, sec, base / sec, err);
+    for (const Variant& variant : variants) {
+      const bool bf16 = variant.dtype == at::kBFloat16;
+      const at::Tensor q = in.q.to(variant.dtype), k = in.k.to(variant.dtype), v = in.v.to(variant.dtype);
+      for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast"}) {
+        ds::GatedDeltaRuleOptions o;
+        o.inverse = *ds::ParseTriInverseMethod(name, 64);
+        o.fused_cuda = std::string(variant.kernel) == "fused";
+        if (o.fused_cuda && cuda && std::string(name) == "solve-triangular") continue;  // trsm: composition only
+        at::Tensor out;
+        const double sec = Time(a.device, std::max(1, a.reps / 2), [&] {
+          out = ds::ChunkGatedDeltaRule(q, k, v, in.g, in.beta, {}, {}, o)->o;
+        });
+        if (base == 0) base = sec;
+        const double err = dt::RelMaxError(out.cpu(), ref);
+        const char* dtype = bf16 ? "bfloat16" : "float32";
+        std::printf("%-7ld %-18s %-6s %-9s %12.3f %10.2f %12.2e %12.0f\n", t, name, variant.kernel, dtype,
+                    sec * 1e3, base / sec, err, t / sec);
+        std::printf(
+            "{\"bench\":\"prefill\",\"impl\":\"deltaserve\",\"what\":\"prefill\",\"device\":\"%s\","
+            "\"T\":%ld,\"Hv\":%ld,\"method\":\"%s\",\"kernel\":\"%s\",\"dtype\":\"%s\",\"ms\":%.6g,"
+            "\"seconds\":%.6g,\"speedup_vs_first\":%.4g,\"rel_err\":%.3g,\"tok_per_s\":%.6g}\n",
+            DeviceName(a.device), t, hv, name, variant.kernel, dtype, sec * 1e3, sec, base / sec, err, t / sec);
+      }
     }
   }
 }

@@ -9,6 +9,8 @@
 #   A build-gpu/ holding an unpacked scripts/gpu_bundle.sh tarball is used as it is: no build, no CTest.
 #   GPU_CHECK_CTEST=0  skip the whole CTest run (the CUDA tests still run, binary by binary)
 #   GPU_CHECK_BENCH=0  skip the kernel benchmark
+#   GPU_CHECK_SANITIZE=0  skip compute-sanitizer: memcheck over GPU_CHECK_MEMCHECK_FILTER (default: the
+#                      fused prefill tests) and racecheck over GPU_CHECK_RACECHECK_FILTER (a smaller set)
 #   DELTASERVE_QWEN35_GOLDEN  golden checkpoints made elsewhere by tools/make_qwen35_golden.py (the GPU
 #                      machine may lack transformers); without it the golden-model CUDA tests skip
 set -uo pipefail
@@ -53,6 +55,24 @@ for bin in "${build}"/tests/*_test "${build}"/tests/*/*_test; do
   timeout 540 "${bin}" --gtest_filter='*Cuda*:*CUDA*' >> "${out}/cuda_tests.log" 2>&1 || rc=1
 done
 grep -E "^== |^\[  (PASSED|FAILED|SKIPPED) \]|^\[       OK \]|^\[  FAILED  \]|^\[  SKIPPED \]" "${out}/cuda_tests.log"
+# compute-sanitizer over the fused kernels' tests: memcheck (out-of-bounds and misaligned accesses) and
+# racecheck (shared-memory hazards). Only the summary lines are printed; the logs land in the output folder.
+if [[ "${GPU_CHECK_SANITIZE:-1}" == 1 && -x "${build}/tests/kernels_test" ]]; then
+  if command -v compute-sanitizer > /dev/null; then
+    # racecheck instruments every shared-memory access: it gets the smaller shapes.
+    declare -A filter=([memcheck]="${GPU_CHECK_MEMCHECK_FILTER:-CudaChunkPrefill.*}"
+      [racecheck]="${GPU_CHECK_RACECHECK_FILTER:-CudaChunkPrefill.ChunkSizes*:CudaChunkPrefill.ForcedGuard*}")
+    for tool in memcheck racecheck; do
+      timeout "${GPU_CHECK_SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "${tool}" --error-exitcode 3 \
+        "${build}/tests/kernels_test" --gtest_filter="${filter[${tool}]}" > "${out}/sanitize_${tool}.log" 2>&1 ||
+        rc=1
+      echo "sanitize ${tool}: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "${out}/sanitize_${tool}.log" | tail -1)" \
+        "($(grep -cE '^\[       OK \]' "${out}/sanitize_${tool}.log") tests ran)"
+    done
+  else
+    echo "sanitize: compute-sanitizer is not on PATH; not run"
+  fi
+fi
 if [[ "${GPU_CHECK_BENCH:-1}" == 1 && -x "${build}/bench/bench_kernels" ]]; then
   "${build}/bench/bench_kernels" --device cuda --reps 20 > "${out}/bench_cuda.txt" 2>&1 || rc=1
   grep -v '^{' "${out}/bench_cuda.txt"

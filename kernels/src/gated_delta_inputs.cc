@@ -16,8 +16,12 @@ absl::Status ValidateGatedDeltaArgs(const at::Tensor& q, const at::Tensor& k, co
   DS_RETURN_IF_ERROR(CheckTensor(g, "g", 3));
   DS_RETURN_IF_ERROR(CheckTensor(beta, "beta", 3));
   DS_RETURN_IF_ERROR(CheckDtype(v, "v", {at::kFloat, at::kDouble, at::kBFloat16}));
-  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&g, "g"}, {&beta, "beta"}}) {
+  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}}) {
     DS_RETURN_IF_ERROR(CheckDtype(*t, name, {v.scalar_type()}));
+    DS_RETURN_IF_ERROR(CheckSameDevice(*t, name, v));
+  }
+  for (auto [t, name] : {std::pair{&g, "g"}, {&beta, "beta"}}) {  // float32 always allowed: see the header
+    DS_RETURN_IF_ERROR(CheckDtype(*t, name, {v.scalar_type(), at::kFloat}));
     DS_RETURN_IF_ERROR(CheckSameDevice(*t, name, v));
   }
   const int64_t b = q.size(0), t = q.size(1), hk = q.size(2), dk = q.size(3);

@@ -20,6 +20,7 @@
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
 #include "support/gdn_inputs.h"
+#include "support/sync_debug.h"
 
 namespace deltaserve::kernels {
 namespace {
@@ -228,14 +229,7 @@ TEST_F(CudaKernels, DecodePaddingRowsMatchCpu) {
 }
 
 #ifdef DELTASERVE_WITH_CUDA
-// Any synchronising CUDA call (a read-back, a blocking copy, .item()) throws while this is alive.
-class SyncDebugErrors {
- public:
-  SyncDebugErrors() { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR); }
-  ~SyncDebugErrors() { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED); }
-  SyncDebugErrors(const SyncDebugErrors&) = delete;
-  SyncDebugErrors& operator=(const SyncDebugErrors&) = delete;
-};
+using deltaserve::testing::SyncDebugErrors;
 
 // One decode step of both kernels as a model runner makes it: inputs, pools and slots on the device,
 // the slots' host copy beside them.

@@ -113,8 +113,8 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
   at::Tensor g = w.neg_a_exp * at::softplus(proj.narrow(1, conv_dim + hv * dv + hv, hv).to(at::kFloat) + w.dt_bias);
   kernels::RecurrentStatePool& pool = state.recurrent[layer];
   at::Tensor o;
-  // The delta-rule kernels take one float dtype for all inputs and compute in float32; g and beta must
-  // not round through bfloat16, so everything enters as float32.
+  // The decode step takes one float dtype for all inputs and computes in float32; g and beta must not
+  // round through bfloat16, so its inputs enter as float32.
   auto f32 = [](const at::Tensor& v) { return v.to(at::kFloat).contiguous(); };
   if (b.decode) {
     at::Tensor y = Unwrap(
@@ -134,9 +134,11 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
                                                                     b.cu_seqlens, true, b.host_cu_seqlens));
     state.conv[layer].index_copy_(0, b.state_slots, conv.final_state);
     at::Tensor y = conv.y[0];
-    at::Tensor q = f32(y.narrow(1, 0, hk * dk).reshape({1, t, hk, dk}));
-    at::Tensor k = f32(y.narrow(1, hk * dk, hk * dk).reshape({1, t, hk, dk}));
-    at::Tensor v = f32(y.narrow(1, 2 * hk * dk, hv * dv).reshape({1, t, hv, dv}));
+    // The chunked rule reads q, k, v in the model's dtype (the fused CUDA kernels convert on load) and
+    // g, beta as float32.
+    at::Tensor q = y.narrow(1, 0, hk * dk).reshape({1, t, hk, dk}).contiguous();
+    at::Tensor k = y.narrow(1, hk * dk, hk * dk).reshape({1, t, hk, dk}).contiguous();
+    at::Tensor v = y.narrow(1, 2 * hk * dk, hv * dv).reshape({1, t, hv, dv}).contiguous();
     at::Tensor h0 = Unwrap(kernels::ReadStates(pool, b.state_slots, b.host_state_slots));
     kernels::GatedDeltaRuleOptions rule = delta_rule_;
     rule.host_cu_seqlens = b.host_cu_seqlens;

@@ -23,6 +23,13 @@ struct GatedDeltaRuleOptions {
   // The caller's host copy of cu_seqlens (same values: the caller's contract). When given, the offsets
   // are checked and used from it and cu_seqlens is never read back from the device.
   absl::Span<const int64_t> host_cu_seqlens;
+  // On CUDA, run the fused kernels (kernels/cuda/chunk_gated_delta_rule_cuda.cu) where they take the
+  // shapes: dk and dv in 16..128 and multiples of 16, C <= 64, float32 or bfloat16, and the forward,
+  // neumann or product inverse at 32-bit matmuls. false forces the ATen composition (benchmarks).
+  bool fused_cuda = true;
+  // The fused kernels count guard fallbacks on the device; true copies the count back into
+  // inverse_stats (a device sync). The ATen composition always counts (it syncs anyway).
+  bool sync_inverse_stats = false;
 };
 
 struct GatedDeltaRuleOutput {
@@ -34,7 +41,8 @@ struct GatedDeltaRuleOutput {
 // Per token t of each sequence, per value head h (key head h / (Hv / Hk)):
 //   S = exp(g_t) S;  S += k_t (beta_t (v_t - S^T k_t))^T;  o_t = S^T (scale q_t).
 // q, k: [B, T, Hk, dk]; v: [B, T, Hv, dv]; g (log decay, <= 0), beta: [B, T, Hv]; all one float dtype
-// (float32, float64 or bfloat16; the math runs in float32 or better). initial_state: [N, Hv, dk, dv]
+// (float32, float64 or bfloat16; the math runs in float32 or better), except that g and beta may be
+// float32 whatever the others are (a decay rounded through bfloat16 loses the long memory). initial_state: [N, Hv, dk, dv]
 // or undefined for zeros. cu_seqlens: undefined, or int64 [N + 1] offsets of packed sequences in a
 // B = 1 batch (then T = cu_seqlens[N]); sequences never exchange state.
 absl::StatusOr<GatedDeltaRuleOutput> ChunkGatedDeltaRule(const at::Tensor& q, const at::Tensor& k,

@@ -1,0 +1,624 @@
+// Fused CUDA chunked prefill of the gated delta rule, in two launches and fp32 arithmetic on chip.
+//  1. Prepare, one block per (chunk, value head), all chunks of all sequences at once: loads the chunk's
+//     q and k (normalised, scaled), the cumulative log decay G, forms the decayed A = beta K K^T and the
+//     output's intra-chunk scores Q K^T e^(G_i - G_j), inverts (I + A) in shared memory with the selected
+//     method (forward substitution, truncated Neumann with band mask, corrections and the accuracy guard,
+//     or the product form), and writes W = T (beta e^G K), U = T (beta V), the scores and G.
+//  2. State pass, one block per (sequence, value head, block of value columns): carries the state slice
+//     S [dk, BV] in shared memory from chunk to chunk: V' = U - W S, O = (Q e^G) S + scores V',
+//     S = e^(G_C) S + (K e^(G_C - G))^T V'. Only this pass is sequential in the chunks.
+// Same formulation as the ATen composition in chunk_gated_delta_rule.cc (its comment derives it).
+// Matrix products run on CUDA cores from shared memory, each thread a strided 4 x 4 output tile.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../src/chunk_gated_delta_rule_cuda.h"
+
+namespace deltaserve::kernels::internal {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+__device__ inline float Load(const float* p) { return *p; }
+__device__ inline float Load(const c10::BFloat16* p) { return static_cast<float>(*p); }
+__device__ inline void Store(float* p, float x) { *p = x; }
+__device__ inline void Store(c10::BFloat16* p, float x) { *p = c10::BFloat16(x); }
+
+// out(i, j, sum_k a(i, k) b(k, j)) for the M x N product; M and N multiples of 4. Each thread owns a
+// 4 x 4 tile strided over the output (rows ty + r M/4, columns tx + c N/4): neighbouring threads read
+// neighbouring columns of b (no bank conflicts) and share rows of a (broadcasts).
+template <class A, class B, class Out>
+__device__ inline void BlockMatmul(int m, int n, int k, A a, B b, Out out) {
+  const int rows = m / 4, cols = n / 4;
+  for (int t = threadIdx.x; t < rows * cols; t += blockDim.x) {
+    const int ty = t / cols, tx = t % cols;
+    float acc[4][4] = {};
+    for (int kk = 0; kk < k; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) av[r] = a(ty + r * rows, kk);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) bv[c] = b(kk, tx + c * cols);
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) out(ty + r * rows, tx + c * cols, acc[r][c]);
+  }
+}
+
+// out(i, j, sum_k a1(i, k) b1(k, j) + sum_k a2(i, k) b2(k, j)): two products into one tile.
+template <class A1, class B1, class A2, class B2, class Out>
+__device__ inline void BlockMatmul2(int m, int n, int k1, A1 a1, B1 b1, int k2, A2 a2, B2 b2, Out out) {
+  const int rows = m / 4, cols = n / 4;
+  for (int t = threadIdx.x; t < rows * cols; t += blockDim.x) {
+    const int ty = t / cols, tx = t % cols;
+    float acc[4][4] = {};
+    auto accumulate = [&](int k, auto a, auto b) {
+      for (int kk = 0; kk < k; ++kk) {
+        float av[4], bv[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) av[r] = a(ty + r * rows, kk);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) bv[c] = b(kk, tx + c * cols);
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
+      }
+    };
+    accumulate(k1, a1, b1);
+    accumulate(k2, a2, b2);
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) out(ty + r * rows, tx + c * cols, acc[r][c]);
+  }
+}
+
+// Max over the block of x >= 0 (NaN propagates as +inf); every thread gets it. Contains barriers.
+__device__ inline float BlockMax(float x, float* scratch) {
+  if (isnan(x)) x = INFINITY;
+  for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+  __syncthreads();
+  float m = scratch[0];
+  for (int w = 1; w < kWarps; ++w) m = fmaxf(m, scratch[w]);
+  __syncthreads();
+  return m;
+}
+
+// Rows [0, rows) of x (leading dimension ld, `d` used columns) times scale / ||row|| (eps 1e-6 inside
+// the square root, as Qwen3.5), or times scale alone; then times row_factor(i). One warp per row.
+template <class RowFactor>
+__device__ inline void NormalizeRows(float* x, int rows, int d, int ld, bool l2norm, float scale,
+                                     RowFactor row_factor) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int i = warp; i < rows; i += kWarps) {
+    float f = scale;
+    if (l2norm) {
+      float ss = 0.0f;
+      for (int c = lane; c < d; c += 32) ss += x[i * ld + c] * x[i * ld + c];
+      for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+      f *= rsqrtf(ss + 1e-6f);
+    }
+    f *= row_factor(i);
+    for (int c = lane; c < d; c += 32) x[i * ld + c] *= f;
+  }
+}
+
+// The chunk's rows of a [tokens, heads, d] tensor, head `head`, into x (leading dimension ld); rows at
+// or past `valid` are zero (padding: no decay, no write).
+template <typename In>
+__device__ inline void LoadRows(float* x, int ld, const In* src, int64_t tok0, int valid, int rows, int heads,
+                                int head, int d) {
+  for (int idx = threadIdx.x; idx < rows * d; idx += blockDim.x) {
+    const int i = idx / d, c = idx % d;
+    x[i * ld + c] = i < valid ? Load(src + ((tok0 + i) * heads + head) * d + c) : 0.0f;
+  }
+}
+
+struct InverseParams {
+  int method;  // 0 forward substitution, 1 Neumann, 2 product form
+  int order, band, residual_steps;
+  bool guard;  // run the residual check and the exact fallback
+  float guard_tol;
+};
+
+// X = (I + A)^-1 by forward substitution (exact): row i = e_i - sum_{j < i} A[i, j] row j. Threads
+// split each row's columns, `per` threads per column summing strided parts of j.
+__device__ void ForwardSubstitution(const float* a, float* x, int c, int ld) {
+  for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) x[(idx / c) * ld + idx % c] = idx / c == idx % c;
+  __syncthreads();
+  const int per = blockDim.x / c;  // 4, 8 or 16: a power of two dividing 32
+  const int col = threadIdx.x / per, part = threadIdx.x % per;
+  for (int i = 1; i < c; ++i) {
+    float sum = 0.0f;
+    if (col < i) {
+      for (int j = col + part; j < i; j += per) sum = fmaf(a[i * ld + j], x[j * ld + col], sum);
+    }
+    for (int off = per / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (col < i && part == 0) x[i * ld + col] = -sum;
+    __syncthreads();
+  }
+}
+
+// The matmul-only methods on c x c shared-memory matrices (leading dimension ld). Buffers x, p, t are
+// scratch; returns the one holding the inverse. Mirrors tri_inverse.cc's Neumann and ProductForm.
+struct ChunkInverter {
+  const float* a;
+  float* bufs[3];
+  int c, ld;
+
+  __device__ void Identity(float* x) const {
+    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) x[(idx / c) * ld + idx % c] = idx / c == idx % c;
+  }
+  __device__ auto M(const float* x) const {
+    const int l = ld;
+    return [x, l](int i, int j) { return x[i * l + j]; };
+  }
+  // (I - A)(I + A^2)...(I + A^(2^(factors - 1))) into bufs[0]: the series up to order 2^factors - 1.
+  __device__ void PartialProduct(int factors) {
+    float *x = bufs[0], *p = bufs[1], *t = bufs[2];
+    const int l = ld;
+    const float* av = a;
+    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+      const int i = idx / c, j = idx % c;
+      p[i * l + j] = av[i * l + j];
+      x[i * l + j] = (i == j) - av[i * l + j];
+    }
+    __syncthreads();
+    for (int m = 1; m < factors; ++m) {
+      BlockMatmul(c, c, c, M(p), M(p), [t, l](int i, int j, float s) { t[i * l + j] = s; });
+      __syncthreads();
+      float* tmp = p;
+      p = t;
+      t = tmp;
+      BlockMatmul(c, c, c, M(x), M(p), [t, x, l](int i, int j, float s) { t[i * l + j] = x[i * l + j] + s; });
+      __syncthreads();
+      tmp = x;
+      x = t;
+      t = tmp;
+    }
+    bufs[0] = x;
+    bufs[1] = p;
+    bufs[2] = t;
+  }
+  // Truncated series sum_{n <= order} (-A)^n into bufs[0].
+  __device__ void Truncated(int order) {
+    if (order <= 0) {
+      Identity(bufs[0]);
+      __syncthreads();
+      return;
+    }
+    int log2 = 0;
+    while ((1 << log2) < order + 1) ++log2;
+    if ((1 << log2) == order + 1) {
+      PartialProduct(log2);
+      return;
+    }
+    float *x = bufs[0], *t = bufs[1];
+    const int l = ld;
+    const float* av = a;
+    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+      const int i = idx / c, j = idx % c;
+      x[i * l + j] = (i == j) - av[i * l + j];
+    }
+    __syncthreads();
+    for (int n = 2; n <= order; ++n) {  // Horner: X = I - A X
+      BlockMatmul(c, c, c, M(a), M(x), [t, l](int i, int j, float s) { t[i * l + j] = (i == j) - s; });
+      __syncthreads();
+      float* tmp = x;
+      x = t;
+      t = tmp;
+    }
+    bufs[0] = x;
+    bufs[1] = t;
+  }
+};
+
+// Inverts (I + A) for one chunk; returns the buffer holding T. With the guard, a chunk whose residual
+// bound exceeds the tolerance (or is NaN) is recomputed by forward substitution and counted.
+__device__ float* InvertChunk(const float* a, float* b0, float* b1, float* b2, int c, int ld,
+                              const InverseParams& ip, float* scratch, int* guard_counters) {
+  if (ip.method == 0) {
+    ForwardSubstitution(a, b0, c, ld);
+    return b0;
+  }
+  ChunkInverter inv{a, {b0, b1, b2}, c, ld};
+  if (ip.method == 2) {
+    int log2 = 0;
+    while ((1 << log2) < c) ++log2;
+    inv.PartialProduct(log2);
+    return inv.bufs[0];
+  }
+  inv.Truncated(ip.order);
+  float *x = inv.bufs[0], *e = inv.bufs[1], *t = inv.bufs[2];
+  const int l = ld;
+  if (ip.band > 0) {
+    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+      const int i = idx / c, j = idx % c;
+      if (j > i || i - j >= ip.band) x[i * l + j] = 0.0f;
+    }
+    __syncthreads();
+  }
+  float emax = -1.0f;  // max |E| of the last correction step, when the guard wants it
+  for (int s = 0; s < ip.residual_steps; ++s) {
+    BlockMatmul(c, c, c, inv.M(a), inv.M(x),
+                [e, x, l](int i, int j, float sum) { e[i * l + j] = (i == j) - x[i * l + j] - sum; });
+    __syncthreads();
+    if (s + 1 == ip.residual_steps && ip.guard) {
+      float m = 0.0f;
+      for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) m = fmaxf(m, fabsf(e[(idx / c) * l + idx % c]));
+      emax = BlockMax(m, scratch);
+    }
+    BlockMatmul(c, c, c, inv.M(x), inv.M(e), [t, x, l](int i, int j, float sum) { t[i * l + j] = x[i * l + j] + sum; });
+    __syncthreads();
+    float* tmp = x;
+    x = t;
+    t = tmp;
+  }
+  if (!ip.guard) return x;
+  float bound;
+  if (emax >= 0.0f) {
+    bound = emax * emax * static_cast<float>(c);  // the next residual is E^2: |E^2| <= c |E|^2
+  } else {  // no correction step: measure the residual directly
+    float m = 0.0f;
+    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+      const int i = idx / c, j = idx % c;
+      float ax = 0.0f;
+      for (int kk = 0; kk < c; ++kk) ax = fmaf(a[i * l + kk], x[kk * l + j], ax);
+      m = fmaxf(m, fabsf((i == j) - x[i * l + j] - ax));
+    }
+    bound = BlockMax(m, scratch);
+  }
+  if (threadIdx.x == 0) {
+    atomicMax(guard_counters + 1, __float_as_int(isnan(bound) ? INFINITY : bound));  // >= 0: int order = float order
+  }
+  if (!(bound <= ip.guard_tol)) {  // NaN included
+    if (threadIdx.x == 0) atomicAdd(guard_counters, 1);
+    ForwardSubstitution(a, t, c, ld);
+    return t;
+  }
+  return x;
+}
+
+struct PrepareArgs {
+  const void *q, *k, *v;
+  const float *g, *beta;
+  const int64_t* offsets;  // [n + 1], device
+  float *w, *u, *scores, *gcum;  // workspace per (chunk, head): [C, dk], [C, dv], [C, C], [C]
+  int* guard_counters;           // [2]: fallbacks, max residual (float bits)
+  int n, key_heads, heads, group, dk, dv, c;
+  bool l2norm;
+  float scale;
+  InverseParams inverse;
+};
+
+// Sequence and chunk-in-sequence of global chunk `id` (chunks numbered sequence by sequence).
+__device__ inline void LocateChunk(const int64_t* offsets, int n, int c, int64_t id, int* seq, int64_t* local) {
+  int64_t first = 0;
+  for (int s = 0; s < n; ++s) {
+    const int64_t chunks = (offsets[s + 1] - offsets[s] + c - 1) / c;
+    if (id < first + chunks) {
+      *seq = s;
+      *local = id - first;
+      return;
+    }
+    first += chunks;
+  }
+  *seq = n;
+  *local = 0;
+}
+
+template <typename In>
+__global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
+  extern __shared__ float smem[];
+  const int64_t id = blockIdx.x;
+  const int h = blockIdx.y, hk = h / p.group, c = p.c, dk = p.dk, dv = p.dv;
+  int seq;
+  int64_t local;
+  LocateChunk(p.offsets, p.n, c, id, &seq, &local);
+  if (seq >= p.n) return;
+  const int64_t tok0 = p.offsets[seq] + local * c;
+  const int64_t left = p.offsets[seq + 1] - tok0;
+  const int valid = static_cast<int>(left < c ? left : c);
+  const int ldk = dk + 1, ldx = max(dk, dv) + 1, ldc = c + 1;
+  float* sk = smem;             // [c, ldk]: k, later beta e^G k
+  float* sx = sk + c * ldk;     // [c, ldx]: q, later beta v
+  float* sa = sx + c * ldx;     // [c, ldc]: A
+  float* b0 = sa + c * ldc;     // three [c, ldc] buffers for the inverse
+  float* b1 = b0 + c * ldc;
+  float* b2 = b1 + c * ldc;
+  float* sg = b2 + c * ldc;     // [c]: cumulative log decay
+  float* sb = sg + c;           // [c]: beta
+  float* scratch = sb + c;      // [kWarps]
+
+  const In* q = static_cast<const In*>(p.q);
+  const In* k = static_cast<const In*>(p.k);
+  const In* v = static_cast<const In*>(p.v);
+  for (int i = threadIdx.x; i < c; i += blockDim.x) {
+    sg[i] = i < valid ? p.g[(tok0 + i) * p.heads + h] : 0.0f;
+    sb[i] = i < valid ? p.beta[(tok0 + i) * p.heads + h] : 0.0f;
+  }
+  LoadRows(sk, ldk, k, tok0, valid, c, p.key_heads, hk, dk);
+  LoadRows(sx, ldx, q, tok0, valid, c, p.key_heads, hk, dk);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int i = 1; i < c; ++i) sg[i] += sg[i - 1];
+  }
+  NormalizeRows(sk, c, dk, ldk, p.l2norm, 1.0f, [](int) { return 1.0f; });
+  NormalizeRows(sx, c, dk, ldx, p.l2norm, p.scale, [](int) { return 1.0f; });
+  __syncthreads();
+  const int64_t ws = id * p.heads + h;
+  float* gcum = p.gcum + ws * c;
+  for (int i = threadIdx.x; i < c; i += blockDim.x) gcum[i] = sg[i];
+  // Scores Q K^T e^(G_i - G_j) on and below the diagonal, and A = beta_i K K^T e^(G_i - G_j) below it.
+  float* scores = p.scores + ws * c * c;
+  BlockMatmul(
+      c, c, dk, [sx, ldx](int i, int kk) { return sx[i * ldx + kk]; },
+      [sk, ldk](int kk, int j) { return sk[j * ldk + kk]; },
+      [scores, sg, c](int i, int j, float s) { scores[i * c + j] = j <= i ? s * __expf(sg[i] - sg[j]) : 0.0f; });
+  BlockMatmul(
+      c, c, dk, [sk, ldk](int i, int kk) { return sk[i * ldk + kk]; },
+      [sk, ldk](int kk, int j) { return sk[j * ldk + kk]; },
+      [sa, sg, sb, ldc](int i, int j, float s) { sa[i * ldc + j] = j < i ? s * sb[i] * __expf(sg[i] - sg[j]) : 0.0f; });
+  __syncthreads();
+  // k -> beta e^G k for W; q's buffer -> beta v for U.
+  for (int idx = threadIdx.x; idx < c * dk; idx += blockDim.x) {
+    const int i = idx / dk;
+    sk[i * ldk + idx % dk] *= sb[i] * __expf(sg[i]);
+  }
+  LoadRows(sx, ldx, v, tok0, valid, c, p.heads, h, dv);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < c * dv; idx += blockDim.x) sx[(idx / dv) * ldx + idx % dv] *= sb[idx / dv];
+  float* t = InvertChunk(sa, b0, b1, b2, c, ldc, p.inverse, scratch, p.guard_counters);
+  __syncthreads();
+  float* w = p.w + ws * c * dk;
+  float* u = p.u + ws * c * dv;
+  auto tm = [t, ldc](int i, int kk) { return t[i * ldc + kk]; };
+  BlockMatmul(c, dk, c, tm, [sk, ldk](int kk, int j) { return sk[kk * ldk + j]; },
+              [w, dk](int i, int j, float s) { w[i * dk + j] = s; });
+  BlockMatmul(c, dv, c, tm, [sx, ldx](int kk, int j) { return sx[kk * ldx + j]; },
+              [u, dv](int i, int j, float s) { u[i * dv + j] = s; });
+}
+
+struct StateArgs {
+  const void *q, *k;
+  void* o;
+  const int64_t* offsets;
+  const float *w, *u, *scores, *gcum;
+  const float* initial_state;  // [n, heads, dk, dv] or null
+  float* final_state;          // [n, heads, dk, dv]
+  int n, key_heads, heads, group, dk, dv, c;
+  bool l2norm;
+  float scale;
+};
+
+template <typename In, int BV>
+__global__ void __launch_bounds__(kThreads) StateKernel(StateArgs p) {
+  extern __shared__ float smem[];
+  const int seq = blockIdx.x, h = blockIdx.y, j0 = blockIdx.z * BV;
+  const int hk = h / p.group, c = p.c, dk = p.dk, dv = p.dv;
+  const int ldk = dk + 1, ldc = c + 1;
+  float* ss = smem;            // [dk, BV]: the state slice
+  float* sw = ss + dk * BV;    // [c, ldk]: W, later the decayed k
+  float* sq = sw + c * ldk;    // [c, ldk]: scale e^G q
+  float* sp = sq + c * ldk;    // [c, ldc]: scores
+  float* sv = sp + c * ldc;    // [c, BV]: U, then V'
+  float* sg = sv + c * BV;     // [c]
+  const In* q = static_cast<const In*>(p.q);
+  const In* k = static_cast<const In*>(p.k);
+  In* o = static_cast<In*>(p.o);
+
+  const int64_t state_off = (static_cast<int64_t>(seq) * p.heads + h) * dk * dv;
+  for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
+    const int i = idx / BV, j = idx % BV;
+    ss[idx] = p.initial_state ? p.initial_state[state_off + i * dv + j0 + j] : 0.0f;
+  }
+  int64_t first = 0;
+  for (int s = 0; s < seq; ++s) first += (p.offsets[s + 1] - p.offsets[s] + c - 1) / c;
+  const int64_t len = p.offsets[seq + 1] - p.offsets[seq];
+  const int64_t chunks = (len + c - 1) / c;
+  for (int64_t ci = 0; ci < chunks; ++ci) {
+    const int64_t tok0 = p.offsets[seq] + ci * c;
+    const int valid = static_cast<int>(len - ci * c < c ? len - ci * c : c);
+    const int64_t ws = (first + ci) * p.heads + h;
+    const float* w = p.w + ws * c * dk;
+    const float* u = p.u + ws * c * dv;
+    const float* scores = p.scores + ws * c * c;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) sg[i] = p.gcum[ws * c + i];
+    for (int idx = threadIdx.x; idx < c * dk; idx += blockDim.x) sw[(idx / dk) * ldk + idx % dk] = w[idx];
+    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) sp[(idx / c) * ldc + idx % c] = scores[idx];
+    for (int idx = threadIdx.x; idx < c * BV; idx += blockDim.x) sv[idx] = u[(idx / BV) * dv + j0 + idx % BV];
+    LoadRows(sq, ldk, q, tok0, valid, c, p.key_heads, hk, dk);
+    __syncthreads();
+    NormalizeRows(sq, c, dk, ldk, p.l2norm, p.scale, [sg](int i) { return __expf(sg[i]); });
+    // V' = U - W S (each thread rewrites only its own tile of sv).
+    BlockMatmul(
+        c, BV, dk, [sw, ldk](int i, int kk) { return sw[i * ldk + kk]; },
+        [ss](int kk, int j) { return ss[kk * BV + j]; }, [sv](int i, int j, float s) { sv[i * BV + j] -= s; });
+    __syncthreads();
+    // O = (scale e^G Q) S + scores V'.
+    BlockMatmul2(
+        c, BV, dk, [sq, ldk](int i, int kk) { return sq[i * ldk + kk]; },
+        [ss](int kk, int j) { return ss[kk * BV + j]; }, c, [sp, ldc](int i, int kk) { return sp[i * ldc + kk]; },
+        [sv](int kk, int j) { return sv[kk * BV + j]; },
+        [o, tok0, valid, h, j0, heads = p.heads, dv](int i, int j, float s) {
+          if (i < valid) Store(o + ((tok0 + i) * heads + h) * dv + j0 + j, s);
+        });
+    __syncthreads();
+    // S = e^(G_C) S + (e^(G_C - G) K)^T V'.
+    LoadRows(sw, ldk, k, tok0, valid, c, p.key_heads, hk, dk);
+    __syncthreads();
+    const float g_last = sg[c - 1];
+    NormalizeRows(sw, c, dk, ldk, p.l2norm, 1.0f, [sg, g_last](int i) { return __expf(g_last - sg[i]); });
+    __syncthreads();
+    const float decay = __expf(g_last);
+    BlockMatmul(
+        dk, BV, c, [sw, ldk](int i, int kk) { return sw[kk * ldk + i]; },
+        [sv](int kk, int j) { return sv[kk * BV + j]; },
+        [ss, decay](int i, int j, float s) { ss[i * BV + j] = fmaf(ss[i * BV + j], decay, s); });
+    __syncthreads();
+  }
+  for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
+    p.final_state[state_off + (idx / BV) * dv + j0 + idx % BV] = ss[idx];
+  }
+}
+
+InverseParams ToParams(const TriInverseOptions& o, int64_t c) {
+  InverseParams p{};
+  p.order = o.order;
+  p.band = o.band;
+  p.residual_steps = o.residual_steps;
+  p.guard_tol = static_cast<float>(o.guard_tol);
+  switch (o.method) {
+    case TriInverseMethod::kNeumann: {
+      p.method = 1;
+      // As tri_inverse.cc: no guard once the corrections' exact band covers the chunk in full precision.
+      const int64_t exact_start = o.band > 0 ? std::min<int64_t>(o.band, o.order + 1) : o.order + 1;
+      p.guard = o.guard_tol > 0 && (exact_start << o.residual_steps) < c;
+      break;
+    }
+    case TriInverseMethod::kProductForm:
+      p.method = 2;
+      break;
+    default:
+      p.method = 0;
+      break;
+  }
+  return p;
+}
+
+template <typename Kernel>
+void AllowSharedMemory(Kernel kernel, size_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+}
+
+template <typename In>
+GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
+  const int64_t b = a.q.size(0), t = a.q.size(1), hk = a.q.size(2), dk = a.q.size(3);
+  const int64_t hv = a.v.size(2), dv = a.v.size(3), c = a.chunk_size;
+  const int64_t n = static_cast<int64_t>(a.offsets.size()) - 1;
+  int64_t chunks = 0;
+  for (int64_t s = 0; s < n; ++s) chunks += (a.offsets[s + 1] - a.offsets[s] + c - 1) / c;
+  const at::TensorOptions f32 = a.v.options().dtype(at::kFloat);
+  GatedDeltaRuleOutput out;
+  out.o = at::empty({b, t, hv, dv}, a.v.options());
+  out.final_state = at::empty({n, hv, dk, dv}, f32);
+  out.inverse_stats.chunks = chunks * hv;
+  at::Tensor workspace = at::empty({std::max<int64_t>(chunks, 1) * hv * c * (dk + dv + c + 1)}, f32);
+  at::Tensor counters = at::zeros({2}, a.v.options().dtype(at::kInt));
+  float* ws = workspace.data_ptr<float>();
+  const int64_t per = chunks * hv * c;
+  float* w = ws;
+  float* u = w + per * dk;
+  float* scores = u + per * dv;
+  float* gcum = scores + per * c;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int group = static_cast<int>(hv / hk);
+  if (chunks > 0) {
+    PrepareArgs p{};
+    p.q = a.q.data_ptr();
+    p.k = a.k.data_ptr();
+    p.v = a.v.data_ptr();
+    p.g = a.g.data_ptr<float>();
+    p.beta = a.beta.data_ptr<float>();
+    p.offsets = a.device_offsets.data_ptr<int64_t>();
+    p.w = w;
+    p.u = u;
+    p.scores = scores;
+    p.gcum = gcum;
+    p.guard_counters = counters.data_ptr<int>();
+    p.n = static_cast<int>(n);
+    p.key_heads = static_cast<int>(hk);
+    p.heads = static_cast<int>(hv);
+    p.group = group;
+    p.dk = static_cast<int>(dk);
+    p.dv = static_cast<int>(dv);
+    p.c = static_cast<int>(c);
+    p.l2norm = a.l2norm_qk;
+    p.scale = a.scale;
+    p.inverse = ToParams(a.inverse, c);
+    const size_t bytes =
+        sizeof(float) * (c * (dk + 1) + c * (std::max(dk, dv) + 1) + 4 * c * (c + 1) + 2 * c + kWarps);
+    AllowSharedMemory(PrepareKernel<In>, bytes);
+    PrepareKernel<In><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(hv)), kThreads, bytes, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (n > 0) {
+    StateArgs s{};
+    s.q = a.q.data_ptr();
+    s.k = a.k.data_ptr();
+    s.o = out.o.data_ptr();
+    s.offsets = a.device_offsets.data_ptr<int64_t>();
+    s.w = w;
+    s.u = u;
+    s.scores = scores;
+    s.gcum = gcum;
+    s.initial_state = a.initial_state.defined() ? a.initial_state.data_ptr<float>() : nullptr;
+    s.final_state = out.final_state.data_ptr<float>();
+    s.n = static_cast<int>(n);
+    s.key_heads = static_cast<int>(hk);
+    s.heads = static_cast<int>(hv);
+    s.group = group;
+    s.dk = static_cast<int>(dk);
+    s.dv = static_cast<int>(dv);
+    s.c = static_cast<int>(c);
+    s.l2norm = a.l2norm_qk;
+    s.scale = a.scale;
+    auto launch = [&](auto kernel, int bv) {
+      const size_t bytes = sizeof(float) * (dk * bv + 2 * c * (dk + 1) + c * (c + 1) + c * bv + c);
+      AllowSharedMemory(kernel, bytes);
+      kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(hv), static_cast<unsigned>(dv / bv)), kThreads,
+               bytes, stream>>>(s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (dv % 32 == 0) {
+      launch(StateKernel<In, 32>, 32);
+    } else {
+      launch(StateKernel<In, 16>, 16);
+    }
+  }
+  if (a.read_inverse_stats) {
+    at::Tensor host = counters.cpu();
+    const int* v = host.data_ptr<int>();
+    out.inverse_stats.fallbacks = v[0];
+    float residual;
+    std::memcpy(&residual, &v[1], sizeof(residual));
+    out.inverse_stats.max_residual = residual;
+  }
+  return out;
+}
+
+}  // namespace
+
+bool FusedPrefillSupports(const at::Tensor& q, const at::Tensor& v, const GatedDeltaRuleOptions& o) {
+  if (!q.is_cuda() || (v.scalar_type() != at::kFloat && v.scalar_type() != at::kBFloat16)) return false;
+  const int64_t dk = q.size(3), dv = v.size(3), c = o.chunk_size;
+  auto dim_ok = [](int64_t d) { return d >= 16 && d <= 128 && d % 16 == 0; };
+  if (!dim_ok(dk) || !dim_ok(dv) || (c != 16 && c != 32 && c != 64)) return false;
+  if (o.inverse.matmul_bits != 32) return false;
+  return o.inverse.method == TriInverseMethod::kForwardSubstitution ||
+         o.inverse.method == TriInverseMethod::kNeumann || o.inverse.method == TriInverseMethod::kProductForm;
+}
+
+GatedDeltaRuleOutput ChunkGatedDeltaRuleCuda(const FusedPrefillArgs& args) {
+  if (args.v.scalar_type() == at::kBFloat16) return Run<c10::BFloat16>(args);
+  return Run<float>(args);
+}
+
+}  // namespace deltaserve::kernels::internal
