@@ -26,8 +26,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-__device__ inline float Load(const float* p) { return *p; }
-__device__ inline float Load(const c10::BFloat16* p) { return static_cast<float>(*p); }
 __device__ inline void Store(float* p, float x) { *p = x; }
 __device__ inline void Store(c10::BFloat16* p, float x) { *p = c10::BFloat16(x); }
 
@@ -101,10 +99,8 @@ __device__ inline float BlockMax(float x, float* scratch) {
 }
 
 // Rows [0, rows) of x (leading dimension ld, `d` used columns) times scale / ||row|| (eps 1e-6 inside
-// the square root, as Qwen3.5), or times scale alone; then times row_factor(i). One warp per row.
-template <class RowFactor>
-__device__ inline void NormalizeRows(float* x, int rows, int d, int ld, bool l2norm, float scale,
-                                     RowFactor row_factor) {
+// the square root, as Qwen3.5), or times scale alone. One warp per row.
+__device__ inline void NormalizeRows(float* x, int rows, int d, int ld, bool l2norm, float scale) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int i = warp; i < rows; i += kWarps) {
     float f = scale;
@@ -114,21 +110,65 @@ __device__ inline void NormalizeRows(float* x, int rows, int d, int ld, bool l2n
       for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
       f *= rsqrtf(ss + 1e-6f);
     }
-    f *= row_factor(i);
     for (int c = lane; c < d; c += 32) x[i * ld + c] *= f;
   }
 }
 
-// The chunk's rows of a [tokens, heads, d] tensor, head `head`, into x (leading dimension ld); rows at
-// or past `valid` are zero (padding: no decay, no write).
-template <typename In>
-__device__ inline void LoadRows(float* x, int ld, const In* src, int64_t tok0, int valid, int rows, int heads,
-                                int head, int d) {
-  for (int idx = threadIdx.x; idx < rows * d; idx += blockDim.x) {
-    const int i = idx / d, c = idx % d;
-    x[i * ld + c] = i < valid ? Load(src + ((tok0 + i) * heads + head) * d + c) : 0.0f;
+// Four consecutive values as floats, in one 16-byte (float) or 8-byte (bfloat16) read-only load.
+__device__ inline float4 Load4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
+__device__ inline float4 Load4(const c10::BFloat16* p) {
+  const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
+
+// rows x cols values (cols a multiple of 4) into shared dst (leading dimension ld) as float; row i comes
+// from row_ptr(i), a 16-byte aligned pointer, or is zero where row_ptr returns null. Each thread keeps
+// kBatch vector loads in flight before storing any: one block per SM must not wait out each load's latency.
+template <class RowPtr>
+__device__ inline void LoadTile(float* dst, int ld, int rows, int cols, RowPtr row_ptr) {
+  constexpr int kBatch = 8;
+  const int per_row = cols / 4, total = rows * per_row;
+  for (int base = threadIdx.x; base < total; base += kBatch * blockDim.x) {
+    float4 r[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int idx = base + b * blockDim.x;
+      r[b] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (idx < total) {
+        const auto* row = row_ptr(idx / per_row);
+        if (row != nullptr) r[b] = Load4(row + (idx % per_row) * 4);
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int idx = base + b * blockDim.x;
+      if (idx < total) {
+        float* d = dst + (idx / per_row) * ld + (idx % per_row) * 4;
+        d[0] = r[b].x;
+        d[1] = r[b].y;
+        d[2] = r[b].z;
+        d[3] = r[b].w;
+      }
+    }
   }
 }
+
+// Row i of the chunk starting at token tok0 in a [tokens, heads, d] tensor, head `head`; null (zero) at
+// or past `valid`, the padding of a sequence's last chunk (no decay, no write).
+template <typename In>
+__device__ inline auto TokenRows(const In* src, int64_t tok0, int valid, int heads, int head, int d) {
+  return [=](int i) -> const In* { return i < valid ? src + ((tok0 + i) * heads + head) * d : nullptr; };
+}
+
+// Per (chunk, value head) cells written by the prepare pass and the state pass, float32.
+struct Workspace {
+  float *w, *kd, *qe;  // [c, dk]: T beta e^G k, e^(G_C - G) k, scale e^G q
+  float *u, *vn;       // [c, dv]: T beta v, and V' = U - W S from the state pass
+  float* scores;       // [c, c]: Q K^T e^(G_i - G_j), lower triangle with the diagonal
+  float* states;       // [dk, dv]: the state at the chunk's start, from the state pass
+  float* decay;        // [1]: e^(G_C)
+};
 
 struct InverseParams {
   int method;  // 0 forward substitution, 1 Neumann, 2 product form
@@ -299,8 +339,8 @@ struct PrepareArgs {
   const void *q, *k, *v;
   const float *g, *beta;
   const int64_t* offsets;  // [n + 1], device
-  float *w, *u, *scores, *gcum;  // workspace per (chunk, head): [C, dk], [C, dv], [C, C], [C]
-  int* guard_counters;           // [2]: fallbacks, max residual (float bits)
+  Workspace ws;
+  int* guard_counters;  // [2]: fallbacks, max residual (float bits)
   int n, key_heads, heads, group, dk, dv, c;
   bool l2norm;
   float scale;
@@ -336,15 +376,15 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   const int64_t left = p.offsets[seq + 1] - tok0;
   const int valid = static_cast<int>(left < c ? left : c);
   const int ldk = dk + 1, ldx = max(dk, dv) + 1, ldc = c + 1;
-  float* sk = smem;             // [c, ldk]: k, later beta e^G k
-  float* sx = sk + c * ldk;     // [c, ldx]: q, later beta v
-  float* sa = sx + c * ldx;     // [c, ldc]: A
-  float* b0 = sa + c * ldc;     // three [c, ldc] buffers for the inverse
+  float* sk = smem;          // [c, ldk]: k, later beta e^G k
+  float* sx = sk + c * ldk;  // [c, ldx]: q, later beta v
+  float* sa = sx + c * ldx;  // [c, ldc]: A
+  float* b0 = sa + c * ldc;  // three [c, ldc] buffers for the inverse
   float* b1 = b0 + c * ldc;
   float* b2 = b1 + c * ldc;
-  float* sg = b2 + c * ldc;     // [c]: cumulative log decay
-  float* sb = sg + c;           // [c]: beta
-  float* scratch = sb + c;      // [kWarps]
+  float* sg = b2 + c * ldc;  // [c]: cumulative log decay
+  float* sb = sg + c;        // [c]: beta
+  float* scratch = sb + c;   // [kWarps]
 
   const In* q = static_cast<const In*>(p.q);
   const In* k = static_cast<const In*>(p.k);
@@ -353,20 +393,28 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
     sg[i] = i < valid ? p.g[(tok0 + i) * p.heads + h] : 0.0f;
     sb[i] = i < valid ? p.beta[(tok0 + i) * p.heads + h] : 0.0f;
   }
-  LoadRows(sk, ldk, k, tok0, valid, c, p.key_heads, hk, dk);
-  LoadRows(sx, ldx, q, tok0, valid, c, p.key_heads, hk, dk);
+  LoadTile(sk, ldk, c, dk, TokenRows(k, tok0, valid, p.key_heads, hk, dk));
+  LoadTile(sx, ldx, c, dk, TokenRows(q, tok0, valid, p.key_heads, hk, dk));
   __syncthreads();
   if (threadIdx.x == 0) {
     for (int i = 1; i < c; ++i) sg[i] += sg[i - 1];
   }
-  NormalizeRows(sk, c, dk, ldk, p.l2norm, 1.0f, [](int) { return 1.0f; });
-  NormalizeRows(sx, c, dk, ldx, p.l2norm, p.scale, [](int) { return 1.0f; });
+  NormalizeRows(sk, c, dk, ldk, p.l2norm, 1.0f);
+  NormalizeRows(sx, c, dk, ldx, p.l2norm, p.scale);
   __syncthreads();
-  const int64_t ws = id * p.heads + h;
-  float* gcum = p.gcum + ws * c;
-  for (int i = threadIdx.x; i < c; i += blockDim.x) gcum[i] = sg[i];
+  const int64_t cell = id * p.heads + h;
+  const float g_last = sg[c - 1];
+  if (threadIdx.x == 0) p.ws.decay[cell] = __expf(g_last);
+  // What the state pass and the output pass read: e^(G_C - G) k and scale e^G q.
+  float* kd = p.ws.kd + cell * c * dk;
+  float* qe = p.ws.qe + cell * c * dk;
+  for (int idx = threadIdx.x; idx < c * dk; idx += blockDim.x) {
+    const int i = idx / dk, col = idx % dk;
+    kd[idx] = sk[i * ldk + col] * __expf(g_last - sg[i]);
+    qe[idx] = sx[i * ldx + col] * __expf(sg[i]);
+  }
   // Scores Q K^T e^(G_i - G_j) on and below the diagonal, and A = beta_i K K^T e^(G_i - G_j) below it.
-  float* scores = p.scores + ws * c * c;
+  float* scores = p.ws.scores + cell * c * c;
   BlockMatmul(
       c, c, dk, [sx, ldx](int i, int kk) { return sx[i * ldx + kk]; },
       [sk, ldk](int kk, int j) { return sk[j * ldk + kk]; },
@@ -381,13 +429,13 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
     const int i = idx / dk;
     sk[i * ldk + idx % dk] *= sb[i] * __expf(sg[i]);
   }
-  LoadRows(sx, ldx, v, tok0, valid, c, p.heads, h, dv);
+  LoadTile(sx, ldx, c, dv, TokenRows(v, tok0, valid, p.heads, h, dv));
   __syncthreads();
   for (int idx = threadIdx.x; idx < c * dv; idx += blockDim.x) sx[(idx / dv) * ldx + idx % dv] *= sb[idx / dv];
   float* t = InvertChunk(sa, b0, b1, b2, c, ldc, p.inverse, scratch, p.guard_counters);
   __syncthreads();
-  float* w = p.w + ws * c * dk;
-  float* u = p.u + ws * c * dv;
+  float* w = p.ws.w + cell * c * dk;
+  float* u = p.ws.u + cell * c * dv;
   auto tm = [t, ldc](int i, int kk) { return t[i * ldc + kk]; };
   BlockMatmul(c, dk, c, tm, [sk, ldk](int kk, int j) { return sk[kk * ldk + j]; },
               [w, dk](int i, int j, float s) { w[i * dk + j] = s; });
@@ -395,80 +443,58 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
               [u, dv](int i, int j, float s) { u[i * dv + j] = s; });
 }
 
-struct StateArgs {
-  const void *q, *k;
-  void* o;
+struct PassArgs {
   const int64_t* offsets;
-  const float *w, *u, *scores, *gcum;
+  Workspace ws;
   const float* initial_state;  // [n, heads, dk, dv] or null
   float* final_state;          // [n, heads, dk, dv]
-  int n, key_heads, heads, group, dk, dv, c;
-  bool l2norm;
-  float scale;
+  void* o;                     // [tokens, heads, dv] in the inputs' dtype
+  int n, heads, dk, dv, c;
 };
 
-template <typename In, int BV>
-__global__ void __launch_bounds__(kThreads) StateKernel(StateArgs p) {
+// The only sequential pass: per (sequence, value head, BV value columns), chunk after chunk,
+// V' = U - W S and S = e^(G_C) S + Kd^T V', storing each chunk's V' and its starting S for the output pass.
+template <int BV>
+__global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
   extern __shared__ float smem[];
   const int seq = blockIdx.x, h = blockIdx.y, j0 = blockIdx.z * BV;
-  const int hk = h / p.group, c = p.c, dk = p.dk, dv = p.dv;
-  const int ldk = dk + 1, ldc = c + 1;
-  float* ss = smem;            // [dk, BV]: the state slice
-  float* sw = ss + dk * BV;    // [c, ldk]: W, later the decayed k
-  float* sq = sw + c * ldk;    // [c, ldk]: scale e^G q
-  float* sp = sq + c * ldk;    // [c, ldc]: scores
-  float* sv = sp + c * ldc;    // [c, BV]: U, then V'
-  float* sg = sv + c * BV;     // [c]
-  const In* q = static_cast<const In*>(p.q);
-  const In* k = static_cast<const In*>(p.k);
-  In* o = static_cast<In*>(p.o);
-
+  const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + 1;
+  float* ss = smem;          // [dk, BV]: the state slice
+  float* sw = ss + dk * BV;  // [c, ldk]: W
+  float* sk = sw + c * ldk;  // [c, ldk]: e^(G_C - G) k
+  float* sv = sk + c * ldk;  // [c, BV]: U, then V'
   const int64_t state_off = (static_cast<int64_t>(seq) * p.heads + h) * dk * dv;
-  for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
-    const int i = idx / BV, j = idx % BV;
-    ss[idx] = p.initial_state ? p.initial_state[state_off + i * dv + j0 + j] : 0.0f;
-  }
+  const float* init = p.initial_state ? p.initial_state + state_off + j0 : nullptr;
+  LoadTile(ss, BV, dk, BV, [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
   int64_t first = 0;
   for (int s = 0; s < seq; ++s) first += (p.offsets[s + 1] - p.offsets[s] + c - 1) / c;
-  const int64_t len = p.offsets[seq + 1] - p.offsets[seq];
-  const int64_t chunks = (len + c - 1) / c;
+  const int64_t chunks = (p.offsets[seq + 1] - p.offsets[seq] + c - 1) / c;
   for (int64_t ci = 0; ci < chunks; ++ci) {
-    const int64_t tok0 = p.offsets[seq] + ci * c;
-    const int valid = static_cast<int>(len - ci * c < c ? len - ci * c : c);
-    const int64_t ws = (first + ci) * p.heads + h;
-    const float* w = p.w + ws * c * dk;
-    const float* u = p.u + ws * c * dv;
-    const float* scores = p.scores + ws * c * c;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) sg[i] = p.gcum[ws * c + i];
-    for (int idx = threadIdx.x; idx < c * dk; idx += blockDim.x) sw[(idx / dk) * ldk + idx % dk] = w[idx];
-    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) sp[(idx / c) * ldc + idx % c] = scores[idx];
-    for (int idx = threadIdx.x; idx < c * BV; idx += blockDim.x) sv[idx] = u[(idx / BV) * dv + j0 + idx % BV];
-    LoadRows(sq, ldk, q, tok0, valid, c, p.key_heads, hk, dk);
+    const int64_t cell = (first + ci) * p.heads + h;
+    const float* w = p.ws.w + cell * c * dk;
+    const float* kd = p.ws.kd + cell * c * dk;
+    const float* u = p.ws.u + cell * c * dv + j0;
+    LoadTile(sw, ldk, c, dk, [w, dk](int i) { return w + i * dk; });
+    LoadTile(sk, ldk, c, dk, [kd, dk](int i) { return kd + i * dk; });
+    LoadTile(sv, BV, c, BV, [u, dv](int i) { return u + i * dv; });
     __syncthreads();
-    NormalizeRows(sq, c, dk, ldk, p.l2norm, p.scale, [sg](int i) { return __expf(sg[i]); });
-    // V' = U - W S (each thread rewrites only its own tile of sv).
+    // This chunk's starting state, for the output pass.
+    float* s_out = p.ws.states + cell * dk * dv + j0;
+    for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) s_out[(idx / BV) * dv + idx % BV] = ss[idx];
+    // V' = U - W S (each thread rewrites only its own tile of sv), also stored.
+    float* vn = p.ws.vn + cell * c * dv + j0;
     BlockMatmul(
         c, BV, dk, [sw, ldk](int i, int kk) { return sw[i * ldk + kk]; },
-        [ss](int kk, int j) { return ss[kk * BV + j]; }, [sv](int i, int j, float s) { sv[i * BV + j] -= s; });
-    __syncthreads();
-    // O = (scale e^G Q) S + scores V'.
-    BlockMatmul2(
-        c, BV, dk, [sq, ldk](int i, int kk) { return sq[i * ldk + kk]; },
-        [ss](int kk, int j) { return ss[kk * BV + j]; }, c, [sp, ldc](int i, int kk) { return sp[i * ldc + kk]; },
-        [sv](int kk, int j) { return sv[kk * BV + j]; },
-        [o, tok0, valid, h, j0, heads = p.heads, dv](int i, int j, float s) {
-          if (i < valid) Store(o + ((tok0 + i) * heads + h) * dv + j0 + j, s);
+        [ss](int kk, int j) { return ss[kk * BV + j]; },
+        [sv, vn, dv](int i, int j, float s) {
+          const float x = sv[i * BV + j] - s;
+          sv[i * BV + j] = x;
+          vn[i * dv + j] = x;
         });
     __syncthreads();
-    // S = e^(G_C) S + (e^(G_C - G) K)^T V'.
-    LoadRows(sw, ldk, k, tok0, valid, c, p.key_heads, hk, dk);
-    __syncthreads();
-    const float g_last = sg[c - 1];
-    NormalizeRows(sw, c, dk, ldk, p.l2norm, 1.0f, [sg, g_last](int i) { return __expf(g_last - sg[i]); });
-    __syncthreads();
-    const float decay = __expf(g_last);
+    const float decay = p.ws.decay[cell];
     BlockMatmul(
-        dk, BV, c, [sw, ldk](int i, int kk) { return sw[kk * ldk + i]; },
+        dk, BV, c, [sk, ldk](int i, int kk) { return sk[kk * ldk + i]; },
         [sv](int kk, int j) { return sv[kk * BV + j]; },
         [ss, decay](int i, int j, float s) { ss[i * BV + j] = fmaf(ss[i * BV + j], decay, s); });
     __syncthreads();
@@ -476,6 +502,44 @@ __global__ void __launch_bounds__(kThreads) StateKernel(StateArgs p) {
   for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
     p.final_state[state_off + (idx / BV) * dv + j0 + idx % BV] = ss[idx];
   }
+}
+
+// Output, all chunks at once: per (chunk, value head, BV value columns), O = Qe S + scores V'.
+template <typename Out, int BV>
+__global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs p) {
+  extern __shared__ float smem[];
+  const int64_t id = blockIdx.x;
+  const int h = blockIdx.y, j0 = blockIdx.z * BV;
+  const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + 1, ldc = c + 1;
+  int seq;
+  int64_t local;
+  LocateChunk(p.offsets, p.n, c, id, &seq, &local);
+  if (seq >= p.n) return;
+  const int64_t tok0 = p.offsets[seq] + local * c;
+  const int64_t left = p.offsets[seq + 1] - tok0;
+  const int valid = static_cast<int>(left < c ? left : c);
+  float* sq = smem;          // [c, ldk]: Qe
+  float* ss = sq + c * ldk;  // [dk, BV]: the chunk's starting state
+  float* sp = ss + dk * BV;  // [c, ldc]: scores
+  float* sv = sp + c * ldc;  // [c, BV]: V'
+  const int64_t cell = id * p.heads + h;
+  const float* qe = p.ws.qe + cell * c * dk;
+  const float* st = p.ws.states + cell * dk * dv + j0;
+  const float* sc = p.ws.scores + cell * c * c;
+  const float* vn = p.ws.vn + cell * c * dv + j0;
+  LoadTile(sq, ldk, c, dk, [qe, dk](int i) { return qe + i * dk; });
+  LoadTile(ss, BV, dk, BV, [st, dv](int i) { return st + i * dv; });
+  LoadTile(sp, ldc, c, c, [sc, c](int i) { return sc + i * c; });
+  LoadTile(sv, BV, c, BV, [vn, dv](int i) { return vn + i * dv; });
+  __syncthreads();
+  Out* o = static_cast<Out*>(p.o);
+  BlockMatmul2(
+      c, BV, dk, [sq, ldk](int i, int kk) { return sq[i * ldk + kk]; },
+      [ss](int kk, int j) { return ss[kk * BV + j]; }, c, [sp, ldc](int i, int kk) { return sp[i * ldc + kk]; },
+      [sv](int kk, int j) { return sv[kk * BV + j]; },
+      [o, tok0, valid, h, j0, heads = p.heads, dv](int i, int j, float s) {
+        if (i < valid) Store(o + ((tok0 + i) * heads + h) * dv + j0 + j, s);
+      });
 }
 
 InverseParams ToParams(const TriInverseOptions& o, int64_t c) {
@@ -520,16 +584,28 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
   out.o = at::empty({b, t, hv, dv}, a.v.options());
   out.final_state = at::empty({n, hv, dk, dv}, f32);
   out.inverse_stats.chunks = chunks * hv;
-  at::Tensor workspace = at::empty({std::max<int64_t>(chunks, 1) * hv * c * (dk + dv + c + 1)}, f32);
+  const int64_t cells = std::max<int64_t>(chunks, 1) * hv;
+  const int64_t per_cell = 3 * c * dk + 2 * c * dv + c * c + dk * dv + 1;
+  at::Tensor workspace = at::empty({cells * per_cell}, f32);
   at::Tensor counters = at::zeros({2}, a.v.options().dtype(at::kInt));
-  float* ws = workspace.data_ptr<float>();
-  const int64_t per = chunks * hv * c;
-  float* w = ws;
-  float* u = w + per * dk;
-  float* scores = u + per * dv;
-  float* gcum = scores + per * c;
+  Workspace ws;
+  float* next = workspace.data_ptr<float>();
+  auto take = [&](int64_t per) {
+    float* p = next;
+    next += cells * per;
+    return p;
+  };
+  // Largest first, each a multiple of 4 floats per cell: every row stays 16-byte aligned.
+  ws.states = take(dk * dv);
+  ws.w = take(c * dk);
+  ws.kd = take(c * dk);
+  ws.qe = take(c * dk);
+  ws.u = take(c * dv);
+  ws.vn = take(c * dv);
+  ws.scores = take(c * c);
+  ws.decay = take(1);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int group = static_cast<int>(hv / hk);
+  const unsigned heads = static_cast<unsigned>(hv);
   if (chunks > 0) {
     PrepareArgs p{};
     p.q = a.q.data_ptr();
@@ -538,15 +614,12 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     p.g = a.g.data_ptr<float>();
     p.beta = a.beta.data_ptr<float>();
     p.offsets = a.device_offsets.data_ptr<int64_t>();
-    p.w = w;
-    p.u = u;
-    p.scores = scores;
-    p.gcum = gcum;
+    p.ws = ws;
     p.guard_counters = counters.data_ptr<int>();
     p.n = static_cast<int>(n);
     p.key_heads = static_cast<int>(hk);
     p.heads = static_cast<int>(hv);
-    p.group = group;
+    p.group = static_cast<int>(hv / hk);
     p.dk = static_cast<int>(dk);
     p.dv = static_cast<int>(dv);
     p.c = static_cast<int>(c);
@@ -556,41 +629,37 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     const size_t bytes =
         sizeof(float) * (c * (dk + 1) + c * (std::max(dk, dv) + 1) + 4 * c * (c + 1) + 2 * c + kWarps);
     AllowSharedMemory(PrepareKernel<In>, bytes);
-    PrepareKernel<In><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(hv)), kThreads, bytes, stream>>>(p);
+    PrepareKernel<In><<<dim3(static_cast<unsigned>(chunks), heads), kThreads, bytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (n > 0) {
-    StateArgs s{};
-    s.q = a.q.data_ptr();
-    s.k = a.k.data_ptr();
-    s.o = out.o.data_ptr();
+    PassArgs s{};
     s.offsets = a.device_offsets.data_ptr<int64_t>();
-    s.w = w;
-    s.u = u;
-    s.scores = scores;
-    s.gcum = gcum;
+    s.ws = ws;
     s.initial_state = a.initial_state.defined() ? a.initial_state.data_ptr<float>() : nullptr;
     s.final_state = out.final_state.data_ptr<float>();
+    s.o = out.o.data_ptr();
     s.n = static_cast<int>(n);
-    s.key_heads = static_cast<int>(hk);
     s.heads = static_cast<int>(hv);
-    s.group = group;
     s.dk = static_cast<int>(dk);
     s.dv = static_cast<int>(dv);
     s.c = static_cast<int>(c);
-    s.l2norm = a.l2norm_qk;
-    s.scale = a.scale;
-    auto launch = [&](auto kernel, int bv) {
-      const size_t bytes = sizeof(float) * (dk * bv + 2 * c * (dk + 1) + c * (c + 1) + c * bv + c);
-      AllowSharedMemory(kernel, bytes);
-      kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(hv), static_cast<unsigned>(dv / bv)), kThreads,
-               bytes, stream>>>(s);
+    auto passes = [&](auto state_kernel, auto output_kernel, int64_t bv) {
+      const size_t state_bytes = sizeof(float) * (dk * bv + 2 * c * (dk + 1) + c * bv);
+      AllowSharedMemory(state_kernel, state_bytes);
+      const unsigned blocks = static_cast<unsigned>(dv / bv);
+      state_kernel<<<dim3(static_cast<unsigned>(n), heads, blocks), kThreads, state_bytes, stream>>>(s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (chunks == 0) return;
+      const size_t output_bytes = sizeof(float) * (c * (dk + 1) + dk * bv + c * (c + 1) + c * bv);
+      AllowSharedMemory(output_kernel, output_bytes);
+      output_kernel<<<dim3(static_cast<unsigned>(chunks), heads, blocks), kThreads, output_bytes, stream>>>(s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (dv % 32 == 0) {
-      launch(StateKernel<In, 32>, 32);
+      passes(StateKernel<32>, OutputKernel<In, 32>, 32);
     } else {
-      launch(StateKernel<In, 16>, 16);
+      passes(StateKernel<16>, OutputKernel<In, 16>, 16);
     }
   }
   if (a.read_inverse_stats) {
