@@ -1,87 +1,97 @@
-// Fused CUDA chunked prefill of the gated delta rule, in two launches and fp32 arithmetic on chip.
+// Fused CUDA chunked prefill of the gated delta rule: three launches, fp32-accurate products on tensor cores.
 //  1. Prepare, one block per (chunk, value head), all chunks of all sequences at once: loads the chunk's
-//     q and k (normalised, scaled), the cumulative log decay G, forms the decayed A = beta K K^T and the
-//     output's intra-chunk scores Q K^T e^(G_i - G_j), inverts (I + A) in shared memory with the selected
-//     method (forward substitution, truncated Neumann with band mask, corrections and the accuracy guard,
-//     or the product form), and writes W = T (beta e^G K), U = T (beta V), the scores and G.
-//  2. State pass, one block per (sequence, value head, block of value columns): carries the state slice
-//     S [dk, BV] in shared memory from chunk to chunk: V' = U - W S, O = (Q e^G) S + scores V',
-//     S = e^(G_C) S + (K e^(G_C - G))^T V'. Only this pass is sequential in the chunks.
+//     q and k (normalised, scaled) and the cumulative log decay G; forms the intra-chunk scores
+//     Q K^T e^(G_i - G_j) and A = beta K K^T e^(G_i - G_j); inverts (I + A) in shared memory with the
+//     selected method (forward substitution, truncated Neumann with band mask, corrections and the
+//     accuracy guard, or the product form); writes W = T (beta e^G K), U = T (beta V), e^(G_C - G) K,
+//     scale e^G Q, the scores and e^(G_C).
+//  2. State pass, one block per (sequence, value head, BV value columns), the only sequential part:
+//     chunk after chunk V' = U - W S and S = e^(G_C) S + (e^(G_C - G) K)^T V', storing V' and the
+//     chunk's starting S.
+//  3. Output, one block per (chunk, value head, BV value columns): O = (scale e^G Q) S + scores V'.
 // Same formulation as the ATen composition in chunk_gated_delta_rule.cc (its comment derives it).
-// Matrix products run on CUDA cores from shared memory, each thread a strided 4 x 4 output tile.
+// Products are 16 x 16 tiles per warp on tensor cores (WMMA, TF32 m16n16k8) in the 3xTF32 split
+// (a_hi b_hi + a_hi b_lo + a_lo b_hi): float32 accuracy at tensor-core speed. Forward substitution,
+// norms and masks run on CUDA cores. Shared-memory matrices have leading dimensions of cols + 4 floats:
+// 16-byte aligned rows for vector stores and WMMA, rows shifted by four banks.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
+#include <mma.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "../src/chunk_gated_delta_rule_cuda.h"
 
 namespace deltaserve::kernels::internal {
 namespace {
 
+namespace wmma = nvcuda::wmma;
+
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+constexpr int kPad = 4;  // floats of padding per shared-memory row
 
 __device__ inline void Store(float* p, float x) { *p = x; }
 __device__ inline void Store(c10::BFloat16* p, float x) { *p = c10::BFloat16(x); }
 
-// out(i, j, sum_k a(i, k) b(k, j)) for the M x N product; M and N multiples of 4. Each thread owns a
-// 4 x 4 tile strided over the output (rows ty + r M/4, columns tx + c N/4): neighbouring threads read
-// neighbouring columns of b (no bank conflicts) and share rows of a (broadcasts).
-template <class A, class B, class Out>
-__device__ inline void BlockMatmul(int m, int n, int k, A a, B b, Out out) {
-  const int rows = m / 4, cols = n / 4;
-  for (int t = threadIdx.x; t < rows * cols; t += blockDim.x) {
-    const int ty = t / cols, tx = t % cols;
-    float acc[4][4] = {};
-    for (int kk = 0; kk < k; ++kk) {
-      float av[4], bv[4];
+using RowMajor = wmma::row_major;
+using ColMajor = wmma::col_major;
+using Acc = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+
+template <typename Frag>
+__device__ inline void SplitTf32(Frag& hi, Frag& lo, float sign) {
 #pragma unroll
-      for (int r = 0; r < 4; ++r) av[r] = a(ty + r * rows, kk);
-#pragma unroll
-      for (int c = 0; c < 4; ++c) bv[c] = b(kk, tx + c * cols);
-#pragma unroll
-      for (int r = 0; r < 4; ++r)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
-    }
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) out(ty + r * rows, tx + c * cols, acc[r][c]);
+  for (int t = 0; t < hi.num_elements; ++t) {
+    const float x = sign * hi.x[t];
+    hi.x[t] = wmma::__float_to_tf32(x);
+    lo.x[t] = wmma::__float_to_tf32(x - hi.x[t]);
   }
 }
 
-// out(i, j, sum_k a1(i, k) b1(k, j) + sum_k a2(i, k) b2(k, j)): two products into one tile.
-template <class A1, class B1, class A2, class B2, class Out>
-__device__ inline void BlockMatmul2(int m, int n, int k1, A1 a1, B1 b1, int k2, A2 a2, B2 b2, Out out) {
-  const int rows = m / 4, cols = n / 4;
-  for (int t = threadIdx.x; t < rows * cols; t += blockDim.x) {
-    const int ty = t / cols, tx = t % cols;
-    float acc[4][4] = {};
-    auto accumulate = [&](int k, auto a, auto b) {
-      for (int kk = 0; kk < k; ++kk) {
-        float av[4], bv[4];
+// acc += sign * A[i0:i0+16, 0:k] B[0:k, j0:j0+16] in 3xTF32. RowMajor A: element (i, kk) at a[i * lda + kk];
+// ColMajor A: at a[kk * lda + i] (A is the transpose of what is stored). Same for B with (kk, j).
+template <typename LA, typename LB>
+__device__ inline void MmaTile(Acc& acc, const float* a, int lda, const float* b, int ldb, int i0, int j0, int k,
+                               float sign = 1.0f) {
+  constexpr bool a_row = std::is_same<LA, RowMajor>::value;
+  constexpr bool b_row = std::is_same<LB, RowMajor>::value;
+  for (int kk = 0; kk < k; kk += 8) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LA> ah, al;
+    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LB> bh, bl;
+    wmma::load_matrix_sync(ah, a_row ? a + i0 * lda + kk : a + kk * lda + i0, lda);
+    wmma::load_matrix_sync(bh, b_row ? b + kk * ldb + j0 : b + j0 * ldb + kk, ldb);
+    SplitTf32(ah, al, sign);
+    SplitTf32(bh, bl, 1.0f);
+    wmma::mma_sync(acc, al, bh, acc);
+    wmma::mma_sync(acc, ah, bl, acc);
+    wmma::mma_sync(acc, ah, bh, acc);
+  }
+}
+
+// C = A B (m x n, k inner; all multiples of 16, k of 8) into c (leading dimension ldc, shared or global),
+// each warp taking whole 16 x 16 tiles. With `accumulate`, C += A B reading c first, each product scaled
+// by `scale_c` before the sum: C = scale_c C + A B. No barrier inside.
+template <typename LA, typename LB>
+__device__ inline void WarpMatmul(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c,
+                                  int ldc, bool accumulate = false, float scale_c = 1.0f, float sign = 1.0f) {
+  const int tiles_n = n / 16, tiles = (m / 16) * tiles_n;
+  for (int tile = threadIdx.x / 32; tile < tiles; tile += kWarps) {
+    const int i0 = tile / tiles_n * 16, j0 = tile % tiles_n * 16;
+    Acc acc;
+    if (accumulate) {
+      wmma::load_matrix_sync(acc, c + i0 * ldc + j0, ldc, wmma::mem_row_major);
 #pragma unroll
-        for (int r = 0; r < 4; ++r) av[r] = a(ty + r * rows, kk);
-#pragma unroll
-        for (int c = 0; c < 4; ++c) bv[c] = b(kk, tx + c * cols);
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
-      }
-    };
-    accumulate(k1, a1, b1);
-    accumulate(k2, a2, b2);
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) out(ty + r * rows, tx + c * cols, acc[r][c]);
+      for (int t = 0; t < acc.num_elements; ++t) acc.x[t] *= scale_c;
+    } else {
+      wmma::fill_fragment(acc, 0.0f);
+    }
+    MmaTile<LA, LB>(acc, a, lda, b, ldb, i0, j0, k, sign);
+    wmma::store_matrix_sync(c + i0 * ldc + j0, acc, ldc, wmma::mem_row_major);
   }
 }
 
@@ -122,9 +132,10 @@ __device__ inline float4 Load4(const c10::BFloat16* p) {
                      __uint_as_float(u.y & 0xffff0000u));
 }
 
-// rows x cols values (cols a multiple of 4) into shared dst (leading dimension ld) as float; row i comes
-// from row_ptr(i), a 16-byte aligned pointer, or is zero where row_ptr returns null. Each thread keeps
-// kBatch vector loads in flight before storing any: one block per SM must not wait out each load's latency.
+// rows x cols values (cols a multiple of 4) into shared dst (leading dimension ld, a multiple of 4) as
+// float; row i comes from row_ptr(i), a 16-byte aligned pointer, or is zero where row_ptr returns null.
+// Each thread keeps kBatch vector loads in flight before storing any: one block per SM must not wait
+// out each load's latency.
 template <class RowPtr>
 __device__ inline void LoadTile(float* dst, int ld, int rows, int cols, RowPtr row_ptr) {
   constexpr int kBatch = 8;
@@ -144,11 +155,7 @@ __device__ inline void LoadTile(float* dst, int ld, int rows, int cols, RowPtr r
     for (int b = 0; b < kBatch; ++b) {
       const int idx = base + b * blockDim.x;
       if (idx < total) {
-        float* d = dst + (idx / per_row) * ld + (idx % per_row) * 4;
-        d[0] = r[b].x;
-        d[1] = r[b].y;
-        d[2] = r[b].z;
-        d[3] = r[b].w;
+        *reinterpret_cast<float4*>(dst + (idx / per_row) * ld + (idx % per_row) * 4) = r[b];
       }
     }
   }
@@ -195,39 +202,40 @@ __device__ void ForwardSubstitution(const float* a, float* x, int c, int ld) {
   }
 }
 
-// The matmul-only methods on c x c shared-memory matrices (leading dimension ld). Buffers x, p, t are
-// scratch; returns the one holding the inverse. Mirrors tri_inverse.cc's Neumann and ProductForm.
+// The matmul-only methods on c x c shared-memory matrices (leading dimension ld), products on tensor
+// cores. bufs are scratch; the result's buffer ends up in bufs[0]. Mirrors tri_inverse.cc.
 struct ChunkInverter {
   const float* a;
   float* bufs[3];
   int c, ld;
 
-  __device__ void Identity(float* x) const {
-    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) x[(idx / c) * ld + idx % c] = idx / c == idx % c;
+  // out = x y, then out = f(i, j, out) element-wise; ends with a barrier.
+  template <class F>
+  __device__ void Product(const float* x, const float* y, float* out, F f) const {
+    WarpMatmul<RowMajor, RowMajor>(c, c, c, x, ld, y, ld, out, ld);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+      const int i = idx / c, j = idx % c;
+      out[i * ld + j] = f(i, j, out[i * ld + j]);
+    }
+    __syncthreads();
   }
-  __device__ auto M(const float* x) const {
-    const int l = ld;
-    return [x, l](int i, int j) { return x[i * l + j]; };
-  }
-  // (I - A)(I + A^2)...(I + A^(2^(factors - 1))) into bufs[0]: the series up to order 2^factors - 1.
+  // (I - A)(I + A^2)...(I + A^(2^(factors - 1))): the series up to order 2^factors - 1.
   __device__ void PartialProduct(int factors) {
     float *x = bufs[0], *p = bufs[1], *t = bufs[2];
     const int l = ld;
-    const float* av = a;
     for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
       const int i = idx / c, j = idx % c;
-      p[i * l + j] = av[i * l + j];
-      x[i * l + j] = (i == j) - av[i * l + j];
+      p[i * l + j] = a[i * l + j];
+      x[i * l + j] = (i == j) - a[i * l + j];
     }
     __syncthreads();
     for (int m = 1; m < factors; ++m) {
-      BlockMatmul(c, c, c, M(p), M(p), [t, l](int i, int j, float s) { t[i * l + j] = s; });
-      __syncthreads();
+      Product(p, p, t, [](int, int, float s) { return s; });  // A^(2^m)
       float* tmp = p;
       p = t;
       t = tmp;
-      BlockMatmul(c, c, c, M(x), M(p), [t, x, l](int i, int j, float s) { t[i * l + j] = x[i * l + j] + s; });
-      __syncthreads();
+      Product(x, p, t, [x, l](int i, int j, float s) { return x[i * l + j] + s; });  // x (I + A^(2^m))
       tmp = x;
       x = t;
       t = tmp;
@@ -236,10 +244,11 @@ struct ChunkInverter {
     bufs[1] = p;
     bufs[2] = t;
   }
-  // Truncated series sum_{n <= order} (-A)^n into bufs[0].
+  // Truncated series sum_{n <= order} (-A)^n.
   __device__ void Truncated(int order) {
+    const int l = ld;
     if (order <= 0) {
-      Identity(bufs[0]);
+      for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) bufs[0][(idx / c) * l + idx % c] = idx / c == idx % c;
       __syncthreads();
       return;
     }
@@ -250,16 +259,13 @@ struct ChunkInverter {
       return;
     }
     float *x = bufs[0], *t = bufs[1];
-    const int l = ld;
-    const float* av = a;
     for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
       const int i = idx / c, j = idx % c;
-      x[i * l + j] = (i == j) - av[i * l + j];
+      x[i * l + j] = (i == j) - a[i * l + j];
     }
     __syncthreads();
     for (int n = 2; n <= order; ++n) {  // Horner: X = I - A X
-      BlockMatmul(c, c, c, M(a), M(x), [t, l](int i, int j, float s) { t[i * l + j] = (i == j) - s; });
-      __syncthreads();
+      Product(a, x, t, [](int i, int j, float s) { return (i == j) - s; });
       float* tmp = x;
       x = t;
       t = tmp;
@@ -296,16 +302,13 @@ __device__ float* InvertChunk(const float* a, float* b0, float* b1, float* b2, i
   }
   float emax = -1.0f;  // max |E| of the last correction step, when the guard wants it
   for (int s = 0; s < ip.residual_steps; ++s) {
-    BlockMatmul(c, c, c, inv.M(a), inv.M(x),
-                [e, x, l](int i, int j, float sum) { e[i * l + j] = (i == j) - x[i * l + j] - sum; });
-    __syncthreads();
+    inv.Product(a, x, e, [x, l](int i, int j, float ax) { return (i == j) - x[i * l + j] - ax; });  // E = I - (I + A) X
     if (s + 1 == ip.residual_steps && ip.guard) {
       float m = 0.0f;
       for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) m = fmaxf(m, fabsf(e[(idx / c) * l + idx % c]));
       emax = BlockMax(m, scratch);
     }
-    BlockMatmul(c, c, c, inv.M(x), inv.M(e), [t, x, l](int i, int j, float sum) { t[i * l + j] = x[i * l + j] + sum; });
-    __syncthreads();
+    inv.Product(x, e, t, [x, l](int i, int j, float xe) { return x[i * l + j] + xe; });  // X + X E
     float* tmp = x;
     x = t;
     t = tmp;
@@ -314,7 +317,7 @@ __device__ float* InvertChunk(const float* a, float* b0, float* b1, float* b2, i
   float bound;
   if (emax >= 0.0f) {
     bound = emax * emax * static_cast<float>(c);  // the next residual is E^2: |E^2| <= c |E|^2
-  } else {  // no correction step: measure the residual directly
+  } else {  // no correction step: measure the residual directly, on CUDA cores in float32
     float m = 0.0f;
     for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
       const int i = idx / c, j = idx % c;
@@ -365,7 +368,7 @@ __device__ inline void LocateChunk(const int64_t* offsets, int n, int c, int64_t
 
 template <typename In>
 __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(128) float smem[];
   const int64_t id = blockIdx.x;
   const int h = blockIdx.y, hk = h / p.group, c = p.c, dk = p.dk, dv = p.dv;
   int seq;
@@ -375,11 +378,11 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   const int64_t tok0 = p.offsets[seq] + local * c;
   const int64_t left = p.offsets[seq + 1] - tok0;
   const int valid = static_cast<int>(left < c ? left : c);
-  const int ldk = dk + 1, ldx = max(dk, dv) + 1, ldc = c + 1;
+  const int ldk = dk + kPad, ldx = max(dk, dv) + kPad, ldc = c + kPad;
   float* sk = smem;          // [c, ldk]: k, later beta e^G k
   float* sx = sk + c * ldk;  // [c, ldx]: q, later beta v
   float* sa = sx + c * ldx;  // [c, ldc]: A
-  float* b0 = sa + c * ldc;  // three [c, ldc] buffers for the inverse
+  float* b0 = sa + c * ldc;  // three [c, ldc] buffers: the scores, then the inverse's scratch
   float* b1 = b0 + c * ldc;
   float* b2 = b1 + c * ldc;
   float* sg = b2 + c * ldc;  // [c]: cumulative log decay
@@ -413,34 +416,31 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
     kd[idx] = sk[i * ldk + col] * __expf(g_last - sg[i]);
     qe[idx] = sx[i * ldx + col] * __expf(sg[i]);
   }
-  // Scores Q K^T e^(G_i - G_j) on and below the diagonal, and A = beta_i K K^T e^(G_i - G_j) below it.
-  float* scores = p.ws.scores + cell * c * c;
-  BlockMatmul(
-      c, c, dk, [sx, ldx](int i, int kk) { return sx[i * ldx + kk]; },
-      [sk, ldk](int kk, int j) { return sk[j * ldk + kk]; },
-      [scores, sg, c](int i, int j, float s) { scores[i * c + j] = j <= i ? s * __expf(sg[i] - sg[j]) : 0.0f; });
-  BlockMatmul(
-      c, c, dk, [sk, ldk](int i, int kk) { return sk[i * ldk + kk]; },
-      [sk, ldk](int kk, int j) { return sk[j * ldk + kk]; },
-      [sa, sg, sb, ldc](int i, int j, float s) { sa[i * ldc + j] = j < i ? s * sb[i] * __expf(sg[i] - sg[j]) : 0.0f; });
+  // Q K^T into b0 and K K^T into sa; then the scores Q K^T e^(G_i - G_j) on and below the diagonal go out,
+  // and A = beta_i K K^T e^(G_i - G_j) below it stays.
+  WarpMatmul<RowMajor, ColMajor>(c, c, dk, sx, ldx, sk, ldk, b0, ldc);
+  WarpMatmul<RowMajor, ColMajor>(c, c, dk, sk, ldk, sk, ldk, sa, ldc);
   __syncthreads();
+  float* scores = p.ws.scores + cell * c * c;
+  for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
+    const int i = idx / c, j = idx % c;
+    const float decay = j <= i ? __expf(sg[i] - sg[j]) : 0.0f;
+    scores[idx] = b0[i * ldc + j] * decay;
+    sa[i * ldc + j] = j < i ? sa[i * ldc + j] * sb[i] * decay : 0.0f;
+  }
   // k -> beta e^G k for W; q's buffer -> beta v for U.
   for (int idx = threadIdx.x; idx < c * dk; idx += blockDim.x) {
     const int i = idx / dk;
     sk[i * ldk + idx % dk] *= sb[i] * __expf(sg[i]);
   }
+  __syncthreads();
   LoadTile(sx, ldx, c, dv, TokenRows(v, tok0, valid, p.heads, h, dv));
   __syncthreads();
   for (int idx = threadIdx.x; idx < c * dv; idx += blockDim.x) sx[(idx / dv) * ldx + idx % dv] *= sb[idx / dv];
   float* t = InvertChunk(sa, b0, b1, b2, c, ldc, p.inverse, scratch, p.guard_counters);
   __syncthreads();
-  float* w = p.ws.w + cell * c * dk;
-  float* u = p.ws.u + cell * c * dv;
-  auto tm = [t, ldc](int i, int kk) { return t[i * ldc + kk]; };
-  BlockMatmul(c, dk, c, tm, [sk, ldk](int kk, int j) { return sk[kk * ldk + j]; },
-              [w, dk](int i, int j, float s) { w[i * dk + j] = s; });
-  BlockMatmul(c, dv, c, tm, [sx, ldx](int kk, int j) { return sx[kk * ldx + j]; },
-              [u, dv](int i, int j, float s) { u[i * dv + j] = s; });
+  WarpMatmul<RowMajor, RowMajor>(c, dk, c, t, ldc, sk, ldk, p.ws.w + cell * c * dk, dk);
+  WarpMatmul<RowMajor, RowMajor>(c, dv, c, t, ldc, sx, ldx, p.ws.u + cell * c * dv, dv);
 }
 
 struct PassArgs {
@@ -456,16 +456,17 @@ struct PassArgs {
 // V' = U - W S and S = e^(G_C) S + Kd^T V', storing each chunk's V' and its starting S for the output pass.
 template <int BV>
 __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(128) float smem[];
   const int seq = blockIdx.x, h = blockIdx.y, j0 = blockIdx.z * BV;
-  const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + 1;
-  float* ss = smem;          // [dk, BV]: the state slice
-  float* sw = ss + dk * BV;  // [c, ldk]: W
-  float* sk = sw + c * ldk;  // [c, ldk]: e^(G_C - G) k
-  float* sv = sk + c * ldk;  // [c, BV]: U, then V'
+  const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + kPad, lds = BV + kPad;
+  float* ss = smem;           // [dk, lds]: the state slice
+  float* sw = ss + dk * lds;  // [c, ldk]: W
+  float* sk = sw + c * ldk;   // [c, ldk]: e^(G_C - G) k
+  float* sv = sk + c * ldk;   // [c, lds]: U, then V'
   const int64_t state_off = (static_cast<int64_t>(seq) * p.heads + h) * dk * dv;
   const float* init = p.initial_state ? p.initial_state + state_off + j0 : nullptr;
-  LoadTile(ss, BV, dk, BV, [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
+  LoadTile(ss, lds, dk, BV, [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
+  __syncthreads();
   int64_t first = 0;
   for (int s = 0; s < seq; ++s) first += (p.offsets[s + 1] - p.offsets[s] + c - 1) / c;
   const int64_t chunks = (p.offsets[seq + 1] - p.offsets[seq] + c - 1) / c;
@@ -474,43 +475,37 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
     const float* w = p.ws.w + cell * c * dk;
     const float* kd = p.ws.kd + cell * c * dk;
     const float* u = p.ws.u + cell * c * dv + j0;
+    const float decay = p.ws.decay[cell];
     LoadTile(sw, ldk, c, dk, [w, dk](int i) { return w + i * dk; });
     LoadTile(sk, ldk, c, dk, [kd, dk](int i) { return kd + i * dk; });
-    LoadTile(sv, BV, c, BV, [u, dv](int i) { return u + i * dv; });
+    LoadTile(sv, lds, c, BV, [u, dv](int i) { return u + i * dv; });
     __syncthreads();
     // This chunk's starting state, for the output pass.
     float* s_out = p.ws.states + cell * dk * dv + j0;
-    for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) s_out[(idx / BV) * dv + idx % BV] = ss[idx];
-    // V' = U - W S (each thread rewrites only its own tile of sv), also stored.
-    float* vn = p.ws.vn + cell * c * dv + j0;
-    BlockMatmul(
-        c, BV, dk, [sw, ldk](int i, int kk) { return sw[i * ldk + kk]; },
-        [ss](int kk, int j) { return ss[kk * BV + j]; },
-        [sv, vn, dv](int i, int j, float s) {
-          const float x = sv[i * BV + j] - s;
-          sv[i * BV + j] = x;
-          vn[i * dv + j] = x;
-        });
+    for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
+      s_out[(idx / BV) * dv + idx % BV] = ss[(idx / BV) * lds + idx % BV];
+    }
+    // V' = U - W S, in place of U (each warp owns its tiles), also stored for the output pass.
+    WarpMatmul<RowMajor, RowMajor>(c, BV, dk, sw, ldk, ss, lds, sv, lds, /*accumulate=*/true, 1.0f, -1.0f);
     __syncthreads();
-    const float decay = p.ws.decay[cell];
-    BlockMatmul(
-        dk, BV, c, [sk, ldk](int i, int kk) { return sk[kk * ldk + i]; },
-        [sv](int kk, int j) { return sv[kk * BV + j]; },
-        [ss, decay](int i, int j, float s) { ss[i * BV + j] = fmaf(ss[i * BV + j], decay, s); });
+    float* vn = p.ws.vn + cell * c * dv + j0;
+    for (int idx = threadIdx.x; idx < c * BV; idx += blockDim.x) vn[(idx / BV) * dv + idx % BV] = sv[(idx / BV) * lds + idx % BV];
+    // S = e^(G_C) S + Kd^T V'.
+    WarpMatmul<ColMajor, RowMajor>(dk, BV, c, sk, ldk, sv, lds, ss, lds, /*accumulate=*/true, decay);
     __syncthreads();
   }
   for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
-    p.final_state[state_off + (idx / BV) * dv + j0 + idx % BV] = ss[idx];
+    p.final_state[state_off + (idx / BV) * dv + j0 + idx % BV] = ss[(idx / BV) * lds + idx % BV];
   }
 }
 
 // Output, all chunks at once: per (chunk, value head, BV value columns), O = Qe S + scores V'.
 template <typename Out, int BV>
 __global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs p) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(128) float smem[];
   const int64_t id = blockIdx.x;
   const int h = blockIdx.y, j0 = blockIdx.z * BV;
-  const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + 1, ldc = c + 1;
+  const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + kPad, ldc = c + kPad, lds = BV + kPad;
   int seq;
   int64_t local;
   LocateChunk(p.offsets, p.n, c, id, &seq, &local);
@@ -518,28 +513,36 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs p) {
   const int64_t tok0 = p.offsets[seq] + local * c;
   const int64_t left = p.offsets[seq + 1] - tok0;
   const int valid = static_cast<int>(left < c ? left : c);
-  float* sq = smem;          // [c, ldk]: Qe
-  float* ss = sq + c * ldk;  // [dk, BV]: the chunk's starting state
-  float* sp = ss + dk * BV;  // [c, ldc]: scores
-  float* sv = sp + c * ldc;  // [c, BV]: V'
+  float* sq = smem;           // [c, ldk]: Qe
+  float* ss = sq + c * ldk;   // [dk, lds]: the chunk's starting state
+  float* sp = ss + dk * lds;  // [c, ldc]: scores
+  float* sv = sp + c * ldc;   // [c, lds]: V'
+  float* so = sv + c * lds;   // [c, lds]: O
   const int64_t cell = id * p.heads + h;
   const float* qe = p.ws.qe + cell * c * dk;
   const float* st = p.ws.states + cell * dk * dv + j0;
   const float* sc = p.ws.scores + cell * c * c;
   const float* vn = p.ws.vn + cell * c * dv + j0;
   LoadTile(sq, ldk, c, dk, [qe, dk](int i) { return qe + i * dk; });
-  LoadTile(ss, BV, dk, BV, [st, dv](int i) { return st + i * dv; });
+  LoadTile(ss, lds, dk, BV, [st, dv](int i) { return st + i * dv; });
   LoadTile(sp, ldc, c, c, [sc, c](int i) { return sc + i * c; });
-  LoadTile(sv, BV, c, BV, [vn, dv](int i) { return vn + i * dv; });
+  LoadTile(sv, lds, c, BV, [vn, dv](int i) { return vn + i * dv; });
+  __syncthreads();
+  const int tiles_n = BV / 16, tiles = (c / 16) * tiles_n;
+  for (int tile = threadIdx.x / 32; tile < tiles; tile += kWarps) {
+    const int i0 = tile / tiles_n * 16, jt = tile % tiles_n * 16;
+    Acc acc;
+    wmma::fill_fragment(acc, 0.0f);
+    MmaTile<RowMajor, RowMajor>(acc, sq, ldk, ss, lds, i0, jt, dk);
+    MmaTile<RowMajor, RowMajor>(acc, sp, ldc, sv, lds, i0, jt, c);
+    wmma::store_matrix_sync(so + i0 * lds + jt, acc, lds, wmma::mem_row_major);
+  }
   __syncthreads();
   Out* o = static_cast<Out*>(p.o);
-  BlockMatmul2(
-      c, BV, dk, [sq, ldk](int i, int kk) { return sq[i * ldk + kk]; },
-      [ss](int kk, int j) { return ss[kk * BV + j]; }, c, [sp, ldc](int i, int kk) { return sp[i * ldc + kk]; },
-      [sv](int kk, int j) { return sv[kk * BV + j]; },
-      [o, tok0, valid, h, j0, heads = p.heads, dv](int i, int j, float s) {
-        if (i < valid) Store(o + ((tok0 + i) * heads + h) * dv + j0 + j, s);
-      });
+  for (int idx = threadIdx.x; idx < valid * BV; idx += blockDim.x) {
+    const int i = idx / BV, j = idx % BV;
+    Store(o + ((tok0 + i) * p.heads + h) * dv + j0 + j, so[i * lds + j]);
+  }
 }
 
 InverseParams ToParams(const TriInverseOptions& o, int64_t c) {
@@ -627,7 +630,7 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     p.scale = a.scale;
     p.inverse = ToParams(a.inverse, c);
     const size_t bytes =
-        sizeof(float) * (c * (dk + 1) + c * (std::max(dk, dv) + 1) + 4 * c * (c + 1) + 2 * c + kWarps);
+        sizeof(float) * (c * (dk + kPad) + c * (std::max(dk, dv) + kPad) + 4 * c * (c + kPad) + 2 * c + kWarps);
     AllowSharedMemory(PrepareKernel<In>, bytes);
     PrepareKernel<In><<<dim3(static_cast<unsigned>(chunks), heads), kThreads, bytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -645,13 +648,14 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     s.dv = static_cast<int>(dv);
     s.c = static_cast<int>(c);
     auto passes = [&](auto state_kernel, auto output_kernel, int64_t bv) {
-      const size_t state_bytes = sizeof(float) * (dk * bv + 2 * c * (dk + 1) + c * bv);
+      const size_t state_bytes = sizeof(float) * (dk * (bv + kPad) + 2 * c * (dk + kPad) + c * (bv + kPad));
       AllowSharedMemory(state_kernel, state_bytes);
       const unsigned blocks = static_cast<unsigned>(dv / bv);
       state_kernel<<<dim3(static_cast<unsigned>(n), heads, blocks), kThreads, state_bytes, stream>>>(s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (chunks == 0) return;
-      const size_t output_bytes = sizeof(float) * (c * (dk + 1) + dk * bv + c * (c + 1) + c * bv);
+      const size_t output_bytes =
+          sizeof(float) * (c * (dk + kPad) + dk * (bv + kPad) + c * (c + kPad) + 2 * c * (bv + kPad));
       AllowSharedMemory(output_kernel, output_bytes);
       output_kernel<<<dim3(static_cast<unsigned>(chunks), heads, blocks), kThreads, output_bytes, stream>>>(s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
