@@ -382,10 +382,12 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   float* sk = smem;          // [c, ldk]: k, later beta e^G k
   float* sx = sk + c * ldk;  // [c, ldx]: q, later beta v
   float* sa = sx + c * ldx;  // [c, ldc]: A
-  float* b0 = sa + c * ldc;  // three [c, ldc] buffers: the scores, then the inverse's scratch
+  // [c, ldc] buffers: the scores, then the inverse's scratch (one for forward substitution, three for the
+  // matmul-only methods: PrepareSharedFloats sizes them).
+  float* b0 = sa + c * ldc;
   float* b1 = b0 + c * ldc;
   float* b2 = b1 + c * ldc;
-  float* sg = b2 + c * ldc;  // [c]: cumulative log decay
+  float* sg = (p.inverse.method == 0 ? b1 : b2 + c * ldc);  // [c]: cumulative log decay
   float* sb = sg + c;        // [c]: beta
   float* scratch = sb + c;   // [kWarps]
 
@@ -569,6 +571,13 @@ InverseParams ToParams(const TriInverseOptions& o, int64_t c) {
   return p;
 }
 
+// Shared memory of the prepare pass: k, q/v, A and the inverse's buffers (two fewer for forward
+// substitution, which lets two blocks share an SM at C = 64, d = 128), G, beta, a reduction scratch.
+int64_t PrepareSharedFloats(int64_t c, int64_t dk, int64_t dv, int method) {
+  const int64_t square_buffers = method == 0 ? 2 : 4;
+  return c * (dk + kPad) + c * (std::max(dk, dv) + kPad) + square_buffers * c * (c + kPad) + 2 * c + kWarps;
+}
+
 template <typename Kernel>
 void AllowSharedMemory(Kernel kernel, size_t bytes) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -629,8 +638,7 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     p.l2norm = a.l2norm_qk;
     p.scale = a.scale;
     p.inverse = ToParams(a.inverse, c);
-    const size_t bytes =
-        sizeof(float) * (c * (dk + kPad) + c * (std::max(dk, dv) + kPad) + 4 * c * (c + kPad) + 2 * c + kWarps);
+    const size_t bytes = sizeof(float) * PrepareSharedFloats(c, dk, dv, p.inverse.method);
     AllowSharedMemory(PrepareKernel<In>, bytes);
     PrepareKernel<In><<<dim3(static_cast<unsigned>(chunks), heads), kThreads, bytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

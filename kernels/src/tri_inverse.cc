@@ -245,7 +245,7 @@ absl::StatusOr<TriInverseOptions> ParseTriInverseMethod(absl::string_view name, 
 
 std::string ResolveTriInverseMethod(absl::string_view name, bool cuda) {
   if (name != "auto") return std::string(name);
-  return cuda ? "neumann" : "solve-triangular";
+  return cuda ? "forward" : "solve-triangular";
 }
 
 std::string TriInverseName(const TriInverseOptions& o) {
