@@ -12,6 +12,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "deltaserve/kernels/chunk_gated_delta_rule.h"
@@ -190,34 +191,60 @@ void PrefillBench(const Args& a) {
 void DecodeBench(const Args& a) {
   const int64_t hk = 16, hv = 32, d = 128;
   std::printf("\n== decode step, Hk=%ld Hv=%ld dk=dv=%ld (one layer) ==\n", hk, hv, d);
-  std::printf("%-6s %-12s %12s %10s %14s %10s\n", "batch", "state", "time_us", "vs_fp32", "bytes/step",
-              "GB/s");
+  std::printf("%-6s %-12s %-8s %12s %10s %14s %10s\n", "batch", "state", "kernel", "time_us", "vs_fp32",
+              "bytes/step", "GB/s");
+  // On CUDA each dtype runs the register-tiled kernel and, as its baseline, the general kernel.
+  std::vector<std::pair<const char*, bool>> kernels = {{"fused", true}};
+  if (a.device.is_cuda()) kernels = {{"tiled", true}, {"general", false}};
   for (int64_t b : a.batches) {
     dt::GdnInputs in = dt::MakeGdnInputs(b, 1, hk, hv, d, d, dt::Regimes()[1], 5 + b);
     auto step = [&](const at::Tensor& x) { return x.select(1, 0).contiguous().to(a.device); };
     at::Tensor q = step(in.q), k = step(in.k), v = step(in.v), g = step(in.g), beta = step(in.beta);
-    // Slot indices live on the host, as the scheduler has them: validating them costs no device sync.
-    at::Tensor slots = at::arange(b, at::kLong);
+    // Slots on the device with their host copy beside them, as the runner passes them: nothing is read
+    // back or uploaded inside a step.
+    std::vector<int64_t> host_slots(static_cast<size_t>(b));
+    for (int64_t i = 0; i < b; ++i) host_slots[static_cast<size_t>(i)] = i;
+    at::Tensor slots = at::arange(b, at::kLong).to(a.device);
     at::Tensor init = at::randn({b, hv, d, d}, at::TensorOptions().device(a.device)) * 0.1;
     double base = 0;
     for (ds::StateDtype sd : {ds::StateDtype::kFloat32, ds::StateDtype::kBFloat16, ds::StateDtype::kInt8,
                               ds::StateDtype::kInt8Stochastic, ds::StateDtype::kFloat8E4M3}) {
-      ds::RecurrentStatePool pool = *ds::MakeRecurrentStatePool(b, hv, d, d, sd, a.device);
-      (void)ds::WriteStates(pool, slots.to(a.device), init);
-      const double sec = Time(
-          a.device, std::max(5, a.reps), [&] { (void)*ds::RecurrentGatedDeltaStep(q, k, v, g, beta, slots, pool); },
-          a.device.is_cuda() ? 50 : 5);
-      if (base == 0) base = sec;
-      // State read once and written once; q, k, v, o are noise beside it.
-      const double bytes = 2.0 * b * hv * ds::StateBytesPerHead(sd, d, d);
-      std::printf("%-6ld %-12s %12.1f %10.2f %14.0f %10.2f\n", b, ds::StateDtypeName(sd).c_str(), sec * 1e6,
-                  base / sec, bytes, bytes / sec / 1e9);
+      for (const auto& [kernel, tiled] : kernels) {
+        ds::RecurrentStatePool pool = *ds::MakeRecurrentStatePool(b, hv, d, d, sd, a.device);
+        (void)ds::WriteStates(pool, slots, init);
+        ds::DecodeStepOptions options;
+        options.tiled_cuda = tiled;
+        options.host_slots = host_slots;
+        const double sec = Time(
+            a.device, std::max(5, a.reps),
+            [&] { (void)*ds::RecurrentGatedDeltaStep(q, k, v, g, beta, slots, pool, options); },
+            a.device.is_cuda() ? 50 : 5);
+        if (base == 0) base = sec;  // fp32 state, the first kernel
+        // State read once and written once (values and per-row scales); q, k, v, o are noise beside it.
+        const double bytes = 2.0 * b * hv * ds::StateBytesPerHead(sd, d, d);
+        std::printf("%-6ld %-12s %-8s %12.1f %10.2f %14.0f %10.2f\n", b, ds::StateDtypeName(sd).c_str(), kernel,
+                    sec * 1e6, base / sec, bytes, bytes / sec / 1e9);
+        std::printf(
+            "{\"bench\":\"decode\",\"impl\":\"deltaserve\",\"what\":\"decode\",\"device\":\"%s\","
+            "\"batch\":%ld,\"Hv\":%ld,\"method\":\"%s\",\"state\":\"%s\",\"kernel\":\"%s\",\"ms\":%.6g,"
+            "\"seconds\":%.6g,\"speedup_vs_fp32\":%.4g,\"bytes\":%.0f,\"bytes_per_step\":%.0f,\"gbps\":%.4g}\n",
+            DeviceName(a.device), b, hv, ds::StateDtypeName(sd).c_str(), ds::StateDtypeName(sd).c_str(), kernel,
+            sec * 1e3, sec, base / sec, bytes, bytes, bytes / sec / 1e9);
+      }
+    }
+    if (a.device.is_cuda()) {
+      // The bandwidth yardstick: a device copy reading and writing as many bytes as the int8 step.
+      const int64_t n = b * hv * ds::StateBytesPerHead(ds::StateDtype::kInt8, d, d);
+      at::Tensor src = at::empty({n}, at::TensorOptions().dtype(at::kByte).device(a.device)).fill_(1);
+      at::Tensor dst = at::empty_like(src);
+      const double sec = Time(a.device, std::max(5, a.reps), [&] { dst.copy_(src); }, 50);
+      const double bytes = 2.0 * static_cast<double>(n);
+      std::printf("%-6ld %-12s %-8s %12.1f %10s %14.0f %10.2f\n", b, "int8 bytes", "copy", sec * 1e6, "-", bytes,
+                  bytes / sec / 1e9);
       std::printf(
-          "{\"bench\":\"decode\",\"device\":\"%s\",\"batch\":%ld,\"Hv\":%ld,\"state\":\"%s\",\"seconds\":%."
-          "6g,"
-          "\"speedup_vs_fp32\":%.4g,\"bytes_per_step\":%.0f,\"gbps\":%.4g}\n",
-          DeviceName(a.device), b, hv, ds::StateDtypeName(sd).c_str(), sec, base / sec, bytes,
-          bytes / sec / 1e9);
+          "{\"bench\":\"decode\",\"impl\":\"device-copy\",\"what\":\"copy\",\"device\":\"%s\","
+          "\"batch\":%ld,\"method\":\"copy\",\"ms\":%.6g,\"seconds\":%.6g,\"bytes\":%.0f,\"gbps\":%.4g}\n",
+          DeviceName(a.device), b, sec * 1e3, sec, bytes, bytes / sec / 1e9);
     }
   }
 }

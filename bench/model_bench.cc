@@ -3,7 +3,11 @@
 // the process's peak RSS. scripts/bench_model.sh runs both on the same checkpoints and prints ratios.
 //   bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] [--dtype float32|bfloat16]
 //               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...] [--batch B] [--device cpu|cuda]
-//               [--cuda-graphs 0|1] [--profile-steps K] [--profile-trace FILE]
+//               [--cuda-graphs 0|1] [--profile-steps K] [--profile-trace FILE] [--prefill-reps R]
+//               [--profile-prefill 0|1]
+// --prefill-reps R times the prompt's prefill R times (slots reset in between): the first run pays
+// one-off costs (kernel selection, allocator growth); prefill_tok_s is the median, prefill_first_tok_s
+// the first. --profile-prefill 1 profiles one more prefill and prints its summary as model_prefill_profile.
 // --profile-steps K profiles K more decode steps after the timed ones with LibTorch's Kineto profiler
 // (CUPTI on CUDA): a second JSON line gives, over the profiled window, the GPU events, their summed time,
 // the time the GPU was busy, the window's span on the GPU and the gaps in it, the CUDA runtime calls and
@@ -37,8 +41,8 @@ namespace {
 // One JSON line summarising a profiled window of decode steps: GPU events, their summed time, the time the
 // GPU was busy (the union of their intervals), the window's span and its gaps, the host's CUDA runtime
 // calls, graph launches and ATen operators, and the ten kernels taking the most time (name, count, us).
-void PrintDecodeProfile(const torch::autograd::profiler::ProfilerResult& result, int batch, bool cuda_graphs,
-                        int steps_requested) {
+void PrintProfile(const char* label, const torch::autograd::profiler::ProfilerResult& result, int batch,
+                  bool cuda_graphs, int steps_requested) {
   std::vector<std::pair<uint64_t, uint64_t>> gpu;
   std::map<std::string, std::pair<int, double>> by_kernel;  // name -> (count, microseconds)
   int runtime_calls = 0, graph_launches = 0, cpu_ops = 0;
@@ -83,11 +87,11 @@ void PrintDecodeProfile(const torch::autograd::profiler::ProfilerResult& result,
                 std::to_string(us) + "]";
   }
   std::printf(
-      "{\"bench\": \"model_profile\", \"batch\": %d, \"cuda_graphs\": %s, \"steps_requested\": %d, "
+      "{\"bench\": \"%s\", \"batch\": %d, \"cuda_graphs\": %s, \"steps_requested\": %d, "
       "\"gpu_events\": %zu, \"gpu_time_us\": %.1f, \"gpu_busy_us\": %.1f, \"gpu_span_us\": %.1f, "
       "\"gpu_gaps_us\": %.1f, \"cuda_runtime_calls\": %d, \"graph_launches\": %d, \"aten_ops\": %d, "
       "\"top_kernels\": [%s]}\n",
-      batch, cuda_graphs ? "true" : "false", steps_requested, gpu.size(), kernel_us, busy_us, span_us,
+      label, batch, cuda_graphs ? "true" : "false", steps_requested, gpu.size(), kernel_us, busy_us, span_us,
       span_us - busy_us, runtime_calls, graph_launches, cpu_ops, top_json.c_str());
 }
 
@@ -103,7 +107,8 @@ int main(int argc, char** argv) {
   const std::string dir = argv[1];
   int prompt_len = 256, decode = 32, threads = 2, batch = 1;
   bool cuda_graphs = true;
-  int profile_steps = 0;
+  int profile_steps = 0, prefill_reps = 1;
+  bool profile_prefill = false;
   std::string profile_trace;
   q::ModelOptions o;
   std::string state = "fp32";
@@ -131,6 +136,10 @@ int main(int argc, char** argv) {
       profile_steps = std::max(0, std::atoi(v.c_str()));
     else if (f == "--profile-trace")
       profile_trace = v;
+    else if (f == "--prefill-reps")
+      prefill_reps = std::max(1, std::atoi(v.c_str()));
+    else if (f == "--profile-prefill")
+      profile_prefill = v != "0";
     else {
       std::fprintf(stderr, "bench_model: unknown flag %s\n", f.c_str());
       return 2;
@@ -168,9 +177,14 @@ int main(int argc, char** argv) {
   t0 = now();
   if (!(*model)->Forward({{prompts[0][0]}}, {0}).ok() || !(*model)->ResetSlot(0).ok()) return 1;
   const double warm_s = secs(t0, now());
+  // A value read back waits for the device, so a timed forward includes its kernels.
+  auto drain = [](const absl::StatusOr<at::Tensor>& l) {
+    if (l.ok()) (void)l->sum().item<float>();
+  };
   t0 = now();
   absl::StatusOr<at::Tensor> logits = (*model)->Forward(prompts, slots);
-  const double prefill_s = secs(t0, now());
+  drain(logits);
+  const double prefill_first_s = secs(t0, now());
   // Greedy decode: each sequence's argmax becomes its next input.
   auto decode_steps = [&](int n) {
     for (int i = 0; i < n && logits.ok(); ++i) {
@@ -187,24 +201,42 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_model: %s\n", std::string(logits.status().message()).c_str());
     return 1;
   }
+  namespace prof = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  std::set<ActivityType> activities{ActivityType::CPU};
+  if (o.device.is_cuda()) activities.insert(ActivityType::CUDA);
+  const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
   if (profile_steps > 0) {
-    namespace prof = torch::autograd::profiler;
-    using torch::profiler::impl::ActivityType;
-    std::set<ActivityType> activities{ActivityType::CPU};
-    if (o.device.is_cuda()) activities.insert(ActivityType::CUDA);
-    const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
     prof::prepareProfiler(config, activities);
-    // A value read back waits for the device: nothing of the timed steps spills into the profile.
-    auto drain = [&] {
-      if (logits.ok()) (void)logits->sum().item<float>();
-    };
-    drain();
+    // Nothing of the timed steps spills into the profile.
+    drain(logits);
     prof::enableProfiler(config, activities);
     decode_steps(profile_steps);
-    drain();
+    drain(logits);
     std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
     if (!profile_trace.empty()) result->save(profile_trace);
-    PrintDecodeProfile(*result, batch, cuda_graphs, profile_steps);
+    PrintProfile("model_profile", *result, batch, cuda_graphs, profile_steps);
+  }
+  // The same prompts again from empty slots: the prefill without first-use costs.
+  auto prefill_again = [&]() -> double {
+    for (int64_t s : slots) {
+      if (!(*model)->ResetSlot(s).ok()) return -1;
+    }
+    const auto start = now();
+    absl::StatusOr<at::Tensor> l = (*model)->Forward(prompts, slots);
+    drain(l);
+    return l.ok() ? secs(start, now()) : -1;
+  };
+  std::vector<double> prefill_times = {prefill_first_s};
+  for (int r = 1; r < prefill_reps; ++r) prefill_times.push_back(prefill_again());
+  std::sort(prefill_times.begin(), prefill_times.end());
+  const double prefill_s = prefill_times[prefill_times.size() / 2];
+  if (profile_prefill) {
+    prof::prepareProfiler(config, activities);
+    prof::enableProfiler(config, activities);
+    (void)prefill_again();
+    std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
+    PrintProfile("model_prefill_profile", *result, batch, cuda_graphs, 1);
   }
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -212,10 +244,11 @@ int main(int argc, char** argv) {
       "{\"bench\": \"model\", \"engine\": \"deltaserve\", \"batch\": %d, \"prompt_len\": %d, \"decode_tokens\": %d, "
       "\"threads\": %d, \"dtype\": \"%s\", \"inverse\": \"%s\", \"state\": \"%s\", \"load_s\": %.3f, "
       "\"first_touch_s\": %.3f, "
-      "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.3f, \"peak_rss_mb\": %.1f}\n",
+      "\"prefill_tok_s\": %.2f, \"prefill_first_tok_s\": %.2f, \"prefill_reps\": %d, \"decode_tok_s\": %.3f, "
+      "\"peak_rss_mb\": %.1f}\n",
       batch, prompt_len, decode, threads, o.dtype == at::kBFloat16 ? "bfloat16" : "float32",
       o.inverse_method.c_str(), state.c_str(), load_s, warm_s, batch * prompt_len / prefill_s,
-      batch * decode / decode_s,
+      batch * prompt_len / prefill_first_s, prefill_reps, batch * decode / decode_s,
       ru.ru_maxrss / 1024.0);
   return 0;
 }

@@ -47,6 +47,18 @@ CONFIGS = {
                   rope_parameters=dict(rope_type="default", rope_theta=1000000.0, partial_rotary_factor=0.5,
                                        mrope_section=[2, 1, 1], mrope_interleaved=True)),
     ),
+    # Delta-rule heads of 64 (Qwen3.5 has 128): the shape the tiled CUDA decode kernel serves; the
+    # CUDA golden test runs it.
+    "wide_heads": dict(
+        nested=False,
+        text=dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  full_attention_interval=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                  linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=64,
+                  linear_value_head_dim=64, linear_conv_kernel_dim=4, tie_word_embeddings=False,
+                  rms_norm_eps=1e-6, max_position_embeddings=1024, eos_token_id=1, bos_token_id=0,
+                  rope_parameters=dict(rope_type="default", rope_theta=10000000.0, partial_rotary_factor=0.25,
+                                       mrope_section=[1, 1, 2], mrope_interleaved=True)),
+    ),
 }
 
 

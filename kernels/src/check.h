@@ -21,14 +21,16 @@ inline std::string ShapeString(const at::Tensor& t) {
   return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]");
 }
 
-// Defined, `dims`-dimensional, contiguous, on `device` (when given), and non-empty.
-inline absl::Status CheckTensor(const at::Tensor& t, absl::string_view name, int64_t dims) {
+// Defined, `dims`-dimensional, contiguous (unless the caller copies or reads strided views itself), and
+// non-empty.
+inline absl::Status CheckTensor(const at::Tensor& t, absl::string_view name, int64_t dims,
+                                bool require_contiguous = true) {
   if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(name, ": tensor is undefined"));
   if (t.dim() != dims) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": expected ", dims, " dimensions, got shape ", ShapeString(t)));
   }
-  if (!t.is_contiguous()) {
+  if (require_contiguous && !t.is_contiguous()) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": must be contiguous (shape ", ShapeString(t),
                                                    ", strides [", absl::StrJoin(t.strides(), ", "), "])"));
   }

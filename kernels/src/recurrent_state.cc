@@ -181,11 +181,13 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
   using internal::CheckSize;
   using internal::CheckTensor;
   DS_RETURN_IF_ERROR(CheckPool(pool));
-  DS_RETURN_IF_ERROR(CheckTensor(q, "q", 3));
-  DS_RETURN_IF_ERROR(CheckTensor(k, "k", 3));
-  DS_RETURN_IF_ERROR(CheckTensor(v, "v", 3));
-  DS_RETURN_IF_ERROR(CheckTensor(g, "g", 2));
-  DS_RETURN_IF_ERROR(CheckTensor(beta, "beta", 2));
+  // Any strides: the step reads q, k, v in place where its kernel can (views into one projection's rows)
+  // and copies them otherwise.
+  DS_RETURN_IF_ERROR(CheckTensor(q, "q", 3, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckTensor(k, "k", 3, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckTensor(v, "v", 3, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckTensor(g, "g", 2, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckTensor(beta, "beta", 2, /*require_contiguous=*/false));
   DS_RETURN_IF_ERROR(CheckDtype(v, "v", {at::kFloat, at::kDouble, at::kBFloat16}));
   DS_RETURN_IF_ERROR(CheckDtype(q, "q", {v.scalar_type()}));
   DS_RETURN_IF_ERROR(CheckDtype(k, "k", {v.scalar_type()}));
@@ -220,9 +222,20 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
   }
   DS_CATCH_ATEN({
     internal::DecodeInputs in;
-    in.q = q.to(at::kFloat).contiguous();
-    in.k = k.to(at::kFloat).contiguous();
-    in.v = v.to(at::kFloat).contiguous();
+#ifdef DELTASERVE_WITH_CUDA
+    const bool tiled = pool.values.is_cuda() && options.tiled_cuda &&
+                       internal::TiledStepFits(dk, dv, v.scalar_type());
+#else
+    const bool tiled = false;
+#endif
+    // The tiled kernel reads q, k, v in place: in the model they are views into one projection's rows.
+    auto rows = [](const at::Tensor& t) {
+      return t.stride(2) == 1 && t.stride(1) == t.size(2) ? t : t.contiguous();
+    };
+    auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+    in.q = tiled ? rows(q) : f32(q);
+    in.k = tiled ? rows(k) : f32(k);
+    in.v = tiled ? rows(v) : f32(v);
     in.g = g.to(at::kFloat).contiguous();
     in.beta = beta.to(at::kFloat).contiguous();
     in.slots = SlotsOnPoolDevice(pool, slots, host);
@@ -234,6 +247,8 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
     if (pool.values.is_cpu()) {
       o = internal::RecurrentStepCpu(in, pool);
 #ifdef DELTASERVE_WITH_CUDA
+    } else if (tiled) {
+      o = internal::RecurrentStepTiledCuda(in, pool);
     } else if (pool.values.is_cuda()) {
       o = internal::RecurrentStepCuda(in, pool);
 #endif

@@ -12,11 +12,12 @@
 
 namespace deltaserve::kernels::internal {
 
-// Raw step inputs as float32: normalisation, scale and the key-head lookup happen inside the kernels,
-// so a step is one pass and, on CUDA, one launch.
+// Raw step inputs: normalisation, scale and the key-head lookup happen inside the kernels, so a step is
+// one pass and, on CUDA, one launch. q, k, v are contiguous float32, except for the tiled CUDA kernel,
+// which reads them in their own dtype (float32 or bfloat16) from views whose batch rows may be strided.
 struct DecodeInputs {
-  at::Tensor q, k;      // [B, Hk, dk] float32
-  at::Tensor v;         // [B, Hv, dv] float32
+  at::Tensor q, k;      // [B, Hk, dk]
+  at::Tensor v;         // [B, Hv, dv]
   at::Tensor g, beta;   // [B, Hv] float32
   at::Tensor slots;     // [B] int64 on the pool's device; negative: a padding row (zero output)
   bool l2norm = false;  // L2-normalise q and k (eps 1e-6 inside the square root, as Qwen3.5)
@@ -33,8 +34,16 @@ at::Tensor RecurrentStepCpu(const DecodeInputs& in, RecurrentStatePool& pool);
 // reference the fused kernels are tested against.
 at::Tensor RecurrentStepAten(const DecodeInputs& in, RecurrentStatePool& pool);
 #ifdef DELTASERVE_WITH_CUDA
+// General CUDA kernel: any dk, dv <= 256 with dv % 4 == 0 (else the ATen step); float32 inputs.
 at::Tensor RecurrentStepCuda(const DecodeInputs& in, RecurrentStatePool& pool);
+// Register-tiled CUDA kernel for the shapes TiledStepFits accepts: each state byte read and written once
+// with 16-byte accesses; o in v's dtype.
+at::Tensor RecurrentStepTiledCuda(const DecodeInputs& in, RecurrentStatePool& pool);
 #endif
+// Shapes and input dtypes the tiled CUDA kernel is compiled for.
+inline bool TiledStepFits(int64_t dk, int64_t dv, at::ScalarType dtype) {
+  return dk == dv && (dk == 64 || dk == 128) && (dtype == at::kFloat || dtype == at::kBFloat16);
+}
 
 }  // namespace deltaserve::kernels::internal
 

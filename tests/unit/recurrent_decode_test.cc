@@ -256,5 +256,26 @@ TEST(RecurrentDecode, StochasticRoundingIsReproducibleFromSeed) {
   EXPECT_EQ(StateBytesPerHead(StateDtype::kFloat32, 128, 128), 128 * 128 * 4);
 }
 
+// Strided views (a time step selected out of [B, T, H, d], as the model's views into one projection's
+// rows are) are accepted and give exactly what contiguous copies give.
+TEST(RecurrentDecode, StridedViewsEqualContiguousInputs) {
+  at::manual_seed(8128);
+  GdnInputs in = MakeGdnInputs(3, 4, 2, 4, 32, 32, Regimes()[1], 61);
+  RecurrentStatePool strided = *MakeRecurrentStatePool(3, 4, 32, 32, StateDtype::kInt8, at::kCPU);
+  RecurrentStatePool packed = ClonePool(strided);
+  const at::Tensor slots = at::tensor({2, 0, 1}, at::kLong);
+  for (int64_t t = 0; t < 4; ++t) {
+    auto view = [t](const at::Tensor& x) { return x.select(1, t); };
+    ASSERT_FALSE(view(in.q).is_contiguous());
+    absl::StatusOr<at::Tensor> a = RecurrentGatedDeltaStep(view(in.q), view(in.k), view(in.v), view(in.g),
+                                                           view(in.beta), slots, strided);
+    ASSERT_TRUE(a.ok()) << a.status();
+    const at::Tensor b = StepWith(in, t, slots, packed, {});
+    EXPECT_TRUE(at::equal(*a, b)) << "step " << t;
+  }
+  EXPECT_TRUE(at::equal(strided.values, packed.values));
+  EXPECT_TRUE(at::equal(strided.scales, packed.scales));
+}
+
 }  // namespace
 }  // namespace deltaserve::kernels

@@ -113,15 +113,14 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
   at::Tensor g = w.neg_a_exp * at::softplus(proj.narrow(1, conv_dim + hv * dv + hv, hv).to(at::kFloat) + w.dt_bias);
   kernels::RecurrentStatePool& pool = state.recurrent[layer];
   at::Tensor o;
-  // The decode step takes one float dtype for all inputs and computes in float32; g and beta must not
-  // round through bfloat16, so its inputs enter as float32.
-  auto f32 = [](const at::Tensor& v) { return v.to(at::kFloat).contiguous(); };
   if (b.decode) {
     at::Tensor y = Unwrap(
         kernels::CausalConv1dStep(qkv, w.conv1d, {}, state.conv[layer], b.state_slots, true, b.host_state_slots));
-    at::Tensor q = f32(y.narrow(1, 0, hk * dk).reshape({t, hk, dk}));
-    at::Tensor k = f32(y.narrow(1, hk * dk, hk * dk).reshape({t, hk, dk}));
-    at::Tensor v = f32(y.narrow(1, 2 * hk * dk, hv * dv).reshape({t, hv, dv}));
+    // Views into the conv output in the model's dtype: the CUDA step reads them in place and computes in
+    // float32 (other paths convert); g and beta are float32 already, so they never round through bf16.
+    at::Tensor q = y.narrow(1, 0, hk * dk).view({t, hk, dk});
+    at::Tensor k = y.narrow(1, hk * dk, hk * dk).view({t, hk, dk});
+    at::Tensor v = y.narrow(1, 2 * hk * dk, hv * dv).view({t, hv, dv});
     kernels::DecodeStepOptions step;
     step.l2norm_qk = true;
     step.host_slots = b.host_state_slots;

@@ -66,6 +66,9 @@ struct DecodeStepOptions {
   // The caller's host copy of `slots` (see above). With it, and slots on the pool's device, the CUDA
   // step is free of host synchronisation and can be captured in a CUDA graph.
   absl::Span<const int64_t> host_slots;
+  // On CUDA, the register-tiled kernel where the head shape allows it (dk = dv = 64 or 128; q, k, v
+  // float32 or bfloat16, read in place); false: the general kernel (the benchmark's baseline).
+  bool tiled_cuda = true;
 };
 
 // One token for each of B sequences: q, k [B, Hk, dk], v [B, Hv, dv], g, beta [B, Hv] (g and beta are

@@ -1,0 +1,410 @@
+// CUDA decode step at memory bandwidth for the common head shapes (dk = dv = 64 or 128): one block of
+// 256 threads per (sequence, head) holds the head's whole state in registers between the two passes, so
+// each state byte is read once and written once, as one 16-byte (8 for 1-byte states) access per thread
+// and row. The general
+// kernel (recurrent_step_cuda.cu) reads the state twice with 4-byte accesses for 1-byte states and
+// converts with the slow conversion unit; this one decodes and encodes int8 with byte permutes and float
+// adds, fp8 and bf16 with the paired hardware conversions. q, k, v are read in the model's dtype (fp32 or
+// bf16) from row-strided views and o is written in v's dtype, so the caller needs no cast or copy.
+// Same maths, scales and rounding stream as the CPU kernel.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Float8_e4m3fn.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "../src/recurrent_step_impl.h"
+#include "../src/state_quant.h"
+
+namespace deltaserve::kernels::internal {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+// One thread's share of a stored row (Raw: 16 bytes, or 8 for 1-byte states) <-> kVec floats.
+template <typename Store>
+struct Codec;
+
+template <>
+struct Codec<float> {
+  static constexpr int kVec = 4;
+  using Raw = uint4;
+  __device__ static void Decode(const uint4& r, float (&x)[4]) {
+    x[0] = __uint_as_float(r.x);
+    x[1] = __uint_as_float(r.y);
+    x[2] = __uint_as_float(r.z);
+    x[3] = __uint_as_float(r.w);
+  }
+  // y: values already divided by the row's scale (1 for unscaled dtypes); clamp and rounding as stored.
+  __device__ static uint4 Encode(const float (&y)[4], float, bool, uint32_t, int) {
+    return make_uint4(__float_as_uint(y[0]), __float_as_uint(y[1]), __float_as_uint(y[2]), __float_as_uint(y[3]));
+  }
+};
+
+template <>
+struct Codec<c10::BFloat16> {
+  static constexpr int kVec = 8;
+  using Raw = uint4;
+  __device__ static void Decode(const uint4& r, float (&x)[8]) {
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      x[2 * p] = __uint_as_float(w[p] << 16);
+      x[2 * p + 1] = __uint_as_float(w[p] & 0xffff0000u);
+    }
+  }
+  __device__ static uint4 Encode(const float (&y)[8], float, bool, uint32_t, int) {
+    uint32_t w[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(y[2 * p], y[2 * p + 1]);  // round to nearest even
+      w[p] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
+};
+
+// 1-byte states move 8 bytes per thread and row: 16 would double the column accumulators and leave
+// room for only two blocks per SM.
+template <>
+struct Codec<int8_t> {
+  static constexpr int kVec = 8;
+  using Raw = uint2;
+  // Byte b as (b + 128) in a float's low mantissa bits: 2^23 + 128 + s, minus the offset, is s exactly.
+  __device__ static void Decode(const uint2& r, float (&x)[8]) {
+    const uint32_t w[2] = {r.x ^ 0x80808080u, r.y ^ 0x80808080u};
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        x[4 * p + m] = __uint_as_float(__byte_perm(w[p], 0x4b000000u, 0x7440u | m)) - 8388736.0f;
+      }
+    }
+  }
+  // Round to nearest even (as nearbyint) or stochastically (floor(y + u)), clamp to +-qmax. Adding
+  // 1.5 * 2^23 leaves the rounded integer's two's-complement low byte in the float's low byte.
+  __device__ static uint2 Encode(const float (&y)[8], float qmax, bool stochastic, uint32_t row_key, int col) {
+    uint32_t b[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      float t = y[e];
+      if (stochastic) t = floorf(t + RowUniform(row_key, static_cast<uint32_t>(col + e)));
+      t = fminf(fmaxf(t, -qmax), qmax);
+      b[e] = __float_as_uint(t + 12582912.0f);
+    }
+    uint32_t w[2];
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      const uint32_t lo = __byte_perm(b[4 * p], b[4 * p + 1], 0x0040u);
+      const uint32_t hi = __byte_perm(b[4 * p + 2], b[4 * p + 3], 0x0040u);
+      w[p] = __byte_perm(lo, hi, 0x5410u);
+    }
+    return make_uint2(w[0], w[1]);
+  }
+};
+
+template <>
+struct Codec<c10::Float8_e4m3fn> {
+  static constexpr int kVec = 8;
+  using Raw = uint2;
+  __device__ static void Decode(const uint2& r, float (&x)[8]) {
+    const uint32_t w[2] = {r.x, r.y};
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const __half2_raw hr =
+            __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w[p] >> (16 * h)), __NV_E4M3);
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hr));
+        x[4 * p + 2 * h] = f.x;
+        x[4 * p + 2 * h + 1] = f.y;
+      }
+    }
+  }
+  __device__ static uint2 Encode(const float (&y)[8], float qmax, bool, uint32_t, int) {
+    uint32_t w[2];
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      uint32_t pair[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float a = fminf(fmaxf(y[4 * p + 2 * h], -qmax), qmax);
+        const float b = fminf(fmaxf(y[4 * p + 2 * h + 1], -qmax), qmax);
+        pair[h] = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+      }
+      w[p] = pair[0] | (pair[1] << 16);
+    }
+    return make_uint2(w[0], w[1]);
+  }
+};
+
+template <typename In>
+struct TiledArgs {
+  float* scales;
+  const In *q, *k, *v;
+  int64_t q_stride, k_stride, v_stride;  // elements between batch rows; heads and dims are contiguous
+  const float *g, *beta;
+  const int64_t* slots;
+  In* out;
+  int heads, key_heads, group;
+  int64_t pool_slots;
+  bool l2norm, scaled, coarse, stochastic;
+  float qscale, qmax;
+  uint64_t base;
+};
+
+template <typename Op>
+__device__ __forceinline__ float WarpAll(float x, Op op) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, off));
+  return x;
+}
+struct Sum {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct Max {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// Over the whole block, returned to every thread; contains barriers (call from all threads or none).
+template <typename Op>
+__device__ __forceinline__ float BlockAll(float x, float* scratch, Op op) {
+  x = WarpAll(x, op);
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+  __syncthreads();
+  float total = scratch[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) total = op(total, scratch[w]);
+  __syncthreads();
+  return total;
+}
+
+// Thread t owns columns [(t % kTpr) * kVec, + kVec) of rows t / kTpr + m * kRowsPerPass, m < kRpt.
+template <typename Store, typename In, int DK, int DV>
+__global__ void __launch_bounds__(kThreads) TiledStepKernel(Store* __restrict__ values, TiledArgs<In> a) {
+  using C = Codec<Store>;
+  constexpr int kVec = C::kVec;
+  constexpr int kTpr = DV / kVec;  // threads per row: 8 (1-byte), 16 (bf16) or 32 (fp32) at dv = 128
+  static_assert(kTpr >= 1 && kTpr <= 32 && 32 % kTpr == 0, "a row spans a power-of-two part of a warp");
+  constexpr int kRowsPerPass = kThreads / kTpr;
+  static_assert(DK % kRowsPerPass == 0, "rows split evenly over the block");
+  constexpr int kRpt = DK / kRowsPerPass;
+  __shared__ float ks[DK], qs[DK], scs[DK], us[DV];
+  __shared__ float part[kWarps][2][DV];
+  __shared__ float scratch[kWarps];
+
+  const int bh = blockIdx.x;
+  const int b = bh / a.heads, h = bh % a.heads;
+  const int64_t slot = a.slots[b];
+  // A padding row (negative slot), or a slot beyond the pool: zero output, no state touched. Uniform
+  // over the block, before any barrier.
+  if (slot < 0 || slot >= a.pool_slots) {
+    for (int j = threadIdx.x; j < DV; j += kThreads) a.out[static_cast<int64_t>(bh) * DV + j] = In(0.0f);
+    return;
+  }
+  const int64_t head = slot * a.heads + h;
+  Store* s = values + head * (DK * DV);
+  float* sc = a.scaled ? a.scales + head * DK : nullptr;
+  const int tid = threadIdx.x;
+  const int col = (tid % kTpr) * kVec, row0 = tid / kTpr;
+
+  // The state loads go first: they are the step's cost, and nothing needs them before pass 1.
+  using Raw = typename C::Raw;
+  Raw raw[kRpt];
+#pragma unroll
+  for (int m = 0; m < kRpt; ++m) {
+    raw[m] = *reinterpret_cast<const Raw*>(s + (row0 + m * kRowsPerPass) * DV + col);
+  }
+
+  const float decay = expf(a.g[bh]);
+  const In* qp = a.q + b * a.q_stride + (h / a.group) * DK;
+  const In* kp = a.k + b * a.k_stride + (h / a.group) * DK;
+  float qq = 0, kk = 0, qk = 0;
+  for (int i = tid; i < DK; i += kThreads) {
+    const float qi = static_cast<float>(qp[i]), ki = static_cast<float>(kp[i]);
+    qs[i] = qi;
+    ks[i] = ki;
+    qq += qi * qi;
+    kk += ki * ki;
+    qk += qi * ki;
+    scs[i] = decay * (a.scaled ? sc[i] : 1.0f);
+  }
+  float qn = a.qscale, kn = 1.0f;
+  if (a.l2norm) {  // uniform over the block
+    qn = a.qscale * rsqrtf(BlockAll(qq, scratch, Sum()) + 1e-6f);
+    kn = rsqrtf(BlockAll(kk, scratch, Sum()) + 1e-6f);
+  }
+  const float kq = BlockAll(qk, scratch, Sum()) * qn * kn;  // k . q after normalisation and scale
+  for (int i = tid; i < DK; i += kThreads) {
+    qs[i] *= qn;
+    ks[i] *= kn;
+  }
+  __syncthreads();
+
+  // Pass 1: column sums of (decayed, dequantized) S^T k and S^T q over this thread's rows, then over the
+  // lanes of the warp that share the columns, then over the warps through shared memory.
+  float kv[kVec] = {}, sq[kVec] = {};
+#pragma unroll
+  for (int m = 0; m < kRpt; ++m) {
+    const int i = row0 + m * kRowsPerPass;
+    float x[kVec];
+    C::Decode(raw[m], x);
+    const float ki = ks[i] * scs[i], qi = qs[i] * scs[i];
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      kv[e] += ki * x[e];
+      sq[e] += qi * x[e];
+    }
+  }
+#pragma unroll
+  for (int off = kTpr; off < 32; off <<= 1) {
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      kv[e] += __shfl_xor_sync(0xffffffffu, kv[e], off);
+      sq[e] += __shfl_xor_sync(0xffffffffu, sq[e], off);
+    }
+  }
+  const int warp = tid / 32, lane = tid % 32;
+  if (lane < kTpr) {
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      part[warp][0][col + e] = kv[e];
+      part[warp][1][col + e] = sq[e];
+    }
+  }
+  __syncthreads();
+  const float bt = a.beta[bh];
+  const In* vp = a.v + b * a.v_stride + h * DV;
+  for (int j = tid; j < DV; j += kThreads) {
+    float kvj = 0, sqj = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      kvj += part[w][0][j];
+      sqj += part[w][1][j];
+    }
+    const float u = bt * (static_cast<float>(vp[j]) - kvj);
+    us[j] = u;
+    a.out[static_cast<int64_t>(bh) * DV + j] = static_cast<In>(sqj + kq * u);
+  }
+  __syncthreads();
+
+  // Pass 2: r = decay * scale * x + k_i * u from the registers, requantized with the row's new max.
+  float u[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) u[e] = us[col + e];
+  auto row_values = [&](int m, float (&r)[kVec]) {
+    const int i = row0 + m * kRowsPerPass;
+    C::Decode(raw[m], r);
+    const float si = scs[i], ki = ks[i];
+    float mx = 0;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      r[e] = r[e] * si + ki * u[e];
+      mx = fmaxf(mx, fabsf(r[e]));
+    }
+    return mx;
+  };
+  float head_scale = 0;
+  if (a.coarse) {  // one scale for the head: the max over every new value
+    float mx = 0;
+#pragma unroll
+    for (int m = 0; m < kRpt; ++m) {
+      float r[kVec];
+      mx = fmaxf(mx, row_values(m, r));
+    }
+    head_scale = fmaxf(BlockAll(mx, scratch, Max()), 1e-30f) / a.qmax;
+  }
+  const uint64_t head_key = Mix64(a.base ^ static_cast<uint64_t>(head));
+#pragma unroll
+  for (int m = 0; m < kRpt; ++m) {
+    const int i = row0 + m * kRowsPerPass;
+    float r[kVec];
+    float mx = row_values(m, r);
+#pragma unroll
+    for (int off = 1; off < kTpr; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    const float scale = !a.scaled ? 1.0f : (a.coarse ? head_scale : fmaxf(mx, 1e-30f) / a.qmax);
+    if (a.scaled) {
+      const float inv = 1.0f / scale;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) r[e] *= inv;
+    }
+    const uint32_t row_key =
+        a.stochastic ? static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i))) : 0u;
+    *reinterpret_cast<Raw*>(s + i * DV + col) = C::Encode(r, a.qmax, a.stochastic, row_key, col);
+    if (a.scaled && tid % kTpr == 0) sc[i] = scale;
+  }
+}
+
+template <typename Store, typename In, int DK, int DV>
+void Launch(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
+  TiledArgs<In> a;
+  a.heads = static_cast<int>(in.v.size(1));
+  a.key_heads = static_cast<int>(in.q.size(1));
+  a.group = static_cast<int>(in.group);
+  a.pool_slots = pool.slots();
+  a.scales = IsScaled(pool.dtype) ? pool.scales.data_ptr<float>() : nullptr;
+  a.q = reinterpret_cast<const In*>(in.q.data_ptr());
+  a.k = reinterpret_cast<const In*>(in.k.data_ptr());
+  a.v = reinterpret_cast<const In*>(in.v.data_ptr());
+  a.q_stride = in.q.stride(0);
+  a.k_stride = in.k.stride(0);
+  a.v_stride = in.v.stride(0);
+  a.g = in.g.data_ptr<float>();
+  a.beta = in.beta.data_ptr<float>();
+  a.slots = in.slots.data_ptr<int64_t>();
+  a.out = reinterpret_cast<In*>(out.data_ptr());
+  a.l2norm = in.l2norm;
+  a.qscale = in.scale;
+  a.scaled = IsScaled(pool.dtype);
+  a.coarse = IsCoarse(pool.dtype);
+  a.stochastic = IsStochastic(pool.dtype);
+  a.qmax = QuantMax(pool.dtype);
+  a.base = Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL);
+  const int64_t blocks = in.v.size(0) * a.heads;
+  TiledStepKernel<Store, In, DK, DV><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<Store*>(pool.values.data_ptr()), a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename Store, typename In>
+void LaunchShape(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
+  if (in.q.size(2) == 128) {
+    Launch<Store, In, 128, 128>(in, pool, out);
+  } else {
+    Launch<Store, In, 64, 64>(in, pool, out);
+  }
+}
+
+template <typename In>
+void LaunchStore(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
+  switch (pool.dtype) {
+    case StateDtype::kFloat32:
+      return LaunchShape<float, In>(in, pool, out);
+    case StateDtype::kBFloat16:
+      return LaunchShape<c10::BFloat16, In>(in, pool, out);
+    case StateDtype::kFloat8E4M3:
+      return LaunchShape<c10::Float8_e4m3fn, In>(in, pool, out);
+    default:
+      return LaunchShape<int8_t, In>(in, pool, out);
+  }
+}
+
+}  // namespace
+
+at::Tensor RecurrentStepTiledCuda(const DecodeInputs& in, RecurrentStatePool& pool) {
+  at::Tensor out = at::empty({in.v.size(0), in.v.size(1), in.v.size(2)}, in.v.options());
+  if (in.v.size(0) == 0) return out;
+  if (in.v.scalar_type() == at::kBFloat16) {
+    LaunchStore<c10::BFloat16>(in, pool, out);
+  } else {
+    LaunchStore<float>(in, pool, out);
+  }
+  return out;
+}
+
+}  // namespace deltaserve::kernels::internal
