@@ -1,4 +1,4 @@
-// Internals shared by the fused row ops (rms_norm.cc, activation.cc, rotary.cc): their argument checks,
+// Internals shared by the fused row ops (rms_norm.cc, activation.cc, rotary.cc, gdn_gates.cc): their argument checks,
 // how a [..., H] tensor is addressed as rows, and the CUDA launchers behind them.
 #ifndef DELTASERVE_KERNELS_SRC_FUSED_OPS_IMPL_H_
 #define DELTASERVE_KERNELS_SRC_FUSED_OPS_IMPL_H_
@@ -106,6 +106,9 @@ void SiluAndMulCuda(const at::Tensor& x, const at::Tensor& out);
 // contiguous; out fresh contiguous [T, heads, D].
 void QkNormRotaryCuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& positions,
                       const at::Tensor& inv_freq, double eps, const at::Tensor& out);
+// ba [T, 2H] rows addressable; neg_a_exp, dt_bias [H] float32 contiguous; g, beta fresh [T, H] float32.
+void GdnGatesCuda(const at::Tensor& ba, const at::Tensor& neg_a_exp, const at::Tensor& dt_bias,
+                  const at::Tensor& g, const at::Tensor& beta);
 #endif
 
 }  // namespace deltaserve::kernels::internal

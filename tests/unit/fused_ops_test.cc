@@ -1,15 +1,17 @@
-// The fused row ops (RmsNorm, AddRmsNorm, GatedRmsNorm, SiluAndMul, QkNormRotary): the CPU path against
-// the model's unfused ATen compositions (re-implemented here as server/models/qwen35 writes them), bad
-// arguments, and, where a GPU is present, the CUDA kernels against the CPU path.
+// The fused row ops (RmsNorm, AddRmsNorm, GatedRmsNorm, SiluAndMul, QkNormRotary, GatedDeltaGates): the
+// CPU path against the model's unfused ATen compositions (re-implemented here as server/models/qwen35
+// writes them), bad arguments, and, where a GPU is present, the CUDA kernels against the CPU path.
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "deltaserve/kernels/activation.h"
+#include "deltaserve/kernels/gdn_gates.h"
 #include "deltaserve/kernels/rms_norm.h"
 #include "deltaserve/kernels/rotary.h"
 
@@ -55,6 +57,15 @@ at::Tensor RefGatedRmsNorm(const at::Tensor& x, const at::Tensor& gate, const at
 at::Tensor RefSiluAndMul(const at::Tensor& x) {
   const int64_t f = x.size(-1) / 2;
   return at::silu(x.narrow(-1, 0, f)) * x.narrow(-1, f, f);
+}
+
+// The model's gates before the fused op: each from its own float32 copy of the projection's columns.
+std::pair<at::Tensor, at::Tensor> RefGates(const at::Tensor& ba, const at::Tensor& neg_a_exp,
+                                           const at::Tensor& dt_bias) {
+  const int64_t h = ba.size(1) / 2;
+  at::Tensor beta = at::sigmoid(ba.narrow(1, 0, h).to(at::kFloat));
+  at::Tensor g = neg_a_exp * at::softplus(ba.narrow(1, h, h).to(at::kFloat) + dt_bias);
+  return {g, beta};
 }
 
 at::Tensor RefQkNormRotary(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& positions,
@@ -166,6 +177,24 @@ TEST(FusedOpsCpu, SiluAndMulMatchesComposition) {
   }
 }
 
+// Projections wide enough to hit softplus's linear branch (a + dt_bias > 20) and sigmoid's tails.
+TEST(FusedOpsCpu, GatedDeltaGatesMatchComposition) {
+  at::manual_seed(9106);
+  for (at::ScalarType dtype : kDtypes) {
+    for (int64_t heads : {1, 3, 32}) {
+      const at::Tensor wide = Rand({7, 2 * heads + 5}, dtype, 12.0, 0.0);
+      const at::Tensor ba = wide.narrow(1, 2, 2 * heads);  // strided rows, as a view into the projection
+      const at::Tensor neg_a_exp = -at::rand({heads}) * 8.0 - 0.1, dt_bias = at::randn({heads});
+      absl::StatusOr<GdnGates> got = GatedDeltaGates(ba, neg_a_exp, dt_bias);
+      ASSERT_TRUE(got.ok()) << got.status();
+      const auto [g, beta] = RefGates(ba, neg_a_exp, dt_bias);
+      EXPECT_EQ(got->g.scalar_type(), at::kFloat);
+      EXPECT_TRUE(at::equal(got->g, g)) << dtype << " heads " << heads;
+      EXPECT_TRUE(at::equal(got->beta, beta)) << dtype << " heads " << heads;
+    }
+  }
+}
+
 struct RotaryCase {
   int64_t tokens, heads, head_dim, rotary_dim;
 };
@@ -228,6 +257,19 @@ TEST(FusedOpsArgs, SiluAndMul) {
   ExpectInvalid(SiluAndMul(Rand({3, 16}, at::kDouble)).status(), "x: dtype");
   ExpectInvalid(SiluAndMul(at::Tensor()).status(), "x: tensor is undefined");
   ExpectInvalid(SiluAndMul(at::randn({4, 0})).status(), "x: empty");
+}
+
+TEST(FusedOpsArgs, GatedDeltaGates) {
+  const at::Tensor ba = Rand({3, 8}, at::kFloat), h4 = at::randn({4});
+  EXPECT_TRUE(GatedDeltaGates(ba, h4, h4).ok());
+  ExpectInvalid(GatedDeltaGates(Rand({3, 7}, at::kFloat), h4, h4).status(), "ba: must be [T, 2H]");
+  ExpectInvalid(GatedDeltaGates(Rand({2, 3, 8}, at::kFloat), h4, h4).status(), "ba: must be [T, 2H]");
+  ExpectInvalid(GatedDeltaGates(Rand({3, 8}, at::kDouble), h4, h4).status(), "ba: dtype");
+  ExpectInvalid(GatedDeltaGates(at::Tensor(), h4, h4).status(), "ba: tensor is undefined");
+  ExpectInvalid(GatedDeltaGates(at::randn({0, 8}), h4, h4).status(), "ba: empty");
+  ExpectInvalid(GatedDeltaGates(ba, at::randn({3}), h4).status(), "neg_a_exp: shape must be [4]");
+  ExpectInvalid(GatedDeltaGates(ba, h4, h4.to(at::kBFloat16)).status(), "dt_bias: dtype");
+  ExpectInvalid(GatedDeltaGates(ba, h4, at::Tensor()).status(), "dt_bias: tensor is undefined");
 }
 
 TEST(FusedOpsArgs, QkNormRotary) {
@@ -438,6 +480,27 @@ TEST_F(FusedOpsCuda, QkNormRotaryMatchesCpu) {
   }
 }
 
+TEST_F(FusedOpsCuda, GatedDeltaGatesMatchCpu) {
+  at::manual_seed(7208);
+  for (at::ScalarType dtype : kDtypes) {
+    for (int64_t rows : {1, 5, 4096}) {
+      for (int64_t heads : {1, 16, 48}) {
+        const at::Tensor wide = Rand({rows, 2 * heads + 3}, dtype, 12.0, 0.0).cuda();
+        for (const at::Tensor& ba : {wide.narrow(1, 1, 2 * heads), wide.narrow(1, 1, 2 * heads).contiguous()}) {
+          const at::Tensor neg_a_exp = -at::rand({heads}) * 8.0 - 0.1, dt_bias = at::randn({heads});
+          absl::StatusOr<GdnGates> got = GatedDeltaGates(ba, neg_a_exp.cuda(), dt_bias.cuda());
+          ASSERT_TRUE(got.ok()) << got.status();
+          absl::StatusOr<GdnGates> want = GatedDeltaGates(ba.cpu(), neg_a_exp, dt_bias);
+          ASSERT_TRUE(want.ok()) << want.status();
+          // float32 on both sides; expf/log1pf against the CPU's vectorised versions: a few ulps.
+          EXPECT_LT(RelErr(got->g, want->g), 1e-6) << dtype << " rows " << rows << " heads " << heads;
+          EXPECT_LT(RelErr(got->beta, want->beta), 1e-6) << dtype << " rows " << rows << " heads " << heads;
+        }
+      }
+    }
+  }
+}
+
 #ifdef DELTASERVE_WITH_CUDA
 // Restores the sync debug mode however the test leaves.
 class SyncDebugScope {
@@ -463,6 +526,9 @@ TEST_F(FusedOpsCuda, NoHostSynchronisation) {
       statuses.push_back(GatedRmsNorm(heads_x, heads_gate, head_w, kEps).status());
       statuses.push_back(SiluAndMul(mlp).status());
       statuses.push_back(QkNormRotary(qg.narrow(-1, 0, 256), qw, positions, inv_freq, kEps).status());
+      statuses.push_back(GatedDeltaGates(mlp.narrow(1, 0, 64), w.narrow(0, 0, 32).to(at::kFloat),
+                                         w.narrow(0, 32, 32).to(at::kFloat))
+                             .status());
     }
     for (const absl::Status& s : statuses) EXPECT_TRUE(s.ok()) << s;
   }

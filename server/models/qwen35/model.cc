@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "deltaserve/kernels/activation.h"
 #include "deltaserve/kernels/causal_conv1d.h"
+#include "deltaserve/kernels/gdn_gates.h"
 #include "deltaserve/kernels/paged_attention.h"
 #include "deltaserve/kernels/rms_norm.h"
 #include "deltaserve/kernels/rotary.h"
@@ -109,8 +110,11 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
   at::Tensor proj = at::linear(x, w.in_proj);
   at::Tensor qkv = proj.narrow(1, 0, conv_dim).contiguous();
   at::Tensor z = proj.narrow(1, conv_dim, hv * dv).contiguous();
-  at::Tensor beta = at::sigmoid(proj.narrow(1, conv_dim + hv * dv, hv).to(at::kFloat));
-  at::Tensor g = w.neg_a_exp * at::softplus(proj.narrow(1, conv_dim + hv * dv + hv, hv).to(at::kFloat) + w.dt_bias);
+  // The gates in float32 from the [b | a] columns, in one fused pass.
+  const kernels::GdnGates gates =
+      Unwrap(kernels::GatedDeltaGates(proj.narrow(1, conv_dim + hv * dv, 2 * hv), w.neg_a_exp, w.dt_bias));
+  const at::Tensor& beta = gates.beta;
+  const at::Tensor& g = gates.g;
   kernels::RecurrentStatePool& pool = state.recurrent[layer];
   at::Tensor o;
   if (b.decode) {
