@@ -8,7 +8,8 @@
 # its log. Everything lands in $OUT (or ./gpu-out).
 #   bench/gpu_kernels_bench.sh [STAGES]      STAGES: any of kernels fla model (default: all three)
 # Environment: KB_SEQ (4096,16384,65536), KB_BATCHES (1,16,64,256), KB_COMPOSITION_MAX_SEQ (4096),
-#   KB_KERNELS_TIMEOUT_S (200), KB_FLA_TIMEOUT_S (240), KB_MODEL_TIMEOUT_S (150).
+#   KB_INVERSE (0; 1 adds the inverse table), KB_KERNELS_TIMEOUT_S (200 per bench_kernels run),
+#   KB_FLA_TIMEOUT_S (240), KB_MODEL_TIMEOUT_S (150 per bench_model run).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-${root}/gpu-out}"
@@ -23,10 +24,16 @@ echo "gpu_kernels_bench: commit ${commit}, $(nvidia-smi --query-gpu=name --forma
   tee "${out}/kernels_session.txt"
 
 if [[ " ${stages} " == *" kernels "* ]]; then
-  timeout "${KB_KERNELS_TIMEOUT_S:-200}" "${build}/bench/bench_kernels" --device cuda \
-    --seq "${KB_SEQ:-4096,16384,65536}" --batches "${KB_BATCHES:-1,16,64,256}" --reps 10 \
-    --composition-max-seq "${KB_COMPOSITION_MAX_SEQ:-4096}" > "${out}/bench_kernels.txt" 2>&1 ||
-    echo "bench_kernels: exit $? (124: cut by KB_KERNELS_TIMEOUT_S)" | tee -a "${out}/bench_kernels.txt"
+  # Decode first (seconds), then prefill; the inverse table (its float64 reference is built on the CPU,
+  # minutes at 64k) only with KB_INVERSE=1.
+  timeout "${KB_KERNELS_TIMEOUT_S:-200}" "${build}/bench/bench_kernels" --device cuda --no-inverse --no-prefill \
+    --batches "${KB_BATCHES:-1,16,64,256}" --reps 10 > "${out}/bench_kernels.txt" 2>&1 ||
+    echo "bench_kernels decode: exit $? (124: cut by KB_KERNELS_TIMEOUT_S)" | tee -a "${out}/bench_kernels.txt"
+  # shellcheck disable=SC2046  # the flag is one word or none
+  timeout "${KB_KERNELS_TIMEOUT_S:-200}" "${build}/bench/bench_kernels" --device cuda --no-decode \
+    $([[ "${KB_INVERSE:-0}" == 1 ]] || echo --no-inverse) --seq "${KB_SEQ:-4096,16384,65536}" --reps 10 \
+    --composition-max-seq "${KB_COMPOSITION_MAX_SEQ:-4096}" >> "${out}/bench_kernels.txt" 2>&1 ||
+    echo "bench_kernels prefill: exit $? (124: cut by KB_KERNELS_TIMEOUT_S)" | tee -a "${out}/bench_kernels.txt"
   grep -v '^{' "${out}/bench_kernels.txt"
 fi
 

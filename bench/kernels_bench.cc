@@ -1,7 +1,9 @@
 // Kernel benchmark: triangular-inverse methods, whole chunked prefill, and the decode step per state
 // dtype, at Qwen3.5-like sizes (Hv = 32, Hk = 16, dk = dv = 128). Each figure is a ratio against the
 // baseline measured in the same run (forward substitution; fp32 state), with the method's error.
-//   bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] [--reps N] [--quick] [--composition-max-seq T]
+//   bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] [--reps N] [--quick]
+//                 [--no-inverse] [--no-prefill] [--no-decode] [--composition-max-seq T]
+// (The inverse table builds its exact float64 reference on the CPU: minutes at T = 65536.)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -30,7 +32,7 @@ struct Args {
   std::vector<int64_t> seqs = {4096, 16384};
   std::vector<int64_t> batches = {1, 16, 64};
   int reps = 3;
-  bool prefill = true;
+  bool prefill = true, inverse = true, decode = true;
   int64_t composition_max_seq = 16384;  // the ATen composition's baseline rows on CUDA stop here
 };
 
@@ -70,10 +72,14 @@ Args ParseArgs(int argc, char** argv) {
       a.composition_max_seq = std::strtoll(next(), nullptr, 10);
     } else if (f == "--no-prefill") {
       a.prefill = false;
+    } else if (f == "--no-inverse") {
+      a.inverse = false;
+    } else if (f == "--no-decode") {
+      a.decode = false;
     } else {
       std::fprintf(stderr,
                    "usage: bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] "
-                   "[--reps N] [--quick] [--no-prefill] [--composition-max-seq T]\n");
+                   "[--reps N] [--quick] [--no-inverse] [--no-prefill] [--no-decode] [--composition-max-seq T]\n");
       std::exit(f == "--help" ? 0 : 2);
     }
   }
@@ -259,8 +265,8 @@ int main(int argc, char** argv) {
   }
   std::printf("bench_kernels: device %s, threads %d, reps %d\n", DeviceName(a.device), at::get_num_threads(),
               a.reps);
-  InverseBench(a);
+  if (a.inverse) InverseBench(a);
   if (a.prefill) PrefillBench(a);
-  DecodeBench(a);
+  if (a.decode) DecodeBench(a);
   return 0;
 }
