@@ -188,9 +188,11 @@ int main(int argc, char** argv) {
   // Greedy decode: each sequence's argmax becomes its next input.
   auto decode_steps = [&](int n) {
     for (int i = 0; i < n && logits.ok(); ++i) {
-      const at::Tensor next = logits->argmax(1).to(at::kInt).contiguous();
+      // One copy back per step (a runner does the same), not one .item() per row.
+      const at::Tensor next = logits->argmax(1).to(at::kInt).cpu();
+      const int32_t* ids = next.data_ptr<int32_t>();
       std::vector<std::vector<int32_t>> step(batch);
-      for (int b = 0; b < batch; ++b) step[b] = {next[b].item<int32_t>()};
+      for (int b = 0; b < batch; ++b) step[b] = {ids[b]};
       logits = (*model)->Forward(step, slots);
     }
   };
