@@ -10,8 +10,9 @@
 //     chunk's starting S.
 //  3. Output, one block per (chunk, value head, BV value columns): O = (scale e^G Q) S + scores V'.
 // Same formulation as the ATen composition in chunk_gated_delta_rule.cc (its comment derives it).
-// Products are 16 x 16 tiles per warp on tensor cores (WMMA, TF32 m16n16k8) in the 3xTF32 split
-// (a_hi b_hi + a_hi b_lo + a_lo b_hi): float32 accuracy at tensor-core speed. Forward substitution,
+// Products are 16 x 16 tiles per warp on tensor cores (WMMA, TF32 m16n16k8), for float32 inputs in the
+// 3xTF32 split (a_hi b_hi + a_hi b_lo + a_lo b_hi): float32 accuracy at tensor-core speed; for bfloat16
+// inputs as one TF32 product (FLA's precision class: low-precision operands, float32 accumulation). Forward substitution,
 // norms and masks run on CUDA cores. Shared-memory matrices have leading dimensions of cols + 4 floats:
 // 16-byte aligned rows for vector stores and WMMA, rows shifted by four banks.
 #include <ATen/ATen.h>
@@ -53,9 +54,11 @@ __device__ inline void SplitTf32(Frag& hi, Frag& lo, float sign) {
   }
 }
 
-// acc += sign * A[i0:i0+16, 0:k] B[0:k, j0:j0+16] in 3xTF32. RowMajor A: element (i, kk) at a[i * lda + kk];
-// ColMajor A: at a[kk * lda + i] (A is the transpose of what is stored). Same for B with (kk, j).
-template <typename LA, typename LB>
+// acc += sign * A[i0:i0+16, 0:k] B[0:k, j0:j0+16]: in 3xTF32 with kSplit (float32 accuracy), else one
+// TF32 product (10-bit operands, float32 accumulation: for bfloat16 inputs, whose 8-bit mantissas it
+// holds exactly). RowMajor A: element (i, kk) at a[i * lda + kk]; ColMajor A: at a[kk * lda + i] (A is
+// the transpose of what is stored). Same for B with (kk, j).
+template <bool kSplit, typename LA, typename LB>
 __device__ inline void MmaTile(Acc& acc, const float* a, int lda, const float* b, int ldb, int i0, int j0, int k,
                                float sign = 1.0f) {
   constexpr bool a_row = std::is_same<LA, RowMajor>::value;
@@ -65,10 +68,17 @@ __device__ inline void MmaTile(Acc& acc, const float* a, int lda, const float* b
     wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LB> bh, bl;
     wmma::load_matrix_sync(ah, a_row ? a + i0 * lda + kk : a + kk * lda + i0, lda);
     wmma::load_matrix_sync(bh, b_row ? b + kk * ldb + j0 : b + j0 * ldb + kk, ldb);
-    SplitTf32(ah, al, sign);
-    SplitTf32(bh, bl, 1.0f);
-    wmma::mma_sync(acc, al, bh, acc);
-    wmma::mma_sync(acc, ah, bl, acc);
+    if constexpr (kSplit) {
+      SplitTf32(ah, al, sign);
+      SplitTf32(bh, bl, 1.0f);
+      wmma::mma_sync(acc, al, bh, acc);
+      wmma::mma_sync(acc, ah, bl, acc);
+    } else {
+#pragma unroll
+      for (int t = 0; t < ah.num_elements; ++t) ah.x[t] = wmma::__float_to_tf32(sign * ah.x[t]);
+#pragma unroll
+      for (int t = 0; t < bh.num_elements; ++t) bh.x[t] = wmma::__float_to_tf32(bh.x[t]);
+    }
     wmma::mma_sync(acc, ah, bh, acc);
   }
 }
@@ -76,7 +86,7 @@ __device__ inline void MmaTile(Acc& acc, const float* a, int lda, const float* b
 // C = A B (m x n, k inner; all multiples of 16, k of 8) into c (leading dimension ldc, shared or global),
 // each warp taking whole 16 x 16 tiles. With `accumulate`, C += A B reading c first, each product scaled
 // by `scale_c` before the sum: C = scale_c C + A B. No barrier inside.
-template <typename LA, typename LB>
+template <bool kSplit, typename LA, typename LB>
 __device__ inline void WarpMatmul(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c,
                                   int ldc, bool accumulate = false, float scale_c = 1.0f, float sign = 1.0f) {
   const int tiles_n = n / 16, tiles = (m / 16) * tiles_n;
@@ -90,7 +100,7 @@ __device__ inline void WarpMatmul(int m, int n, int k, const float* a, int lda, 
     } else {
       wmma::fill_fragment(acc, 0.0f);
     }
-    MmaTile<LA, LB>(acc, a, lda, b, ldb, i0, j0, k, sign);
+    MmaTile<kSplit, LA, LB>(acc, a, lda, b, ldb, i0, j0, k, sign);
     wmma::store_matrix_sync(c + i0 * ldc + j0, acc, ldc, wmma::mem_row_major);
   }
 }
@@ -204,6 +214,7 @@ __device__ void ForwardSubstitution(const float* a, float* x, int c, int ld) {
 
 // The matmul-only methods on c x c shared-memory matrices (leading dimension ld), products on tensor
 // cores. bufs are scratch; the result's buffer ends up in bufs[0]. Mirrors tri_inverse.cc.
+template <bool kSplit>
 struct ChunkInverter {
   const float* a;
   float* bufs[3];
@@ -212,7 +223,7 @@ struct ChunkInverter {
   // out = x y, then out = f(i, j, out) element-wise; ends with a barrier.
   template <class F>
   __device__ void Product(const float* x, const float* y, float* out, F f) const {
-    WarpMatmul<RowMajor, RowMajor>(c, c, c, x, ld, y, ld, out, ld);
+    WarpMatmul<kSplit, RowMajor, RowMajor>(c, c, c, x, ld, y, ld, out, ld);
     __syncthreads();
     for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
       const int i = idx / c, j = idx % c;
@@ -277,13 +288,14 @@ struct ChunkInverter {
 
 // Inverts (I + A) for one chunk; returns the buffer holding T. With the guard, a chunk whose residual
 // bound exceeds the tolerance (or is NaN) is recomputed by forward substitution and counted.
+template <bool kSplit>
 __device__ float* InvertChunk(const float* a, float* b0, float* b1, float* b2, int c, int ld,
                               const InverseParams& ip, float* scratch, int* guard_counters) {
   if (ip.method == 0) {
     ForwardSubstitution(a, b0, c, ld);
     return b0;
   }
-  ChunkInverter inv{a, {b0, b1, b2}, c, ld};
+  ChunkInverter<kSplit> inv{a, {b0, b1, b2}, c, ld};
   if (ip.method == 2) {
     int log2 = 0;
     while ((1 << log2) < c) ++log2;
@@ -366,7 +378,8 @@ __device__ inline void LocateChunk(const int64_t* offsets, int n, int c, int64_t
   *local = 0;
 }
 
-template <typename In>
+// kSplit: 3xTF32 products (float32 inputs); one TF32 product for bfloat16 inputs.
+template <typename In, bool kSplit = std::is_same<In, float>::value>
 __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   extern __shared__ __align__(128) float smem[];
   const int64_t id = blockIdx.x;
@@ -420,8 +433,8 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   }
   // Q K^T into b0 and K K^T into sa; then the scores Q K^T e^(G_i - G_j) on and below the diagonal go out,
   // and A = beta_i K K^T e^(G_i - G_j) below it stays.
-  WarpMatmul<RowMajor, ColMajor>(c, c, dk, sx, ldx, sk, ldk, b0, ldc);
-  WarpMatmul<RowMajor, ColMajor>(c, c, dk, sk, ldk, sk, ldk, sa, ldc);
+  WarpMatmul<kSplit, RowMajor, ColMajor>(c, c, dk, sx, ldx, sk, ldk, b0, ldc);
+  WarpMatmul<kSplit, RowMajor, ColMajor>(c, c, dk, sk, ldk, sk, ldk, sa, ldc);
   __syncthreads();
   float* scores = p.ws.scores + cell * c * c;
   for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
@@ -439,10 +452,10 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   LoadTile(sx, ldx, c, dv, TokenRows(v, tok0, valid, p.heads, h, dv));
   __syncthreads();
   for (int idx = threadIdx.x; idx < c * dv; idx += blockDim.x) sx[(idx / dv) * ldx + idx % dv] *= sb[idx / dv];
-  float* t = InvertChunk(sa, b0, b1, b2, c, ldc, p.inverse, scratch, p.guard_counters);
+  float* t = InvertChunk<kSplit>(sa, b0, b1, b2, c, ldc, p.inverse, scratch, p.guard_counters);
   __syncthreads();
-  WarpMatmul<RowMajor, RowMajor>(c, dk, c, t, ldc, sk, ldk, p.ws.w + cell * c * dk, dk);
-  WarpMatmul<RowMajor, RowMajor>(c, dv, c, t, ldc, sx, ldx, p.ws.u + cell * c * dv, dv);
+  WarpMatmul<kSplit, RowMajor, RowMajor>(c, dk, c, t, ldc, sk, ldk, p.ws.w + cell * c * dk, dk);
+  WarpMatmul<kSplit, RowMajor, RowMajor>(c, dv, c, t, ldc, sx, ldx, p.ws.u + cell * c * dv, dv);
 }
 
 struct PassArgs {
@@ -456,7 +469,7 @@ struct PassArgs {
 
 // The only sequential pass: per (sequence, value head, BV value columns), chunk after chunk,
 // V' = U - W S and S = e^(G_C) S + Kd^T V', storing each chunk's V' and its starting S for the output pass.
-template <int BV>
+template <int BV, bool kSplit>
 __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
   extern __shared__ __align__(128) float smem[];
   const int seq = blockIdx.x, h = blockIdx.y, j0 = blockIdx.z * BV;
@@ -488,12 +501,12 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
       s_out[(idx / BV) * dv + idx % BV] = ss[(idx / BV) * lds + idx % BV];
     }
     // V' = U - W S, in place of U (each warp owns its tiles), also stored for the output pass.
-    WarpMatmul<RowMajor, RowMajor>(c, BV, dk, sw, ldk, ss, lds, sv, lds, /*accumulate=*/true, 1.0f, -1.0f);
+    WarpMatmul<kSplit, RowMajor, RowMajor>(c, BV, dk, sw, ldk, ss, lds, sv, lds, /*accumulate=*/true, 1.0f, -1.0f);
     __syncthreads();
     float* vn = p.ws.vn + cell * c * dv + j0;
     for (int idx = threadIdx.x; idx < c * BV; idx += blockDim.x) vn[(idx / BV) * dv + idx % BV] = sv[(idx / BV) * lds + idx % BV];
     // S = e^(G_C) S + Kd^T V'.
-    WarpMatmul<ColMajor, RowMajor>(dk, BV, c, sk, ldk, sv, lds, ss, lds, /*accumulate=*/true, decay);
+    WarpMatmul<kSplit, ColMajor, RowMajor>(dk, BV, c, sk, ldk, sv, lds, ss, lds, /*accumulate=*/true, decay);
     __syncthreads();
   }
   for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
@@ -502,7 +515,7 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
 }
 
 // Output, all chunks at once: per (chunk, value head, BV value columns), O = Qe S + scores V'.
-template <typename Out, int BV>
+template <typename Out, int BV, bool kSplit = std::is_same<Out, float>::value>
 __global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs p) {
   extern __shared__ __align__(128) float smem[];
   const int64_t id = blockIdx.x;
@@ -535,8 +548,8 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs p) {
     const int i0 = tile / tiles_n * 16, jt = tile % tiles_n * 16;
     Acc acc;
     wmma::fill_fragment(acc, 0.0f);
-    MmaTile<RowMajor, RowMajor>(acc, sq, ldk, ss, lds, i0, jt, dk);
-    MmaTile<RowMajor, RowMajor>(acc, sp, ldc, sv, lds, i0, jt, c);
+    MmaTile<kSplit, RowMajor, RowMajor>(acc, sq, ldk, ss, lds, i0, jt, dk);
+    MmaTile<kSplit, RowMajor, RowMajor>(acc, sp, ldc, sv, lds, i0, jt, c);
     wmma::store_matrix_sync(so + i0 * lds + jt, acc, lds, wmma::mem_row_major);
   }
   __syncthreads();
@@ -586,6 +599,7 @@ void AllowSharedMemory(Kernel kernel, size_t bytes) {
 
 template <typename In>
 GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
+  constexpr bool kSplit = std::is_same<In, float>::value;
   const int64_t b = a.q.size(0), t = a.q.size(1), hk = a.q.size(2), dk = a.q.size(3);
   const int64_t hv = a.v.size(2), dv = a.v.size(3), c = a.chunk_size;
   const int64_t n = static_cast<int64_t>(a.offsets.size()) - 1;
@@ -669,9 +683,9 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (dv % 32 == 0) {
-      passes(StateKernel<32>, OutputKernel<In, 32>, 32);
+      passes(StateKernel<32, kSplit>, OutputKernel<In, 32>, 32);
     } else {
-      passes(StateKernel<16>, OutputKernel<In, 16>, 16);
+      passes(StateKernel<16, kSplit>, OutputKernel<In, 16>, 16);
     }
   }
   if (a.read_inverse_stats) {

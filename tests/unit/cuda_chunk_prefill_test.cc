@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -146,7 +147,11 @@ TEST_F(CudaChunkPrefill, BFloat16InputsWithFloatGates) {
   const GatedDeltaRuleOutput got = OnCuda(c, Options("neumann"));
   EXPECT_EQ(got.o.scalar_type(), at::kBFloat16);
   EXPECT_LT(RelMaxError(got.o.cpu(), ref.o), 1e-2);  // the output's own bf16 rounding
-  EXPECT_LT(RelMaxError(got.final_state.cpu(), ref.final_state), 1e-4);
+  // bf16 inputs take one TF32 product (10-bit operands, float32 sums) instead of 3xTF32: about 1e-3 of the
+  // state, below the inputs' own bf16 rounding (4e-3); a wrong product or pass is off by far more.
+  const double state_err = RelMaxError(got.final_state.cpu(), ref.final_state);
+  std::printf("bf16 inputs: final state rel err %.2e\n", state_err);
+  EXPECT_LT(state_err, 5e-3);
 }
 
 TEST_F(CudaChunkPrefill, ForcedGuardFallbacksAreExactAndCounted) {
