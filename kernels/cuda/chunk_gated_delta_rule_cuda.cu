@@ -5,7 +5,8 @@
 //     selected method (forward substitution, truncated Neumann with band mask, corrections and the
 //     accuracy guard, or the product form); writes W = T (beta e^G K), U = T (beta V), e^(G_C - G) K,
 //     scale e^G Q, the scores and e^(G_C).
-//  2. State pass, one block per (sequence, value head, BV value columns), the only sequential part:
+//  2. State pass, one block per (sequence, value head, BV value columns), the only sequential part (the
+//     next chunk's W, Kd and U arrive by cp.async while this one is multiplied):
 //     chunk after chunk V' = U - W S and S = e^(G_C) S + (e^(G_C - G) K)^T V', storing V' and the
 //     chunk's starting S.
 //  3. Output, one block per (chunk, value head, BV value columns): O = (scale e^G Q) S + scores V'.
@@ -169,6 +170,25 @@ __device__ inline void LoadTile(float* dst, int ld, int rows, int cols, RowPtr r
       }
     }
   }
+}
+
+// The same copy without registers or waiting: cp.async moves 16 bytes per thread and step from global
+// into shared memory while the block computes (rows from row_ptr, never null, 16-byte aligned). The
+// caller commits the group and waits on it before anyone reads dst.
+template <class RowPtr>
+__device__ inline void LoadTileAsync(float* dst, int ld, int rows, int cols, RowPtr row_ptr) {
+  const int per_row = cols / 4, total = rows * per_row;
+  for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
+    const int r = idx / per_row, q = idx % per_row;
+    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst + r * ld + q * 4));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(row_ptr(r) + q * 4));
+  }
+}
+__device__ inline void AsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most `pending` committed groups of this thread are still in flight.
+template <int pending>
+__device__ inline void AsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
 }
 
 // Row i of the chunk starting at token tok0 in a [tokens, heads, d] tensor, head `head`; null (zero) at
@@ -469,15 +489,15 @@ struct PassArgs {
 
 // The only sequential pass: per (sequence, value head, BV value columns), chunk after chunk,
 // V' = U - W S and S = e^(G_C) S + Kd^T V', storing each chunk's V' and its starting S for the output pass.
+// W, Kd and U are double-buffered: the next chunk's arrive by cp.async while this chunk is multiplied.
 template <int BV, bool kSplit>
 __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
   extern __shared__ __align__(128) float smem[];
   const int seq = blockIdx.x, h = blockIdx.y, j0 = blockIdx.z * BV;
   const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + kPad, lds = BV + kPad;
-  float* ss = smem;           // [dk, lds]: the state slice
-  float* sw = ss + dk * lds;  // [c, ldk]: W
-  float* sk = sw + c * ldk;   // [c, ldk]: e^(G_C - G) k
-  float* sv = sk + c * ldk;   // [c, lds]: U, then V'
+  float* ss = smem;                    // [dk, lds]: the state slice
+  float* stages = ss + dk * lds;       // two stages of: W [c, ldk], e^(G_C - G) k [c, ldk], U then V' [c, lds]
+  const int stage_floats = 2 * c * ldk + c * lds;
   const int64_t state_off = (static_cast<int64_t>(seq) * p.heads + h) * dk * dv;
   const float* init = p.initial_state ? p.initial_state + state_off + j0 : nullptr;
   LoadTile(ss, lds, dk, BV, [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
@@ -485,16 +505,32 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
   int64_t first = 0;
   for (int s = 0; s < seq; ++s) first += (p.offsets[s + 1] - p.offsets[s] + c - 1) / c;
   const int64_t chunks = (p.offsets[seq + 1] - p.offsets[seq] + c - 1) / c;
-  for (int64_t ci = 0; ci < chunks; ++ci) {
+  auto prefetch = [&](int64_t ci) {
     const int64_t cell = (first + ci) * p.heads + h;
+    float* sw = stages + (ci & 1) * stage_floats;
     const float* w = p.ws.w + cell * c * dk;
     const float* kd = p.ws.kd + cell * c * dk;
     const float* u = p.ws.u + cell * c * dv + j0;
-    const float decay = p.ws.decay[cell];
-    LoadTile(sw, ldk, c, dk, [w, dk](int i) { return w + i * dk; });
-    LoadTile(sk, ldk, c, dk, [kd, dk](int i) { return kd + i * dk; });
-    LoadTile(sv, lds, c, BV, [u, dv](int i) { return u + i * dv; });
+    LoadTileAsync(sw, ldk, c, dk, [w, dk](int i) { return w + i * dk; });
+    LoadTileAsync(sw + c * ldk, ldk, c, dk, [kd, dk](int i) { return kd + i * dk; });
+    LoadTileAsync(sw + 2 * c * ldk, lds, c, BV, [u, dv](int i) { return u + i * dv; });
+    AsyncCommit();
+  };
+  if (chunks > 0) prefetch(0);
+  for (int64_t ci = 0; ci < chunks; ++ci) {
+    // The next chunk's stage was last read two iterations ago, before the barrier that ended it.
+    if (ci + 1 < chunks) {
+      prefetch(ci + 1);
+      AsyncWait<1>();
+    } else {
+      AsyncWait<0>();
+    }
     __syncthreads();
+    const int64_t cell = (first + ci) * p.heads + h;
+    float* sw = stages + (ci & 1) * stage_floats;
+    float* sk = sw + c * ldk;
+    float* sv = sk + c * ldk;
+    const float decay = p.ws.decay[cell];
     // This chunk's starting state, for the output pass.
     float* s_out = p.ws.states + cell * dk * dv + j0;
     for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
@@ -670,7 +706,7 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     s.dv = static_cast<int>(dv);
     s.c = static_cast<int>(c);
     auto passes = [&](auto state_kernel, auto output_kernel, int64_t bv) {
-      const size_t state_bytes = sizeof(float) * (dk * (bv + kPad) + 2 * c * (dk + kPad) + c * (bv + kPad));
+      const size_t state_bytes = sizeof(float) * (dk * (bv + kPad) + 2 * (2 * c * (dk + kPad) + c * (bv + kPad)));
       AllowSharedMemory(state_kernel, state_bytes);
       const unsigned blocks = static_cast<unsigned>(dv / bv);
       state_kernel<<<dim3(static_cast<unsigned>(n), heads, blocks), kThreads, state_bytes, stream>>>(s);
