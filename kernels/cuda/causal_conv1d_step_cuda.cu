@@ -24,13 +24,13 @@ constexpr int64_t kMaxGridY = 65535;  // CUDA's limit on gridDim.y: longer batch
 
 template <typename T>
 struct ConvStepArgs {
-  const T* x;            // [B, D]
+  const T* x;            // [B, D], rows x_stride apart
   const T* weight;       // [D, K]
   const T* bias;         // [D], or null
   T* state;              // [slots, D, K - 1]
   const int64_t* slots;  // [B], negative: padding row
   T* y;                  // [B, D]
-  int64_t batch, dim, pool_slots;
+  int64_t batch, dim, pool_slots, x_stride;
   int k;
   bool silu;
 };
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kThreads) ConvStepKernel(ConvStepArgs<T> a) {
       continue;
     }
     T* sd = a.state + (slot * a.dim + d) * w;
-    const T xd = a.x[b * a.dim + d];
+    const T xd = a.x[b * a.x_stride + d];
     // Products summed in tap order, then the bias: the order of the ATen path's sum, then add.
     Acc acc = Acc(0);
     if constexpr (K > 0) {
@@ -100,6 +100,7 @@ void Launch(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bia
   a.y = y.data_ptr<T>();
   a.batch = x.size(0);
   a.dim = x.size(1);
+  a.x_stride = x.stride(0);
   a.pool_slots = conv_state.size(0);
   a.k = static_cast<int>(weight.size(1));
   a.silu = silu;
@@ -128,7 +129,7 @@ void Launch(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bia
 at::Tensor CausalConv1dStepCuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                 at::Tensor& conv_state, const at::Tensor& slots, bool silu) {
   const c10::cuda::CUDAGuard guard(x.device());  // the current stream must be x's device's
-  at::Tensor y = at::empty(x.sizes(), x.options());
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "CausalConv1dStepCuda",
                                  [&] { Launch<scalar_t>(x, weight, bias, conv_state, slots, silu, y); });
   return y;

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "check.h"
 #ifdef DELTASERVE_WITH_CUDA
@@ -219,7 +220,13 @@ absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tenso
                                             const at::Tensor& bias, at::Tensor& conv_state,
                                             const at::Tensor& slots, bool silu,
                                             absl::Span<const int64_t> host_slots) {
-  DS_RETURN_IF_ERROR(CheckTensor(x, "x", 2));
+  // Rows may be strided (a view into a wider projection); the channels must be contiguous.
+  DS_RETURN_IF_ERROR(CheckTensor(x, "x", 2, /*require_contiguous=*/false));
+  if (x.size(1) > 1 && x.stride(1) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("x: channels must be contiguous (shape ",
+                                                   internal::ShapeString(x), ", strides [",
+                                                   absl::StrJoin(x.strides(), ", "), "])"));
+  }
   DS_RETURN_IF_ERROR(CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16}));
   const int64_t batch = x.size(0);
   const int64_t dim = x.size(1);
@@ -240,7 +247,7 @@ absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tenso
       return internal::CausalConv1dStepCuda(x, weight, bias, conv_state, index, silu);
     }
 #endif
-    return RunStepSkippingPadding(x, weight, bias, conv_state, slots, host.values, silu);
+    return RunStepSkippingPadding(x.contiguous(), weight, bias, conv_state, slots, host.values, silu);
   })
 }
 

@@ -287,6 +287,33 @@ TEST(CausalConv1dTest, RunsOnCudaLikeOnCpu) {
   EXPECT_FALSE(at::equal(pool[2], before[2]));
 }
 
+// The step reads x's rows where they are: a view into a wider projection (strided rows) gives exactly
+// what its contiguous copy gives, on the CPU and, where present, on CUDA.
+TEST(CausalConv1dTest, StepReadsStridedRowsInPlace) {
+  at::manual_seed(515);
+  const int64_t dim = 40, k = 4;
+  const at::Tensor wide = at::randn({3, dim + 9}, at::kFloat);
+  const at::Tensor x = wide.narrow(1, 5, dim);
+  ASSERT_FALSE(x.is_contiguous());
+  const at::Tensor weight = RandomWeight(dim, k, at::kFloat), bias = at::randn({dim}, at::kFloat);
+  const at::Tensor pool = at::randn({4, dim, k - 1}, at::kFloat);
+  const std::vector<int64_t> slots = {3, -1, 0};
+  std::vector<at::Device> devices = {at::kCPU};
+  if (at::hasCUDA()) devices.emplace_back(at::kCUDA, 0);
+  for (const at::Device& d : devices) {
+    at::Tensor strided_pool = pool.to(d).clone(), copy_pool = pool.to(d).clone();
+    const at::Tensor xd = wide.to(d).narrow(1, 5, dim);
+    absl::StatusOr<at::Tensor> a =
+        CausalConv1dStep(xd, weight.to(d), bias.to(d), strided_pool, Int64Tensor(slots).to(d), true, slots);
+    absl::StatusOr<at::Tensor> b = CausalConv1dStep(xd.contiguous(), weight.to(d), bias.to(d), copy_pool,
+                                                    Int64Tensor(slots).to(d), true, slots);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    ExpectExact(*a, *b, "strided y on " + d.str());
+    ExpectExact(strided_pool, copy_pool, "pool after strided x on " + d.str());
+  }
+}
+
 TEST(CausalConv1dTest, HostMetadataGivesIdenticalResults) {
   at::manual_seed(707);
   const int64_t dim = 21, k = 4;
@@ -404,6 +431,8 @@ TEST_F(CausalConv1dArgsTest, NonContiguousX) {
   const at::Tensor transposed = at::randn({2, 6, 8}, at::kFloat).transpose(1, 2);
   ASSERT_FALSE(transposed.is_contiguous());
   ExpectInvalid(Full(transposed, weight_), "x: must be contiguous");
+  // The step takes strided rows but not strided channels.
+  ExpectInvalid(Step(at::randn({6, 2}, at::kFloat).t(), pool_, {0, 1}), "x: channels must be contiguous");
 }
 
 TEST_F(CausalConv1dArgsTest, DtypeMismatch) {

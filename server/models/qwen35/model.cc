@@ -108,7 +108,7 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
   const int64_t t = x.size(0);
   // One GEMM for the four input projections: [qkv | z | b | a].
   at::Tensor proj = at::linear(x, w.in_proj);
-  at::Tensor qkv = proj.narrow(1, 0, conv_dim).contiguous();
+  at::Tensor qkv = proj.narrow(1, 0, conv_dim);  // a view: the conv step reads strided rows
   at::Tensor z = proj.narrow(1, conv_dim, hv * dv).contiguous();
   // The gates in float32 from the [b | a] columns, in one fused pass.
   const kernels::GdnGates gates =
@@ -133,8 +133,8 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
             .to(x.scalar_type());  // [T, hv, dv]
   } else {
     at::Tensor init = state.conv[layer].index_select(0, b.state_slots);
-    kernels::CausalConv1dOutput conv = Unwrap(kernels::CausalConv1d(qkv.unsqueeze(0), w.conv1d, {}, init,
-                                                                    b.cu_seqlens, true, b.host_cu_seqlens));
+    kernels::CausalConv1dOutput conv = Unwrap(kernels::CausalConv1d(qkv.contiguous().unsqueeze(0), w.conv1d, {},
+                                                                    init, b.cu_seqlens, true, b.host_cu_seqlens));
     state.conv[layer].index_copy_(0, b.state_slots, conv.final_state);
     at::Tensor y = conv.y[0];
     // The chunked rule reads q, k, v in the model's dtype (the fused CUDA kernels convert on load) and

@@ -30,7 +30,7 @@ absl::StatusOr<CausalConv1dOutput> CausalConv1d(const at::Tensor& x, const at::T
                                                 const at::Tensor& cu_seqlens, bool silu,
                                                 absl::Span<const int64_t> host_cu_seqlens = {});
 
-// One token per sequence: x [B, D]; conv_state pool [slots, D, K - 1] updated in place at slots [B]
+// One token per sequence: x [B, D] (rows may be strided, channels contiguous); conv_state pool [slots, D, K - 1] updated in place at slots [B]
 // (int64, distinct among the non-negative ones). A negative slot marks a padding row: its y row is
 // zero and no state is touched. On CUDA one fused kernel, free of host synchronisation when slots is
 // on x's device (with host_slots, or the check reads slots back). Returns y [B, D].
