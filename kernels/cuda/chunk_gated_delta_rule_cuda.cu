@@ -13,9 +13,9 @@
 // Same formulation as the ATen composition in chunk_gated_delta_rule.cc (its comment derives it).
 // Products are 16 x 16 tiles per warp on tensor cores (WMMA, TF32 m16n16k8), for float32 inputs in the
 // 3xTF32 split (a_hi b_hi + a_hi b_lo + a_lo b_hi): float32 accuracy at tensor-core speed; for bfloat16
-// inputs as one TF32 product (FLA's precision class: low-precision operands, float32 accumulation). Forward substitution,
-// norms and masks run on CUDA cores. Shared-memory matrices have leading dimensions of cols + 4 floats:
-// 16-byte aligned rows for vector stores and WMMA, rows shifted by four banks.
+// inputs as one TF32 product (FLA's precision class: low-precision operands, float32 accumulation). Forward
+// substitution, norms and masks run on CUDA cores. Shared-memory matrices have leading dimensions of cols + 4
+// floats: 16-byte aligned rows for vector stores and WMMA, rows shifted by four banks.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -60,8 +60,8 @@ __device__ inline void SplitTf32(Frag& hi, Frag& lo, float sign) {
 // holds exactly). RowMajor A: element (i, kk) at a[i * lda + kk]; ColMajor A: at a[kk * lda + i] (A is
 // the transpose of what is stored). Same for B with (kk, j).
 template <bool kSplit, typename LA, typename LB>
-__device__ inline void MmaTile(Acc& acc, const float* a, int lda, const float* b, int ldb, int i0, int j0, int k,
-                               float sign = 1.0f) {
+__device__ inline void MmaTile(Acc& acc, const float* a, int lda, const float* b, int ldb, int i0, int j0,
+                               int k, float sign = 1.0f) {
   constexpr bool a_row = std::is_same<LA, RowMajor>::value;
   constexpr bool b_row = std::is_same<LB, RowMajor>::value;
   for (int kk = 0; kk < k; kk += 8) {
@@ -88,8 +88,9 @@ __device__ inline void MmaTile(Acc& acc, const float* a, int lda, const float* b
 // each warp taking whole 16 x 16 tiles. With `accumulate`, C += A B reading c first, each product scaled
 // by `scale_c` before the sum: C = scale_c C + A B. No barrier inside.
 template <bool kSplit, typename LA, typename LB>
-__device__ inline void WarpMatmul(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c,
-                                  int ldc, bool accumulate = false, float scale_c = 1.0f, float sign = 1.0f) {
+__device__ inline void WarpMatmul(int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+                                  float* c, int ldc, bool accumulate = false, float scale_c = 1.0f,
+                                  float sign = 1.0f) {
   const int tiles_n = n / 16, tiles = (m / 16) * tiles_n;
   for (int tile = threadIdx.x / 32; tile < tiles; tile += kWarps) {
     const int i0 = tile / tiles_n * 16, j0 = tile % tiles_n * 16;
@@ -139,8 +140,8 @@ __device__ inline void NormalizeRows(float* x, int rows, int d, int ld, bool l2n
 __device__ inline float4 Load4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
 __device__ inline float4 Load4(const c10::BFloat16* p) {
   const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
-  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
-                     __uint_as_float(u.y & 0xffff0000u));
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                     __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
 }
 
 // rows x cols values (cols a multiple of 4) into shared dst (leading dimension ld, a multiple of 4) as
@@ -217,7 +218,8 @@ struct InverseParams {
 // X = (I + A)^-1 by forward substitution (exact): row i = e_i - sum_{j < i} A[i, j] row j. Threads
 // split each row's columns, `per` threads per column summing strided parts of j.
 __device__ void ForwardSubstitution(const float* a, float* x, int c, int ld) {
-  for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) x[(idx / c) * ld + idx % c] = idx / c == idx % c;
+  for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x)
+    x[(idx / c) * ld + idx % c] = idx / c == idx % c;
   __syncthreads();
   const int per = blockDim.x / c;  // 4, 8 or 16: a power of two dividing 32
   const int col = threadIdx.x / per, part = threadIdx.x % per;
@@ -279,7 +281,8 @@ struct ChunkInverter {
   __device__ void Truncated(int order) {
     const int l = ld;
     if (order <= 0) {
-      for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) bufs[0][(idx / c) * l + idx % c] = idx / c == idx % c;
+      for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x)
+        bufs[0][(idx / c) * l + idx % c] = idx / c == idx % c;
       __syncthreads();
       return;
     }
@@ -334,10 +337,13 @@ __device__ float* InvertChunk(const float* a, float* b0, float* b1, float* b2, i
   }
   float emax = -1.0f;  // max |E| of the last correction step, when the guard wants it
   for (int s = 0; s < ip.residual_steps; ++s) {
-    inv.Product(a, x, e, [x, l](int i, int j, float ax) { return (i == j) - x[i * l + j] - ax; });  // E = I - (I + A) X
+    inv.Product(a, x, e, [x, l](int i, int j, float ax) {
+      return (i == j) - x[i * l + j] - ax;
+    });  // E = I - (I + A) X
     if (s + 1 == ip.residual_steps && ip.guard) {
       float m = 0.0f;
-      for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) m = fmaxf(m, fabsf(e[(idx / c) * l + idx % c]));
+      for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x)
+        m = fmaxf(m, fabsf(e[(idx / c) * l + idx % c]));
       emax = BlockMax(m, scratch);
     }
     inv.Product(x, e, t, [x, l](int i, int j, float xe) { return x[i * l + j] + xe; });  // X + X E
@@ -360,7 +366,8 @@ __device__ float* InvertChunk(const float* a, float* b0, float* b1, float* b2, i
     bound = BlockMax(m, scratch);
   }
   if (threadIdx.x == 0) {
-    atomicMax(guard_counters + 1, __float_as_int(isnan(bound) ? INFINITY : bound));  // >= 0: int order = float order
+    atomicMax(guard_counters + 1,
+              __float_as_int(isnan(bound) ? INFINITY : bound));  // >= 0: int order = float order
   }
   if (!(bound <= ip.guard_tol)) {  // NaN included
     if (threadIdx.x == 0) atomicAdd(guard_counters, 1);
@@ -383,7 +390,8 @@ struct PrepareArgs {
 };
 
 // Sequence and chunk-in-sequence of global chunk `id` (chunks numbered sequence by sequence).
-__device__ inline void LocateChunk(const int64_t* offsets, int n, int c, int64_t id, int* seq, int64_t* local) {
+__device__ inline void LocateChunk(const int64_t* offsets, int n, int c, int64_t id, int* seq,
+                                   int64_t* local) {
   int64_t first = 0;
   for (int s = 0; s < n; ++s) {
     const int64_t chunks = (offsets[s + 1] - offsets[s] + c - 1) / c;
@@ -398,19 +406,33 @@ __device__ inline void LocateChunk(const int64_t* offsets, int n, int c, int64_t
   *local = 0;
 }
 
+// The tokens of global chunk `id`: its first token and how many of its c rows hold tokens (fewer in a
+// sequence's last chunk). False for an id past the last chunk.
+struct ChunkTokens {
+  int64_t tok0;
+  int valid;
+};
+__device__ inline bool FindChunk(const int64_t* offsets, int n, int c, int64_t id, ChunkTokens* out) {
+  int seq;
+  int64_t local;
+  LocateChunk(offsets, n, c, id, &seq, &local);
+  if (seq >= n) return false;
+  out->tok0 = offsets[seq] + local * c;
+  const int64_t left = offsets[seq + 1] - out->tok0;
+  out->valid = static_cast<int>(left < c ? left : c);
+  return true;
+}
+
 // kSplit: 3xTF32 products (float32 inputs); one TF32 product for bfloat16 inputs.
 template <typename In, bool kSplit = std::is_same<In, float>::value>
 __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   extern __shared__ __align__(128) float smem[];
   const int64_t id = blockIdx.x;
   const int h = blockIdx.y, hk = h / p.group, c = p.c, dk = p.dk, dv = p.dv;
-  int seq;
-  int64_t local;
-  LocateChunk(p.offsets, p.n, c, id, &seq, &local);
-  if (seq >= p.n) return;
-  const int64_t tok0 = p.offsets[seq] + local * c;
-  const int64_t left = p.offsets[seq + 1] - tok0;
-  const int valid = static_cast<int>(left < c ? left : c);
+  ChunkTokens chunk;
+  if (!FindChunk(p.offsets, p.n, c, id, &chunk)) return;
+  const int64_t tok0 = chunk.tok0;
+  const int valid = chunk.valid;
   const int ldk = dk + kPad, ldx = max(dk, dv) + kPad, ldc = c + kPad;
   float* sk = smem;          // [c, ldk]: k, later beta e^G k
   float* sx = sk + c * ldk;  // [c, ldx]: q, later beta v
@@ -421,8 +443,8 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   float* b1 = b0 + c * ldc;
   float* b2 = b1 + c * ldc;
   float* sg = (p.inverse.method == 0 ? b1 : b2 + c * ldc);  // [c]: cumulative log decay
-  float* sb = sg + c;        // [c]: beta
-  float* scratch = sb + c;   // [kWarps]
+  float* sb = sg + c;                                       // [c]: beta
+  float* scratch = sb + c;                                  // [kWarps]
 
   const In* q = static_cast<const In*>(p.q);
   const In* k = static_cast<const In*>(p.k);
@@ -471,7 +493,8 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   __syncthreads();
   LoadTile(sx, ldx, c, dv, TokenRows(v, tok0, valid, p.heads, h, dv));
   __syncthreads();
-  for (int idx = threadIdx.x; idx < c * dv; idx += blockDim.x) sx[(idx / dv) * ldx + idx % dv] *= sb[idx / dv];
+  for (int idx = threadIdx.x; idx < c * dv; idx += blockDim.x)
+    sx[(idx / dv) * ldx + idx % dv] *= sb[idx / dv];
   float* t = InvertChunk<kSplit>(sa, b0, b1, b2, c, ldc, p.inverse, scratch, p.guard_counters);
   __syncthreads();
   WarpMatmul<kSplit, RowMajor, RowMajor>(c, dk, c, t, ldc, sk, ldk, p.ws.w + cell * c * dk, dk);
@@ -495,12 +518,13 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
   extern __shared__ __align__(128) float smem[];
   const int seq = blockIdx.x, h = blockIdx.y, j0 = blockIdx.z * BV;
   const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + kPad, lds = BV + kPad;
-  float* ss = smem;                    // [dk, lds]: the state slice
-  float* stages = ss + dk * lds;       // two stages of: W [c, ldk], e^(G_C - G) k [c, ldk], U then V' [c, lds]
+  float* ss = smem;               // [dk, lds]: the state slice
+  float* stages = ss + dk * lds;  // two stages of: W [c, ldk], e^(G_C - G) k [c, ldk], U then V' [c, lds]
   const int stage_floats = 2 * c * ldk + c * lds;
   const int64_t state_off = (static_cast<int64_t>(seq) * p.heads + h) * dk * dv;
   const float* init = p.initial_state ? p.initial_state + state_off + j0 : nullptr;
-  LoadTile(ss, lds, dk, BV, [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
+  LoadTile(ss, lds, dk, BV,
+           [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
   __syncthreads();
   int64_t first = 0;
   for (int s = 0; s < seq; ++s) first += (p.offsets[s + 1] - p.offsets[s] + c - 1) / c;
@@ -537,10 +561,12 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
       s_out[(idx / BV) * dv + idx % BV] = ss[(idx / BV) * lds + idx % BV];
     }
     // V' = U - W S, in place of U (each warp owns its tiles), also stored for the output pass.
-    WarpMatmul<kSplit, RowMajor, RowMajor>(c, BV, dk, sw, ldk, ss, lds, sv, lds, /*accumulate=*/true, 1.0f, -1.0f);
+    WarpMatmul<kSplit, RowMajor, RowMajor>(c, BV, dk, sw, ldk, ss, lds, sv, lds, /*accumulate=*/true, 1.0f,
+                                           -1.0f);
     __syncthreads();
     float* vn = p.ws.vn + cell * c * dv + j0;
-    for (int idx = threadIdx.x; idx < c * BV; idx += blockDim.x) vn[(idx / BV) * dv + idx % BV] = sv[(idx / BV) * lds + idx % BV];
+    for (int idx = threadIdx.x; idx < c * BV; idx += blockDim.x)
+      vn[(idx / BV) * dv + idx % BV] = sv[(idx / BV) * lds + idx % BV];
     // S = e^(G_C) S + Kd^T V'.
     WarpMatmul<kSplit, ColMajor, RowMajor>(dk, BV, c, sk, ldk, sv, lds, ss, lds, /*accumulate=*/true, decay);
     __syncthreads();
@@ -557,13 +583,10 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs p) {
   const int64_t id = blockIdx.x;
   const int h = blockIdx.y, j0 = blockIdx.z * BV;
   const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + kPad, ldc = c + kPad, lds = BV + kPad;
-  int seq;
-  int64_t local;
-  LocateChunk(p.offsets, p.n, c, id, &seq, &local);
-  if (seq >= p.n) return;
-  const int64_t tok0 = p.offsets[seq] + local * c;
-  const int64_t left = p.offsets[seq + 1] - tok0;
-  const int valid = static_cast<int>(left < c ? left : c);
+  ChunkTokens chunk;
+  if (!FindChunk(p.offsets, p.n, c, id, &chunk)) return;
+  const int64_t tok0 = chunk.tok0;
+  const int valid = chunk.valid;
   float* sq = smem;           // [c, ldk]: Qe
   float* ss = sq + c * ldk;   // [dk, lds]: the chunk's starting state
   float* sp = ss + dk * lds;  // [c, ldc]: scores
@@ -629,8 +652,8 @@ int64_t PrepareSharedFloats(int64_t c, int64_t dk, int64_t dv, int method) {
 
 template <typename Kernel>
 void AllowSharedMemory(Kernel kernel, size_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
+  C10_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 template <typename In>
@@ -706,7 +729,8 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     s.dv = static_cast<int>(dv);
     s.c = static_cast<int>(c);
     auto passes = [&](auto state_kernel, auto output_kernel, int64_t bv) {
-      const size_t state_bytes = sizeof(float) * (dk * (bv + kPad) + 2 * (2 * c * (dk + kPad) + c * (bv + kPad)));
+      const size_t state_bytes =
+          sizeof(float) * (dk * (bv + kPad) + 2 * (2 * c * (dk + kPad) + c * (bv + kPad)));
       AllowSharedMemory(state_kernel, state_bytes);
       const unsigned blocks = static_cast<unsigned>(dv / bv);
       state_kernel<<<dim3(static_cast<unsigned>(n), heads, blocks), kThreads, state_bytes, stream>>>(s);
@@ -715,7 +739,8 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
       const size_t output_bytes =
           sizeof(float) * (c * (dk + kPad) + dk * (bv + kPad) + c * (c + kPad) + 2 * c * (bv + kPad));
       AllowSharedMemory(output_kernel, output_bytes);
-      output_kernel<<<dim3(static_cast<unsigned>(chunks), heads, blocks), kThreads, output_bytes, stream>>>(s);
+      output_kernel<<<dim3(static_cast<unsigned>(chunks), heads, blocks), kThreads, output_bytes, stream>>>(
+          s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (dv % 32 == 0) {

@@ -20,8 +20,8 @@ constexpr int64_t kMaxBlocks = 1 << 16;
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     GatesKernel(const T* __restrict__ ba, int64_t stride, const float* __restrict__ neg_a_exp,
-                const float* __restrict__ dt_bias, float* __restrict__ g, float* __restrict__ beta, int64_t rows,
-                int heads) {
+                const float* __restrict__ dt_bias, float* __restrict__ g, float* __restrict__ beta,
+                int64_t rows, int heads) {
   const int64_t total = rows * heads;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total; i += step) {

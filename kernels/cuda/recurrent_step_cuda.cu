@@ -12,6 +12,7 @@
 
 #include "../src/recurrent_step_impl.h"
 #include "../src/state_quant.h"
+#include "block_reduce.cuh"
 
 namespace deltaserve::kernels::internal {
 namespace {
@@ -40,32 +41,6 @@ __device__ inline c10::Float8_e4m3fn EncodeDevice<c10::Float8_e4m3fn>(float x, f
   return c10::Float8_e4m3fn(fminf(fmaxf(x, -qmax), qmax));
 }
 
-struct MaxOp {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-struct SumOp {
-  __device__ float operator()(float a, float b) const { return a + b; }
-};
-
-template <typename Op>
-__device__ inline float WarpReduce(float x, Op op) {
-  for (int off = 16; off > 0; off >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, off));
-  return x;
-}
-
-// Reduction over the block (values >= 0 for MaxOp); every thread gets the result. `scratch` holds
-// kWarps floats. Contains barriers: call it from every thread or none.
-template <typename Op>
-__device__ inline float BlockReduce(float x, float* scratch, Op op) {
-  x = WarpReduce(x, op);
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
-  __syncthreads();
-  float total = scratch[0];
-  for (int w = 1; w < kWarps; ++w) total = op(total, scratch[w]);
-  __syncthreads();
-  return total;
-}
-
 struct StepArgs {
   float* scales;
   const float *q, *k, *v, *g, *beta;
@@ -73,9 +48,9 @@ struct StepArgs {
   float* out;
   int heads, key_heads, group, dk, dv;
   int64_t pool_slots;
-  bool l2norm, scaled, coarse, stochastic;
-  float qscale, qmax;
-  uint64_t base;
+  bool l2norm;
+  float qscale;
+  StepQuantization quant;
 };
 
 template <typename Store>
@@ -96,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) StepKernel(Store* __restrict__ value
   }
   const int64_t head = slot * a.heads + h;
   Store* s = values + head * dk * dv;
-  float* sc = a.scaled ? a.scales + head * dk : nullptr;
+  float* sc = a.quant.scaled ? a.scales + head * dk : nullptr;
   const float decay = expf(a.g[bh]);
   const int64_t key = (static_cast<int64_t>(b) * a.key_heads + h / a.group) * dk;
   float qq = 0, kk = 0, qk = 0;
@@ -106,14 +81,15 @@ __global__ void __launch_bounds__(kThreads) StepKernel(Store* __restrict__ value
     qq += qs[i] * qs[i];
     kk += ks[i] * ks[i];
     qk += qs[i] * ks[i];
-    scs[i] = decay * (a.scaled ? sc[i] : 1.0f);
+    scs[i] = decay * (a.quant.scaled ? sc[i] : 1.0f);
   }
   float qn = a.qscale, kn = 1.0f;
   if (a.l2norm) {  // uniform across the block, so the barriers inside BlockReduce are safe
-    qn = a.qscale * rsqrtf(BlockReduce(qq, scratch, SumOp()) + 1e-6f);
-    kn = rsqrtf(BlockReduce(kk, scratch, SumOp()) + 1e-6f);
+    qn = a.qscale * rsqrtf(BlockReduce<kWarps>(qq, scratch, SumOp()) + 1e-6f);
+    kn = rsqrtf(BlockReduce<kWarps>(kk, scratch, SumOp()) + 1e-6f);
   }
-  const float kq = BlockReduce(qk, scratch, SumOp()) * qn * kn;  // k . q after normalisation and scale
+  const float kq =
+      BlockReduce<kWarps>(qk, scratch, SumOp()) * qn * kn;  // k . q after normalisation and scale
   for (int i = threadIdx.x; i < dk; i += kThreads) {
     qs[i] *= qn;
     ks[i] *= kn;
@@ -165,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) StepKernel(Store* __restrict__ value
   __syncthreads();
 
   // Pass 2: update, requantize, store. New value r = decay * scale * x + k_i * u.
-  auto row_values = [&](int i, float (&r)[kGroups][4]) {
+  auto row_values = [&](int i, float(&r)[kGroups][4]) {
     float m = 0;
 #pragma unroll
     for (int gi = 0; gi < kGroups; ++gi) {
@@ -181,18 +157,19 @@ __global__ void __launch_bounds__(kThreads) StepKernel(Store* __restrict__ value
     return m;
   };
   float head_scale = 0;
-  if (a.coarse) {  // one scale for the head: its max over every new value first
+  if (a.quant.coarse) {  // one scale for the head: its max over every new value first
     float m = 0;
     float r[kGroups][4];
     for (int i = warp; i < dk; i += kWarps) m = fmaxf(m, row_values(i, r));
-    head_scale = fmaxf(BlockReduce(m, scratch, MaxOp()), 1e-30f) / a.qmax;
+    head_scale = fmaxf(BlockReduce<kWarps>(m, scratch, MaxOp()), 1e-30f) / a.quant.qmax;
   }
-  const uint64_t head_key = Mix64(a.base ^ static_cast<uint64_t>(head));
+  const uint64_t head_key = Mix64(a.quant.base ^ static_cast<uint64_t>(head));
 #pragma unroll 4
   for (int i = warp; i < dk; i += kWarps) {
     float r[kGroups][4];
     const float m = WarpReduce(row_values(i, r), MaxOp());
-    const float scale = !a.scaled ? 1.0f : (a.coarse ? head_scale : fmaxf(m, 1e-30f) / a.qmax);
+    const float scale =
+        !a.quant.scaled ? 1.0f : (a.quant.coarse ? head_scale : fmaxf(m, 1e-30f) / a.quant.qmax);
     const float inv = 1.0f / scale;
     const uint32_t row_key = static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i)));
 #pragma unroll
@@ -202,13 +179,14 @@ __global__ void __launch_bounds__(kThreads) StepKernel(Store* __restrict__ value
       Vec4<Store> y;
 #pragma unroll
       for (int mm = 0; mm < 4; ++mm) {
-        const float uniform = a.stochastic ? RowUniform(row_key, static_cast<uint32_t>(c + mm)) : 0.0f;
-        y.v[mm] = a.scaled ? EncodeDevice<Store>(r[gi][mm] * inv, a.qmax, a.stochastic, uniform)
-                           : static_cast<Store>(r[gi][mm]);
+        const float uniform = a.quant.stochastic ? RowUniform(row_key, static_cast<uint32_t>(c + mm)) : 0.0f;
+        y.v[mm] = a.quant.scaled
+                      ? EncodeDevice<Store>(r[gi][mm] * inv, a.quant.qmax, a.quant.stochastic, uniform)
+                      : static_cast<Store>(r[gi][mm]);
       }
       *reinterpret_cast<Vec4<Store>*>(s + i * dv + c) = y;
     }
-    if (a.scaled && lane == 0) sc[i] = scale;
+    if (a.quant.scaled && lane == 0) sc[i] = scale;
   }
 }
 
@@ -234,13 +212,9 @@ at::Tensor Launch(const DecodeInputs& in, RecurrentStatePool& pool) {
   a.out = o.data_ptr<float>();
   a.l2norm = in.l2norm;
   a.qscale = in.scale;
-  a.scaled = IsScaled(pool.dtype);
-  a.coarse = IsCoarse(pool.dtype);
-  a.stochastic = IsStochastic(pool.dtype);
-  a.qmax = QuantMax(pool.dtype);
-  a.base = Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL);
-  StepKernel<Store><<<batch * a.heads, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      pool.values.data_ptr<Store>(), a);
+  a.quant = QuantizationOf(pool);
+  StepKernel<Store>
+      <<<batch * a.heads, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(pool.values.data_ptr<Store>(), a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return o;
 }

@@ -20,6 +20,7 @@
 
 #include "../src/recurrent_step_impl.h"
 #include "../src/state_quant.h"
+#include "block_reduce.cuh"
 
 namespace deltaserve::kernels::internal {
 namespace {
@@ -43,7 +44,8 @@ struct Codec<float> {
   }
   // y: values already divided by the row's scale (1 for unscaled dtypes); clamp and rounding as stored.
   __device__ static uint4 Encode(const float (&y)[4], float, bool, uint32_t, int) {
-    return make_uint4(__float_as_uint(y[0]), __float_as_uint(y[1]), __float_as_uint(y[2]), __float_as_uint(y[3]));
+    return make_uint4(__float_as_uint(y[0]), __float_as_uint(y[1]), __float_as_uint(y[2]),
+                      __float_as_uint(y[3]));
   }
 };
 
@@ -89,7 +91,8 @@ struct Codec<int8_t> {
   }
   // Round to nearest even (as nearbyint) or stochastically (floor(y + u)), clamp to +-qmax. Adding
   // 1.5 * 2^23 leaves the rounded integer's two's-complement low byte in the float's low byte.
-  __device__ static uint2 Encode(const float (&y)[8], float qmax, bool stochastic, uint32_t row_key, int col) {
+  __device__ static uint2 Encode(const float (&y)[8], float qmax, bool stochastic, uint32_t row_key,
+                                 int col) {
     uint32_t b[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
@@ -154,36 +157,10 @@ struct TiledArgs {
   In* out;
   int heads, key_heads, group;
   int64_t pool_slots;
-  bool l2norm, scaled, coarse, stochastic;
-  float qscale, qmax;
-  uint64_t base;
+  bool l2norm;
+  float qscale;
+  StepQuantization quant;
 };
-
-template <typename Op>
-__device__ __forceinline__ float WarpAll(float x, Op op) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, off));
-  return x;
-}
-struct Sum {
-  __device__ float operator()(float a, float b) const { return a + b; }
-};
-struct Max {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
-// Over the whole block, returned to every thread; contains barriers (call from all threads or none).
-template <typename Op>
-__device__ __forceinline__ float BlockAll(float x, float* scratch, Op op) {
-  x = WarpAll(x, op);
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
-  __syncthreads();
-  float total = scratch[0];
-#pragma unroll
-  for (int w = 1; w < kWarps; ++w) total = op(total, scratch[w]);
-  __syncthreads();
-  return total;
-}
 
 // Thread t owns columns [(t % kTpr) * kVec, + kVec) of rows t / kTpr + m * kRowsPerPass, m < kRpt.
 // kStochastic at compile time: as a runtime flag the rounding hash was computed under a predicate for
@@ -212,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) TiledStepKernel(Store* __restrict__ 
   }
   const int64_t head = slot * a.heads + h;
   Store* s = values + head * (DK * DV);
-  float* sc = a.scaled ? a.scales + head * DK : nullptr;
+  float* sc = a.quant.scaled ? a.scales + head * DK : nullptr;
   const int tid = threadIdx.x;
   const int col = (tid % kTpr) * kVec, row0 = tid / kTpr;
 
@@ -235,14 +212,15 @@ __global__ void __launch_bounds__(kThreads) TiledStepKernel(Store* __restrict__ 
     qq += qi * qi;
     kk += ki * ki;
     qk += qi * ki;
-    scs[i] = decay * (a.scaled ? sc[i] : 1.0f);
+    scs[i] = decay * (a.quant.scaled ? sc[i] : 1.0f);
   }
   float qn = a.qscale, kn = 1.0f;
   if (a.l2norm) {  // uniform over the block
-    qn = a.qscale * rsqrtf(BlockAll(qq, scratch, Sum()) + 1e-6f);
-    kn = rsqrtf(BlockAll(kk, scratch, Sum()) + 1e-6f);
+    qn = a.qscale * rsqrtf(BlockReduce<kWarps>(qq, scratch, SumOp()) + 1e-6f);
+    kn = rsqrtf(BlockReduce<kWarps>(kk, scratch, SumOp()) + 1e-6f);
   }
-  const float kq = BlockAll(qk, scratch, Sum()) * qn * kn;  // k . q after normalisation and scale
+  const float kq =
+      BlockReduce<kWarps>(qk, scratch, SumOp()) * qn * kn;  // k . q after normalisation and scale
   for (int i = tid; i < DK; i += kThreads) {
     qs[i] *= qn;
     ks[i] *= kn;
@@ -300,7 +278,7 @@ __global__ void __launch_bounds__(kThreads) TiledStepKernel(Store* __restrict__ 
   float u[kVec];
 #pragma unroll
   for (int e = 0; e < kVec; ++e) u[e] = us[col + e];
-  auto row_values = [&](int m, float (&r)[kVec]) {
+  auto row_values = [&](int m, float(&r)[kVec]) {
     const int i = row0 + m * kRowsPerPass;
     C::Decode(raw[m], r);
     const float si = scs[i], ki = ks[i];
@@ -313,16 +291,16 @@ __global__ void __launch_bounds__(kThreads) TiledStepKernel(Store* __restrict__ 
     return mx;
   };
   float head_scale = 0;
-  if (a.coarse) {  // one scale for the head: the max over every new value
+  if (a.quant.coarse) {  // one scale for the head: the max over every new value
     float mx = 0;
 #pragma unroll
     for (int m = 0; m < kRpt; ++m) {
       float r[kVec];
       mx = fmaxf(mx, row_values(m, r));
     }
-    head_scale = fmaxf(BlockAll(mx, scratch, Max()), 1e-30f) / a.qmax;
+    head_scale = fmaxf(BlockReduce<kWarps>(mx, scratch, MaxOp()), 1e-30f) / a.quant.qmax;
   }
-  const uint64_t head_key = Mix64(a.base ^ static_cast<uint64_t>(head));
+  const uint64_t head_key = Mix64(a.quant.base ^ static_cast<uint64_t>(head));
 #pragma unroll
   for (int m = 0; m < kRpt; ++m) {
     const int i = row0 + m * kRowsPerPass;
@@ -330,16 +308,17 @@ __global__ void __launch_bounds__(kThreads) TiledStepKernel(Store* __restrict__ 
     float mx = row_values(m, r);
 #pragma unroll
     for (int off = 1; off < kTpr; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    const float scale = !a.scaled ? 1.0f : (a.coarse ? head_scale : fmaxf(mx, 1e-30f) / a.qmax);
-    if (a.scaled) {
+    const float scale =
+        !a.quant.scaled ? 1.0f : (a.quant.coarse ? head_scale : fmaxf(mx, 1e-30f) / a.quant.qmax);
+    if (a.quant.scaled) {
       const float inv = 1.0f / scale;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) r[e] *= inv;
     }
     const uint32_t row_key =
         kStochastic ? static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i))) : 0u;
-    *reinterpret_cast<Raw*>(s + i * DV + col) = C::Encode(r, a.qmax, kStochastic, row_key, col);
-    if (a.scaled && tid % kTpr == 0) sc[i] = scale;
+    *reinterpret_cast<Raw*>(s + i * DV + col) = C::Encode(r, a.quant.qmax, kStochastic, row_key, col);
+    if (a.quant.scaled && tid % kTpr == 0) sc[i] = scale;
   }
 }
 
@@ -363,16 +342,12 @@ void Launch(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& 
   a.out = reinterpret_cast<In*>(out.data_ptr());
   a.l2norm = in.l2norm;
   a.qscale = in.scale;
-  a.scaled = IsScaled(pool.dtype);
-  a.coarse = IsCoarse(pool.dtype);
-  a.stochastic = IsStochastic(pool.dtype);
-  a.qmax = QuantMax(pool.dtype);
-  a.base = Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL);
+  a.quant = QuantizationOf(pool);
   const int64_t blocks = in.v.size(0) * a.heads;
   Store* values = reinterpret_cast<Store*>(pool.values.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if constexpr (std::is_same<Store, int8_t>::value) {
-    if (a.stochastic) {
+    if (a.quant.stochastic) {
       TiledStepKernel<Store, In, DK, DV, true><<<blocks, kThreads, 0, stream>>>(values, a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;

@@ -17,8 +17,8 @@ absl::StatusOr<GdnGates> GatedDeltaGates(const at::Tensor& ba, const at::Tensor&
                                          const at::Tensor& dt_bias) {
   DS_RETURN_IF_ERROR(internal::CheckActivations(ba, "ba", 2));
   if (ba.dim() != 2 || ba.size(1) % 2 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ba: must be [T, 2H] holding [b | a], got shape ", internal::ShapeString(ba)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ba: must be [T, 2H] holding [b | a], got shape ", internal::ShapeString(ba)));
   }
   const int64_t heads = ba.size(1) / 2;
   for (auto [t, name] : {std::pair{&neg_a_exp, "neg_a_exp"}, {&dt_bias, "dt_bias"}}) {

@@ -99,9 +99,10 @@ template <typename Store>
 at::Tensor StepHeads(const DecodeInputs& in, RecurrentStatePool& pool) {
   const int64_t batch = in.v.size(0), heads = in.v.size(1), dk = in.q.size(2), dv = in.v.size(2);
   const int64_t key_heads = in.q.size(1);
-  const bool scaled = IsScaled(pool.dtype), coarse = IsCoarse(pool.dtype);
-  const Rounding rounding{QuantMax(pool.dtype), IsStochastic(pool.dtype)};
-  const uint64_t step_key = Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL);
+  const StepQuantization quant = QuantizationOf(pool);
+  const bool scaled = quant.scaled, coarse = quant.coarse;
+  const Rounding rounding{quant.qmax, quant.stochastic};
+  const uint64_t step_key = quant.base;
   Store* values = pool.values.data_ptr<Store>();
   float* scales = scaled ? pool.scales.data_ptr<float>() : nullptr;
   const float *q = in.q.data_ptr<float>(), *k = in.k.data_ptr<float>(), *v = in.v.data_ptr<float>();

@@ -44,6 +44,19 @@ C10_HOST_DEVICE inline float RowUniform(uint32_t row_key, uint32_t j) {
   return static_cast<float>(x >> 8) * (1.0f / 16777216.0f);
 }
 
+// How one step stores a pool's states: scaled or not, one scale per head or per row, the largest stored
+// magnitude, stochastic rounding, and the seed of this step's rounding stream (every device draws the
+// same bits from it).
+struct StepQuantization {
+  bool scaled = false, coarse = false, stochastic = false;
+  float qmax = 0;
+  uint64_t base = 0;
+};
+inline StepQuantization QuantizationOf(const RecurrentStatePool& pool) {
+  return {IsScaled(pool.dtype), IsCoarse(pool.dtype), IsStochastic(pool.dtype), QuantMax(pool.dtype),
+          Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL)};
+}
+
 // Dequantized fp32 states of `slots` (any device).
 at::Tensor GatherDequantized(const RecurrentStatePool& pool, const at::Tensor& slots);
 // Quantizes fp32 states and stores them at `slots`; stochastic rounding draws from at::rand_like.

@@ -36,7 +36,8 @@ struct StepInputs {
   at::Tensor packed, q, k, v, g, beta;
 };
 
-StepInputs MakeStep(int64_t batch, int64_t hk, int64_t hv, int64_t d, at::ScalarType dtype, at::Device device) {
+StepInputs MakeStep(int64_t batch, int64_t hk, int64_t hv, int64_t d, at::ScalarType dtype,
+                    at::Device device) {
   StepInputs s;
   const int64_t width = 2 * hk * d + hv * d + 3;  // + 3: rows that are not a multiple of anything
   s.packed = (at::randn({batch, width}) * 0.7).to(dtype).to(device);
@@ -87,7 +88,8 @@ TEST_F(CudaTiledDecode, MatchesFusedCpuForEveryStateDtypeAndInputDtype) {
         options.l2norm_qk = true;
         options.host_slots = host_slots;
         for (int64_t t = 0; t < steps; ++t) {
-          const StepInputs g = MakeStep(static_cast<int64_t>(host_slots.size()), hk, hv, d, in_dtype, at::kCUDA);
+          const StepInputs g =
+              MakeStep(static_cast<int64_t>(host_slots.size()), hk, hv, d, in_dtype, at::kCUDA);
           ASSERT_FALSE(g.q.is_contiguous());  // read in place, not copied
           const StepInputs c = ToDevice(g, at::kCPU);
           const at::Tensor oc = *RecurrentGatedDeltaStep(c.q, c.k, c.v, c.g, c.beta, slots_cpu, cpu, options);
@@ -96,17 +98,20 @@ TEST_F(CudaTiledDecode, MatchesFusedCpuForEveryStateDtypeAndInputDtype) {
           ASSERT_TRUE(og.ok()) << og.status();
           ASSERT_EQ(og->scalar_type(), in_dtype) << label;
           const double o_tol = std::max(StateTolerance(dt), in_dtype == at::kBFloat16 ? 1e-2 : 0.0);
-          ASSERT_LT(RelMaxError(og->cpu().to(at::kFloat), oc.to(at::kFloat)), o_tol) << label << " step " << t;
+          ASSERT_LT(RelMaxError(og->cpu().to(at::kFloat), oc.to(at::kFloat)), o_tol)
+              << label << " step " << t;
           for (int64_t row : {1, 4}) {
             EXPECT_EQ(og->select(0, row).abs().max().item<float>(), 0.0f) << label << " padding row " << row;
           }
         }
         const at::Tensor used = at::tensor({6, 0, 3}, at::kLong);
-        EXPECT_LT(RelMaxError(ReadStates(gpu, used.cuda())->cpu(), *ReadStates(cpu, used)), StateTolerance(dt))
+        EXPECT_LT(RelMaxError(ReadStates(gpu, used.cuda())->cpu(), *ReadStates(cpu, used)),
+                  StateTolerance(dt))
             << label;
         const at::Tensor after = gpu.values.cpu();
         for (int64_t s : {1, 2, 4, 5}) {
-          EXPECT_TRUE(at::equal(after[s].view(at::kByte), before[s].view(at::kByte))) << label << " slot " << s;
+          EXPECT_TRUE(at::equal(after[s].view(at::kByte), before[s].view(at::kByte)))
+              << label << " slot " << s;
         }
       }
     }
@@ -137,7 +142,8 @@ TEST_F(CudaTiledDecode, EqualsTheGeneralKernelOverManySteps) {
       const at::Tensor b = *RecurrentGatedDeltaStep(g.q, g.k, g.v, g.g, g.beta, slots, general, off);
       ASSERT_LT(RelMaxError(a.cpu(), b.cpu()), StateTolerance(dt)) << StateDtypeName(dt) << " step " << t;
     }
-    EXPECT_LT(RelMaxError(ReadStates(tiled, slots)->cpu(), ReadStates(general, slots)->cpu()), StateTolerance(dt))
+    EXPECT_LT(RelMaxError(ReadStates(tiled, slots)->cpu(), ReadStates(general, slots)->cpu()),
+              StateTolerance(dt))
         << StateDtypeName(dt);
   }
 }
@@ -170,7 +176,8 @@ TEST_F(CudaTiledDecode, ReplaysInACudaGraph) {
   StepInputs graph_in = MakeStep(4, hk, hv, d, at::kBFloat16, at::kCUDA);
   at::Tensor slots = at::tensor({2, -1, 0, 5}, at::kLong).cuda();
   RecurrentStatePool graph_pool = *MakeRecurrentStatePool(6, hv, d, d, StateDtype::kInt8, at::kCUDA);
-  ASSERT_TRUE(WriteStates(graph_pool, at::arange(6, at::kLong).cuda(), (at::randn({6, hv, d, d}) * 0.2).cuda()).ok());
+  ASSERT_TRUE(
+      WriteStates(graph_pool, at::arange(6, at::kLong).cuda(), (at::randn({6, hv, d, d}) * 0.2).cuda()).ok());
   RecurrentStatePool eager_pool = graph_pool;
   eager_pool.values = graph_pool.values.clone();
   eager_pool.scales = graph_pool.scales.clone();
