@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "absl/types/span.h"
 #include "deltaserve/kernels/recurrent_state.h"
 
 namespace deltaserve::kernels::internal {
@@ -57,11 +58,14 @@ inline StepQuantization QuantizationOf(const RecurrentStatePool& pool) {
           Mix64(pool.seed + pool.step * 0x9E3779B97F4A7C15ULL)};
 }
 
-// Dequantized fp32 states of `slots` (any device).
-at::Tensor GatherDequantized(const RecurrentStatePool& pool, const at::Tensor& slots);
-// Quantizes fp32 states and stores them at `slots`; stochastic rounding draws from at::rand_like.
+// Dequantized fp32 states of `slots` (any device). With `host_slots` (the same values, distinct), rows
+// move as plain copies of runs of consecutive slots instead of index_select.
+at::Tensor GatherDequantized(const RecurrentStatePool& pool, const at::Tensor& slots,
+                             absl::Span<const int64_t> host_slots = {});
+// Quantizes fp32 states and stores them at `slots` (copies of runs with `host_slots`, as above);
+// stochastic rounding draws from at::rand_like.
 void ScatterQuantized(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states,
-                      bool stochastic);
+                      bool stochastic, absl::Span<const int64_t> host_slots = {});
 
 }  // namespace deltaserve::kernels::internal
 

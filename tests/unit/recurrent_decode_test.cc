@@ -13,6 +13,7 @@
 #include "deltaserve/kernels/chunk_gated_delta_rule.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "recurrent_step_impl.h"
+#include "state_quant.h"
 #include "support/gdn_inputs.h"
 
 namespace deltaserve::kernels {
@@ -79,7 +80,8 @@ TEST(RecurrentDecode, FusedCpuEqualsAtenComposition) {
       ASSERT_LT(RelMaxError(o1, o2), tol) << StateDtypeName(dt) << " step " << t;
     }
     at::Tensor s1 = *ReadStates(fused, slots), s2 = *ReadStates(aten, slots);
-    EXPECT_LT(RelMaxError(s1, s2), dt == StateDtype::kFloat32 ? 1e-5 : (dt == StateDtype::kFloat8E4M3 ? 0.15 : 3e-2))
+    EXPECT_LT(RelMaxError(s1, s2),
+              dt == StateDtype::kFloat32 ? 1e-5 : (dt == StateDtype::kFloat8E4M3 ? 0.15 : 3e-2))
         << StateDtypeName(dt);
   }
 }
@@ -275,6 +277,29 @@ TEST(RecurrentDecode, StridedViewsEqualContiguousInputs) {
   }
   EXPECT_TRUE(at::equal(strided.values, packed.values));
   EXPECT_TRUE(at::equal(strided.scales, packed.scales));
+}
+
+// Read/WriteStates move rows as copies of runs of consecutive slots (host values known): the same bytes
+// as the index ops they replace, for runs, single slots, descending neighbours and every storage dtype.
+TEST(RecurrentDecode, StatesMoveByRunsExactlyAsByIndex) {
+  at::manual_seed(4711);
+  const std::vector<int64_t> host = {4, 5, 6, 1, 0, 2, 7};
+  const at::Tensor slots = at::tensor(host, at::kLong);
+  for (StateDtype dt : {StateDtype::kFloat32, StateDtype::kBFloat16, StateDtype::kInt8,
+                        StateDtype::kInt8Coarse, StateDtype::kFloat8E4M3}) {
+    RecurrentStatePool runs = *MakeRecurrentStatePool(9, 3, 8, 8, dt, at::kCPU);
+    RecurrentStatePool index = ClonePool(runs);
+    const at::Tensor states = at::randn({7, 3, 8, 8});
+    internal::ScatterQuantized(runs, slots, states, false, host);
+    internal::ScatterQuantized(index, slots, states, false);
+    EXPECT_TRUE(at::equal(runs.values.view(at::kByte), index.values.view(at::kByte))) << StateDtypeName(dt);
+    if (runs.scales.defined()) EXPECT_TRUE(at::equal(runs.scales, index.scales)) << StateDtypeName(dt);
+    EXPECT_TRUE(
+        at::equal(internal::GatherDequantized(runs, slots, host), internal::GatherDequantized(index, slots)))
+        << StateDtypeName(dt);
+    EXPECT_TRUE(at::equal(*ReadStates(runs, slots), internal::GatherDequantized(index, slots)))
+        << StateDtypeName(dt);
+  }
 }
 
 }  // namespace
