@@ -72,6 +72,10 @@ ABSL_FLAG(int64_t, kv_cache_tokens, 0,
           "--gpu-memory-utilization on CUDA)");
 ABSL_FLAG(bool, cuda_graphs, true,
           "CUDA: capture the decode step as CUDA graphs per batch-size bucket (--cuda-graphs=false: eager)");
+ABSL_FLAG(bool, async_scheduling, true,
+          "CUDA: launch each engine step before the previous step's tokens are read back, streaming them while "
+          "the GPU runs (steps that time layers or sample with penalties still run one at a time). No effect "
+          "on the CPU, where there is nothing to overlap");
 ABSL_FLAG(int64_t, max_model_len, 0,
           "Tokens per sequence, prompt and output (0: min(4096, max_position_embeddings))");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "Tokens per engine step: running decodes plus prefill chunks");
@@ -210,6 +214,7 @@ int Run() {
   }
   engine_options.layer_metrics_sample_rate = absl::GetFlag(FLAGS_layer_metrics_sample_rate);
   engine_options.intra_op_threads = absl::GetFlag(FLAGS_threads);
+  engine_options.async_scheduling = absl::GetFlag(FLAGS_async_scheduling) && options.device.is_cuda();
   if (engine_options.intra_op_threads < 0)
     return Fail(absl::StrCat("--threads: must be >= 0, got ", engine_options.intra_op_threads));
   if (!(engine_options.layer_metrics_sample_rate > 0 && engine_options.layer_metrics_sample_rate <= 1))

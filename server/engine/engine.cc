@@ -37,9 +37,12 @@ struct Engine::Sequence {
   std::optional<Sampler> sampler;  // handed to the runner at admission
   TextStream text;
   int64_t slot = -1;
-  size_t prefilled = 0;     // prompt tokens already in the slot's state
-  int32_t next_token = -1;  // sampled, not yet fed back
-  int64_t completion = 0;
+  size_t prefilled = 0;     // prompt tokens launched into the slot's state
+  int32_t next_token = -1;  // sampled and read back, not yet fed back
+  int64_t completion = 0;   // tokens streamed
+  int64_t pending_samples = 0;  // launched passes that sample it, not yet collected (0 or 1)
+  int64_t in_flight = 0;        // launched passes that include it, not yet collected: its slot stays
+                                // taken until 0, even once done
   bool done = false;
   bool counted_running = false;  // included in running_count_ (admitted, not yet finished)
   std::chrono::steady_clock::time_point submitted, admitted, first_token, last_token;
@@ -49,13 +52,32 @@ struct Engine::Sequence {
   bool prefilling() const { return prefilled < request.prompt.size(); }
 };
 
-// One forward pass's sequences and what the runner runs for them.
+// One forward pass's sequences, what the runner runs for them and, once launched, the pass in flight.
 struct Engine::ForwardGroup {
+  StepPhase phase = StepPhase::kDecode;
   std::vector<Sequence*> batch;
   runner::ScheduledBatch scheduled;
-  void Add(Sequence* seq, std::vector<int32_t> t, bool sample) {
+  std::optional<runner::PendingStep> pending;
+
+  explicit ForwardGroup(StepPhase p) : phase(p) {}
+  bool empty() const { return batch.empty(); }
+  void Add(Sequence* seq, std::vector<int32_t> t, bool sample, bool feed = false) {
     batch.push_back(seq);
-    scheduled.sequences.push_back({seq->slot, std::move(t), sample});
+    scheduled.sequences.push_back({seq->slot, std::move(t), sample, feed});
+  }
+  // Removes the sequences that ended before launch.
+  void DropDone() {
+    size_t kept = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (batch[i]->done) continue;
+      if (kept != i) {  // a self-move would empty the tokens
+        batch[kept] = batch[i];
+        scheduled.sequences[kept] = std::move(scheduled.sequences[i]);
+      }
+      ++kept;
+    }
+    batch.resize(kept);
+    scheduled.sequences.resize(kept);
   }
 };
 
@@ -213,6 +235,10 @@ void Engine::Finish(Sequence& seq, FinishReason reason, absl::Status error, std:
   seq.request.on_event(e);
 }
 
+int64_t Engine::CountRunning() const {
+  return std::count_if(running_.begin(), running_.end(), [](const auto& seq) { return seq->counted_running; });
+}
+
 bool Engine::ShouldTimeLayers(StepPhase phase) {
   const int64_t n = steps_by_phase_[static_cast<int>(phase)]++;
   return layer_timer_ && IsTimedPass(options_.layer_metrics, options_.layer_metrics_sample_rate, n);
@@ -239,6 +265,7 @@ void Engine::Loop() {
   if (options_.intra_op_threads > 0) at::set_num_threads(options_.intra_op_threads);
   while (true) {
     std::vector<std::unique_ptr<Sequence>> dropped;  // cancelled while still waiting
+    std::vector<Sequence*> cancelled;                // cancelled while running
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock,
@@ -258,9 +285,9 @@ void Engine::Loop() {
         }
       }
       for (auto& seq : running_) {
-        if (stop_ || cancelled_.count(seq->handle)) {
+        if (!seq->done && (stop_ || cancelled_.count(seq->handle))) {
           cancelled_.erase(seq->handle);
-          seq->done = true;  // finished below, outside the lock
+          cancelled.push_back(seq.get());  // finished below, outside the lock
         }
       }
       // Admission: FIFO, while a slot and the head request's KV blocks are free (a request that does not
@@ -278,21 +305,23 @@ void Engine::Loop() {
         seq->counted_running = true;
         running_.push_back(std::move(seq));
       }
-      running_count_ = static_cast<int64_t>(running_.size());
+      running_count_ = CountRunning();
       cancelled_.clear();  // handles not found are finished or unknown: nothing to do
     }
     for (auto& seq : dropped) Finish(*seq, FinishReason::kCancelled, absl::OkStatus(), "");
-    for (auto& seq : running_) {
-      if (seq->done) Finish(*seq, FinishReason::kCancelled, absl::OkStatus(), "");
-    }
+    for (Sequence* seq : cancelled) Finish(*seq, FinishReason::kCancelled, absl::OkStatus(), "");
     const bool stopping = [this] {
       std::lock_guard<std::mutex> lock(mu_);
       return stop_;
     }();
-    if (!stopping) Step();
-    // Release finished sequences' slots.
+    if (!stopping) {
+      Step();
+    } else {
+      Complete(in_flight_);  // everything is finished: the passes' results are dropped
+    }
+    // Release finished sequences' slots once no pass in flight uses them.
     for (auto it = running_.begin(); it != running_.end();) {
-      if ((*it)->done) {
+      if ((*it)->done && (*it)->in_flight == 0) {
         runner_->RemoveSequence((*it)->slot);
         it = running_.erase(it);
       } else {
@@ -301,7 +330,7 @@ void Engine::Loop() {
     }
     ReportGauges();
     std::lock_guard<std::mutex> lock(mu_);
-    running_count_ = static_cast<int64_t>(running_.size());
+    running_count_ = CountRunning();
     if (running_.empty() && waiting_.empty()) drained_.notify_all();
     if (stop_ && running_.empty()) return;
   }
@@ -315,14 +344,56 @@ bool Engine::Step() {
       Finish(*seq, FinishReason::kCancelled, absl::DeadlineExceededError("deadline exceeded"), "");
     }
   }
+  ForwardGroup decodes(StepPhase::kDecode), prefills(StepPhase::kPrefill);
+  Schedule(decodes, prefills);
+  for (ForwardGroup* g : {&decodes, &prefills}) {
+    if (!g->empty() && ShouldTimeLayers(g->phase)) g->scheduled.timer = layer_timer_.get();
+  }
+  std::vector<ForwardGroup> previous = std::move(in_flight_);
+  in_flight_.clear();
+  const bool worked = !previous.empty() || !decodes.empty() || !prefills.empty();
+  if (CanOverlap(decodes, prefills)) {
+    for (ForwardGroup* g : {&decodes, &prefills}) {
+      if (g->empty()) continue;
+      Launch(*g);
+      in_flight_.push_back(std::move(*g));
+    }
+    Complete(previous);  // while the device runs the passes just launched
+    return worked;
+  }
+  // One pass at a time. The passes in flight come first: their tokens may end sequences scheduled above.
+  Complete(previous);
+  for (ForwardGroup* g : {&decodes, &prefills}) {
+    g->DropDone();
+    if (g->empty()) continue;
+    const bool timed = g->scheduled.timer != nullptr;
+    Launch(*g);
+    in_flight_.push_back(std::move(*g));
+    if (!options_.async_scheduling || timed) Complete(in_flight_);
+  }
+  return worked;
+}
+
+void Engine::Schedule(ForwardGroup& decodes, ForwardGroup& prefills) {
   // Every running decode gets its token; prefill chunks fill the rest of the budget. The two groups run
   // as separate forward passes: decodes always take the model's batched single-token path, which a
   // pass mixed with prompt chunks would lose (the chunked path costs far more per sequence).
-  ForwardGroup decodes, prefills;
+  const int64_t max_len = runner_->options().max_model_len;
   int64_t budget = options_.max_batched_tokens;
   for (auto& seq : running_) {
     if (seq->done || seq->prefilling()) continue;
-    decodes.Add(seq.get(), {seq->next_token}, /*sample=*/true);
+    if (seq->pending_samples == 0) {
+      decodes.Add(seq.get(), {seq->next_token}, /*sample=*/true);
+    } else {
+      // Its last token is still on its way back. If that token is certain to end the request by
+      // length, there is nothing more to compute; otherwise the device feeds it.
+      const int64_t tokens = seq->completion + seq->pending_samples;
+      if (tokens >= seq->request.params.max_new_tokens ||
+          static_cast<int64_t>(seq->request.prompt.size()) + tokens >= max_len) {
+        continue;
+      }
+      decodes.Add(seq.get(), {}, /*sample=*/true, /*feed=*/true);
+    }
     --budget;
   }
   for (auto& seq : running_) {
@@ -332,7 +403,7 @@ bool Engine::Step() {
     // Whole kernel chunks unless it is the prompt's tail; a step always makes progress.
     if (chunk < remaining) chunk = chunk / 64 * 64;
     if (chunk <= 0) {
-      if (!decodes.batch.empty() || !prefills.batch.empty()) continue;
+      if (!decodes.empty() || !prefills.empty()) continue;
       chunk = std::min<int64_t>(remaining, 64);
     }
     const bool last_chunk = seq->prefilled + static_cast<size_t>(chunk) == seq->request.prompt.size();
@@ -342,82 +413,120 @@ bool Engine::Step() {
                  /*sample=*/last_chunk);
     budget -= chunk;
   }
-  if (decodes.batch.empty() && prefills.batch.empty()) return false;
-  if (!decodes.batch.empty()) RunForward(decodes, StepPhase::kDecode);
-  if (!prefills.batch.empty()) RunForward(prefills, StepPhase::kPrefill);
+}
+
+bool Engine::CanOverlap(const ForwardGroup& decodes, const ForwardGroup& prefills) const {
+  if (!options_.async_scheduling) return false;
+  // A timed pass runs eagerly and its timer is read right after it: it stands alone.
+  if (decodes.scheduled.timer || prefills.scheduled.timer) return false;
+  for (const ForwardGroup* g : {&decodes, &prefills}) {
+    for (const Sequence* seq : g->batch) {
+      if (seq->pending_samples > 0 && runner::UsesHistory(seq->request.params)) return false;
+    }
+  }
   return true;
 }
 
-void Engine::RunForward(ForwardGroup& group, StepPhase phase) {
-  const std::vector<Sequence*>& batch = group.batch;
-  const std::vector<runner::ScheduledSequence>& scheduled = group.scheduled.sequences;
-  StepReport report;
-  report.phase = phase;
-  report.sequences = static_cast<int64_t>(batch.size());
-  for (const runner::ScheduledSequence& s : scheduled) {
-    report.tokens += static_cast<int64_t>(s.tokens.size());
-    if (phase == StepPhase::kPrefill) report.prompt_tokens += static_cast<int64_t>(s.tokens.size());
+void Engine::Launch(ForwardGroup& group) {
+  for (size_t i = 0; i < group.batch.size(); ++i) {
+    Sequence& seq = *group.batch[i];
+    const runner::ScheduledSequence& s = group.scheduled.sequences[i];
+    ++seq.in_flight;
+    if (s.sample) ++seq.pending_samples;
+    if (seq.prefilling()) seq.prefilled += s.tokens.size();
   }
-  models::LayerTimer* timer = ShouldTimeLayers(phase) ? layer_timer_.get() : nullptr;
-  group.scheduled.timer = timer;
-  absl::StatusOr<runner::StepOutput> out = runner_->Execute(group.scheduled);
-  const auto now = std::chrono::steady_clock::now();
-  if (timer) {
-    // The step's results are on the host already, so the pass's events have completed: no extra wait.
-    absl::StatusOr<std::vector<double>> seconds = timer->Collect();
-    if (seconds.ok()) report.layer_seconds = *std::move(seconds);
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++steps_;
-  }
-  if (!out.ok()) {
-    for (Sequence* seq : batch) Finish(*seq, FinishReason::kError, out.status(), "");
-    if (options_.metrics) options_.metrics->OnStep(report);
+  absl::StatusOr<runner::PendingStep> pending = runner_->Launch(group.scheduled);
+  if (pending.ok()) {
+    group.pending.emplace(*std::move(pending));
     return;
   }
-  const int64_t max_len = runner_->options().max_model_len;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    Sequence& seq = *batch[i];
-    if (seq.prefilling()) seq.prefilled += scheduled[i].tokens.size();
-    if (!out->samples[i]) continue;  // a prompt chunk before the last: nothing to predict yet
-    const absl::StatusOr<SampleResult>& r = *out->samples[i];
-    if (!r.ok()) {
-      Finish(seq, FinishReason::kError, r.status(), "");
+  // Nothing of the pass runs: its sequences end here (their slots were reset by the runner).
+  for (Sequence* seq : group.batch) {
+    if (!seq->done) Finish(*seq, FinishReason::kError, pending.status(), "");
+  }
+}
+
+void Engine::Complete(std::vector<ForwardGroup>& groups) {
+  for (ForwardGroup& group : groups) {
+    const std::vector<Sequence*>& batch = group.batch;
+    const std::vector<runner::ScheduledSequence>& scheduled = group.scheduled.sequences;
+    StepReport report;
+    report.phase = group.phase;
+    report.sequences = static_cast<int64_t>(batch.size());
+    for (const runner::ScheduledSequence& s : scheduled) {
+      const int64_t n = s.feed_last_sample ? 1 : static_cast<int64_t>(s.tokens.size());
+      report.tokens += n;
+      if (group.phase == StepPhase::kPrefill) report.prompt_tokens += n;
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      --batch[i]->in_flight;
+      if (scheduled[i].sample) --batch[i]->pending_samples;
+    }
+    absl::StatusOr<runner::StepOutput> out = absl::InternalError("the pass was not launched");
+    if (group.pending) out = runner_->Collect(*std::move(group.pending));
+    const auto now = std::chrono::steady_clock::now();
+    models::LayerTimer* timer = group.scheduled.timer;
+    if (timer && out.ok()) {
+      // The pass's samples are on the host already, so its events have completed: no extra wait.
+      absl::StatusOr<std::vector<double>> seconds = timer->Collect();
+      if (seconds.ok()) report.layer_seconds = *std::move(seconds);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++steps_;
+    }
+    if (!out.ok()) {
+      for (Sequence* seq : batch) {
+        if (!seq->done) Finish(*seq, FinishReason::kError, out.status(), "");
+      }
+      if (options_.metrics) options_.metrics->OnStep(report);
       continue;
     }
-    if (seq.completion == 0) {
-      seq.first_token = now;
-      report.time_to_first_token.push_back(Seconds(seq.submitted, now));
-    } else {
-      report.inter_token.push_back(Seconds(seq.last_token, now));
+    const int64_t max_len = runner_->options().max_model_len;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Sequence& seq = *batch[i];
+      // A prompt chunk before the last has nothing to predict; a sequence that ended since the launch
+      // (a stop token in the previous step, a cancellation) drops what was computed for it.
+      if (!out->samples[i] || seq.done) continue;
+      const absl::StatusOr<SampleResult>& r = *out->samples[i];
+      if (!r.ok()) {
+        Finish(seq, FinishReason::kError, r.status(), "");
+        continue;
+      }
+      if (seq.completion == 0) {
+        seq.first_token = now;
+        report.time_to_first_token.push_back(Seconds(seq.submitted, now));
+      } else {
+        report.inter_token.push_back(Seconds(seq.last_token, now));
+      }
+      seq.last_token = now;
+      ++report.generated_tokens;
+      ++seq.completion;
+      seq.next_token = r->token_id;
+      TokenEvent e;
+      e.token_ids.push_back(r->token_id);
+      e.text = seq.text.Push(r->token_id);
+      if (seq.request.params.logprobs) e.logprobs.push_back(*r);
+      e.prompt_tokens = static_cast<int64_t>(seq.request.prompt.size());
+      e.completion_tokens = seq.completion;
+      const int64_t total = e.prompt_tokens + seq.completion;
+      std::optional<FinishReason> reason;
+      std::string stop_reason;
+      if (IsStopToken(seq.request.params, r->token_id)) {
+        reason = FinishReason::kStop;
+        stop_reason = absl::StrCat("token ", r->token_id);
+      } else if (seq.text.stopped()) {
+        reason = FinishReason::kStop;
+        stop_reason = seq.text.stop_string();
+      } else if (seq.completion >= seq.request.params.max_new_tokens || total >= max_len) {
+        reason = FinishReason::kLength;
+      }
+      seq.request.on_event(e);
+      if (reason) Finish(seq, *reason, absl::OkStatus(), stop_reason);
     }
-    seq.last_token = now;
-    ++report.generated_tokens;
-    ++seq.completion;
-    seq.next_token = r->token_id;
-    TokenEvent e;
-    e.token_ids.push_back(r->token_id);
-    e.text = seq.text.Push(r->token_id);
-    if (seq.request.params.logprobs) e.logprobs.push_back(*r);
-    e.prompt_tokens = static_cast<int64_t>(seq.request.prompt.size());
-    e.completion_tokens = seq.completion;
-    const int64_t total = e.prompt_tokens + seq.completion;
-    std::optional<FinishReason> reason;
-    std::string stop_reason;
-    if (IsStopToken(seq.request.params, r->token_id)) {
-      reason = FinishReason::kStop;
-      stop_reason = absl::StrCat("token ", r->token_id);
-    } else if (seq.text.stopped()) {
-      reason = FinishReason::kStop;
-      stop_reason = seq.text.stop_string();
-    } else if (seq.completion >= seq.request.params.max_new_tokens || total >= max_len) {
-      reason = FinishReason::kLength;
-    }
-    seq.request.on_event(e);
-    if (reason) Finish(seq, *reason, absl::OkStatus(), stop_reason);
+    if (options_.metrics) options_.metrics->OnStep(report);
   }
-  if (options_.metrics) options_.metrics->OnStep(report);
+  groups.clear();
 }
 
 }  // namespace deltaserve::engine

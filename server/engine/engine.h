@@ -43,6 +43,13 @@ struct EngineOptions {
   LayerMetricsMode layer_metrics = LayerMetricsMode::kSampled;
   double layer_metrics_sample_rate = 0.05;  // kSampled: fraction of steps per phase that are timed
   int intra_op_threads = 0;  // CPU threads per op on the engine thread; 0: LibTorch's default (all cores)
+  // Launch step N+1 before reading step N's samples back, and stream step N's tokens while the device
+  // runs step N+1 (vLLM's async scheduling). Decodes feed the last sample on the device; a sequence
+  // that turns out to have stopped at N loses the one extra token computed for it. Steps that time
+  // layers, or that sample a request with penalties (which read the previous token on the host), run
+  // one at a time. Worth it where passes run asynchronously (CUDA); on the CPU a launch already runs the
+  // whole pass, so there is nothing to overlap.
+  bool async_scheduling = false;
 };
 
 enum class FinishReason { kStop, kLength, kCancelled, kError };
@@ -111,10 +118,19 @@ class Engine {
   void Loop();
   // One scheduler iteration over the running set; returns false when there was nothing to do.
   bool Step();
-  // One forward pass over `group` (all decodes, or all prefill chunks), sampling and streaming its results.
-  void RunForward(ForwardGroup& group, StepPhase phase);
+  // The next step's passes: every running decode (fed from the device while its last sample is still in
+  // flight), then prefill chunks within the token budget.
+  void Schedule(ForwardGroup& decodes, ForwardGroup& prefills);
+  // Whether the scheduled passes may be launched before the passes in flight are collected.
+  bool CanOverlap(const ForwardGroup& decodes, const ForwardGroup& prefills) const;
+  // Queues one forward pass over `group` (all decodes, or all prefill chunks) and its sampling.
+  void Launch(ForwardGroup& group);
+  // Waits for each group's samples and streams them; sequences that ended meanwhile drop theirs.
+  void Complete(std::vector<ForwardGroup>& groups);
   void Finish(Sequence& seq, FinishReason reason, absl::Status error, std::string stop_reason);
   bool ShouldTimeLayers(StepPhase phase);
+  // Admitted sequences not yet finished (a finished one may still hold its slot while a pass is in flight).
+  int64_t CountRunning() const;
   void ReportGauges();
 
   std::unique_ptr<runner::ModelRunner> runner_;  // engine thread only, but for its constant capacity
@@ -129,11 +145,12 @@ class Engine {
   bool admitting_ = true;
   bool stop_ = false;
   uint64_t next_handle_ = 1;
-  int64_t running_count_ = 0;  // mirrors running_.size() for stats() and draining
+  int64_t running_count_ = 0;  // CountRunning(), for stats(), Submit and draining
   int64_t steps_ = 0;
 
   // Engine thread only.
   std::vector<std::unique_ptr<Sequence>> running_;
+  std::vector<ForwardGroup> in_flight_;  // the last step's passes, launched and not yet collected
   std::unique_ptr<models::LayerTimer> layer_timer_;  // when layer metrics are on
   int64_t steps_by_phase_[2] = {0, 0};                 // for sampling, per StepPhase
   std::thread thread_;

@@ -113,7 +113,7 @@ absl::StatusOr<std::unique_ptr<DecodeGraphs>> DecodeGraphs::Capture(const models
 #endif
 }
 
-at::Tensor DecodeGraphs::Run(const StepInputs& in, HostTransfer& transfer) {
+at::Tensor DecodeGraphs::Run(const StepInputs& in, HostTransfer& transfer, const at::Tensor* last_tokens) {
   const int64_t n = in.num_seqs();
   const auto it = std::lower_bound(buckets_.begin(), buckets_.end(), n);
   TORCH_CHECK(it != buckets_.end(), "decode graphs: ", n, " sequences exceed the largest bucket ", max_batch());
@@ -126,8 +126,9 @@ at::Tensor DecodeGraphs::Run(const StepInputs& in, HostTransfer& transfer) {
   std::copy(in.kv_slots.begin(), in.kv_slots.end(), padded.kv_slots.begin());
   std::copy(in.state_slots.begin(), in.state_slots.end(), padded.state_slots.begin());
   std::copy(in.seq_lens.begin(), in.seq_lens.end(), padded.seq_lens.begin());
-  (void)size;
   transfer.Upload(padded.PackedSize(), [&](int64_t* out) { padded.Pack(out); }, &g.inputs);
+  // Token ids lead the packed layout; padding rows hold 0 and are left alone.
+  if (last_tokens) ResolveFedTokens(g.inputs.narrow(0, 0, size), *last_tokens);
 #if DELTASERVE_WITH_CUDA
   g.graph.replay();
 #endif

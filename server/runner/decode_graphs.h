@@ -33,9 +33,10 @@ class DecodeGraphs {
   int64_t BucketFor(int64_t n) const;
 
   // Runs a decode pass of in.num_seqs() <= max_batch() sequences: pads to the bucket (padding rows have
-  // a negative state slot and length 0), uploads through `transfer` and replays. Returns logits
-  // [num_seqs, vocab]: a view of the graph's output, valid until the next Run.
-  at::Tensor Run(const StepInputs& in, HostTransfer& transfer);
+  // a negative state slot and length 0), uploads through `transfer`, resolves fed token ids from
+  // `last_tokens` when given (ResolveFedTokens) and replays. Returns logits [num_seqs, vocab]: a view of
+  // the graph's output, valid until the next Run.
+  at::Tensor Run(const StepInputs& in, HostTransfer& transfer, const at::Tensor* last_tokens = nullptr);
 
  private:
   struct Graph;

@@ -1,4 +1,4 @@
-// Pinned staging and the step's one download (see host_transfer.h).
+// Pinned staging and each pass's one download (see host_transfer.h).
 #include "runner/host_transfer.h"
 
 #include <ATen/ATen.h>
@@ -11,10 +11,30 @@ namespace deltaserve::runner {
 
 struct HostTransfer::Events {
 #if DELTASERVE_WITH_CUDA
-  std::array<at::cuda::CUDAEvent, 2> uploaded;  // the copy out of staging_[i] has run
-  at::cuda::CUDAEvent downloaded;
+  std::array<at::cuda::CUDAEvent, kStaging> uploaded;  // the copy out of staging_[i] has run
 #endif
 };
+
+struct PendingDownload::Event {
+#if DELTASERVE_WITH_CUDA
+  at::cuda::CUDAEvent done;
+#endif
+};
+
+PendingDownload::PendingDownload() = default;
+PendingDownload::~PendingDownload() = default;
+PendingDownload::PendingDownload(PendingDownload&&) noexcept = default;
+PendingDownload& PendingDownload::operator=(PendingDownload&&) noexcept = default;
+
+at::Tensor PendingDownload::Wait() {
+#if DELTASERVE_WITH_CUDA
+  if (event_) {
+    event_->done.synchronize();
+    event_.reset();
+  }
+#endif
+  return host_;
+}
 
 HostTransfer::HostTransfer(c10::Device device) : device_(device) {
   if (device_.is_cuda()) events_ = std::make_unique<Events>();
@@ -28,10 +48,11 @@ at::Tensor HostTransfer::HostTensor(int64_t n, at::ScalarType dtype) const {
 
 at::Tensor HostTransfer::Upload(int64_t n, const std::function<void(int64_t*)>& fill, const at::Tensor* dst) {
   const int i = next_;
-  next_ ^= 1;
+  next_ = (next_ + 1) % kStaging;
 #if DELTASERVE_WITH_CUDA
-  // The copy that last read this buffer was queued two uploads ago; by now it has run (every step waits
-  // for its download), so this wait returns at once. It guards the low-level Forward, which does not.
+  // The copy that last read this buffer was queued kStaging uploads ago; by now it has run (the engine
+  // waits for every pass's download within a step of launching it), so this wait returns at once. It
+  // guards the low-level Forward, which waits for nothing.
   if (events_) events_->uploaded[i].synchronize();
 #endif
   if (!staging_[i].defined() || staging_[i].numel() < n) staging_[i] = HostTensor(std::max<int64_t>(n, 1024), at::kLong);
@@ -51,19 +72,21 @@ at::Tensor HostTransfer::Upload(int64_t n, const std::function<void(int64_t*)>& 
   return out;
 }
 
-at::Tensor HostTransfer::Download(const at::Tensor& src) {
-  if (!device_.is_cuda() && src.device().is_cpu()) return src.contiguous();
-  const int64_t n = src.numel();
-  if (!download_.defined() || download_.numel() < n || download_.scalar_type() != src.scalar_type()) {
-    download_ = HostTensor(std::max<int64_t>(n, 1024), src.scalar_type());
+PendingDownload HostTransfer::StartDownload(const at::Tensor& src) {
+  PendingDownload d;
+  if (!device_.is_cuda() && src.device().is_cpu()) {
+    d.host_ = src.contiguous();
+    return d;
   }
-  at::Tensor host = download_.narrow(0, 0, n).view(src.sizes());
-  host.copy_(src, /*non_blocking=*/true);
+  // A fresh pinned buffer per download (the caching host allocator recycles it once its copy has run),
+  // because several downloads may be in flight at once.
+  d.host_ = HostTensor(src.numel(), src.scalar_type()).view(src.sizes());
+  d.host_.copy_(src, /*non_blocking=*/true);
 #if DELTASERVE_WITH_CUDA
-  events_->downloaded.record();
-  events_->downloaded.synchronize();
+  d.event_ = std::make_unique<PendingDownload::Event>();
+  d.event_->done.record();
 #endif
-  return host;
+  return d;
 }
 
 }  // namespace deltaserve::runner

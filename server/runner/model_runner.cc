@@ -115,12 +115,15 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(std::unique_ptr
   r->tables_.resize(options.max_seqs);
   r->lengths_.assign(options.max_seqs, 0);
   r->samplers_.resize(options.max_seqs);
+  r->epochs_.assign(options.max_seqs, 0);
+  r->has_sample_.assign(options.max_seqs, false);
   for (int64_t s = options.max_seqs - 1; s >= 0; --s) r->free_slots_.push_back(s);
   r->transfer_ = std::make_unique<HostTransfer>(device);
   try {
     r->table_host_ = at::zeros({options.max_seqs, r->max_blocks_per_seq_},
                                at::TensorOptions().dtype(at::kInt).pinned_memory(device.is_cuda()));
     r->table_device_ = device.is_cuda() ? r->table_host_.to(device) : r->table_host_;
+    r->last_tokens_ = at::zeros({options.max_seqs}, at::TensorOptions().dtype(at::kLong).device(device));
   } catch (const c10::Error& e) {
     return absl::ResourceExhaustedError(absl::StrCat("block tables: ", e.what_without_backtrace()));
   }
@@ -199,7 +202,27 @@ absl::Status ModelRunner::GrowTable(int64_t slot, int64_t tokens) {
 void ModelRunner::ReleaseSlot(int64_t slot) {
   blocks_->Release(tables_[slot]);
   lengths_[slot] = 0;
+  ++epochs_[slot];
+  has_sample_[slot] = false;
   (void)q::ResetStateSlot(state_, slot);
+}
+
+void ModelRunner::ResetAfterFailure(const std::vector<int64_t>& slots) {
+  for (int64_t slot : slots) {
+    lengths_[slot] = 0;
+    has_sample_[slot] = false;
+    (void)q::ResetStateSlot(state_, slot);
+  }
+}
+
+void ModelRunner::KeepLastSamples(const at::Tensor& packed, const std::vector<int64_t>& slots) {
+  // A row flagged as an error has an unspecified id: keep a valid one, so that a pass already launched
+  // to feed it reads an embedding row and not out of bounds (its output is dropped with the sequence).
+  const at::Tensor ids =
+      packed.select(1, 0).nan_to_num(0, 0, 0).clamp(0, model_->config().vocab_size - 1).to(at::kLong);
+  const at::Tensor index = transfer_->Upload(static_cast<int64_t>(slots.size()),
+                                             [&](int64_t* out) { std::copy(slots.begin(), slots.end(), out); });
+  last_tokens_.index_copy_(0, index, ids);
 }
 
 absl::StatusOr<int64_t> ModelRunner::AddSequence(Sampler sampler, int64_t tokens) {
@@ -232,7 +255,8 @@ absl::Status ModelRunner::ResetSlot(int64_t slot) {
 
 absl::StatusOr<StepInputs> ModelRunner::Plan(const std::vector<const std::vector<int32_t>*>& tokens,
                                              const std::vector<int64_t>& slots,
-                                             const std::vector<bool>& logits_after, bool all_positions) {
+                                             const std::vector<bool>& logits_after, const std::vector<bool>& fed,
+                                             bool all_positions) {
   if (tokens.empty()) return absl::InvalidArgumentError("tokens: no sequences given");
   if (tokens.size() != slots.size()) {
     return absl::InvalidArgumentError(absl::StrCat("slots: ", slots.size(), " given for ", tokens.size(), " sequences"));
@@ -248,13 +272,17 @@ absl::StatusOr<StepInputs> ModelRunner::Plan(const std::vector<const std::vector
     if (!seen.insert(slot).second) {
       return absl::InvalidArgumentError(absl::StrCat("slots[", i, "]: slot ", slot, " appears twice"));
     }
-    const int64_t len = static_cast<int64_t>(tokens[i]->size());
+    if (fed[i] && !has_sample_[slot]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequences[", i, "]: slot ", slot, " has no sampled token to feed back"));
+    }
+    const int64_t len = fed[i] ? 1 : static_cast<int64_t>(tokens[i]->size());
     if (len == 0) return absl::InvalidArgumentError(absl::StrCat("tokens[", i, "]: empty"));
     if (lengths_[slot] + len > options_.max_model_len) {
       return absl::InvalidArgumentError(absl::StrCat("tokens[", i, "]: sequence would reach ", lengths_[slot] + len,
                                                      " tokens, over max_model_len ", options_.max_model_len));
     }
-    for (size_t j = 0; j < tokens[i]->size(); ++j) {
+    for (size_t j = 0; !fed[i] && j < tokens[i]->size(); ++j) {
       const int32_t id = (*tokens[i])[j];
       if (id < 0 || id >= vocab) {
         return absl::InvalidArgumentError(absl::StrCat("tokens[", i, "][", j, "]: id ", id,
@@ -264,7 +292,8 @@ absl::StatusOr<StepInputs> ModelRunner::Plan(const std::vector<const std::vector
   }
   for (size_t i = 0; i < tokens.size(); ++i) {
     const int64_t slot = slots[i];
-    if (absl::Status s = GrowTable(slot, lengths_[slot] + static_cast<int64_t>(tokens[i]->size())); !s.ok()) return s;
+    const int64_t len = fed[i] ? 1 : static_cast<int64_t>(tokens[i]->size());
+    if (absl::Status s = GrowTable(slot, lengths_[slot] + len); !s.ok()) return s;
   }
   StepInputs in;
   in.decode = true;
@@ -273,12 +302,13 @@ absl::StatusOr<StepInputs> ModelRunner::Plan(const std::vector<const std::vector
   bool every_row_samples = true;
   for (size_t i = 0; i < tokens.size(); ++i) {
     const int64_t slot = slots[i], start = lengths_[slot];
-    const int64_t len = static_cast<int64_t>(tokens[i]->size());
+    const int64_t len = fed[i] ? 1 : static_cast<int64_t>(tokens[i]->size());
     in.decode = in.decode && len == 1 && start > 0;
+    in.fed_tokens = in.fed_tokens || fed[i];
     const std::vector<int32_t>& table = tables_[slot];
     for (int64_t j = 0; j < len; ++j) {
       const int64_t pos = start + j;
-      in.token_ids.push_back((*tokens[i])[j]);
+      in.token_ids.push_back(fed[i] ? FedTokenId(slot) : (*tokens[i])[j]);
       in.positions.push_back(pos);
       in.kv_slots.push_back(static_cast<int64_t>(table[pos / bs]) * bs + pos % bs);
     }
@@ -298,9 +328,10 @@ absl::StatusOr<StepInputs> ModelRunner::Plan(const std::vector<const std::vector
 at::Tensor ModelRunner::Run(const StepInputs& in, models::LayerTimer* timer) {
   at::Tensor logits;
   if (graphs_ && in.decode && timer == nullptr && in.num_seqs() <= graphs_->max_batch()) {
-    logits = graphs_->Run(in, *transfer_);
+    logits = graphs_->Run(in, *transfer_, in.fed_tokens ? &last_tokens_ : nullptr);
   } else {
     at::Tensor packed = transfer_->Upload(in.PackedSize(), [&](int64_t* out) { in.Pack(out); });
+    if (in.fed_tokens) ResolveFedTokens(packed.narrow(0, 0, in.num_tokens()), last_tokens_);
     logits = model_->Forward(ViewBatch(in, packed, table_device_), state_, timer);
   }
   for (int64_t i = 0; i < in.num_seqs(); ++i) lengths_[in.state_slots[i]] = in.seq_lens[i];
@@ -312,7 +343,8 @@ absl::StatusOr<at::Tensor> ModelRunner::Forward(const std::vector<std::vector<in
                                                 models::LayerTimer* timer) {
   std::vector<const std::vector<int32_t>*> ptrs;
   for (const auto& t : tokens) ptrs.push_back(&t);
-  absl::StatusOr<StepInputs> in = Plan(ptrs, slots, std::vector<bool>(tokens.size(), true), all_positions);
+  absl::StatusOr<StepInputs> in = Plan(ptrs, slots, std::vector<bool>(tokens.size(), true),
+                                       std::vector<bool>(tokens.size(), false), all_positions);
   if (!in.ok()) return in.status();
   try {
     at::Tensor logits = Run(*in, timer);
@@ -326,49 +358,88 @@ absl::StatusOr<at::Tensor> ModelRunner::Forward(const std::vector<std::vector<in
 }
 
 absl::StatusOr<StepOutput> ModelRunner::Execute(const ScheduledBatch& batch) {
+  absl::StatusOr<PendingStep> step = Launch(batch);
+  if (!step.ok()) return step.status();
+  return Collect(*std::move(step));
+}
+
+absl::StatusOr<PendingStep> ModelRunner::Launch(const ScheduledBatch& batch) {
   std::vector<const std::vector<int32_t>*> tokens;
   std::vector<int64_t> slots;
-  std::vector<bool> sample;
-  std::vector<SamplingRow> rows;
-  for (const ScheduledSequence& s : batch.sequences) {
+  std::vector<bool> sample, fed;
+  for (size_t i = 0; i < batch.sequences.size(); ++i) {
+    const ScheduledSequence& s = batch.sequences[i];
     if (s.slot < 0 || s.slot >= options_.max_seqs || !samplers_[s.slot]) {
       return absl::InvalidArgumentError(absl::StrCat("slot ", s.slot, " holds no sequence (AddSequence first)"));
+    }
+    if (s.feed_last_sample && !s.tokens.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequences[", i, "]: feed_last_sample takes no tokens, got ", s.tokens.size()));
     }
     tokens.push_back(&s.tokens);
     slots.push_back(s.slot);
     sample.push_back(s.sample);
+    fed.push_back(s.feed_last_sample);
   }
-  absl::StatusOr<StepInputs> in = Plan(tokens, slots, sample, /*all_positions=*/false);
+  absl::StatusOr<StepInputs> in = Plan(tokens, slots, sample, fed, /*all_positions=*/false);
   if (!in.ok()) return in.status();
-  StepOutput out;
-  out.samples.resize(batch.sequences.size());
+  PendingStep step;
+  step.num_sequences = batch.sequences.size();
   try {
     at::Tensor logits = Run(*in, batch.timer);
-    for (const ScheduledSequence& s : batch.sequences) {
-      if (!s.sample) continue;
-      rows.push_back(NextRow(*samplers_[s.slot]));  // draws the request's uniform, as Sample would
-    }
-    if (rows.empty()) return out;
-    BatchSampleLayout layout;
-    absl::StatusOr<at::Tensor> packed = SampleRows(logits, rows, &layout);
-    if (!packed.ok()) return packed.status();
-    const at::Tensor host = transfer_->Download(*packed);
-    std::vector<absl::StatusOr<SampleResult>> results = UnpackSamples(host.data_ptr<double>(), layout, rows);
-    size_t r = 0;
+    std::vector<SamplingRow> rows;
     for (size_t i = 0; i < batch.sequences.size(); ++i) {
+      const int64_t slot = batch.sequences[i].slot;
       if (!batch.sequences[i].sample) continue;
-      if (results[r].ok()) samplers_[batch.sequences[i].slot]->Record(results[r]->token_id);
-      out.samples[i] = std::move(results[r]);
-      ++r;
+      rows.push_back(NextRow(*samplers_[slot]));  // draws the request's uniform, as Sample would
+      step.sampled.push_back(i);
+      step.slots.push_back(slot);
+      step.epochs.push_back(epochs_[slot]);
     }
+    if (rows.empty()) return step;
+    absl::StatusOr<at::Tensor> packed = SampleRows(logits, rows, &step.layout);
+    if (!packed.ok()) return packed.status();
+    KeepLastSamples(*packed, step.slots);
+    for (int64_t slot : step.slots) has_sample_[slot] = true;
+    step.download = transfer_->StartDownload(*packed);
   } catch (const c10::Error& e) {
     // The pass's sequences may be partly written: they restart from nothing (the engine finishes them
     // with this error); their reserved blocks stay theirs until RemoveSequence.
-    for (int64_t slot : slots) {
-      lengths_[slot] = 0;
-      (void)q::ResetStateSlot(state_, slot);
-    }
+    ResetAfterFailure(slots);
     return absl::InternalError(absl::StrCat("forward: ", e.what_without_backtrace()));
+  }
+  return step;
+}
+
+absl::StatusOr<StepOutput> ModelRunner::Collect(PendingStep step) {
+  StepOutput out;
+  out.samples.resize(step.num_sequences);
+  if (step.sampled.empty()) return out;
+  // Rows whose sequence has ended since the launch are unpacked with neutral params and dropped.
+  static const SamplingParams kEnded;
+  std::vector<bool> live(step.sampled.size());
+  std::vector<SamplingRow> rows(step.sampled.size());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const int64_t slot = step.slots[r];
+    live[r] = epochs_[slot] == step.epochs[r] && samplers_[slot].has_value();
+    rows[r].params = live[r] ? &samplers_[slot]->params() : &kEnded;
+  }
+  at::Tensor host;
+  try {
+    host = step.download.Wait();
+  } catch (const c10::Error& e) {
+    std::vector<int64_t> failed;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      if (live[r]) failed.push_back(step.slots[r]);
+    }
+    ResetAfterFailure(failed);
+    return absl::InternalError(absl::StrCat("collecting samples: ", e.what_without_backtrace()));
+  }
+  std::vector<absl::StatusOr<SampleResult>> results = UnpackSamples(host.data_ptr<double>(), step.layout, rows);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (!live[r]) continue;
+    if (results[r].ok()) samplers_[step.slots[r]]->Record(results[r]->token_id);
+    out.samples[step.sampled[r]] = std::move(results[r]);
   }
   return out;
 }

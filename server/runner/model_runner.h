@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "models/layer_timer.h"
 #include "models/qwen35/model.h"
+#include "runner/batch_sampler.h"
 #include "runner/decode_graphs.h"
 #include "runner/host_transfer.h"
 #include "runner/kv_block_allocator.h"
@@ -40,6 +41,10 @@ struct ScheduledSequence {
   int64_t slot = -1;            // from AddSequence
   std::vector<int32_t> tokens;  // appended this pass: a prompt chunk, or the last sampled token
   bool sample = false;          // sample the next token after them (decodes and a prompt's last chunk)
+  // Instead of `tokens` (then left empty): one token, the one this runner last sampled for the slot,
+  // read where it lies on the device. This lets the engine launch a decode before the previous pass's
+  // samples have reached the host (asynchronous scheduling).
+  bool feed_last_sample = false;
 };
 
 // What the engine asks the runner to run: all decodes, or prompt chunks.
@@ -52,6 +57,24 @@ struct StepOutput {
   // Parallel to ScheduledBatch::sequences: the sampled token (recorded in the sequence's history), an
   // error that concerns that sequence alone, or nothing when it did not sample.
   std::vector<std::optional<absl::StatusOr<SampleResult>>> samples;
+};
+
+// A launched pass whose samples are still on their way to the host; ModelRunner::Collect turns it into
+// the pass's StepOutput. Move-only.
+class PendingStep {
+ public:
+  PendingStep(PendingStep&&) = default;
+  PendingStep& operator=(PendingStep&&) = default;
+
+ private:
+  friend class ModelRunner;
+  PendingStep() = default;
+  size_t num_sequences = 0;
+  std::vector<size_t> sampled;    // positions in the batch of the sequences that sample, in row order
+  std::vector<int64_t> slots;     // per sampled row: its slot
+  std::vector<uint64_t> epochs;   // per sampled row: the slot's sequence at launch (see epochs_)
+  BatchSampleLayout layout;
+  PendingDownload download;
 };
 
 struct RunnerCapacity {
@@ -88,9 +111,19 @@ class ModelRunner {
   absl::StatusOr<int64_t> AddSequence(Sampler sampler, int64_t tokens);
   // Frees the slot, its blocks and sampler; its state is zeroed for the next sequence.
   void RemoveSequence(int64_t slot);
-  // One forward pass and the sampling of its sequences, with one device->host copy. An error status
-  // concerns the whole pass (the passes' sequences are reset and should be finished).
+  // One forward pass and the sampling of its sequences, with one device->host copy: Launch, then
+  // Collect. An error status concerns the whole pass (its sequences are reset and should be finished).
   absl::StatusOr<StepOutput> Execute(const ScheduledBatch& batch);
+  // Execute's first half: validates and lays out the pass, queues the forward pass, the sampling and
+  // the copy of the samples to the host, and returns without waiting for the device. Each sampling
+  // sequence's token also stays on the device for a later pass's feed_last_sample. Passes run in the
+  // order they are launched; the next may be launched before this one is collected.
+  absl::StatusOr<PendingStep> Launch(const ScheduledBatch& batch);
+  // Execute's second half: waits for the pass's samples (the one synchronisation of a pass), records
+  // each token in its sequence's history and returns them. A sequence removed since the launch gets no
+  // sample. Penalties read that history, so a pass that samples a sequence with penalties must be
+  // launched after the sequence's previous pass was collected.
+  absl::StatusOr<StepOutput> Collect(PendingStep step);
 
   // --- Direct use (tests, offline tools, benchmarks) --------------------------------------------------
   // Appends tokens[i] to the sequence in slots[i] (a fresh or reset slot starts at position 0; KV blocks
@@ -111,13 +144,18 @@ class ModelRunner {
   ModelRunner() = default;
   // Validates sequences (ids, slots, lengths) and lays the pass out; grows block tables. Nothing changes
   // when it fails.
+  // fed[i]: row i is one token, the slot's last sample on the device (tokens[i] is then ignored).
   absl::StatusOr<StepInputs> Plan(const std::vector<const std::vector<int32_t>*>& tokens,
                                   const std::vector<int64_t>& slots, const std::vector<bool>& logits_after,
-                                  bool all_positions);
+                                  const std::vector<bool>& fed, bool all_positions);
   // Runs the planned pass (graph replay or eager) and advances the lengths. Throws c10::Error.
   at::Tensor Run(const StepInputs& in, models::LayerTimer* timer);
   absl::Status GrowTable(int64_t slot, int64_t tokens);
   void ReleaseSlot(int64_t slot);
+  // Keeps the sampled ids of `packed` (SampleRows' result) in last_tokens_ at `slots`, on the device.
+  void KeepLastSamples(const at::Tensor& packed, const std::vector<int64_t>& slots);
+  // Zeroes the state of a failed pass's slots: they restart from nothing.
+  void ResetAfterFailure(const std::vector<int64_t>& slots);
 
   std::unique_ptr<models::qwen35::Qwen35Model> model_;
   RunnerOptions options_;
@@ -130,6 +168,11 @@ class ModelRunner {
   std::vector<int64_t> lengths_;              // per slot
   std::vector<std::optional<Sampler>> samplers_;  // per slot, for sequences added by AddSequence
   std::vector<int64_t> free_slots_;
+  // Per slot: bumped whenever the slot's sequence ends, so a pass collected after its sequence was
+  // removed (and the slot perhaps reused) recognises its rows as stale.
+  std::vector<uint64_t> epochs_;
+  std::vector<bool> has_sample_;  // per slot: last_tokens_ holds a token of the current sequence
+  at::Tensor last_tokens_;        // [slots] int64 on the device: each slot's last sampled token
   std::unique_ptr<HostTransfer> transfer_;
   std::unique_ptr<DecodeGraphs> graphs_;
 };

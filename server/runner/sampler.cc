@@ -183,6 +183,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int64_t vocab_size)
 
 bool IsGreedy(const SamplingParams& params) { return params.temperature < kGreedyTemperature; }
 
+bool UsesHistory(const SamplingParams& params) {
+  return params.repetition_penalty != 1.0 || params.presence_penalty != 0.0 || params.frequency_penalty != 0.0;
+}
+
 bool IsStopToken(const SamplingParams& params, int32_t token) {
   const auto has = [token](const std::vector<int32_t>& ids) {
     return std::find(ids.begin(), ids.end(), token) != ids.end();

@@ -61,6 +61,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& params, int64_t vocab_
 // Whether `params` decode greedily (temperature below 1e-5, see SamplingParams::temperature).
 bool IsGreedy(const SamplingParams& params);
 
+// Whether sampling for `params` reads the request's token history (a repetition, presence or frequency
+// penalty): each step then needs the previous step's token recorded on the host first.
+bool UsesHistory(const SamplingParams& params);
+
 // Whether generating `token` ends the request: a stop token, or an EOS id unless ignore_eos.
 bool IsStopToken(const SamplingParams& params, int32_t token);
 

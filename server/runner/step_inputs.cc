@@ -46,4 +46,10 @@ models::qwen35::ForwardBatch ViewBatch(const StepInputs& in, const at::Tensor& p
   return b;
 }
 
+void ResolveFedTokens(const at::Tensor& token_ids, const at::Tensor& last_tokens) {
+  const at::Tensor fed = token_ids.lt(0);
+  const at::Tensor slots = token_ids.neg().sub_(1).clamp_min_(0);
+  token_ids.copy_(at::where(fed, last_tokens.index_select(0, slots), token_ids));
+}
+
 }  // namespace deltaserve::runner

@@ -32,6 +32,7 @@ struct Stream {
   std::function<void(const TokenEvent&)> Callback() {
     return [this](const TokenEvent& e) {
       std::lock_guard<std::mutex> lock(mu);
+      EXPECT_FALSE(last.has_value()) << "an event after the finishing one";
       tokens.insert(tokens.end(), e.token_ids.begin(), e.token_ids.end());
       ++events;
       if (e.finished) {
@@ -83,6 +84,18 @@ EngineRequest Request(const std::vector<int32_t>& prompt, const SamplingParams& 
   return r;
 }
 
+// Tests that hold with steps run one at a time and with asynchronous scheduling (the parameter).
+class EngineModes : public ::testing::TestWithParam<bool> {
+ protected:
+  EngineOptions Options() const {
+    EngineOptions o;
+    o.async_scheduling = GetParam();
+    return o;
+  }
+};
+INSTANTIATE_TEST_SUITE_P(Scheduling, EngineModes, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) { return info.param ? "Async" : "OneAtATime"; });
+
 TEST(Engine, StreamedGreedyMatchesTransformers) {
   Golden g = ReadGolden("flat_untied");
   std::unique_ptr<Engine> engine = StartEngine(g, 2);
@@ -90,7 +103,7 @@ TEST(Engine, StreamedGreedyMatchesTransformers) {
   Stream s;
   ASSERT_TRUE(engine->Submit(Request(g.greedy_prompt, Greedy(20), s)).ok());
   TokenEvent last = s.Wait();
-  EXPECT_EQ(s.tokens, g.greedy_tokens);
+  EXPECT_EQ(s.tokens, g.greedy_tokens) << last.error;
   EXPECT_EQ(last.reason, FinishReason::kLength);
   EXPECT_EQ(last.completion_tokens, 20);
   EXPECT_EQ(last.prompt_tokens, static_cast<int64_t>(g.greedy_prompt.size()));
@@ -98,7 +111,7 @@ TEST(Engine, StreamedGreedyMatchesTransformers) {
   EXPECT_GE(last.total_seconds, last.time_to_first_token_seconds);
 }
 
-TEST(Engine, ConcurrentStreamsEqualTheirSoloRuns) {
+TEST_P(EngineModes, ConcurrentStreamsEqualTheirSoloRuns) {
   Golden g = ReadGolden("nested_tied");
   // Prompts of every golden length plus the greedy prompt, different output lengths; 4 slots for 12
   // requests, so some wait and join mid-flight, and decodes mix with prefill chunks in one step.
@@ -118,7 +131,7 @@ TEST(Engine, ConcurrentStreamsEqualTheirSoloRuns) {
       solo[i] = s.tokens;
     }
   }
-  EngineOptions o;
+  EngineOptions o = Options();
   o.max_batched_tokens = 128;  // forces chunked prefill of the 200-token prompts
   o.prefill_chunk = 64;
   std::unique_ptr<Engine> engine = StartEngine(g, 4, o);
@@ -141,11 +154,76 @@ TEST(Engine, ConcurrentStreamsEqualTheirSoloRuns) {
   EXPECT_EQ(engine->stats().running, 0);
 }
 
+// Asynchronous scheduling streams what steps run one at a time stream: requests that stop on a token
+// mid-way (the token computed for them in the step already launched is dropped), end by length, sample
+// with seeds, or use penalties (whose steps fall back to one at a time) all give their solo runs'
+// tokens, finish reasons and counts, and every slot comes back.
+TEST(Engine, AsyncSchedulingStreamsWhatOneAtATimeStreams) {
+  Golden g = ReadGolden("nested_tied");
+  std::vector<std::vector<int32_t>> prompts;
+  for (int rep = 0; rep < 3; ++rep) {
+    for (const auto& p : g.prompts) prompts.push_back(p.ids);
+  }
+  std::vector<SamplingParams> params;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SamplingParams p = Greedy(6 + static_cast<int64_t>(i % 5) * 3);
+    if (i % 3 == 1) {
+      p.temperature = 0.9;
+      p.top_k = 40;
+      p.seed = 70 + i;
+    }
+    if (i % 4 == 3) p.repetition_penalty = 1.3;
+    params.push_back(p);
+  }
+  auto run = [&](std::unique_ptr<Engine>& engine, const std::vector<SamplingParams>& ps, bool together) {
+    std::vector<std::unique_ptr<Stream>> streams;
+    std::vector<TokenEvent> last(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      streams.push_back(std::make_unique<Stream>());
+      EXPECT_TRUE(engine->Submit(Request(prompts[i], ps[i], *streams.back())).ok());
+      if (!together) last[i] = streams[i]->Wait();
+    }
+    for (size_t i = 0; together && i < prompts.size(); ++i) last[i] = streams[i]->Wait();
+    return std::make_pair(std::move(streams), last);
+  };
+  std::unique_ptr<Engine> solo_engine = StartEngine(g, 1);
+  ASSERT_NE(solo_engine, nullptr);
+  auto [free_runs, free_last] = run(solo_engine, params, false);
+  // Every other request stops on its own fourth token, as if it were end-of-sequence.
+  for (size_t i = 0; i < prompts.size(); i += 2) {
+    ASSERT_GE(free_runs[i]->tokens.size(), 4u);
+    params[i].stop_token_ids = {free_runs[i]->tokens[3]};
+  }
+  auto [solo, solo_last] = run(solo_engine, params, false);
+  EngineOptions o;
+  o.async_scheduling = true;
+  o.max_batched_tokens = 128;
+  o.prefill_chunk = 64;
+  std::unique_ptr<Engine> engine = StartEngine(g, 4, o);
+  ASSERT_NE(engine, nullptr);
+  auto [async, async_last] = run(engine, params, true);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(async[i]->tokens, solo[i]->tokens) << "request " << i;
+    EXPECT_EQ(async_last[i].reason, solo_last[i].reason) << "request " << i;
+    EXPECT_EQ(async_last[i].stop_reason, solo_last[i].stop_reason) << "request " << i;
+    EXPECT_EQ(async_last[i].completion_tokens, static_cast<int64_t>(solo[i]->tokens.size())) << "request " << i;
+    EXPECT_EQ(async[i]->SeenEvents(), solo[i]->SeenEvents()) << "request " << i;
+  }
+  EXPECT_EQ(solo_last[0].reason, FinishReason::kStop);
+  EXPECT_LE(solo[0]->tokens.size(), 4u);  // at the stop id's first occurrence, which may come earlier
+  for (int i = 0; i < 1000 && engine->stats().free_slots != 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(engine->stats().free_slots, 4);
+  EXPECT_EQ(engine->stats().running, 0);
+  EXPECT_EQ(engine->runner().used_kv_blocks(), 0);
+}
+
 // A request whose prompt + max_tokens needs more KV blocks than the cache holds is refused at once,
 // naming the limit; requests that fit only one at a time wait for each other and are not disturbed.
-TEST(Engine, KvCacheLimitRefusesOrWaits) {
+TEST_P(EngineModes, KvCacheLimitRefusesOrWaits) {
   Golden g = ReadGolden("flat_untied");
-  std::unique_ptr<Engine> engine = StartEngine(g, 3, {}, c10::kCPU, /*kv_cache_tokens=*/64);
+  std::unique_ptr<Engine> engine = StartEngine(g, 3, Options(), c10::kCPU, /*kv_cache_tokens=*/64);
   ASSERT_NE(engine, nullptr);
   Stream never;
   absl::StatusOr<uint64_t> refused = engine->Submit(Request(g.greedy_prompt, Greedy(60), never));
@@ -200,6 +278,11 @@ TEST(EngineCuda, SixtyFourConcurrentRequestsEqualTheirSoloRuns) {
     s.Wait();
     solo[i] = s.tokens;
   }
+  // Together, with asynchronous scheduling (the server's default on CUDA).
+  engine->Shutdown(absl::Seconds(30));
+  o.async_scheduling = true;
+  engine = StartEngine(g, 64, o, c10::kCUDA);
+  ASSERT_NE(engine, nullptr);
   std::vector<std::unique_ptr<Stream>> streams;
   for (size_t i = 0; i < prompts.size(); ++i) {
     streams.push_back(std::make_unique<Stream>());
@@ -213,9 +296,9 @@ TEST(EngineCuda, SixtyFourConcurrentRequestsEqualTheirSoloRuns) {
 }
 #endif
 
-TEST(Engine, CancellationFreesTheSlot) {
+TEST_P(EngineModes, CancellationFreesTheSlot) {
   Golden g = ReadGolden("flat_untied");
-  std::unique_ptr<Engine> engine = StartEngine(g, 1);
+  std::unique_ptr<Engine> engine = StartEngine(g, 1, Options());
   ASSERT_NE(engine, nullptr);
   Stream long_one;
   absl::StatusOr<uint64_t> h = engine->Submit(Request(g.greedy_prompt, Greedy(400), long_one));
@@ -231,9 +314,9 @@ TEST(Engine, CancellationFreesTheSlot) {
   EXPECT_EQ(next.tokens, g.greedy_tokens);
 }
 
-TEST(Engine, DeadlineEndsTheRequest) {
+TEST_P(EngineModes, DeadlineEndsTheRequest) {
   Golden g = ReadGolden("flat_untied");
-  std::unique_ptr<Engine> engine = StartEngine(g, 1);
+  std::unique_ptr<Engine> engine = StartEngine(g, 1, Options());
   ASSERT_NE(engine, nullptr);
   Stream s;
   EngineRequest r = Request(g.greedy_prompt, Greedy(400), s);
@@ -244,9 +327,9 @@ TEST(Engine, DeadlineEndsTheRequest) {
   EXPECT_EQ(last.error.code(), absl::StatusCode::kDeadlineExceeded);
 }
 
-TEST(Engine, FullQueueRefusesAtOnce) {
+TEST_P(EngineModes, FullQueueRefusesAtOnce) {
   Golden g = ReadGolden("flat_untied");
-  EngineOptions o;
+  EngineOptions o = Options();
   o.max_queue = 1;
   std::unique_ptr<Engine> engine = StartEngine(g, 1, o);
   ASSERT_NE(engine, nullptr);
@@ -286,9 +369,9 @@ TEST(Engine, BadRequestsAreRefusedByField) {
   EXPECT_EQ(engine->stats().free_slots, 1);
 }
 
-TEST(Engine, ShutdownFinishesEveryStream) {
+TEST_P(EngineModes, ShutdownFinishesEveryStream) {
   Golden g = ReadGolden("flat_untied");
-  std::unique_ptr<Engine> engine = StartEngine(g, 2);
+  std::unique_ptr<Engine> engine = StartEngine(g, 2, Options());
   ASSERT_NE(engine, nullptr);
   std::vector<std::unique_ptr<Stream>> streams;
   for (int i = 0; i < 4; ++i) {

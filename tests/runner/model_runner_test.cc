@@ -13,6 +13,7 @@
 #endif
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "model/golden.h"
@@ -80,6 +81,59 @@ std::vector<std::vector<int32_t>> Generate(ModelRunner& r, const std::vector<std
   }
   EXPECT_TRUE(step.ok()) << step.status();
   for (int64_t slot : slots) r.RemoveSequence(slot);
+  return out;
+}
+
+// As Generate, but each decode is launched before the previous pass is collected, feeding the previous
+// sample on the device (the engine's asynchronous scheduling). `params` must not use penalties.
+std::vector<std::vector<int32_t>> GenerateOverlapped(ModelRunner& r, const std::vector<std::vector<int32_t>>& prompts,
+                                                     const std::vector<SamplingParams>& params, int steps) {
+  const int64_t vocab = r.model().config().vocab_size;
+  std::vector<int64_t> slots;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    slots.push_back(*r.AddSequence(MakeSampler(params[i], prompts[i], vocab),
+                                   static_cast<int64_t>(prompts[i].size()) + steps));
+  }
+  std::vector<std::vector<int32_t>> out(prompts.size());
+  ScheduledBatch prefill;
+  for (size_t i = 0; i < prompts.size(); ++i) prefill.sequences.push_back({slots[i], prompts[i], true});
+  absl::StatusOr<PendingStep> in_flight = r.Launch(prefill);
+  EXPECT_TRUE(in_flight.ok()) << in_flight.status();
+  for (int s = 0; s < steps && in_flight.ok(); ++s) {
+    std::optional<absl::StatusOr<PendingStep>> next;
+    if (s + 1 < steps) {
+      ScheduledBatch decode;
+      for (int64_t slot : slots) decode.sequences.push_back({slot, {}, true, /*feed_last_sample=*/true});
+      next.emplace(r.Launch(decode));
+      EXPECT_TRUE(next->ok()) << next->status();
+    }
+    absl::StatusOr<StepOutput> step = r.Collect(*std::move(in_flight));
+    EXPECT_TRUE(step.ok()) << step.status();
+    for (size_t i = 0; step.ok() && i < prompts.size(); ++i) {
+      EXPECT_TRUE(step->samples[i].has_value() && step->samples[i]->ok());
+      if (step->samples[i] && step->samples[i]->ok()) out[i].push_back((*step->samples[i])->token_id);
+    }
+    if (!next || !next->ok()) break;
+    in_flight = *std::move(*next);
+  }
+  for (int64_t slot : slots) r.RemoveSequence(slot);
+  return out;
+}
+
+// Greedy, seeded sampling with filters, logprobs: everything that needs no history on the host.
+std::vector<SamplingParams> HistoryFreeParams(size_t n) {
+  std::vector<SamplingParams> out;
+  for (size_t i = 0; i < n; ++i) {
+    SamplingParams p;
+    p.max_new_tokens = 64;
+    p.temperature = i % 3 == 0 ? 0 : 0.9;
+    p.top_p = i % 3 == 1 ? 0.9 : 1.0;
+    p.top_k = i % 3 == 2 ? 20 : 0;
+    p.seed = 500 + i;
+    p.logprobs = i % 2 == 1;
+    p.top_logprobs = p.logprobs ? 3 : 0;
+    out.push_back(p);
+  }
   return out;
 }
 
@@ -249,6 +303,78 @@ TEST(ModelRunner, ExecuteRefusesSlotsWithoutSequence) {
   EXPECT_THAT(std::string(r->Execute(b).status().message()), HasSubstr("holds no sequence"));
 }
 
+// Decodes launched before the previous pass is read back, fed from the device, give the tokens of
+// passes run one at a time.
+TEST(ModelRunner, FedDecodesLaunchedAheadEqualOneAtATime) {
+  Golden g = ReadGolden("nested_tied");
+  RunnerOptions ro;
+  ro.max_seqs = 3;
+  ro.max_model_len = 256;
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
+  ASSERT_NE(r, nullptr);
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t i = 0; i < 3; ++i) prompts.push_back(g.prompts[i % g.prompts.size()].ids);
+  const std::vector<SamplingParams> params = HistoryFreeParams(3);
+  const std::vector<std::vector<int32_t>> one_at_a_time = Generate(*r, prompts, params, 12);
+  const std::vector<std::vector<int32_t>> ahead = GenerateOverlapped(*r, prompts, params, 12);
+  EXPECT_EQ(ahead, one_at_a_time);
+  EXPECT_EQ(r->active_sequences(), 0);
+  EXPECT_EQ(r->used_kv_blocks(), 0);
+}
+
+TEST(ModelRunner, FeedingNeedsAnEarlierSampleAndNoTokens) {
+  Golden g = ReadGolden("flat_untied");
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, RunnerOptions());
+  ASSERT_NE(r, nullptr);
+  const std::vector<int32_t>& prompt = g.greedy_prompt;
+  const int64_t slot = *r->AddSequence(MakeSampler(GreedyParams(), prompt, r->model().config().vocab_size), 64);
+  ScheduledBatch fed{{{slot, {}, true, /*feed_last_sample=*/true}}};
+  absl::StatusOr<PendingStep> early = r->Launch(fed);
+  EXPECT_EQ(early.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(early.status().message()), HasSubstr("has no sampled token to feed back"));
+  EXPECT_EQ(r->SequenceLength(slot), 0);  // nothing ran
+  ScheduledBatch both{{{slot, {1}, true, /*feed_last_sample=*/true}}};
+  EXPECT_THAT(std::string(r->Launch(both).status().message()), HasSubstr("feed_last_sample takes no tokens"));
+  // After a sampling pass the feed works, and it is refused again once the slot's sequence is gone.
+  ASSERT_TRUE(r->Execute({{{slot, prompt, true}}}).ok());
+  ASSERT_TRUE(r->Execute(fed).ok());
+  EXPECT_EQ(r->SequenceLength(slot), static_cast<int64_t>(prompt.size()) + 1);
+  r->RemoveSequence(slot);
+  const int64_t again = *r->AddSequence(MakeSampler(GreedyParams(), prompt, r->model().config().vocab_size), 64);
+  EXPECT_EQ(again, slot);
+  EXPECT_THAT(std::string(r->Launch(fed).status().message()), HasSubstr("has no sampled token"));
+}
+
+// A pass collected after its sequence was removed and the slot taken by another drops that row: the new
+// sequence neither hears the old token nor records it in its history.
+TEST(ModelRunner, CollectAfterTheSequenceEndedDropsItsRow) {
+  Golden g = ReadGolden("flat_untied");
+  std::unique_ptr<ModelRunner> r = MakeRunner(g, RunnerOptions());
+  ASSERT_NE(r, nullptr);
+  const int64_t vocab = r->model().config().vocab_size;
+  const std::vector<int32_t>& prompt = g.greedy_prompt;
+  const int64_t slot = *r->AddSequence(MakeSampler(GreedyParams(), prompt, vocab), 64);
+  absl::StatusOr<PendingStep> pending = r->Launch({{{slot, prompt, true}}});
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  r->RemoveSequence(slot);
+  ASSERT_EQ(*r->AddSequence(MakeSampler(GreedyParams(), prompt, vocab), 64), slot);
+  absl::StatusOr<StepOutput> out = r->Collect(*std::move(pending));
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->samples.size(), 1u);
+  EXPECT_FALSE(out->samples[0].has_value());
+  // The new sequence generates what a fresh runner does.
+  std::vector<int32_t> tokens;
+  absl::StatusOr<StepOutput> step = r->Execute({{{slot, prompt, true}}});
+  for (int s = 0; s < 5 && step.ok(); ++s) {
+    tokens.push_back((*step->samples[0])->token_id);
+    step = r->Execute({{{slot, {tokens.back()}, true}}});
+  }
+  ASSERT_TRUE(step.ok()) << step.status();
+  std::unique_ptr<ModelRunner> fresh = MakeRunner(g, RunnerOptions());
+  ASSERT_NE(fresh, nullptr);
+  EXPECT_EQ(tokens, Generate(*fresh, {prompt}, {GreedyParams()}, 5)[0]);
+}
+
 #if DELTASERVE_WITH_CUDA
 class ModelRunnerCuda : public ::testing::Test {
  protected:
@@ -318,6 +444,11 @@ TEST_F(ModelRunnerCuda, GraphReplayEqualsEager) {
   EXPECT_FALSE(eager->graphs_enabled());
   EXPECT_TRUE(graphs->graphs_enabled());
   EXPECT_EQ(Generate(*graphs, prompts, params, 30), Generate(*eager, prompts, params, 30));
+  // Decodes launched ahead and fed on the device, replayed and eager, give the same tokens again.
+  const std::vector<SamplingParams> history_free = HistoryFreeParams(5);
+  const std::vector<std::vector<int32_t>> reference = Generate(*eager, prompts, history_free, 30);
+  EXPECT_EQ(GenerateOverlapped(*graphs, prompts, history_free, 30), reference);
+  EXPECT_EQ(GenerateOverlapped(*eager, prompts, history_free, 30), reference);
   // Logits too, through the direct API (a bucket of 4 for 3 sequences: padding rows included).
   for (ModelRunner* r : {eager.get(), graphs.get()}) {
     for (int64_t s = 0; s < 3; ++s) ASSERT_TRUE(r->ResetSlot(s).ok());
@@ -361,7 +492,23 @@ TEST_F(ModelRunnerCuda, StepsNeverSynchroniseTheHost) {
     d.timer = step % 2 ? &timer : nullptr;  // odd steps eager (timed), even steps graph replay
     out = r->Execute(d);
   }
+  // Launched ahead: each decode feeds the previous sample on the device before that pass is collected.
+  absl::StatusOr<PendingStep> in_flight = absl::InternalError("not launched");
+  if (out.ok()) {
+    ScheduledBatch d;
+    for (size_t i = 0; i < slots.size(); ++i) d.sequences.push_back({slots[i], {(*out->samples[i])->token_id}, true});
+    in_flight = r->Launch(d);
+  }
+  for (int step = 0; step < 4 && in_flight.ok() && out.ok(); ++step) {
+    ScheduledBatch d;
+    for (int64_t slot : slots) d.sequences.push_back({slot, {}, true, /*feed_last_sample=*/true});
+    absl::StatusOr<PendingStep> next = r->Launch(d);
+    out = r->Collect(*std::move(in_flight));
+    in_flight = std::move(next);
+  }
+  if (in_flight.ok()) out = r->Collect(*std::move(in_flight));
   c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  EXPECT_TRUE(in_flight.ok()) << in_flight.status();
   EXPECT_TRUE(out.ok()) << out.status();
   EXPECT_TRUE(timer.Collect().ok());
 }
