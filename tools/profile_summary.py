@@ -19,6 +19,8 @@ import sys
 def group(name):
     if "nvjet" in name or "gemm" in name.lower() or "splitKreduce" in name or "cublas" in name.lower():
         return "gemm"
+    if "ConvStep" in name:  # the conv state's step, not the recurrent one
+        return "other"
     if "StepKernel" in name:
         return "gdn_recurrent_step"
     if "Paged" in name:
@@ -61,7 +63,7 @@ def summarize(path, kernel_re, per_step):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("traces", nargs="+")
-    ap.add_argument("--per-step-kernel", default="StepKernel")
+    ap.add_argument("--per-step-kernel", default=r"(?<!Conv)StepKernel")
     ap.add_argument("--per-step-count", type=int, default=18)
     ap.add_argument("--jsonl", action="store_true")
     args = ap.parse_args()
