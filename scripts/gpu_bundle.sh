@@ -15,7 +15,7 @@ grep -q 'DELTASERVE_NATIVE:BOOL=OFF' "${build}/CMakeCache.txt" ||
   { echo "gpu_bundle: ${build} was built with -march=native; reconfigure with -DDELTASERVE_NATIVE=OFF" >&2; exit 1; }
 [[ -d "${build}/kernels/CMakeFiles/deltaserve_kernels.dir/cuda" ]] ||
   { echo "gpu_bundle: ${build} has no CUDA sources" >&2; exit 1; }
-binaries=(tests/kernels_test tests/fused_ops_test tests/paged_attention_test tests/runner/runner_test
+binaries=(tests/kernels_test tests/fused_ops_test tests/linear_test tests/paged_attention_test tests/runner/runner_test
   tests/runner/batch_sampler_test tests/runner/sampler_test tests/model/qwen35_model_test tests/engine/engine_test
   bench/bench_model bench/bench_kernels server/deltaserve client/deltaserve-cli)
 stage="$(mktemp -d)"

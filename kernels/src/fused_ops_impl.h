@@ -100,6 +100,9 @@ enum class RowNormKind {
 // for kZeroCentred. weight [H] contiguous. out: fresh contiguous [rows, H] of x's dtype.
 void RowNormCuda(RowNormKind kind, const at::Tensor& x, const at::Tensor& other, const at::Tensor& weight,
                  double eps, const at::Tensor& out);
+// x [rows <= kSmallBatchLinearMaxRows, K] bf16 with rows `x_stride` apart (16-byte aligned, K % 8 == 0),
+// weight [N, K] bf16 contiguous and aligned; out fresh contiguous [rows, N]: out = x weight^T.
+void SmallBatchLinearCuda(const at::Tensor& x, int64_t x_stride, const at::Tensor& weight, const at::Tensor& out);
 // x [..., 2F] rows addressable; out fresh contiguous [..., F].
 void SiluAndMulCuda(const at::Tensor& x, const at::Tensor& out);
 // x [T, heads, D] with stride(2) == 1; weight [D], positions [T] int64, inv_freq [R / 2] fp32, all

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "deltaserve/kernels/activation.h"
+#include "deltaserve/kernels/linear.h"
 #include "deltaserve/kernels/causal_conv1d.h"
 #include "deltaserve/kernels/gdn_gates.h"
 #include "deltaserve/kernels/paged_attention.h"
@@ -107,7 +108,7 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
   const int64_t conv_dim = 2 * hk * dk + hv * dv;
   const int64_t t = x.size(0);
   // One GEMM for the four input projections: [qkv | z | b | a].
-  at::Tensor proj = at::linear(x, w.in_proj);
+  at::Tensor proj = Unwrap(kernels::Linear(x, w.in_proj));
   at::Tensor qkv = proj.narrow(1, 0, conv_dim);  // a view: the conv step reads strided rows
   at::Tensor z = proj.narrow(1, conv_dim, hv * dv).contiguous();
   // The gates in float32 from the [b | a] columns, in one fused pass.
@@ -151,7 +152,7 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
     o = out.o[0].to(x.scalar_type());  // [T, hv, dv]
   }
   at::Tensor normed = Unwrap(kernels::GatedRmsNorm(o.contiguous(), z.view({t, hv, dv}), w.norm, c.rms_norm_eps));
-  return at::linear(normed.reshape({t, hv * dv}), w.out_proj);
+  return Unwrap(kernels::Linear(normed.reshape({t, hv * dv}), w.out_proj));
 }
 
 at::Tensor Qwen35Model::FullAttention(size_t layer, const at::Tensor& x, const ForwardBatch& b,
@@ -160,10 +161,10 @@ at::Tensor Qwen35Model::FullAttention(size_t layer, const at::Tensor& x, const F
   const Qwen35Config& c = config_;
   const int64_t heads = c.num_attention_heads, kvh = c.num_key_value_heads, hd = c.head_dim;
   const int64_t t = x.size(0);
-  at::Tensor qg = at::linear(x, w.q_proj).view({t, heads, 2 * hd});  // per head: query, then gate
+  at::Tensor qg = Unwrap(kernels::Linear(x, w.q_proj)).view({t, heads, 2 * hd});  // per head: query, then gate
   at::Tensor q = Unwrap(kernels::QkNormRotary(qg.narrow(-1, 0, hd), w.q_norm, b.positions, inv_freq_, c.rms_norm_eps));
   at::Tensor gate = qg.narrow(-1, hd, hd).reshape({t, heads * hd});
-  at::Tensor kv = at::linear(x, w.kv_proj);  // [k | v]
+  at::Tensor kv = Unwrap(kernels::Linear(x, w.kv_proj));  // [k | v]
   at::Tensor k = Unwrap(kernels::QkNormRotary(kv.narrow(1, 0, kvh * hd).view({t, kvh, hd}), w.k_norm, b.positions,
                                               inv_freq_, c.rms_norm_eps));
   at::Tensor v = kv.narrow(1, kvh * hd, kvh * hd).reshape({t, kvh, hd}).contiguous();
@@ -182,7 +183,7 @@ at::Tensor Qwen35Model::FullAttention(size_t layer, const at::Tensor& x, const F
                : Unwrap(kernels::PagedPrefillAttention(q, state.k_cache[layer], state.v_cache[layer],
                                                        b.block_tables, b.host_cu_seqlens, b.host_starts, scale));
   if (cache_hd != hd) attn = attn.narrow(-1, 0, hd);
-  return at::linear(attn.reshape({t, heads * hd}) * at::sigmoid(gate), w.o_proj);
+  return Unwrap(kernels::Linear(attn.reshape({t, heads * hd}) * at::sigmoid(gate), w.o_proj));
 }
 
 std::vector<TimedSpan> Qwen35Model::TimedSpans() const {
@@ -220,7 +221,7 @@ at::Tensor Qwen35Model::Forward(const ForwardBatch& b, Qwen35State& state, Layer
     }
     SpanScope span(timer, 2 + 2 * i);
     h = Unwrap(kernels::AddRmsNorm(h, residual, lw.post_attention_norm, eps));
-    h = at::linear(Unwrap(kernels::SiluAndMul(at::linear(h, lw.gate_up_proj))), lw.down_proj);
+    h = Unwrap(kernels::Linear(Unwrap(kernels::SiluAndMul(Unwrap(kernels::Linear(h, lw.gate_up_proj)))), lw.down_proj));
   }
   SpanScope span(timer, 1 + 2 * weights_.layers.size());
   if (b.logit_rows.defined() && b.logit_rows.numel() == 0) {
