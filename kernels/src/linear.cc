@@ -12,11 +12,13 @@
 #include "fused_ops_impl.h"
 
 namespace deltaserve::kernels {
+#ifdef DELTASERVE_WITH_CUDA
 namespace {
 
 bool Aligned16(const at::Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 }  // namespace
+#endif
 
 bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight) {
 #ifdef DELTASERVE_WITH_CUDA
