@@ -4,7 +4,9 @@
 //   bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] [--dtype float32|bfloat16]
 //               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...] [--batch B] [--device cpu|cuda]
 //               [--cuda-graphs 0|1] [--profile-steps K] [--profile-trace FILE] [--prefill-reps R]
-//               [--profile-prefill 0|1]
+//               [--profile-prefill 0|1] [--small-batch-linear 0|1]
+// --small-batch-linear 0 sends every projection to at::linear (cuBLAS on CUDA): the baseline for the
+// small-batch projection kernel, measured in the same run.
 // --prefill-reps R times the prompt's prefill R times (slots reset in between): the first run pays
 // one-off costs (kernel selection, allocator growth); prefill_tok_s is the median, prefill_first_tok_s
 // the first. --profile-prefill 1 profiles one more prefill and prints its summary as model_prefill_profile.
@@ -31,6 +33,7 @@
 #include <map>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include "deltaserve/kernels/linear.h"
 #include "models/qwen35/model.h"
 #include "runner/model_runner.h"
 
@@ -109,6 +112,7 @@ int main(int argc, char** argv) {
   bool cuda_graphs = true;
   int profile_steps = 0, prefill_reps = 1;
   bool profile_prefill = false;
+  bool small_batch_linear = true;
   std::string profile_trace;
   q::ModelOptions o;
   std::string state = "fp32";
@@ -140,6 +144,8 @@ int main(int argc, char** argv) {
       prefill_reps = std::max(1, std::atoi(v.c_str()));
     else if (f == "--profile-prefill")
       profile_prefill = v != "0";
+    else if (f == "--small-batch-linear")
+      small_batch_linear = v != "0";
     else {
       std::fprintf(stderr, "bench_model: unknown flag %s\n", f.c_str());
       return 2;
@@ -151,6 +157,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.state_dtype = *sd;
+  deltaserve::kernels::SetSmallBatchLinearEnabled(small_batch_linear);
   deltaserve::runner::RunnerOptions ro;
   ro.max_seqs = batch;
   ro.max_model_len = prompt_len + decode + 1;
@@ -247,10 +254,10 @@ int main(int argc, char** argv) {
       "\"threads\": %d, \"dtype\": \"%s\", \"inverse\": \"%s\", \"state\": \"%s\", \"load_s\": %.3f, "
       "\"first_touch_s\": %.3f, "
       "\"prefill_tok_s\": %.2f, \"prefill_first_tok_s\": %.2f, \"prefill_reps\": %d, \"decode_tok_s\": %.3f, "
-      "\"peak_rss_mb\": %.1f}\n",
+      "\"small_batch_linear\": %s, \"peak_rss_mb\": %.1f}\n",
       batch, prompt_len, decode, threads, o.dtype == at::kBFloat16 ? "bfloat16" : "float32",
       o.inverse_method.c_str(), state.c_str(), load_s, warm_s, batch * prompt_len / prefill_s,
       batch * prompt_len / prefill_first_s, prefill_reps, batch * decode / decode_s,
-      ru.ru_maxrss / 1024.0);
+      small_batch_linear ? "true" : "false", ru.ru_maxrss / 1024.0);
   return 0;
 }

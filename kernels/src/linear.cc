@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -12,16 +13,22 @@
 #include "fused_ops_impl.h"
 
 namespace deltaserve::kernels {
-#ifdef DELTASERVE_WITH_CUDA
 namespace {
 
+std::atomic<bool> small_batch_linear_enabled{true};
+
+#ifdef DELTASERVE_WITH_CUDA
 bool Aligned16(const at::Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0; }
 
-}  // namespace
 #endif
+
+}  // namespace
+
+void SetSmallBatchLinearEnabled(bool enabled) { small_batch_linear_enabled.store(enabled, std::memory_order_relaxed); }
 
 bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight) {
 #ifdef DELTASERVE_WITH_CUDA
+  if (!small_batch_linear_enabled.load(std::memory_order_relaxed)) return false;
   if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16) return false;
   const int64_t k = x.size(-1);
   const int64_t rows = x.numel() / k;

@@ -116,6 +116,21 @@ TEST_F(LinearCuda, OtherCasesGoToCublas) {
     EXPECT_TRUE(at::equal(*got, at::linear(x, wk)));
   }
 }
+
+TEST_F(LinearCuda, SwitchedOffEverythingGoesToCublas) {
+  at::manual_seed(9105);
+  const at::TensorOptions bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  at::Tensor x = at::randn({2, 64}, bf16), w = at::randn({96, 64}, bf16);
+  ASSERT_TRUE(UsesSmallBatchLinear(x, w));
+  SetSmallBatchLinearEnabled(false);
+  const bool used = UsesSmallBatchLinear(x, w);
+  absl::StatusOr<at::Tensor> got = Linear(x, w);
+  SetSmallBatchLinearEnabled(true);
+  EXPECT_FALSE(used);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(at::equal(*got, at::linear(x, w)));
+  EXPECT_TRUE(UsesSmallBatchLinear(x, w));
+}
 #endif
 
 }  // namespace

@@ -22,6 +22,10 @@ absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const at::Tensor& weight)
 // Whether Linear(x, weight) would take the small-batch CUDA kernel (for benchmarks and tests).
 bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight);
 
+// Process-wide switch (on by default): off sends every Linear to at::linear, so a benchmark can measure
+// the model with and without the small-batch kernel in one run. Set it before capturing CUDA graphs.
+void SetSmallBatchLinearEnabled(bool enabled);
+
 }  // namespace deltaserve::kernels
 
 #endif  // DELTASERVE_KERNELS_LINEAR_H_
