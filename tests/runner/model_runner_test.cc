@@ -30,6 +30,14 @@ double RelErr(const at::Tensor& a, const at::Tensor& b) {
          b.cpu().to(at::kDouble).norm().item<double>();
 }
 
+// Runner options with max_seqs slots of max_model_len positions each, the rest defaults.
+RunnerOptions Slots(int max_seqs, int64_t max_model_len) {
+  RunnerOptions ro;
+  ro.max_seqs = max_seqs;
+  ro.max_model_len = max_model_len;
+  return ro;
+}
+
 std::unique_ptr<ModelRunner> MakeRunner(const Golden& g, RunnerOptions ro, c10::Device device = c10::kCPU,
                                         at::ScalarType dtype = at::kFloat) {
   models::qwen35::ModelOptions mo;
@@ -139,9 +147,7 @@ std::vector<SamplingParams> HistoryFreeParams(size_t n) {
 
 TEST(ModelRunner, ExecuteSamplesTransformersGreedyTokens) {
   Golden g = ReadGolden("flat_untied");
-  RunnerOptions ro;
-  ro.max_seqs = 3;
-  ro.max_model_len = 256;
+  RunnerOptions ro = Slots(3, 256);
   std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
   ASSERT_NE(r, nullptr);
   const int steps = static_cast<int>(g.greedy_tokens.size());
@@ -156,9 +162,7 @@ TEST(ModelRunner, ExecuteSamplesTransformersGreedyTokens) {
 // one the whole prompt in one pass gives.
 TEST(ModelRunner, PromptChunksThatSampleNothingThenTheLastSamples) {
   Golden g = ReadGolden("flat_untied");
-  RunnerOptions ro;
-  ro.max_seqs = 2;
-  ro.max_model_len = 256;
+  RunnerOptions ro = Slots(2, 256);
   std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
   ASSERT_NE(r, nullptr);
   const std::vector<int32_t>& prompt = g.greedy_prompt;
@@ -184,9 +188,7 @@ TEST(ModelRunner, PromptChunksThatSampleNothingThenTheLastSamples) {
 // table is a scattered, interleaved list of blocks; every logit must equal a solo run in a fresh runner.
 TEST(ModelRunner, ScatteredBlocksGiveSoloResults) {
   Golden g = ReadGolden("nested_tied");
-  RunnerOptions ro;
-  ro.max_seqs = 3;
-  ro.max_model_len = 256;
+  RunnerOptions ro = Slots(3, 256);
   ro.kv_block_size = 8;
   std::vector<std::vector<int32_t>> prompts;
   for (size_t i = 0; i < 3; ++i) prompts.push_back(g.prompts[i % g.prompts.size()].ids);
@@ -231,9 +233,7 @@ TEST(ModelRunner, ScatteredBlocksGiveSoloResults) {
 
 TEST(ModelRunner, KvExhaustionIsRefusedWithoutHarm) {
   Golden g = ReadGolden("flat_untied");
-  RunnerOptions ro;
-  ro.max_seqs = 3;
-  ro.max_model_len = 128;
+  RunnerOptions ro = Slots(3, 128);
   ro.kv_block_size = 16;
   ro.kv_cache_tokens = 64;  // 4 blocks
   std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
@@ -307,9 +307,7 @@ TEST(ModelRunner, ExecuteRefusesSlotsWithoutSequence) {
 // passes run one at a time.
 TEST(ModelRunner, FedDecodesLaunchedAheadEqualOneAtATime) {
   Golden g = ReadGolden("nested_tied");
-  RunnerOptions ro;
-  ro.max_seqs = 3;
-  ro.max_model_len = 256;
+  RunnerOptions ro = Slots(3, 256);
   std::unique_ptr<ModelRunner> r = MakeRunner(g, ro);
   ASSERT_NE(r, nullptr);
   std::vector<std::vector<int32_t>> prompts;
@@ -430,9 +428,7 @@ std::vector<std::vector<int32_t>> Prompts(const Golden& g, size_t n) {
 
 TEST_F(ModelRunnerCuda, GraphReplayEqualsEager) {
   Golden g = ReadGolden("flat_untied");
-  RunnerOptions ro;
-  ro.max_seqs = 6;
-  ro.max_model_len = 256;
+  RunnerOptions ro = Slots(6, 256);
   const std::vector<std::vector<int32_t>> prompts = Prompts(g, 5);
   const std::vector<SamplingParams> params = MixedParams(5);
   RunnerOptions eager_options = ro;
@@ -470,9 +466,7 @@ TEST_F(ModelRunnerCuda, GraphReplayEqualsEager) {
 // batch over the largest bucket does not exist here, so timing forces eager with a layer timer) all run.
 TEST_F(ModelRunnerCuda, StepsNeverSynchroniseTheHost) {
   Golden g = ReadGolden("nested_tied");
-  RunnerOptions ro;
-  ro.max_seqs = 4;
-  ro.max_model_len = 256;
+  RunnerOptions ro = Slots(4, 256);
   std::unique_ptr<ModelRunner> r = MakeRunner(g, ro, c10::kCUDA);
   ASSERT_NE(r, nullptr);
   const std::vector<std::vector<int32_t>> prompts = Prompts(g, 4);
@@ -515,9 +509,7 @@ TEST_F(ModelRunnerCuda, StepsNeverSynchroniseTheHost) {
 
 TEST_F(ModelRunnerCuda, Bf16StaysNearFloat32) {
   Golden g = ReadGolden("flat_untied");
-  RunnerOptions ro;
-  ro.max_seqs = 2;
-  ro.max_model_len = 256;
+  RunnerOptions ro = Slots(2, 256);
   std::unique_ptr<ModelRunner> r = MakeRunner(g, ro, c10::kCUDA, at::kBFloat16);
   ASSERT_NE(r, nullptr);
   for (const auto& p : g.prompts) {
