@@ -23,7 +23,7 @@ constexpr int kThreads = 32 * kWarps;
 constexpr unsigned kFullMask = 0xffffffffu;
 // Splitting stops at this many keys per split (a split's fixed cost, the q load and the merge, stays
 // small against its reads) and at kMaxSplits (the scratch and the merge loop stay small).
-constexpr int64_t kMinKeysPerSplit = 256;
+constexpr int64_t kMinKeysPerSplit = 64;
 constexpr int64_t kMaxSplits = 32;
 // Blocks per SM the split count aims for: about what the decode kernel's registers allow resident, and
 // enough loads in flight to keep HBM busy.
