@@ -77,10 +77,6 @@ __device__ __forceinline__ float RowSum(float x, float* scratch) {
 // silu(x) = x * sigmoid(x) = x / (1 + e^-x), as ATen computes it (-0 for very negative x, no NaN).
 __device__ __forceinline__ float Silu(float x) { return x / (1.0f + expf(-x)); }
 
-// Host side: the vector path needs every base pointer 16-byte aligned and every row stride a whole
-// number of groups.
-inline bool Aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 }  // namespace deltaserve::kernels::internal
 
 #endif  // DELTASERVE_KERNELS_CUDA_FUSED_ROWS_CUH_

@@ -2,7 +2,10 @@
 // rows, so the kernel is built to stream W at memory bandwidth. Each output row belongs to kSplit warps
 // that share its K range (kSplit grows when N is small, so that every SM gets work); each lane keeps
 // kUnroll 16-byte loads of W in flight, reads x through L1 (a few KB, reused by every warp), accumulates
-// in fp32, and the warps' partial sums meet in shared memory.
+// in fp32, and the warps' partial sums meet in shared memory. Two neighbours of a projection fold in:
+// Qwen3.5's zero-centred RMS norm of x (each block normalises the few rows of x into shared memory
+// before streaming W, so no normalised copy goes through memory and no norm kernel runs), and a
+// residual add (out += x W^T in place, so the next norm needs no add).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -13,6 +16,7 @@
 #include <cstdint>
 
 #include "../src/fused_ops_impl.h"
+#include "deltaserve/kernels/linear.h"
 
 namespace deltaserve::kernels::internal {
 namespace {
@@ -24,9 +28,12 @@ constexpr int kUnroll = 4;  // 16-byte loads of W in flight per lane
 struct LinearArgs {
   const uint4* x;  // [rows, x_stride / 8] in 8-bf16 vectors
   const uint4* w;  // [n, k / 8]
-  __nv_bfloat16* out;  // [rows, n]
-  int64_t x_stride_vec;
+  __nv_bfloat16* out;  // [rows, out_stride]: written, or added to (kAccumulate)
+  int64_t x_stride_vec, out_stride;
   int n, k_vec;
+  const void* norm_w;  // kNorm: [k] bf16 or fp32 (norm_w_fp32)
+  bool norm_w_fp32;
+  float eps;
 };
 
 __device__ __forceinline__ void Dot8(const uint4& a, const uint4& b, float& acc) {
@@ -50,10 +57,80 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
   return v;
 }
 
-template <int M, int kSplit>
+__device__ __forceinline__ void ToFloats8(const uint4& v, float (&f)[8]) {
+  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(p[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+// The block's copy of x's M rows, normalised as kernels::RmsNorm does (x * inv_rms * (1 + w) in fp32,
+// rounded to bf16), in shared memory: xs[m * k_vec + i]. Every thread of the block takes part.
+template <int M>
+__device__ void StageNormalisedRows(const LinearArgs& a, uint4* xs, float (*red)[M]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float squares[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) squares[m] = 0.0f;
+  for (int i = threadIdx.x; i < a.k_vec; i += kThreads) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float v[8];
+      ToFloats8(__ldg(a.x + m * a.x_stride_vec + i), v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) squares[m] = fmaf(v[e], v[e], squares[m]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) squares[m] += __shfl_xor_sync(0xffffffffu, squares[m], off);
+    if (lane == 0) red[warp][m] = squares[m];
+  }
+  __syncthreads();
+  float inv_rms[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += red[w][m];
+    inv_rms[m] = rsqrtf(sum / static_cast<float>(a.k_vec * 8) + a.eps);
+  }
+  for (int i = threadIdx.x; i < a.k_vec; i += kThreads) {
+    float w[8];
+    if (a.norm_w_fp32) {
+      const float4* p = static_cast<const float4*>(a.norm_w) + 2 * i;
+      const float4 lo = __ldg(p), hi = __ldg(p + 1);
+      w[0] = lo.x, w[1] = lo.y, w[2] = lo.z, w[3] = lo.w, w[4] = hi.x, w[5] = hi.y, w[6] = hi.z, w[7] = hi.w;
+    } else {
+      ToFloats8(__ldg(static_cast<const uint4*>(a.norm_w) + i), w);
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float v[8];
+      ToFloats8(__ldg(a.x + m * a.x_stride_vec + i), v);
+      uint4 packed;
+      __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(&packed);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        out[e] = __floats2bfloat162_rn(v[2 * e] * inv_rms[m] * (1.0f + w[2 * e]),
+                                       v[2 * e + 1] * inv_rms[m] * (1.0f + w[2 * e + 1]));
+      }
+      xs[m * a.k_vec + i] = packed;
+    }
+  }
+  __syncthreads();
+}
+
+template <int M, int kSplit, bool kNorm, bool kAccumulate>
 __global__ void __launch_bounds__(kThreads) SmallBatchLinearKernel(LinearArgs a) {
   constexpr int kRowsPerBlock = kWarps / kSplit;
   __shared__ float partial[kWarps][M];
+  extern __shared__ uint4 staged_x[];  // kNorm: [M][k_vec]
+  if constexpr (kNorm) StageNormalisedRows<M>(a, staged_x, partial);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * kRowsPerBlock + warp / kSplit;
   const int slice = warp % kSplit;
@@ -75,7 +152,9 @@ __global__ void __launch_bounds__(kThreads) SmallBatchLinearKernel(LinearArgs a)
         const int i = i0 + u * kStep;
         if (i < a.k_vec) {
 #pragma unroll
-          for (int m = 0; m < M; ++m) Dot8(wv[u], __ldg(a.x + m * a.x_stride_vec + i), acc[m]);
+          for (int m = 0; m < M; ++m) {
+            Dot8(wv[u], kNorm ? staged_x[m * a.k_vec + i] : __ldg(a.x + m * a.x_stride_vec + i), acc[m]);
+          }
         }
       }
     }
@@ -85,6 +164,7 @@ __global__ void __launch_bounds__(kThreads) SmallBatchLinearKernel(LinearArgs a)
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], off);
   }
+  // (kNorm: `partial` held the norm's sums, which every thread read before the staging's last barrier.)
   if (lane == 0) {
 #pragma unroll
     for (int m = 0; m < M; ++m) partial[warp][m] = acc[m];
@@ -98,51 +178,64 @@ __global__ void __launch_bounds__(kThreads) SmallBatchLinearKernel(LinearArgs a)
       float sum = 0.0f;
 #pragma unroll
       for (int s = 0; s < kSplit; ++s) sum += partial[r * kSplit + s][m];
-      a.out[static_cast<int64_t>(m) * a.n + out_row] = __float2bfloat16_rn(sum);
+      __nv_bfloat16* out = a.out + static_cast<int64_t>(m) * a.out_stride + out_row;
+      if constexpr (kAccumulate) sum += __bfloat162float(*out);
+      *out = __float2bfloat16_rn(sum);
     }
   }
 }
 
-template <int M>
+template <int M, bool kNorm, bool kAccumulate>
 void LaunchRows(const LinearArgs& a, cudaStream_t stream) {
   // Enough blocks for two per SM where N allows; else split each row's K over more warps.
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   auto blocks = [&](int rows_per_block) { return (a.n + rows_per_block - 1) / rows_per_block; };
+  const size_t smem = kNorm ? sizeof(uint4) * M * a.k_vec : 0;
   if (blocks(kWarps) >= 2 * sms || a.k_vec < 64) {
-    SmallBatchLinearKernel<M, 1><<<blocks(kWarps), kThreads, 0, stream>>>(a);
+    SmallBatchLinearKernel<M, 1, kNorm, kAccumulate><<<blocks(kWarps), kThreads, smem, stream>>>(a);
   } else if (blocks(kWarps / 2) >= 2 * sms || a.k_vec < 128) {
-    SmallBatchLinearKernel<M, 2><<<blocks(kWarps / 2), kThreads, 0, stream>>>(a);
+    SmallBatchLinearKernel<M, 2, kNorm, kAccumulate><<<blocks(kWarps / 2), kThreads, smem, stream>>>(a);
   } else if (blocks(kWarps / 4) >= 2 * sms || a.k_vec < 256) {
-    SmallBatchLinearKernel<M, 4><<<blocks(kWarps / 4), kThreads, 0, stream>>>(a);
+    SmallBatchLinearKernel<M, 4, kNorm, kAccumulate><<<blocks(kWarps / 4), kThreads, smem, stream>>>(a);
   } else {
-    SmallBatchLinearKernel<M, 8><<<blocks(1), kThreads, 0, stream>>>(a);
+    SmallBatchLinearKernel<M, 8, kNorm, kAccumulate><<<blocks(1), kThreads, smem, stream>>>(a);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <int M>
+void LaunchFusion(const LinearArgs& a, bool accumulate, cudaStream_t stream) {
+  if (a.norm_w != nullptr) {
+    return accumulate ? LaunchRows<M, true, true>(a, stream) : LaunchRows<M, true, false>(a, stream);
+  }
+  return accumulate ? LaunchRows<M, false, true>(a, stream) : LaunchRows<M, false, false>(a, stream);
+}
+
 }  // namespace
 
-void SmallBatchLinearCuda(const at::Tensor& x, int64_t x_stride, const at::Tensor& weight, const at::Tensor& out) {
+void SmallBatchLinearCuda(const at::Tensor& x, int64_t x_stride, const at::Tensor& weight, const at::Tensor& out,
+                          const SmallBatchLinearFusion& fusion) {
+  static_assert(kSmallBatchLinearMaxRows == 2, "a LaunchFusion case per row count");
   const c10::cuda::CUDAGuard guard(x.device());
   LinearArgs a{};
   a.x = reinterpret_cast<const uint4*>(x.data_ptr());
   a.w = reinterpret_cast<const uint4*>(weight.data_ptr());
   a.out = reinterpret_cast<__nv_bfloat16*>(out.data_ptr());
   a.x_stride_vec = x_stride / 8;
+  a.out_stride = out.size(-1);
   a.n = static_cast<int>(weight.size(0));
   a.k_vec = static_cast<int>(weight.size(1) / 8);
+  if (fusion.norm_weight.defined()) {
+    a.norm_w = fusion.norm_weight.data_ptr();
+    a.norm_w_fp32 = fusion.norm_weight.scalar_type() == at::kFloat;
+    a.eps = static_cast<float>(fusion.eps);
+  }
   const int64_t rows = x.numel() / x.size(-1);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   switch (rows) {
-    case 1: return LaunchRows<1>(a, stream);
-    case 2: return LaunchRows<2>(a, stream);
-    case 3: return LaunchRows<3>(a, stream);
-    case 4: return LaunchRows<4>(a, stream);
-    case 5: return LaunchRows<5>(a, stream);
-    case 6: return LaunchRows<6>(a, stream);
-    case 7: return LaunchRows<7>(a, stream);
-    case 8: return LaunchRows<8>(a, stream);
-    default: TORCH_CHECK(false, "small-batch linear: ", rows, " rows (at most 8)");
+    case 1: return LaunchFusion<1>(a, fusion.accumulate, stream);
+    case 2: return LaunchFusion<2>(a, fusion.accumulate, stream);
+    default: TORCH_CHECK(false, "small-batch linear: ", rows, " rows (at most ", kSmallBatchLinearMaxRows, ")");
   }
 }
 

@@ -37,6 +37,10 @@ inline int64_t RowStride(const at::Tensor& t) {
 // `t` itself when the kernels can address its rows, else a contiguous copy.
 inline at::Tensor AsRows(const at::Tensor& t) { return RowStride(t) >= 0 ? t : t.contiguous(); }
 
+// The kernels' 16-byte vector paths need every base pointer so aligned (and row strides a whole number
+// of vectors, which each launcher checks for its own layout).
+inline bool Aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
 // Activations [..., H]: defined, at least `min_dims` dimensions, non-empty, fp32 or bf16.
 inline absl::Status CheckActivations(const at::Tensor& t, absl::string_view name, int64_t min_dims = 1) {
   if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(name, ": tensor is undefined"));
@@ -89,6 +93,14 @@ inline absl::Status CheckEps(double eps) {
   return absl::OkStatus();
 }
 
+// The RMS norms' arguments: x activations, weight [H] per feature (named `weight_name`), eps.
+inline absl::Status CheckRmsNormArgs(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                     absl::string_view weight_name = "weight") {
+  DS_RETURN_IF_ERROR(CheckActivations(x, "x"));
+  DS_RETURN_IF_ERROR(CheckFeatureWeight(weight, weight_name, x.size(-1), x));
+  return CheckEps(eps);
+}
+
 #ifdef DELTASERVE_WITH_CUDA
 enum class RowNormKind {
   kZeroCentred,     // x / rms(x) * (1 + w)
@@ -100,9 +112,19 @@ enum class RowNormKind {
 // for kZeroCentred. weight [H] contiguous. out: fresh contiguous [rows, H] of x's dtype.
 void RowNormCuda(RowNormKind kind, const at::Tensor& x, const at::Tensor& other, const at::Tensor& weight,
                  double eps, const at::Tensor& out);
+// What the small-batch linear kernel folds in. norm_weight defined: x's rows are first normalised as
+// kernels::RmsNorm(x, norm_weight, eps) does (norm_weight [K] bf16 or fp32, contiguous, 16-byte aligned;
+// rows * K * 2 bytes <= kSmallBatchNormMaxBytes). accumulate: out += x weight^T instead of out = ... .
+struct SmallBatchLinearFusion {
+  at::Tensor norm_weight;
+  double eps = 0.0;
+  bool accumulate = false;
+};
+inline constexpr int64_t kSmallBatchNormMaxBytes = 48 * 1024;  // the block's staged rows of x
 // x [rows <= kSmallBatchLinearMaxRows, K] bf16 with rows `x_stride` apart (16-byte aligned, K % 8 == 0),
-// weight [N, K] bf16 contiguous and aligned; out fresh contiguous [rows, N]: out = x weight^T.
-void SmallBatchLinearCuda(const at::Tensor& x, int64_t x_stride, const at::Tensor& weight, const at::Tensor& out);
+// weight [N, K] bf16 contiguous and aligned; out contiguous [rows, N] bf16 (fresh unless accumulating).
+void SmallBatchLinearCuda(const at::Tensor& x, int64_t x_stride, const at::Tensor& weight, const at::Tensor& out,
+                          const SmallBatchLinearFusion& fusion = {});
 // x [..., 2F] rows addressable; out fresh contiguous [..., F].
 void SiluAndMulCuda(const at::Tensor& x, const at::Tensor& out);
 // x [T, heads, D] with stride(2) == 1; weight [D], positions [T] int64, inv_freq [R / 2] fp32, all

@@ -1,4 +1,5 @@
-// Linear: argument checks and the choice between the small-batch CUDA kernel and at::linear.
+// Linear, RmsNormLinear, LinearAccumulate: argument checks and the choice between the small-batch CUDA
+// kernel (with the norm or the residual add folded in) and the ATen compositions.
 #include "deltaserve/kernels/linear.h"
 
 #include <ATen/ATen.h>
@@ -10,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "check.h"
+#include "deltaserve/kernels/rms_norm.h"
 #include "fused_ops_impl.h"
 
 namespace deltaserve::kernels {
@@ -17,10 +19,31 @@ namespace {
 
 std::atomic<bool> small_batch_linear_enabled{true};
 
-#ifdef DELTASERVE_WITH_CUDA
-bool Aligned16(const at::Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0; }
+// x [..., K] and weight [N, K] of one dtype and device.
+absl::Status CheckLinearArgs(const at::Tensor& x, const at::Tensor& weight) {
+  DS_RETURN_IF_ERROR(internal::CheckActivations(x, "x"));
+  DS_RETURN_IF_ERROR(internal::CheckTensor(weight, "weight", 2, /*require_contiguous=*/false));
+  if (weight.size(1) != x.size(-1)) {
+    return absl::InvalidArgumentError(absl::StrCat("weight: expected [N, ", x.size(-1), "] to match x's last dimension, got ",
+                                                   internal::ShapeString(weight)));
+  }
+  if (weight.scalar_type() != x.scalar_type() || weight.device() != x.device()) {
+    return absl::InvalidArgumentError("weight: must have x's dtype and device");
+  }
+  return absl::OkStatus();
+}
 
-#endif
+// An empty batch (no rows this pass) is not an error: at::linear returns the empty result.
+bool EmptyBatch(const at::Tensor& x, const at::Tensor& weight) {
+  return x.defined() && weight.defined() && x.numel() == 0 && x.dim() >= 1 && weight.dim() == 2 &&
+         x.size(-1) == weight.size(1);
+}
+
+std::vector<int64_t> OutputShape(const at::Tensor& x, const at::Tensor& weight) {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = weight.size(0);
+  return shape;
+}
 
 }  // namespace
 
@@ -34,7 +57,8 @@ bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight) {
   const int64_t rows = x.numel() / k;
   const int64_t stride = internal::RowStride(x);
   return rows <= kSmallBatchLinearMaxRows && k % 8 == 0 && weight.is_contiguous() && stride >= 0 &&
-         stride % 8 == 0 && Aligned16(x) && Aligned16(weight) && weight.size(0) < (int64_t{1} << 31);
+         stride % 8 == 0 && internal::Aligned16(x.data_ptr()) && internal::Aligned16(weight.data_ptr()) &&
+         weight.size(0) < (int64_t{1} << 31);
 #else
   (void)x;
   (void)weight;
@@ -43,31 +67,67 @@ bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight) {
 }
 
 absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const at::Tensor& weight) {
-  // An empty batch (no rows this pass) is not an error here: at::linear returns the empty result.
-  if (x.defined() && weight.defined() && x.numel() == 0 && x.dim() >= 1 && weight.dim() == 2 &&
-      x.size(-1) == weight.size(1)) {
-    DS_CATCH_ATEN(return at::linear(x, weight);)
-  }
-  DS_RETURN_IF_ERROR(internal::CheckActivations(x, "x"));
-  DS_RETURN_IF_ERROR(internal::CheckTensor(weight, "weight", 2, /*require_contiguous=*/false));
-  if (weight.size(1) != x.size(-1)) {
-    return absl::InvalidArgumentError(absl::StrCat("weight: expected [N, ", x.size(-1), "] to match x's last dimension, got ",
-                                                   internal::ShapeString(weight)));
-  }
-  if (weight.scalar_type() != x.scalar_type() || weight.device() != x.device()) {
-    return absl::InvalidArgumentError("weight: must have x's dtype and device");
-  }
+  if (EmptyBatch(x, weight)) DS_CATCH_ATEN(return at::linear(x, weight);)
+  DS_RETURN_IF_ERROR(CheckLinearArgs(x, weight));
   DS_CATCH_ATEN({
 #ifdef DELTASERVE_WITH_CUDA
     if (UsesSmallBatchLinear(x, weight)) {
-      std::vector<int64_t> shape = x.sizes().vec();
-      shape.back() = weight.size(0);
-      at::Tensor out = at::empty(shape, x.options());
+      at::Tensor out = at::empty(OutputShape(x, weight), x.options());
       internal::SmallBatchLinearCuda(x, internal::RowStride(x), weight, out);
       return out;
     }
 #endif
     return at::linear(x, weight);
+  })
+}
+
+absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& norm_weight, double eps,
+                                         const at::Tensor& weight) {
+  DS_RETURN_IF_ERROR(internal::CheckRmsNormArgs(x, norm_weight, eps, "norm_weight"));
+  DS_RETURN_IF_ERROR(CheckLinearArgs(x, weight));
+#ifdef DELTASERVE_WITH_CUDA
+  const int64_t rows = x.numel() / x.size(-1);
+  if (UsesSmallBatchLinear(x, weight) && norm_weight.is_contiguous() &&
+      internal::Aligned16(norm_weight.data_ptr()) &&
+      rows * x.size(-1) * 2 <= internal::kSmallBatchNormMaxBytes) {
+    DS_CATCH_ATEN({
+      at::Tensor out = at::empty(OutputShape(x, weight), x.options());
+      internal::SmallBatchLinearFusion fusion;
+      fusion.norm_weight = norm_weight;
+      fusion.eps = eps;
+      internal::SmallBatchLinearCuda(x, internal::RowStride(x), weight, out, fusion);
+      return out;
+    })
+  }
+#endif
+  DS_ASSIGN_OR_RETURN(at::Tensor normed, RmsNorm(x, norm_weight, eps));
+  return Linear(normed, weight);
+}
+
+absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at::Tensor& residual) {
+  if (EmptyBatch(x, weight) && residual.defined() && residual.numel() == 0) return absl::OkStatus();
+  DS_RETURN_IF_ERROR(CheckLinearArgs(x, weight));
+  DS_RETURN_IF_ERROR(internal::CheckTensor(residual, "residual", x.dim()));
+  if (residual.sizes().vec() != OutputShape(x, weight)) {
+    return absl::InvalidArgumentError(absl::StrCat("residual: expected shape x W^T [",
+                                                   absl::StrJoin(OutputShape(x, weight), ", "), "], got ",
+                                                   internal::ShapeString(residual)));
+  }
+  if (residual.scalar_type() != x.scalar_type() || residual.device() != x.device()) {
+    return absl::InvalidArgumentError("residual: must have x's dtype and device");
+  }
+  DS_CATCH_ATEN({
+#ifdef DELTASERVE_WITH_CUDA
+    if (UsesSmallBatchLinear(x, weight) && internal::Aligned16(residual.data_ptr())) {
+      internal::SmallBatchLinearFusion fusion;
+      fusion.accumulate = true;
+      internal::SmallBatchLinearCuda(x, internal::RowStride(x), weight, residual, fusion);
+      return absl::OkStatus();
+    }
+#endif
+    at::Tensor out2d = residual.view({-1, weight.size(0)});
+    out2d.addmm_(x.reshape({-1, x.size(-1)}), weight.t());
+    return absl::OkStatus();
   })
 }
 

@@ -12,16 +12,8 @@
 namespace deltaserve::kernels {
 namespace {
 
-using internal::CheckActivations;
-using internal::CheckEps;
-using internal::CheckFeatureWeight;
 using internal::CheckLikeX;
-
-absl::Status CheckNormArgs(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  DS_RETURN_IF_ERROR(CheckActivations(x, "x"));
-  DS_RETURN_IF_ERROR(CheckFeatureWeight(weight, "weight", x.size(-1), x));
-  return CheckEps(eps);
-}
+using internal::CheckRmsNormArgs;
 
 // Everything in fp32 and one rounding at the end: for fp32 inputs this is the unfused model's
 // composition op for op, so golden tests against transformers see the same numbers.
@@ -44,7 +36,7 @@ at::Tensor GatedRmsNormAten(const at::Tensor& x, const at::Tensor& gate, const a
 }  // namespace
 
 absl::StatusOr<at::Tensor> RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  DS_RETURN_IF_ERROR(CheckNormArgs(x, weight, eps));
+  DS_RETURN_IF_ERROR(CheckRmsNormArgs(x, weight, eps));
   DS_CATCH_ATEN({
 #ifdef DELTASERVE_WITH_CUDA
     if (x.is_cuda()) {
@@ -60,7 +52,7 @@ absl::StatusOr<at::Tensor> RmsNorm(const at::Tensor& x, const at::Tensor& weight
 
 absl::StatusOr<at::Tensor> AddRmsNorm(const at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                                       double eps) {
-  DS_RETURN_IF_ERROR(CheckNormArgs(x, weight, eps));
+  DS_RETURN_IF_ERROR(CheckRmsNormArgs(x, weight, eps));
   DS_RETURN_IF_ERROR(CheckLikeX(residual, "residual", x));
   DS_CATCH_ATEN({
 #ifdef DELTASERVE_WITH_CUDA
@@ -83,7 +75,7 @@ absl::StatusOr<at::Tensor> AddRmsNorm(const at::Tensor& x, at::Tensor& residual,
 
 absl::StatusOr<at::Tensor> GatedRmsNorm(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight,
                                         double eps) {
-  DS_RETURN_IF_ERROR(CheckNormArgs(x, weight, eps));
+  DS_RETURN_IF_ERROR(CheckRmsNormArgs(x, weight, eps));
   DS_RETURN_IF_ERROR(CheckLikeX(gate, "gate", x));
   DS_CATCH_ATEN({
 #ifdef DELTASERVE_WITH_CUDA

@@ -1,6 +1,7 @@
-// kernels::Linear: the same result as at::linear on the CPU, bad arguments named, and, where a GPU is
-// present, the small-batch CUDA kernel against a float64 reference for every row count it takes, odd
-// shapes and strided rows, plus the hand-over to cuBLAS beyond its row limit.
+// kernels::Linear, RmsNormLinear and LinearAccumulate: float64 references (and at::linear) on the CPU,
+// bad arguments named, and, where a GPU is present, the small-batch CUDA kernel with and without the
+// folded norm and residual add against float64 for every row count it takes, odd shapes and strided
+// rows, plus the hand-over to cuBLAS beyond its row limit.
 #include "deltaserve/kernels/linear.h"
 
 #include <ATen/ATen.h>
@@ -49,6 +50,68 @@ TEST(Linear, NamesTheBadArgument) {
   EXPECT_THAT(r.status().message(), HasSubstr("weight"));
 }
 
+// Qwen3.5's zero-centred RMS norm in float64, rounded to x's dtype as the model stores it, then x W^T
+// in float64.
+at::Tensor NormLinearFloat64(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w) {
+  at::Tensor xd = x.cpu().to(at::kDouble);
+  at::Tensor normed = xd * at::rsqrt(xd.pow(2).mean(-1, true) + eps) * (norm_w.cpu().to(at::kDouble) + 1.0);
+  return at::matmul(normed.to(x.scalar_type()).to(at::kDouble), w.cpu().to(at::kDouble).t());
+}
+
+double MaxRelErr(const at::Tensor& got, const at::Tensor& ref) {
+  return (got.cpu().to(at::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+}
+
+TEST(RmsNormLinear, NormalisesThenProjectsOnTheCpu) {
+  at::manual_seed(9111);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    at::Tensor x = (at::randn({4, 48}) * 3 + 0.5).to(dtype);
+    at::Tensor norm_w = (at::randn({48}) * 0.2).to(dtype);
+    at::Tensor w = at::randn({20, 48}).to(dtype);
+    absl::StatusOr<at::Tensor> got = RmsNormLinear(x, norm_w, 1e-6, w);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->scalar_type(), dtype);
+    EXPECT_LT(MaxRelErr(*got, NormLinearFloat64(x, norm_w, 1e-6, w)), dtype == at::kFloat ? 1e-5 : 8e-3);
+  }
+}
+
+TEST(LinearAccumulate, AddsIntoTheResidualOnTheCpu) {
+  at::manual_seed(9112);
+  at::Tensor x = at::randn({3, 32}), w = at::randn({24, 32});
+  at::Tensor residual = at::randn({3, 24});
+  at::Tensor ref = residual.to(at::kDouble) + at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
+  ASSERT_TRUE(LinearAccumulate(x, w, residual).ok());
+  EXPECT_LT(MaxRelErr(residual, ref), 1e-5);
+}
+
+TEST(LinearAccumulate, NamesTheBadArgument) {
+  at::Tensor x = at::randn({3, 32}), w = at::randn({24, 32});
+  at::Tensor wrong_shape = at::randn({3, 23});
+  absl::Status s = LinearAccumulate(x, w, wrong_shape);
+  EXPECT_THAT(s.message(), HasSubstr("residual"));
+  at::Tensor wrong_dtype = at::randn({3, 24}).to(at::kBFloat16);
+  s = LinearAccumulate(x, w, wrong_dtype);
+  EXPECT_THAT(s.message(), HasSubstr("residual"));
+  at::Tensor strided = at::randn({24, 3}).t();
+  s = LinearAccumulate(x, w, strided);
+  EXPECT_THAT(s.message(), HasSubstr("residual"));
+  at::Tensor fine = at::randn({3, 24});
+  EXPECT_THAT(LinearAccumulate(x, at::randn({24, 31}), fine).message(), HasSubstr("weight"));
+}
+
+TEST(RmsNormLinear, NamesTheBadArgument) {
+  at::Tensor x = at::randn({2, 16}), w = at::randn({8, 16});
+  absl::StatusOr<at::Tensor> r = RmsNormLinear(x, at::randn({15}), 1e-6, w);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("norm_weight"));
+  r = RmsNormLinear(x, at::randn({16}), -1.0, w);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("eps"));
+  r = RmsNormLinear(x, at::randn({16}), 1e-6, at::randn({8, 17}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("weight"));
+}
+
 #ifdef DELTASERVE_WITH_CUDA
 class LinearCuda : public ::testing::Test {
  protected:
@@ -87,18 +150,19 @@ TEST_F(LinearCuda, StridedRowsAndLeadingDimensions) {
   at::manual_seed(9103);
   const at::TensorOptions bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
   at::Tensor w = at::randn({96, 64}, bf16);
-  // Rows 16 elements apart inside a wider tensor (a narrow() of a projection), and [1, 3, K].
-  at::Tensor wide = at::randn({3, 80}, bf16);
+  // Rows 16 elements apart inside a wider tensor (a narrow() of a projection), and [1, 2, K].
+  at::Tensor wide = at::randn({2, 80}, bf16);
   at::Tensor x = wide.narrow(1, 16, 64);
   ASSERT_TRUE(UsesSmallBatchLinear(x, w));
   absl::StatusOr<at::Tensor> got = Linear(x, w);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_LT(RelErrToFloat64(*got, x, w), 8e-3);
-  at::Tensor x3 = at::randn({1, 3, 64}, bf16);
+  at::Tensor x3 = at::randn({1, 2, 64}, bf16);
+  ASSERT_TRUE(UsesSmallBatchLinear(x3, w));
   got = Linear(x3, w);
   ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(got->sizes(), (std::vector<int64_t>{1, 3, 96}));
-  EXPECT_LT(RelErrToFloat64(got->reshape({3, 96}), x3.reshape({3, 64}), w), 8e-3);
+  EXPECT_EQ(got->sizes(), (std::vector<int64_t>{1, 2, 96}));
+  EXPECT_LT(RelErrToFloat64(got->reshape({2, 96}), x3.reshape({2, 64}), w), 8e-3);
 }
 
 TEST_F(LinearCuda, OtherCasesGoToCublas) {
@@ -130,6 +194,45 @@ TEST_F(LinearCuda, SwitchedOffEverythingGoesToCublas) {
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(at::equal(*got, at::linear(x, w)));
   EXPECT_TRUE(UsesSmallBatchLinear(x, w));
+}
+
+// The norm folded into the kernel: the model's shapes (hidden 1024 and the 9B's 4096), a tiny and an
+// odd one, bf16 and fp32 norm weights, every row count the kernel takes and one more (the composition).
+TEST_F(LinearCuda, RmsNormLinearMatchesFloat64) {
+  at::manual_seed(9113);
+  const at::TensorOptions bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{8224, 1024}, {7168, 1024}, {512, 4096}, {5, 8}, {300, 264}};
+  for (const auto& [n, k] : shapes) {
+    at::Tensor w = at::randn({n, k}, bf16);
+    for (at::ScalarType norm_dtype : {at::kBFloat16, at::kFloat}) {
+      at::Tensor norm_w = (at::randn({k}, bf16) * 0.3).to(norm_dtype);
+      for (int64_t rows = 1; rows <= kSmallBatchLinearMaxRows + 1; ++rows) {
+        at::Tensor x = at::randn({rows, k}, bf16) * 4 + 0.5;
+        absl::StatusOr<at::Tensor> got = RmsNormLinear(x, norm_w, 1e-6, w);
+        ASSERT_TRUE(got.ok()) << got.status();
+        ASSERT_EQ(got->sizes(), (std::vector<int64_t>{rows, n}));
+        EXPECT_LT(MaxRelErr(*got, NormLinearFloat64(x, norm_w, 1e-6, w)), 8e-3)
+            << rows << " rows, N " << n << ", K " << k << ", norm " << c10::toString(norm_dtype);
+      }
+    }
+  }
+}
+
+// The residual add folded into the kernel's epilogue (rows the kernel takes) and addmm (one more row).
+TEST_F(LinearCuda, LinearAccumulateMatchesFloat64) {
+  at::manual_seed(9114);
+  const at::TensorOptions bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{1024, 3584}, {1024, 2048}, {33, 40}}) {
+    at::Tensor w = at::randn({n, k}, bf16) * 0.05;
+    for (int64_t rows = 1; rows <= kSmallBatchLinearMaxRows + 1; ++rows) {
+      at::Tensor x = at::randn({rows, k}, bf16);
+      at::Tensor residual = at::randn({rows, n}, bf16) * 2;
+      at::Tensor ref = residual.cpu().to(at::kDouble) +
+                       at::matmul(x.cpu().to(at::kDouble), w.cpu().to(at::kDouble).t());
+      ASSERT_TRUE(LinearAccumulate(x, w, residual).ok());
+      EXPECT_LT(MaxRelErr(residual, ref), 8e-3) << rows << " rows, N " << n << ", K " << k;
+    }
+  }
 }
 #endif
 

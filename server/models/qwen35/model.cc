@@ -99,16 +99,17 @@ StateShape Qwen35Model::MakeStateShape(int64_t slots, int64_t kv_blocks, int64_t
   return s;
 }
 
-at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const ForwardBatch& b,
-                                        Qwen35State& state) const {
+void Qwen35Model::LinearAttention(size_t layer, at::Tensor& residual, const ForwardBatch& b,
+                                  Qwen35State& state) const {
   const LinearAttentionWeights& w = weights_.layers[layer].linear;
   const Qwen35Config& c = config_;
   const int64_t hk = c.linear_num_key_heads, hv = c.linear_num_value_heads;
   const int64_t dk = c.linear_key_head_dim, dv = c.linear_value_head_dim;
   const int64_t conv_dim = 2 * hk * dk + hv * dv;
-  const int64_t t = x.size(0);
-  // One GEMM for the four input projections: [qkv | z | b | a].
-  at::Tensor proj = Unwrap(kernels::Linear(x, w.in_proj));
+  const int64_t t = residual.size(0);
+  // One GEMM for the four input projections of the normalised stream: [qkv | z | b | a].
+  at::Tensor proj =
+      Unwrap(kernels::RmsNormLinear(residual, weights_.layers[layer].input_norm, c.rms_norm_eps, w.in_proj));
   at::Tensor qkv = proj.narrow(1, 0, conv_dim);  // a view: the conv step reads strided rows
   at::Tensor z = proj.narrow(1, conv_dim, hv * dv).contiguous();
   // The gates in float32 from the [b | a] columns, in one fused pass.
@@ -131,7 +132,7 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
     step.host_slots = b.host_state_slots;
     o = Unwrap(kernels::RecurrentGatedDeltaStep(q, k, v, g.contiguous(), beta.contiguous(), b.state_slots, pool,
                                                 step))
-            .to(x.scalar_type());  // [T, hv, dv]
+            .to(residual.scalar_type());  // [T, hv, dv]
   } else {
     at::Tensor init = state.conv[layer].index_select(0, b.state_slots);
     kernels::CausalConv1dOutput conv = Unwrap(kernels::CausalConv1d(qkv.contiguous().unsqueeze(0), w.conv1d, {},
@@ -149,25 +150,27 @@ at::Tensor Qwen35Model::LinearAttention(size_t layer, const at::Tensor& x, const
     kernels::GatedDeltaRuleOutput out = Unwrap(kernels::ChunkGatedDeltaRule(
         q, k, v, g.unsqueeze(0).contiguous(), beta.unsqueeze(0).contiguous(), h0, b.cu_seqlens, rule));
     Unwrap(kernels::WriteStates(pool, b.state_slots, out.final_state, b.host_state_slots));
-    o = out.o[0].to(x.scalar_type());  // [T, hv, dv]
+    o = out.o[0].to(residual.scalar_type());  // [T, hv, dv]
   }
   at::Tensor normed = Unwrap(kernels::GatedRmsNorm(o.contiguous(), z.view({t, hv, dv}), w.norm, c.rms_norm_eps));
-  return Unwrap(kernels::Linear(normed.reshape({t, hv * dv}), w.out_proj));
+  Unwrap(kernels::LinearAccumulate(normed.reshape({t, hv * dv}), w.out_proj, residual));
 }
 
-at::Tensor Qwen35Model::FullAttention(size_t layer, const at::Tensor& x, const ForwardBatch& b,
-                                      Qwen35State& state) const {
+void Qwen35Model::FullAttention(size_t layer, at::Tensor& residual, const ForwardBatch& b,
+                                Qwen35State& state) const {
   const FullAttentionWeights& w = weights_.layers[layer].full;
   const Qwen35Config& c = config_;
   const int64_t heads = c.num_attention_heads, kvh = c.num_key_value_heads, hd = c.head_dim;
-  const int64_t t = x.size(0);
-  at::Tensor qg = Unwrap(kernels::Linear(x, w.q_proj)).view({t, heads, 2 * hd});  // per head: query, then gate
+  const int64_t t = residual.size(0);
+  // [q and gate per head | k | v] of the normalised stream, in one GEMM; the pieces are views of it.
+  at::Tensor qkv =
+      Unwrap(kernels::RmsNormLinear(residual, weights_.layers[layer].input_norm, c.rms_norm_eps, w.qkv_proj));
+  at::Tensor qg = qkv.narrow(1, 0, heads * 2 * hd).view({t, heads, 2 * hd});
   at::Tensor q = Unwrap(kernels::QkNormRotary(qg.narrow(-1, 0, hd), w.q_norm, b.positions, inv_freq_, c.rms_norm_eps));
   at::Tensor gate = qg.narrow(-1, hd, hd).reshape({t, heads * hd});
-  at::Tensor kv = Unwrap(kernels::Linear(x, w.kv_proj));  // [k | v]
-  at::Tensor k = Unwrap(kernels::QkNormRotary(kv.narrow(1, 0, kvh * hd).view({t, kvh, hd}), w.k_norm, b.positions,
-                                              inv_freq_, c.rms_norm_eps));
-  at::Tensor v = kv.narrow(1, kvh * hd, kvh * hd).reshape({t, kvh, hd}).contiguous();
+  at::Tensor k = Unwrap(kernels::QkNormRotary(qkv.narrow(1, heads * 2 * hd, kvh * hd).view({t, kvh, hd}), w.k_norm,
+                                              b.positions, inv_freq_, c.rms_norm_eps));
+  at::Tensor v = qkv.narrow(1, (heads * 2 + kvh) * hd, kvh * hd).reshape({t, kvh, hd}).contiguous();
   // Heads narrower than the kernels' smallest size (test models) are zero-padded to the cache's width.
   const int64_t cache_hd = state.k_cache[layer].size(3);
   if (cache_hd != hd) {
@@ -183,7 +186,7 @@ at::Tensor Qwen35Model::FullAttention(size_t layer, const at::Tensor& x, const F
                : Unwrap(kernels::PagedPrefillAttention(q, state.k_cache[layer], state.v_cache[layer],
                                                        b.block_tables, b.host_cu_seqlens, b.host_starts, scale));
   if (cache_hd != hd) attn = attn.narrow(-1, 0, hd);
-  return Unwrap(kernels::Linear(attn.reshape({t, heads * hd}) * at::sigmoid(gate), w.o_proj));
+  Unwrap(kernels::LinearAccumulate(attn.reshape({t, heads * hd}) * at::sigmoid(gate), w.o_proj, residual));
 }
 
 std::vector<TimedSpan> Qwen35Model::TimedSpans() const {
@@ -203,36 +206,34 @@ at::Tensor Qwen35Model::Forward(const ForwardBatch& b, Qwen35State& state, Layer
   TORCH_CHECK(static_cast<int64_t>(b.host_state_slots.size()) == b.num_seqs, "forward: ", b.num_seqs,
               " sequences but ", b.host_state_slots.size(), " host slots");
   const double eps = config_.rms_norm_eps;
-  // `residual` carries the stream between blocks; AddRmsNorm adds each block's output to it in place and
-  // normalises the sum for the next block in one pass.
+  // `residual` carries the stream between blocks: each block normalises it as its first projection
+  // reads it (RmsNormLinear) and adds its output to it in place in its last (LinearAccumulate).
   at::Tensor residual;
   {
     SpanScope span(timer, 0);
     residual = at::embedding(weights_.embed_tokens, b.token_ids);
   }
-  at::Tensor h;
   for (size_t i = 0; i < weights_.layers.size(); ++i) {
     const LayerWeights& lw = weights_.layers[i];
     {
       SpanScope span(timer, 1 + 2 * i);
-      h = i == 0 ? Unwrap(kernels::RmsNorm(residual, lw.input_norm, eps))
-                 : Unwrap(kernels::AddRmsNorm(h, residual, lw.input_norm, eps));
-      h = lw.type == LayerType::kLinearAttention ? LinearAttention(i, h, b, state) : FullAttention(i, h, b, state);
+      if (lw.type == LayerType::kLinearAttention) {
+        LinearAttention(i, residual, b, state);
+      } else {
+        FullAttention(i, residual, b, state);
+      }
     }
     SpanScope span(timer, 2 + 2 * i);
-    h = Unwrap(kernels::AddRmsNorm(h, residual, lw.post_attention_norm, eps));
-    h = Unwrap(kernels::Linear(Unwrap(kernels::SiluAndMul(Unwrap(kernels::Linear(h, lw.gate_up_proj)))), lw.down_proj));
+    at::Tensor gate_up = Unwrap(kernels::RmsNormLinear(residual, lw.post_attention_norm, eps, lw.gate_up_proj));
+    Unwrap(kernels::LinearAccumulate(Unwrap(kernels::SiluAndMul(gate_up)), lw.down_proj, residual));
   }
   SpanScope span(timer, 1 + 2 * weights_.layers.size());
   if (b.logit_rows.defined() && b.logit_rows.numel() == 0) {
     // A pass of prompt chunks none of which ends its prompt: nothing to predict, no lm_head.
     return at::empty({0, weights_.lm_head.size(0)}, residual.options().dtype(at::kFloat));
   }
-  if (b.logit_rows.defined()) {
-    residual = residual.index_select(0, b.logit_rows);
-    h = h.index_select(0, b.logit_rows);
-  }
-  at::Tensor x = Unwrap(kernels::AddRmsNorm(h, residual, weights_.final_norm, eps));
+  if (b.logit_rows.defined()) residual = residual.index_select(0, b.logit_rows);
+  at::Tensor x = Unwrap(kernels::RmsNorm(residual, weights_.final_norm, eps));
   return at::linear(x, weights_.lm_head).to(at::kFloat);
 }
 

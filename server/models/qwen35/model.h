@@ -56,8 +56,10 @@ class Qwen35Model {
 
  private:
   Qwen35Model() = default;
-  at::Tensor LinearAttention(size_t layer, const at::Tensor& x, const ForwardBatch& batch, Qwen35State& state) const;
-  at::Tensor FullAttention(size_t layer, const at::Tensor& x, const ForwardBatch& batch, Qwen35State& state) const;
+  // A token-mixing block: reads the residual stream through the layer's input norm and adds its output
+  // to the stream in place.
+  void LinearAttention(size_t layer, at::Tensor& residual, const ForwardBatch& batch, Qwen35State& state) const;
+  void FullAttention(size_t layer, at::Tensor& residual, const ForwardBatch& batch, Qwen35State& state) const;
 
   Qwen35Config config_;
   ModelOptions options_;

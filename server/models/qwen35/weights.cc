@@ -76,9 +76,9 @@ absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& che
       } else {
         const int64_t heads = c.num_attention_heads, kvh = c.num_key_value_heads, hd = c.head_dim;
         const std::string a = p + "self_attn.";
-        l.full.q_proj = load.Take(a + "q_proj.weight", {heads * hd * 2, h});
-        l.full.kv_proj = Stack({load.Take(a + "k_proj.weight", {kvh * hd, h}),
-                                  load.Take(a + "v_proj.weight", {kvh * hd, h})});
+        l.full.qkv_proj = Stack({load.Take(a + "q_proj.weight", {heads * hd * 2, h}),
+                                 load.Take(a + "k_proj.weight", {kvh * hd, h}),
+                                 load.Take(a + "v_proj.weight", {kvh * hd, h})});
         l.full.o_proj = load.Take(a + "o_proj.weight", {h, heads * hd});
         l.full.q_norm = load.Take(a + "q_norm.weight", {hd});
         l.full.k_norm = load.Take(a + "k_norm.weight", {hd});

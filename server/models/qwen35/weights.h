@@ -27,8 +27,9 @@ struct LinearAttentionWeights {
 };
 
 struct FullAttentionWeights {
-  at::Tensor q_proj;          // [heads 2 head_dim, hidden]: per head, query then output gate
-  at::Tensor kv_proj;         // k_proj and v_proj stacked: [2 kv_heads head_dim, hidden]
+  // q_proj ([heads 2 head_dim]: per head, query then output gate), k_proj and v_proj ([kv_heads
+  // head_dim] each) stacked, so the three projections are one GEMM: [(2 heads + 2 kv_heads) head_dim, hidden].
+  at::Tensor qkv_proj;
   at::Tensor o_proj;          // [hidden, heads head_dim]
   at::Tensor q_norm, k_norm;  // [head_dim] zero-centred RMSNorm weights
 };

@@ -1,5 +1,5 @@
-// y = x W^T for the model's projections: a memory-bound kernel for the few-row case of decode on CUDA
-// (cuBLAS's tiles read bf16 weights at well under the GPU's bandwidth at M <= 8), at::linear otherwise.
+// y = x W^T for the model's projections, with the RMS norm before and the residual add after folded in:
+// one memory-bound kernel for decode's few rows on CUDA, at::linear (cuBLAS) and the norm kernels otherwise.
 #ifndef DELTASERVE_KERNELS_LINEAR_H_
 #define DELTASERVE_KERNELS_LINEAR_H_
 
@@ -11,13 +11,25 @@
 
 namespace deltaserve::kernels {
 
-// The most rows of x that take the small-batch kernel; more go to at::linear (cuBLAS).
-inline constexpr int64_t kSmallBatchLinearMaxRows = 8;
+// The most rows of x that take the small-batch kernel; more go to at::linear (cuBLAS). Inside the
+// decode step's CUDA graph (H100, 0.8B model) the kernel beat cuBLAS at one row and lost at 4 and 8.
+inline constexpr int64_t kSmallBatchLinearMaxRows = 2;
 
 // x [..., K] fp32 or bf16, weight [N, K] of x's dtype and device; returns [..., N] in x's dtype (fp32
 // accumulation). On CUDA, bf16 x with at most kSmallBatchLinearMaxRows rows, a contiguous weight and
 // K % 8 == 0 runs the small-batch kernel; everything else is at::linear.
 absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const at::Tensor& weight);
+
+// y = RmsNorm(x, norm_weight, eps) W^T, with kernels::RmsNorm's zero-centred norm and its argument
+// rules. Where the small-batch kernel runs and the rows of x fit its shared memory, each block
+// normalises x as it loads it and no normalised copy is written; otherwise RmsNorm, then Linear.
+absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& norm_weight, double eps,
+                                         const at::Tensor& weight);
+
+// residual += x W^T in place, in residual's dtype (fp32 accumulation, one rounding of the sum).
+// residual [..., N] contiguous with x's leading shape, dtype and device. The small-batch kernel adds in
+// its epilogue; otherwise one addmm with beta 1 (cuBLAS on CUDA).
+absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at::Tensor& residual);
 
 // Whether Linear(x, weight) would take the small-batch CUDA kernel (for benchmarks and tests).
 bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight);
