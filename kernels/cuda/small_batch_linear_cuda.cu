@@ -2,10 +2,10 @@
 // rows, so the kernel is built to stream W at memory bandwidth. Each output row belongs to kSplit warps
 // that share its K range (kSplit grows when N is small, so that every SM gets work); each lane keeps
 // kUnroll 16-byte loads of W in flight, reads x through L1 (a few KB, reused by every warp), accumulates
-// in fp32, and the warps' partial sums meet in shared memory. Two neighbours of a projection fold in:
-// Qwen3.5's zero-centred RMS norm of x (each block normalises the few rows of x into shared memory
-// before streaming W, so no normalised copy goes through memory and no norm kernel runs), and a
-// residual add (out += x W^T in place, so the next norm needs no add).
+// in fp32, and the warps' partial sums meet in shared memory. Neighbours of a projection fold in: on
+// the input side Qwen3.5's zero-centred RMS norm of x, or the MLP's silu(gate) * up (each block stages
+// the few transformed rows of x in shared memory before streaming W, so no intermediate goes through
+// memory and no separate kernel runs); on the output side a residual add (out += x W^T in place).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -25,8 +25,12 @@ constexpr int kThreads = 256;  // 8 warps
 constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;  // 16-byte loads of W in flight per lane
 
+// What a block does to x's rows before the product: nothing (read them through L1), or stage them in
+// shared memory normalised, or as silu(first half) * second half.
+enum class Stage { kNone, kNorm, kSiluMul };
+
 struct LinearArgs {
-  const uint4* x;  // [rows, x_stride / 8] in 8-bf16 vectors
+  const uint4* x;  // [rows, x_stride / 8] in 8-bf16 vectors (kSiluMul: 2 k_vec of them a row)
   const uint4* w;  // [n, k / 8]
   __nv_bfloat16* out;  // [rows, out_stride]: written, or added to (kAccumulate)
   int64_t x_stride_vec, out_stride;
@@ -125,12 +129,37 @@ __device__ void StageNormalisedRows(const LinearArgs& a, uint4* xs, float (*red)
   __syncthreads();
 }
 
-template <int M, int kSplit, bool kNorm, bool kAccumulate>
+// The block's copy of silu(x[m, :K]) * x[m, K:] (fp32, rounded to bf16, as kernels::SiluAndMul does) in
+// shared memory: xs[m * k_vec + i]. Every thread of the block takes part.
+template <int M>
+__device__ void StageSiluMulRows(const LinearArgs& a, uint4* xs) {
+  for (int i = threadIdx.x; i < a.k_vec; i += kThreads) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float g[8], u[8];
+      ToFloats8(__ldg(a.x + m * a.x_stride_vec + i), g);
+      ToFloats8(__ldg(a.x + m * a.x_stride_vec + a.k_vec + i), u);
+      uint4 packed;
+      __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(&packed);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        out[e] = __floats2bfloat162_rn(g[2 * e] / (1.0f + expf(-g[2 * e])) * u[2 * e],
+                                       g[2 * e + 1] / (1.0f + expf(-g[2 * e + 1])) * u[2 * e + 1]);
+      }
+      xs[m * a.k_vec + i] = packed;
+    }
+  }
+  __syncthreads();
+}
+
+template <int M, int kSplit, Stage kStage, bool kAccumulate>
 __global__ void __launch_bounds__(kThreads) SmallBatchLinearKernel(LinearArgs a) {
   constexpr int kRowsPerBlock = kWarps / kSplit;
+  constexpr bool kStaged = kStage != Stage::kNone;
   __shared__ float partial[kWarps][M];
-  extern __shared__ uint4 staged_x[];  // kNorm: [M][k_vec]
-  if constexpr (kNorm) StageNormalisedRows<M>(a, staged_x, partial);
+  extern __shared__ uint4 staged_x[];  // kStaged: [M][k_vec]
+  if constexpr (kStage == Stage::kNorm) StageNormalisedRows<M>(a, staged_x, partial);
+  if constexpr (kStage == Stage::kSiluMul) StageSiluMulRows<M>(a, staged_x);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * kRowsPerBlock + warp / kSplit;
   const int slice = warp % kSplit;
@@ -153,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) SmallBatchLinearKernel(LinearArgs a)
         if (i < a.k_vec) {
 #pragma unroll
           for (int m = 0; m < M; ++m) {
-            Dot8(wv[u], kNorm ? staged_x[m * a.k_vec + i] : __ldg(a.x + m * a.x_stride_vec + i), acc[m]);
+            Dot8(wv[u], kStaged ? staged_x[m * a.k_vec + i] : __ldg(a.x + m * a.x_stride_vec + i), acc[m]);
           }
         }
       }
@@ -185,30 +214,34 @@ __global__ void __launch_bounds__(kThreads) SmallBatchLinearKernel(LinearArgs a)
   }
 }
 
-template <int M, bool kNorm, bool kAccumulate>
+template <int M, Stage kStage, bool kAccumulate>
 void LaunchRows(const LinearArgs& a, cudaStream_t stream) {
   // Enough blocks for two per SM where N allows; else split each row's K over more warps.
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   auto blocks = [&](int rows_per_block) { return (a.n + rows_per_block - 1) / rows_per_block; };
-  const size_t smem = kNorm ? sizeof(uint4) * M * a.k_vec : 0;
+  const size_t smem = kStage != Stage::kNone ? sizeof(uint4) * M * a.k_vec : 0;
   if (blocks(kWarps) >= 2 * sms || a.k_vec < 64) {
-    SmallBatchLinearKernel<M, 1, kNorm, kAccumulate><<<blocks(kWarps), kThreads, smem, stream>>>(a);
+    SmallBatchLinearKernel<M, 1, kStage, kAccumulate><<<blocks(kWarps), kThreads, smem, stream>>>(a);
   } else if (blocks(kWarps / 2) >= 2 * sms || a.k_vec < 128) {
-    SmallBatchLinearKernel<M, 2, kNorm, kAccumulate><<<blocks(kWarps / 2), kThreads, smem, stream>>>(a);
+    SmallBatchLinearKernel<M, 2, kStage, kAccumulate><<<blocks(kWarps / 2), kThreads, smem, stream>>>(a);
   } else if (blocks(kWarps / 4) >= 2 * sms || a.k_vec < 256) {
-    SmallBatchLinearKernel<M, 4, kNorm, kAccumulate><<<blocks(kWarps / 4), kThreads, smem, stream>>>(a);
+    SmallBatchLinearKernel<M, 4, kStage, kAccumulate><<<blocks(kWarps / 4), kThreads, smem, stream>>>(a);
   } else {
-    SmallBatchLinearKernel<M, 8, kNorm, kAccumulate><<<blocks(1), kThreads, smem, stream>>>(a);
+    SmallBatchLinearKernel<M, 8, kStage, kAccumulate><<<blocks(1), kThreads, smem, stream>>>(a);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <int M, Stage kStage>
+void LaunchStage(const LinearArgs& a, bool accumulate, cudaStream_t stream) {
+  return accumulate ? LaunchRows<M, kStage, true>(a, stream) : LaunchRows<M, kStage, false>(a, stream);
+}
+
 template <int M>
-void LaunchFusion(const LinearArgs& a, bool accumulate, cudaStream_t stream) {
-  if (a.norm_w != nullptr) {
-    return accumulate ? LaunchRows<M, true, true>(a, stream) : LaunchRows<M, true, false>(a, stream);
-  }
-  return accumulate ? LaunchRows<M, false, true>(a, stream) : LaunchRows<M, false, false>(a, stream);
+void LaunchFusion(const LinearArgs& a, const SmallBatchLinearFusion& f, cudaStream_t stream) {
+  if (f.norm_weight.defined()) return LaunchStage<M, Stage::kNorm>(a, f.accumulate, stream);
+  if (f.silu_and_mul) return LaunchStage<M, Stage::kSiluMul>(a, f.accumulate, stream);
+  return LaunchStage<M, Stage::kNone>(a, f.accumulate, stream);
 }
 
 }  // namespace
@@ -233,8 +266,8 @@ void SmallBatchLinearCuda(const at::Tensor& x, int64_t x_stride, const at::Tenso
   const int64_t rows = x.numel() / x.size(-1);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   switch (rows) {
-    case 1: return LaunchFusion<1>(a, fusion.accumulate, stream);
-    case 2: return LaunchFusion<2>(a, fusion.accumulate, stream);
+    case 1: return LaunchFusion<1>(a, fusion, stream);
+    case 2: return LaunchFusion<2>(a, fusion, stream);
     default: TORCH_CHECK(false, "small-batch linear: ", rows, " rows (at most ", kSmallBatchLinearMaxRows, ")");
   }
 }

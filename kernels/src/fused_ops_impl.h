@@ -113,14 +113,16 @@ enum class RowNormKind {
 void RowNormCuda(RowNormKind kind, const at::Tensor& x, const at::Tensor& other, const at::Tensor& weight,
                  double eps, const at::Tensor& out);
 // What the small-batch linear kernel folds in. norm_weight defined: x's rows are first normalised as
-// kernels::RmsNorm(x, norm_weight, eps) does (norm_weight [K] bf16 or fp32, contiguous, 16-byte aligned;
-// rows * K * 2 bytes <= kSmallBatchNormMaxBytes). accumulate: out += x weight^T instead of out = ... .
+// kernels::RmsNorm(x, norm_weight, eps) does (norm_weight [K] bf16 or fp32, contiguous, 16-byte aligned).
+// silu_and_mul: x's rows hold [gate | up] of 2K and the product reads kernels::SiluAndMul(x). Either way
+// rows * K * 2 bytes <= kSmallBatchStagedMaxBytes. accumulate: out += x weight^T instead of out = ... .
 struct SmallBatchLinearFusion {
   at::Tensor norm_weight;
   double eps = 0.0;
+  bool silu_and_mul = false;
   bool accumulate = false;
 };
-inline constexpr int64_t kSmallBatchNormMaxBytes = 48 * 1024;  // the block's staged rows of x
+inline constexpr int64_t kSmallBatchStagedMaxBytes = 48 * 1024;  // the block's staged rows of x
 // x [rows <= kSmallBatchLinearMaxRows, K] bf16 with rows `x_stride` apart (16-byte aligned, K % 8 == 0),
 // weight [N, K] bf16 contiguous and aligned; out contiguous [rows, N] bf16 (fresh unless accumulating).
 void SmallBatchLinearCuda(const at::Tensor& x, int64_t x_stride, const at::Tensor& weight, const at::Tensor& out,

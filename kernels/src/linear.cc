@@ -1,5 +1,5 @@
 // Linear, RmsNormLinear, LinearAccumulate: argument checks and the choice between the small-batch CUDA
-// kernel (with the norm or the residual add folded in) and the ATen compositions.
+// kernel (with the norm, the MLP's activation or the residual add folded in) and the ATen compositions.
 #include "deltaserve/kernels/linear.h"
 
 #include <ATen/ATen.h>
@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "check.h"
+#include "deltaserve/kernels/activation.h"
 #include "deltaserve/kernels/rms_norm.h"
 #include "fused_ops_impl.h"
 
@@ -89,7 +90,7 @@ absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& 
   const int64_t rows = x.numel() / x.size(-1);
   if (UsesSmallBatchLinear(x, weight) && norm_weight.is_contiguous() &&
       internal::Aligned16(norm_weight.data_ptr()) &&
-      rows * x.size(-1) * 2 <= internal::kSmallBatchNormMaxBytes) {
+      rows * x.size(-1) * 2 <= internal::kSmallBatchStagedMaxBytes) {
     DS_CATCH_ATEN({
       at::Tensor out = at::empty(OutputShape(x, weight), x.options());
       internal::SmallBatchLinearFusion fusion;
@@ -104,29 +105,49 @@ absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& 
   return Linear(normed, weight);
 }
 
-absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at::Tensor& residual) {
-  if (EmptyBatch(x, weight) && residual.defined() && residual.numel() == 0) return absl::OkStatus();
-  DS_RETURN_IF_ERROR(CheckLinearArgs(x, weight));
+absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at::Tensor& residual,
+                              LinearInput input) {
+  if (input == LinearInput::kSiluAndMul) {
+    DS_RETURN_IF_ERROR(internal::CheckActivations(x, "x"));
+    if (!weight.defined() || weight.dim() != 2 || x.size(-1) != 2 * weight.size(1)) {
+      return absl::InvalidArgumentError(absl::StrCat("weight: expected [N, ", x.size(-1) / 2,
+                                                     "] (half of x's [gate | up] last dimension), got ",
+                                                     weight.defined() ? internal::ShapeString(weight) : "none"));
+    }
+  }
+  // The projection's input as the checks and the composition see it: x, or a view of its gate half
+  // (same rows, same base pointer) standing in for SiluAndMul(x).
+  const at::Tensor x_in = input == LinearInput::kSiluAndMul ? x.narrow(-1, 0, weight.size(1)) : x;
+  DS_RETURN_IF_ERROR(CheckLinearArgs(x_in, weight));
   DS_RETURN_IF_ERROR(internal::CheckTensor(residual, "residual", x.dim()));
-  if (residual.sizes().vec() != OutputShape(x, weight)) {
+  if (residual.sizes().vec() != OutputShape(x_in, weight)) {
     return absl::InvalidArgumentError(absl::StrCat("residual: expected shape x W^T [",
-                                                   absl::StrJoin(OutputShape(x, weight), ", "), "], got ",
+                                                   absl::StrJoin(OutputShape(x_in, weight), ", "), "], got ",
                                                    internal::ShapeString(residual)));
   }
   if (residual.scalar_type() != x.scalar_type() || residual.device() != x.device()) {
     return absl::InvalidArgumentError("residual: must have x's dtype and device");
   }
-  DS_CATCH_ATEN({
 #ifdef DELTASERVE_WITH_CUDA
-    if (UsesSmallBatchLinear(x, weight) && internal::Aligned16(residual.data_ptr())) {
+  const int64_t rows = x.numel() / x.size(-1);
+  if (UsesSmallBatchLinear(x_in, weight) && internal::Aligned16(residual.data_ptr()) &&
+      rows * weight.size(1) * 2 <= internal::kSmallBatchStagedMaxBytes) {
+    DS_CATCH_ATEN({
       internal::SmallBatchLinearFusion fusion;
+      fusion.silu_and_mul = input == LinearInput::kSiluAndMul;
       fusion.accumulate = true;
-      internal::SmallBatchLinearCuda(x, internal::RowStride(x), weight, residual, fusion);
+      internal::SmallBatchLinearCuda(x, internal::RowStride(x_in), weight, residual, fusion);
       return absl::OkStatus();
-    }
+    })
+  }
 #endif
+  at::Tensor product_input = x;
+  if (input == LinearInput::kSiluAndMul) {
+    DS_ASSIGN_OR_RETURN(product_input, SiluAndMul(x));
+  }
+  DS_CATCH_ATEN({
     at::Tensor out2d = residual.view({-1, weight.size(0)});
-    out2d.addmm_(x.reshape({-1, x.size(-1)}), weight.t());
+    out2d.addmm_(product_input.reshape({-1, product_input.size(-1)}), weight.t());
     return absl::OkStatus();
   })
 }

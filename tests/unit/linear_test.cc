@@ -84,6 +84,26 @@ TEST(LinearAccumulate, AddsIntoTheResidualOnTheCpu) {
   EXPECT_LT(MaxRelErr(residual, ref), 1e-5);
 }
 
+// silu(gate) * up in float64, rounded to x's dtype as kernels::SiluAndMul stores it.
+at::Tensor SiluMulFloat64(const at::Tensor& x) {
+  at::Tensor xd = x.cpu().to(at::kDouble);
+  const int64_t f = x.size(-1) / 2;
+  at::Tensor g = xd.narrow(-1, 0, f), u = xd.narrow(-1, f, f);
+  return (g / (1.0 + at::exp(-g)) * u).to(x.scalar_type()).to(at::kDouble);
+}
+
+TEST(LinearAccumulate, ReadsSiluAndMulOfGateUpOnTheCpu) {
+  at::manual_seed(9115);
+  at::Tensor x = at::randn({2, 64}), w = at::randn({24, 32});
+  at::Tensor residual = at::randn({2, 24});
+  at::Tensor ref = residual.to(at::kDouble) + at::matmul(SiluMulFloat64(x), w.to(at::kDouble).t());
+  ASSERT_TRUE(LinearAccumulate(x, w, residual, LinearInput::kSiluAndMul).ok());
+  EXPECT_LT(MaxRelErr(residual, ref), 1e-5);
+  // x's last dimension must be twice the weight's.
+  EXPECT_THAT(LinearAccumulate(at::randn({2, 62}), w, residual, LinearInput::kSiluAndMul).message(),
+              HasSubstr("weight"));
+}
+
 TEST(LinearAccumulate, NamesTheBadArgument) {
   at::Tensor x = at::randn({3, 32}), w = at::randn({24, 32});
   at::Tensor wrong_shape = at::randn({3, 23});
@@ -230,6 +250,23 @@ TEST_F(LinearCuda, LinearAccumulateMatchesFloat64) {
       at::Tensor ref = residual.cpu().to(at::kDouble) +
                        at::matmul(x.cpu().to(at::kDouble), w.cpu().to(at::kDouble).t());
       ASSERT_TRUE(LinearAccumulate(x, w, residual).ok());
+      EXPECT_LT(MaxRelErr(residual, ref), 8e-3) << rows << " rows, N " << n << ", K " << k;
+    }
+  }
+}
+
+// The MLP's silu(gate) * up folded into the kernel's load of x, with the residual add (the down
+// projection of the decode step), against float64; one more row than the kernel takes is the composition.
+TEST_F(LinearCuda, SiluAndMulLinearAccumulateMatchesFloat64) {
+  at::manual_seed(9116);
+  const at::TensorOptions bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{1024, 3584}, {4096, 12288}, {33, 40}}) {
+    at::Tensor w = at::randn({n, k}, bf16) * 0.05;
+    for (int64_t rows = 1; rows <= kSmallBatchLinearMaxRows + 1; ++rows) {
+      at::Tensor gate_up = at::randn({rows, 2 * k}, bf16) * 2;
+      at::Tensor residual = at::randn({rows, n}, bf16) * 2;
+      at::Tensor ref = residual.cpu().to(at::kDouble) + at::matmul(SiluMulFloat64(gate_up), w.cpu().to(at::kDouble).t());
+      ASSERT_TRUE(LinearAccumulate(gate_up, w, residual, LinearInput::kSiluAndMul).ok());
       EXPECT_LT(MaxRelErr(residual, ref), 8e-3) << rows << " rows, N " << n << ", K " << k;
     }
   }

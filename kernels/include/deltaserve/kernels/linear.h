@@ -26,10 +26,18 @@ absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const at::Tensor& weight)
 absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& norm_weight, double eps,
                                          const at::Tensor& weight);
 
-// residual += x W^T in place, in residual's dtype (fp32 accumulation, one rounding of the sum).
+// What a projection reads of its input x.
+enum class LinearInput {
+  kAsIs,        // x [..., K]
+  kSiluAndMul,  // x [..., 2K] = [gate | up]: the projection reads kernels::SiluAndMul(x) [..., K]
+};
+
+// residual += input(x) W^T in place, in residual's dtype (fp32 accumulation, one rounding of the sum).
 // residual [..., N] contiguous with x's leading shape, dtype and device. The small-batch kernel adds in
-// its epilogue; otherwise one addmm with beta 1 (cuBLAS on CUDA).
-absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at::Tensor& residual);
+// its epilogue (and applies kSiluAndMul as it loads x); otherwise SiluAndMul where asked, then one
+// addmm with beta 1 (cuBLAS on CUDA).
+absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at::Tensor& residual,
+                              LinearInput input = LinearInput::kAsIs);
 
 // Whether Linear(x, weight) would take the small-batch CUDA kernel (for benchmarks and tests).
 bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight);
