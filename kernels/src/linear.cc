@@ -40,6 +40,14 @@ bool EmptyBatch(const at::Tensor& x, const at::Tensor& weight) {
          x.size(-1) == weight.size(1);
 }
 
+#ifdef DELTASERVE_WITH_CUDA
+// Whether the rows the small-batch kernel would stage ([rows, K] of bf16, `product_input` being x as
+// the product reads it) fit the block's shared memory.
+bool StagedRowsFit(const at::Tensor& product_input) {
+  return product_input.numel() * 2 <= internal::kSmallBatchStagedMaxBytes;
+}
+#endif
+
 std::vector<int64_t> OutputShape(const at::Tensor& x, const at::Tensor& weight) {
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = weight.size(0);
@@ -87,10 +95,8 @@ absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& 
   DS_RETURN_IF_ERROR(internal::CheckRmsNormArgs(x, norm_weight, eps, "norm_weight"));
   DS_RETURN_IF_ERROR(CheckLinearArgs(x, weight));
 #ifdef DELTASERVE_WITH_CUDA
-  const int64_t rows = x.numel() / x.size(-1);
   if (UsesSmallBatchLinear(x, weight) && norm_weight.is_contiguous() &&
-      internal::Aligned16(norm_weight.data_ptr()) &&
-      rows * x.size(-1) * 2 <= internal::kSmallBatchStagedMaxBytes) {
+      internal::Aligned16(norm_weight.data_ptr()) && StagedRowsFit(x)) {
     DS_CATCH_ATEN({
       at::Tensor out = at::empty(OutputShape(x, weight), x.options());
       internal::SmallBatchLinearFusion fusion;
@@ -129,9 +135,7 @@ absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at:
     return absl::InvalidArgumentError("residual: must have x's dtype and device");
   }
 #ifdef DELTASERVE_WITH_CUDA
-  const int64_t rows = x.numel() / x.size(-1);
-  if (UsesSmallBatchLinear(x_in, weight) && internal::Aligned16(residual.data_ptr()) &&
-      rows * weight.size(1) * 2 <= internal::kSmallBatchStagedMaxBytes) {
+  if (UsesSmallBatchLinear(x_in, weight) && internal::Aligned16(residual.data_ptr()) && StagedRowsFit(x_in)) {
     DS_CATCH_ATEN({
       internal::SmallBatchLinearFusion fusion;
       fusion.silu_and_mul = input == LinearInput::kSiluAndMul;

@@ -142,8 +142,7 @@ class LinearCuda : public ::testing::Test {
 
 // max |got - ref| / max |ref| against x W^T in float64 from the same bf16 values.
 double RelErrToFloat64(const at::Tensor& got, const at::Tensor& x, const at::Tensor& w) {
-  at::Tensor ref = at::matmul(x.cpu().to(at::kDouble), w.cpu().to(at::kDouble).t());
-  return (got.cpu().to(at::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+  return MaxRelErr(got, at::matmul(x.cpu().to(at::kDouble), w.cpu().to(at::kDouble).t()));
 }
 
 TEST_F(LinearCuda, SmallBatchKernelMatchesFloat64) {
@@ -238,38 +237,35 @@ TEST_F(LinearCuda, RmsNormLinearMatchesFloat64) {
   }
 }
 
-// The residual add folded into the kernel's epilogue (rows the kernel takes) and addmm (one more row).
-TEST_F(LinearCuda, LinearAccumulateMatchesFloat64) {
-  at::manual_seed(9114);
+// LinearAccumulate of `input` against float64 for each (N, K) and every row count the kernel takes plus
+// one more (the composition): x is [rows, K], or [rows, 2K] of [gate | up] for kSiluAndMul.
+void ExpectAccumulateMatchesFloat64(const std::vector<std::pair<int64_t, int64_t>>& shapes, LinearInput input) {
   const at::TensorOptions bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{1024, 3584}, {1024, 2048}, {33, 40}}) {
+  const bool silu = input == LinearInput::kSiluAndMul;
+  for (const auto& [n, k] : shapes) {
     at::Tensor w = at::randn({n, k}, bf16) * 0.05;
     for (int64_t rows = 1; rows <= kSmallBatchLinearMaxRows + 1; ++rows) {
-      at::Tensor x = at::randn({rows, k}, bf16);
+      at::Tensor x = silu ? at::randn({rows, 2 * k}, bf16) * 2 : at::randn({rows, k}, bf16);
       at::Tensor residual = at::randn({rows, n}, bf16) * 2;
-      at::Tensor ref = residual.cpu().to(at::kDouble) +
-                       at::matmul(x.cpu().to(at::kDouble), w.cpu().to(at::kDouble).t());
-      ASSERT_TRUE(LinearAccumulate(x, w, residual).ok());
+      at::Tensor product_input = silu ? SiluMulFloat64(x) : x.cpu().to(at::kDouble);
+      at::Tensor ref = residual.cpu().to(at::kDouble) + at::matmul(product_input, w.cpu().to(at::kDouble).t());
+      ASSERT_TRUE(LinearAccumulate(x, w, residual, input).ok());
       EXPECT_LT(MaxRelErr(residual, ref), 8e-3) << rows << " rows, N " << n << ", K " << k;
     }
   }
+}
+
+// The residual add folded into the kernel's epilogue (rows the kernel takes) and addmm (one more row).
+TEST_F(LinearCuda, LinearAccumulateMatchesFloat64) {
+  at::manual_seed(9114);
+  ExpectAccumulateMatchesFloat64({{1024, 3584}, {1024, 2048}, {33, 40}}, LinearInput::kAsIs);
 }
 
 // The MLP's silu(gate) * up folded into the kernel's load of x, with the residual add (the down
 // projection of the decode step), against float64; one more row than the kernel takes is the composition.
 TEST_F(LinearCuda, SiluAndMulLinearAccumulateMatchesFloat64) {
   at::manual_seed(9116);
-  const at::TensorOptions bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{1024, 3584}, {4096, 12288}, {33, 40}}) {
-    at::Tensor w = at::randn({n, k}, bf16) * 0.05;
-    for (int64_t rows = 1; rows <= kSmallBatchLinearMaxRows + 1; ++rows) {
-      at::Tensor gate_up = at::randn({rows, 2 * k}, bf16) * 2;
-      at::Tensor residual = at::randn({rows, n}, bf16) * 2;
-      at::Tensor ref = residual.cpu().to(at::kDouble) + at::matmul(SiluMulFloat64(gate_up), w.cpu().to(at::kDouble).t());
-      ASSERT_TRUE(LinearAccumulate(gate_up, w, residual, LinearInput::kSiluAndMul).ok());
-      EXPECT_LT(MaxRelErr(residual, ref), 8e-3) << rows << " rows, N " << n << ", K " << k;
-    }
-  }
+  ExpectAccumulateMatchesFloat64({{1024, 3584}, {4096, 12288}, {33, 40}}, LinearInput::kSiluAndMul);
 }
 #endif
 
