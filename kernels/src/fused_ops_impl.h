@@ -122,7 +122,9 @@ struct SmallBatchLinearFusion {
   bool silu_and_mul = false;
   bool accumulate = false;
 };
-inline constexpr int64_t kSmallBatchStagedMaxBytes = 48 * 1024;  // the block's staged rows of x
+// The block's staged rows of x: dynamic shared memory, which with the kernel's static shared memory
+// must stay within the 48 KB a launch gets without opting in (2 rows of K = 12288 did not launch).
+inline constexpr int64_t kSmallBatchStagedMaxBytes = 47 * 1024;
 // x [rows <= kSmallBatchLinearMaxRows, K] bf16 with rows `x_stride` apart (16-byte aligned, K % 8 == 0),
 // weight [N, K] bf16 contiguous and aligned; out contiguous [rows, N] bf16 (fresh unless accumulating).
 void SmallBatchLinearCuda(const at::Tensor& x, int64_t x_stride, const at::Tensor& weight, const at::Tensor& out,
