@@ -10,10 +10,9 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
-#include "deltaserve/kernels/activation.h"
+#include "deltaserve/kernels/linear.h"
 #include "deltaserve/kernels/causal_conv1d.h"
 #include "deltaserve/kernels/gdn_gates.h"
-#include "deltaserve/kernels/linear.h"
 #include "deltaserve/kernels/paged_attention.h"
 #include "deltaserve/kernels/rms_norm.h"
 #include "deltaserve/kernels/rotary.h"
@@ -225,9 +224,7 @@ at::Tensor Qwen35Model::Forward(const ForwardBatch& b, Qwen35State& state, Layer
     }
     SpanScope span(timer, 2 + 2 * i);
     at::Tensor gate_up = Unwrap(kernels::RmsNormLinear(residual, lw.post_attention_norm, eps, lw.gate_up_proj));
-    // LinearInput::kSiluAndMul would fold the activation into the down projection's kernel; it waits for
-    // its first GPU run (linear_test's LinearCuda.SiluAndMul*), so the step runs SiluAndMul first.
-    Unwrap(kernels::LinearAccumulate(Unwrap(kernels::SiluAndMul(gate_up)), lw.down_proj, residual));
+    Unwrap(kernels::LinearAccumulate(gate_up, lw.down_proj, residual, kernels::LinearInput::kSiluAndMul));
   }
   SpanScope span(timer, 1 + 2 * weights_.layers.size());
   if (b.logit_rows.defined() && b.logit_rows.numel() == 0) {
