@@ -103,8 +103,21 @@ void PrintProfile(const char* label, const torch::autograd::profiler::ProfilerRe
 int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help") {
     std::fprintf(stderr,
-                 "usage: bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] "
-                 "[--dtype float32|bfloat16] [--inverse-method NAME] [--state-dtype NAME]\n");
+                 "usage: bench_model MODEL_DIR [flags]\n"
+                 "  --prompt-len N          prompt tokens per row (256)\n"
+                 "  --decode M              decode steps timed after the prefill (32)\n"
+                 "  --batch B               rows decoded together (1)\n"
+                 "  --device cpu|cuda       (cpu)\n"
+                 "  --threads T             CPU threads (2)\n"
+                 "  --dtype float32|bfloat16  weight and activation dtype (float32)\n"
+                 "  --inverse-method NAME   chunk inverse of the Gated DeltaNet prefill\n"
+                 "  --state-dtype NAME      recurrent state storage: fp32, bf16, int8, fp8 (fp32)\n"
+                 "  --cuda-graphs 0|1       replay decode steps as CUDA graphs (1)\n"
+                 "  --prefill-reps N        time the prefill N times, report the median (1)\n"
+                 "  --small-batch-linear 0|1  the GEMV kernel for 1-2 rows, or cuBLAS only (1)\n"
+                 "  --profile-steps N       profile N decode steps and print the top kernels (0)\n"
+                 "  --profile-prefill 0|1   profile the prefill instead (0)\n"
+                 "  --profile-trace FILE    write a Chrome trace of the profiled steps\n");
     return argc < 2 ? 2 : 0;
   }
   const std::string dir = argv[1];
