@@ -1147,6 +1147,7 @@ class StartupErrorTest(ServerTestCase):
                    "no-such-dir", code=1)
         self.check(model + ["--port", str(p), "--metrics-port", str(m), "--max-num-seqs", "0"], "--max-num-seqs")
         self.check(model + ["--port", str(p), "--metrics-port", str(m), "--dtype", "int4"], "--dtype")
+        self.check(model + ["--port", str(p), "--metrics-port", str(m), "--prefill-chunk", "100"], "--prefill-chunk")
         # The main server's ports are taken.
         self.check(model + ["--port", str(p), "--metrics-port", str(SERVER.metrics_port)], "--metrics-port", code=1)
         self.check(model + ["--port", str(SERVER.port), "--metrics-port", str(m)], "--port", code=1)
