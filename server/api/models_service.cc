@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "api/parsed_request.h"
 #include "api/status_convert.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
@@ -29,9 +30,10 @@ absl::StatusOr<ServedModel*> ModelRegistry::Find(absl::string_view name, absl::s
                                                  Kind kind) const {
   // Echo at most kMaxEchoedNameBytes of a name in errors: a huge name must not make a huge status (gRPC
   // turns a status over its metadata limit into RESOURCE_EXHAUSTED, hiding the real answer).
-  const std::string shown = name.size() <= kMaxEchoedNameBytes
-                                ? std::string(name)
-                                : absl::StrCat(name.substr(0, kMaxEchoedNameBytes), "... (", name.size(), " bytes)");
+  const std::string shown =
+      name.size() <= kMaxEchoedNameBytes
+          ? std::string(name)
+          : absl::StrCat(name.substr(0, kMaxEchoedNameBytes), "... (", name.size(), " bytes)");
   auto matches = [kind](const ServedModel* m) {
     return kind == Kind::kAny || (kind == Kind::kText ? m->engine != nullptr : m->vision != nullptr);
   };
@@ -60,7 +62,8 @@ void FillVisionModelInfo(const ServedModel& model, v1::ModelInfo* info) {
   const models::padre::PadreConfig& c = model.vision->model().config();
   info->set_name(model.name);
   info->set_kind(v1::MODEL_KIND_VISION_DETECTION);
-  info->set_architecture(c.mixer == models::padre::Mixer::kPadre ? "PadreDetector" : "PadreDetector(softmax)");
+  info->set_architecture(c.mixer == models::padre::Mixer::kPadre ? "PadreDetector"
+                                                                 : "PadreDetector(softmax)");
   info->set_dtype("float32");
   info->set_device(model.vision->model().options().device.str());
   info->set_ready(model.ready.load());
@@ -128,6 +131,31 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, cons
 grpc::Status AdmitCall(const CallGate* gate, grpc::CallbackServerContext* context, absl::string_view method,
                        bool drain_applies) {
   return gate == nullptr ? grpc::Status::OK : gate->Admit(context, method, drain_applies);
+}
+
+// The methods' indices in models.proto's service (gRPC numbers them in declaration order).
+enum ModelsMethod { kListModelsMethod = 0, kGetModelMethod = 1 };
+
+ModelsService::ModelsService(const ModelRegistry* registry, RequestObserver observer, const CallGate* gate)
+    : registry_(registry), observer_(std::move(observer)), gate_(gate) {
+  MarkMethodCallback(
+      kListModelsMethod,
+      new grpc::internal::CallbackUnaryHandler<ParsedRequest<v1::ListModelsRequest>, v1::ListModelsResponse>(
+          [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::ListModelsRequest>* request,
+                 v1::ListModelsResponse* response) {
+            if (request->error.ok()) return ListModels(context, &request->message, response);
+            grpc::Status st = AdmitCall(gate_, context, "ListModels", /*drain_applies=*/false);
+            return FinishUnary(context, observer_, "ListModels", st.ok() ? request->error : st);
+          }));
+  MarkMethodCallback(
+      kGetModelMethod,
+      new grpc::internal::CallbackUnaryHandler<ParsedRequest<v1::GetModelRequest>, v1::ModelInfo>(
+          [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::GetModelRequest>* request,
+                 v1::ModelInfo* response) {
+            if (request->error.ok()) return GetModel(context, &request->message, response);
+            grpc::Status st = AdmitCall(gate_, context, "GetModel", /*drain_applies=*/false);
+            return FinishUnary(context, observer_, "GetModel", st.ok() ? request->error : st);
+          }));
 }
 
 grpc::ServerUnaryReactor* ModelsService::ListModels(grpc::CallbackServerContext* context,

@@ -15,8 +15,8 @@
 #include "api/call_gate.h"
 #include "deltaserve/v1/models.grpc.pb.h"
 #include "engine/engine.h"
-#include "runner/sampler.h"
 #include "engine/vision_batcher.h"
+#include "runner/sampler.h"
 #include "tokenizer/tokenizer.h"
 
 namespace deltaserve::api {
@@ -68,9 +68,10 @@ void FillModelInfo(const ServedModel& model, v1::ModelInfo* info);
 
 class ModelsService final : public v1::Models::CallbackService {
  public:
-  // `gate` (may be null: every call admitted) is asked first by every method.
-  ModelsService(const ModelRegistry* registry, RequestObserver observer = nullptr, const CallGate* gate = nullptr)
-      : registry_(registry), observer_(std::move(observer)), gate_(gate) {}
+  // `gate` (may be null: every call admitted) is asked first by every method. Requests arrive as
+  // ParsedRequest (api/parsed_request.h): one that does not parse gets INVALID_ARGUMENT after the gate.
+  ModelsService(const ModelRegistry* registry, RequestObserver observer = nullptr,
+                const CallGate* gate = nullptr);
 
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const v1::ListModelsRequest* request,

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "api/parsed_request.h"
 #include "api/status_convert.h"
 #include "tokenizer/chat_format.h"
 
@@ -222,12 +223,17 @@ v1::FinishReason ToProto(engine::FinishReason reason) {
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   GenerateReactor(grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
-                  const ModelRegistry* registry, RequestObserver observer, const CallGate* gate)
+                  const grpc::Status& parse_error, const ModelRegistry* registry, RequestObserver observer,
+                  const CallGate* gate)
       : state_(std::make_shared<State>()), observer_(std::move(observer)) {
     state_->reactor = this;
     received_ = std::chrono::steady_clock::now();
     if (grpc::Status admitted = AdmitCall(gate, context, "Generate"); !admitted.ok()) {
       FinishNow(admitted);
+      return;
+    }
+    if (!parse_error.ok()) {
+      FinishNow(parse_error);
       return;
     }
     absl::StatusOr<PreparedRequest> prepared = PrepareGenerate(*registry, *request);
@@ -480,9 +486,43 @@ absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry,
   return out;
 }
 
+// The methods' indices in text_generation.proto's service (gRPC numbers them in declaration order).
+enum TextGenerationMethod { kGenerateMethod = 0, kTokenizeMethod = 1, kDetokenizeMethod = 2 };
+
+TextGenerationService::TextGenerationService(const ModelRegistry* registry, RequestObserver observer,
+                                             const CallGate* gate)
+    : registry_(registry), observer_(std::move(observer)), gate_(gate) {
+  MarkMethodCallback(
+      kGenerateMethod,
+      new grpc::internal::CallbackServerStreamingHandler<ParsedRequest<v1::GenerateRequest>,
+                                                         v1::GenerateResponse>(
+          [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::GenerateRequest>* request) {
+            return Generate(context, &request->message, request->error);
+          }));
+  MarkMethodCallback(
+      kTokenizeMethod,
+      new grpc::internal::CallbackUnaryHandler<ParsedRequest<v1::TokenizeRequest>, v1::TokenizeResponse>(
+          [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::TokenizeRequest>* request,
+                 v1::TokenizeResponse* response) {
+            if (request->error.ok()) return Tokenize(context, &request->message, response);
+            grpc::Status st = AdmitCall(gate_, context, "Tokenize");
+            return FinishUnary(context, observer_, "Tokenize", st.ok() ? request->error : st);
+          }));
+  MarkMethodCallback(
+      kDetokenizeMethod,
+      new grpc::internal::CallbackUnaryHandler<ParsedRequest<v1::DetokenizeRequest>, v1::DetokenizeResponse>(
+          [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::DetokenizeRequest>* request,
+                 v1::DetokenizeResponse* response) {
+            if (request->error.ok()) return Detokenize(context, &request->message, response);
+            grpc::Status st = AdmitCall(gate_, context, "Detokenize");
+            return FinishUnary(context, observer_, "Detokenize", st.ok() ? request->error : st);
+          }));
+}
+
 grpc::ServerWriteReactor<v1::GenerateResponse>* TextGenerationService::Generate(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new GenerateReactor(context, request, registry_, observer_, gate_);
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
+    const grpc::Status& parse_error) {
+  return new GenerateReactor(context, request, parse_error, registry_, observer_, gate_);
 }
 
 grpc::ServerUnaryReactor* TextGenerationService::Tokenize(grpc::CallbackServerContext* context,

@@ -33,13 +33,15 @@ absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry,
 
 class TextGenerationService final : public v1::TextGeneration::CallbackService {
  public:
-  // `gate` (may be null: every call admitted) is asked first by every method.
+  // `gate` (may be null: every call admitted) is asked first by every method. Requests arrive as
+  // ParsedRequest (api/parsed_request.h): one that does not parse gets INVALID_ARGUMENT after the gate.
   TextGenerationService(const ModelRegistry* registry, RequestObserver observer = nullptr,
-                        const CallGate* gate = nullptr)
-      : registry_(registry), observer_(std::move(observer)), gate_(gate) {}
+                        const CallGate* gate = nullptr);
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
-                                                           const v1::GenerateRequest* request) override;
+                                                           const v1::GenerateRequest* request) override {
+    return Generate(context, request, grpc::Status::OK);
+  }
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context, const v1::TokenizeRequest* request,
                                      v1::TokenizeResponse* response) override;
   grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context,
@@ -47,6 +49,11 @@ class TextGenerationService final : public v1::TextGeneration::CallbackService {
                                        v1::DetokenizeResponse* response) override;
 
  private:
+  // Generate for a request that did not parse (`parse_error` not OK) or did.
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
+                                                           const v1::GenerateRequest* request,
+                                                           const grpc::Status& parse_error);
+
   const ModelRegistry* registry_;
   RequestObserver observer_;
   const CallGate* gate_;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "api/parsed_request.h"
 #include "api/status_convert.h"
 
 namespace deltaserve::api {
@@ -40,23 +41,25 @@ absl::StatusOr<int64_t> VisionService::ReservePixels(const v1::DetectRequest& re
   int64_t held = inflight_pixels_.load();
   do {
     if (held + pixels > max_inflight_pixels_)
-      return absl::ResourceExhaustedError(absl::StrCat("images being decoded or detected hold ", held,
-                                                       " pixels; this one needs ", pixels,
-                                                       " more, over --vision-max-inflight-pixels ",
-                                                       max_inflight_pixels_, "; retry later"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("images being decoded or detected hold ", held, " pixels; this one needs ", pixels,
+                       " more, over --vision-max-inflight-pixels ", max_inflight_pixels_, "; retry later"));
   } while (!inflight_pixels_.compare_exchange_weak(held, held + pixels));
   return pixels;
 }
 
-void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServerContext* context,
+void VisionService::Submit(const v1::DetectRequest& request, const grpc::Status& parse_error,
+                           grpc::CallbackServerContext* context,
                            std::function<void(const grpc::Status&, v1::DetectResponse)> done) const {
   const auto received = std::chrono::steady_clock::now();
   if (grpc::Status admitted = AdmitCall(gate_, context, "Detect"); !admitted.ok()) return done(admitted, {});
+  if (!parse_error.ok()) return done(parse_error, {});
   if (request.request_id().size() > kMaxRequestIdBytes)
     return done(Invalid(absl::StrCat("request_id: at most ", kMaxRequestIdBytes, " bytes, got ",
                                      request.request_id().size())),
                 {});
-  absl::StatusOr<ServedModel*> found = registry_->Find(request.model(), "model", ModelRegistry::Kind::kVision);
+  absl::StatusOr<ServedModel*> found =
+      registry_->Find(request.model(), "model", ModelRegistry::Kind::kVision);
   if (!found.ok()) return done(ToGrpcStatus(found.status()), {});
   ServedModel* model = *found;
   if (!model->ready.load()) return done({grpc::StatusCode::UNAVAILABLE, "model is shutting down"}, {});
@@ -65,7 +68,8 @@ void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServe
   absl::StatusOr<int64_t> reserved = ReservePixels(request);
   if (!reserved.ok()) return done(ToGrpcStatus(reserved.status()), {});
   if (*reserved > 0) {
-    done = [this, pixels = *reserved, inner = std::move(done)](const grpc::Status& status, v1::DetectResponse resp) {
+    done = [this, pixels = *reserved, inner = std::move(done)](const grpc::Status& status,
+                                                               v1::DetectResponse resp) {
       inflight_pixels_.fetch_sub(pixels);
       inner(status, std::move(resp));
     };
@@ -74,10 +78,12 @@ void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServe
   switch (request.image_case()) {
     case v1::DetectRequest::kEncoded:
       image = vision::DecodeImage(request.encoded(), limits_);
-      if (!image.ok()) image = absl::InvalidArgumentError(absl::StrCat("encoded: ", image.status().message()));
+      if (!image.ok())
+        image = absl::InvalidArgumentError(absl::StrCat("encoded: ", image.status().message()));
       break;
     case v1::DetectRequest::kRaw:
-      image = vision::RawRgbImage(request.raw().rgb(), request.raw().width(), request.raw().height(), limits_);
+      image =
+          vision::RawRgbImage(request.raw().rgb(), request.raw().width(), request.raw().height(), limits_);
       if (!image.ok()) image = absl::InvalidArgumentError(absl::StrCat("raw: ", image.status().message()));
       break;
     default:
@@ -96,7 +102,8 @@ void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServe
   const std::vector<std::string>& names = model->vision->model().config().class_names;
   const std::string request_id = request.request_id();
   // The callback may outlive this call: it owns copies of what it needs (the done function included).
-  auto shared_done = std::make_shared<std::function<void(const grpc::Status&, v1::DetectResponse)>>(std::move(done));
+  auto shared_done =
+      std::make_shared<std::function<void(const grpc::Status&, v1::DetectResponse)>>(std::move(done));
   vr.done = [shared_done, names, request_id, width, height, decode_seconds,
              received](absl::StatusOr<engine::VisionResult> r) {
     if (!r.ok()) return (*shared_done)(ToGrpcStatus(r.status()), {});
@@ -129,20 +136,30 @@ void VisionService::Submit(const v1::DetectRequest& request, grpc::CallbackServe
 }
 
 grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* context,
-                                                const v1::DetectRequest* request, v1::DetectResponse* response) {
+                                                const v1::DetectRequest* request,
+                                                v1::DetectResponse* response) {
+  return Detect(context, *request, grpc::Status::OK, response);
+}
+
+grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* context,
+                                                const v1::DetectRequest& request,
+                                                const grpc::Status& parse_error,
+                                                v1::DetectResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  Submit(*request, context, [this, reactor, response](const grpc::Status& status, v1::DetectResponse resp) {
-    if (status.ok()) *response = std::move(resp);
-    if (observer_) observer_("Detect", status.error_code());
-    reactor->Finish(status);
-  });
+  Submit(request, parse_error, context,
+         [this, reactor, response](const grpc::Status& status, v1::DetectResponse resp) {
+           if (status.ok()) *response = std::move(resp);
+           if (observer_) observer_("Detect", status.error_code());
+           reactor->Finish(status);
+         });
   return reactor;
 }
 
 namespace {
 
 // One frame at a time: read, detect, write, read the next; so responses keep the requests' order.
-class DetectStreamReactor final : public grpc::ServerBidiReactor<v1::DetectRequest, v1::DetectResponse> {
+class DetectStreamReactor final
+    : public grpc::ServerBidiReactor<ParsedRequest<v1::DetectRequest>, v1::DetectResponse> {
  public:
   DetectStreamReactor(const VisionService* service, grpc::CallbackServerContext* context)
       : service_(service), context_(context) {
@@ -151,11 +168,12 @@ class DetectStreamReactor final : public grpc::ServerBidiReactor<v1::DetectReque
 
   void OnReadDone(bool ok) override {
     if (!ok) return End(grpc::Status::OK);  // the client finished sending
-    service_->Submit(request_, context_, [this](const grpc::Status& status, v1::DetectResponse resp) {
-      if (!status.ok()) return End(status);
-      response_ = std::move(resp);
-      StartWrite(&response_);
-    });
+    service_->Submit(request_.message, request_.error, context_,
+                     [this](const grpc::Status& status, v1::DetectResponse resp) {
+                       if (!status.ok()) return End(status);
+                       response_ = std::move(resp);
+                       StartWrite(&response_);
+                     });
   }
   void OnWriteDone(bool ok) override {
     if (!ok) return End(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
@@ -170,15 +188,33 @@ class DetectStreamReactor final : public grpc::ServerBidiReactor<v1::DetectReque
   }
   const VisionService* service_;
   grpc::CallbackServerContext* context_;
-  v1::DetectRequest request_;
+  ParsedRequest<v1::DetectRequest> request_;
   v1::DetectResponse response_;
 };
 
 }  // namespace
 
-grpc::ServerBidiReactor<v1::DetectRequest, v1::DetectResponse>* VisionService::DetectStream(
-    grpc::CallbackServerContext* context) {
-  return new DetectStreamReactor(this, context);
+// The methods' indices in vision.proto's service (gRPC numbers them in declaration order).
+enum VisionMethod { kDetectMethod = 0, kDetectStreamMethod = 1 };
+
+VisionService::VisionService(const ModelRegistry* registry, RequestObserver observer,
+                             vision::DecodeLimits limits, const CallGate* gate, int64_t max_inflight_pixels)
+    : registry_(registry),
+      observer_(std::move(observer)),
+      limits_(limits),
+      gate_(gate),
+      max_inflight_pixels_(max_inflight_pixels) {
+  MarkMethodCallback(
+      kDetectMethod,
+      new grpc::internal::CallbackUnaryHandler<ParsedRequest<v1::DetectRequest>, v1::DetectResponse>(
+          [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::DetectRequest>* request,
+                 v1::DetectResponse* response) {
+            return Detect(context, request->message, request->error, response);
+          }));
+  MarkMethodCallback(
+      kDetectStreamMethod,
+      new grpc::internal::CallbackBidiHandler<ParsedRequest<v1::DetectRequest>, v1::DetectResponse>(
+          [this](grpc::CallbackServerContext* context) { return new DetectStreamReactor(this, context); }));
 }
 
 }  // namespace deltaserve::api

@@ -18,27 +18,28 @@ class VisionService final : public v1::Vision::CallbackService {
  public:
   // `gate` (may be null: every call admitted) is asked first for every image. `max_inflight_pixels` > 0
   // bounds the pixels of images decoded or being decoded and not yet answered (their memory), counted from
-  // each file's header before decoding: beyond it, RESOURCE_EXHAUSTED (retry later).
+  // each file's header before decoding: beyond it, RESOURCE_EXHAUSTED (retry later). Requests arrive as
+  // ParsedRequest (api/parsed_request.h): one that does not parse gets INVALID_ARGUMENT after the gate.
   VisionService(const ModelRegistry* registry, RequestObserver observer = nullptr,
-                vision::DecodeLimits limits = {}, const CallGate* gate = nullptr, int64_t max_inflight_pixels = 0)
-      : registry_(registry),
-        observer_(std::move(observer)),
-        limits_(limits),
-        gate_(gate),
-        max_inflight_pixels_(max_inflight_pixels) {}
+                vision::DecodeLimits limits = {}, const CallGate* gate = nullptr,
+                int64_t max_inflight_pixels = 0);
 
   grpc::ServerUnaryReactor* Detect(grpc::CallbackServerContext* context, const v1::DetectRequest* request,
                                    v1::DetectResponse* response) override;
-  grpc::ServerBidiReactor<v1::DetectRequest, v1::DetectResponse>* DetectStream(
-      grpc::CallbackServerContext* context) override;
 
-  // Validates `request`, decodes its image and hands it to its model's batcher; `done` gets the filled
-  // response or the error status, once, on the batcher's thread (or here, at once, for a refusal).
-  void Submit(const v1::DetectRequest& request, grpc::CallbackServerContext* context,
+  // Validates `request` (after the gate: `parse_error`, when not OK, is the answer), decodes its image and
+  // hands it to its model's batcher; `done` gets the filled response or the error status, once, on the
+  // batcher's thread (or here, at once, for a refusal).
+  void Submit(const v1::DetectRequest& request, const grpc::Status& parse_error,
+              grpc::CallbackServerContext* context,
               std::function<void(const grpc::Status&, v1::DetectResponse)> done) const;
   const RequestObserver& observer() const { return observer_; }
 
  private:
+  // Detect for a request that did not parse (`parse_error` not OK) or did.
+  grpc::ServerUnaryReactor* Detect(grpc::CallbackServerContext* context, const v1::DetectRequest& request,
+                                   const grpc::Status& parse_error, v1::DetectResponse* response);
+
   // Reserves the pixels `request`'s image will hold against max_inflight_pixels_: how many (0 when no
   // budget applies), or RESOURCE_EXHAUSTED when they do not fit now. The caller gives them back.
   absl::StatusOr<int64_t> ReservePixels(const v1::DetectRequest& request) const;

@@ -149,14 +149,14 @@ TEST_F(ServerTest, DeadlineExceededEndsTheStreamAndFreesTheSlot) {
 }
 
 TEST_F(ServerTest, InvalidUtf8StopStringIsRefusedBeforeTheEngine) {
-  // proto3 `string` fields must hold UTF-8: gRPC C++ cannot parse such a request, so it never reaches
-  // the service, the engine or a slot (documented in text_generation.proto).
+  // proto3 `string` fields must hold UTF-8: such a request does not parse, so it never reaches the
+  // engine or a slot, and the answer names the field (api/parsed_request.h).
   v1::GenerateRequest req = Greedy(golden_->greedy_prompt, 4);
   req.mutable_sampling()->add_stop(std::string("\xff\xfe", 2));
   const int64_t steps_before = engine_->stats().steps;
   Result r = Generate(req);
-  // gRPC 1.51's callback server answers a request it cannot parse with UNIMPLEMENTED and no message.
-  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("sampling.stop: not valid UTF-8"));
   EXPECT_TRUE(r.responses.empty());
   EXPECT_EQ(engine_->stats().steps, steps_before);
   Result next = Generate(Greedy(golden_->greedy_prompt, 2), 60);

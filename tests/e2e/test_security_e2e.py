@@ -11,7 +11,8 @@ Python grpcio (stubs from proto/ at test time, through test_server_e2e.py's help
       sends --token-file.
   --reflection=false hides the reflection service; --rate-limit answers RESOURCE_EXHAUSTED with a
   retry-after-ms trailer; --max-request-bytes is the receive limit (a 5 MiB request passes by default);
-  every service answers UNAVAILABLE once a shutdown starts (Tokenize included).
+  every service answers UNAVAILABLE once a shutdown starts (Tokenize included); every method answers bytes
+  that do not parse with INVALID_ARGUMENT naming the field.
 
 Certificates come from the `openssl` command line (Debian's openssl package).
 Usage: test_security_e2e.py --server BUILD/server/deltaserve --cli BUILD/client/deltaserve-cli --repo REPO
@@ -280,6 +281,12 @@ class Auth(unittest.TestCase):
                 for token in TOKENS:
                     with self.subTest(method=name, token=token[:5]):
                         call((("authorization", f"Bearer {token}"),))
+            # The gate answers before the parser: a caller without a token learns nothing of its bytes.
+            raw = ch.unary_unary("/deltaserve.v1.TextGeneration/Tokenize", request_serializer=lambda x: x,
+                                 response_deserializer=lambda x: x)
+            with self.assertRaises(grpc.RpcError) as e:
+                raw(b"\x12\x02\xff\xfe", timeout=10)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED, e.exception.details())
             self.assertEqual(health(ch), "SERVING")  # health needs no token (probes send none)
 
     def test_cli_sends_its_token_file(self):
@@ -418,12 +425,64 @@ class Limits(unittest.TestCase):
                 raw = ch.unary_unary("/deltaserve.v1.TextGeneration/Tokenize", request_serializer=lambda x: x,
                                      response_deserializer=lambda x: x)
                 for _ in range(100):  # TokenizeRequest.text (field 2) holding invalid UTF-8
-                    with self.assertRaises(grpc.RpcError):
+                    with self.assertRaises(grpc.RpcError) as e:
                         raw(b"\x12\x02\xff\xfe", timeout=10)
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
                 self.assertEqual(len(tokenize(ch, "still serving").token_ids) > 0, True)
             lines = [l for l in s.text().splitlines() if "invalid UTF-8" in l]
             self.assertGreaterEqual(len(lines), 1)
             self.assertLessEqual(len(lines), 10)  # 10 a minute, then counted, not printed
+        finally:
+            s.stop()
+
+    def test_every_method_names_what_does_not_parse(self):
+        """Bytes that are not the method's request message: INVALID_ARGUMENT from every method, naming the
+        string field that is not UTF-8, or the message the bytes should have been; the server serves on."""
+        import grpc
+        s = Server(vision=True)
+        ident = dict(request_serializer=lambda x: x, response_deserializer=lambda x: x)
+        try:
+            with grpc.insecure_channel(s.address) as ch:
+                def unary(method):
+                    return lambda body: ch.unary_unary(method, **ident)(body, timeout=30)
+
+                def server_stream(method):
+                    return lambda body: list(ch.unary_stream(method, **ident)(body, timeout=30))
+
+                def bidi(method):
+                    return lambda body: list(ch.stream_stream(method, **ident)(iter([body]), timeout=30))
+
+                bad_utf8 = b"\xff\xfe"
+                cases = [  # method, its call, the request type, a field 1 string that is not UTF-8 (or None)
+                    ("Generate", server_stream("/deltaserve.v1.TextGeneration/Generate"), "GenerateRequest", "model"),
+                    ("Tokenize", unary("/deltaserve.v1.TextGeneration/Tokenize"), "TokenizeRequest", "model"),
+                    ("Detokenize", unary("/deltaserve.v1.TextGeneration/Detokenize"), "DetokenizeRequest", "model"),
+                    ("ListModels", unary("/deltaserve.v1.Models/ListModels"), "ListModelsRequest", None),
+                    ("GetModel", unary("/deltaserve.v1.Models/GetModel"), "GetModelRequest", "name"),
+                    ("Detect", unary("/deltaserve.v1.Vision/Detect"), "DetectRequest", "model"),
+                    ("DetectStream", bidi("/deltaserve.v1.Vision/DetectStream"), "DetectRequest", "model"),
+                ]
+                for name, call, message, utf8_field in cases:
+                    with self.subTest(method=name, body="not protobuf"), self.assertRaises(grpc.RpcError) as e:
+                        call(b"\x0a\x05ab")  # field 1, 5 bytes long, but only 2 follow
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, e.exception.details())
+                    self.assertIn(f"do not parse as deltaserve.v1.{message}", e.exception.details())
+                    if utf8_field is None:
+                        continue
+                    with self.subTest(method=name, body="not UTF-8"), self.assertRaises(grpc.RpcError) as e:
+                        call(b"\x0a\x02" + bad_utf8)
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, e.exception.details())
+                    self.assertIn(f"{utf8_field}: not valid UTF-8", e.exception.details())
+                # Nested: GenerateRequest.sampling (field 6) whose stop string is not UTF-8.
+                sampling = base.GEN["tg"].SamplingParams(stop=["PLACEHOLDER"]).SerializeToString()
+                sampling = sampling.replace(b"PLACEHOLDER", b"\xff" * len("PLACEHOLDER"))
+                body = base.GEN["tg"].GenerateRequest(prompt="hi").SerializeToString()
+                body += b"\x32" + bytes([len(sampling)]) + sampling
+                with self.assertRaises(grpc.RpcError) as e:
+                    server_stream("/deltaserve.v1.TextGeneration/Generate")(body)
+                self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, e.exception.details())
+                self.assertIn("sampling.stop: not valid UTF-8", e.exception.details())
+                self.assertTrue(list(generate_stream(ch, 2)))  # still serving, no slot held
         finally:
             s.stop()
 
