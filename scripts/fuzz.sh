@@ -29,7 +29,11 @@ cmake -S "${root}" -B "${build}" -G Ninja -DDELTASERVE_FUZZ=ON -DCMAKE_BUILD_TYP
 cmake --build "${build}" -j "${jobs}" > "${out}/build.log" 2>&1 || { tail -40 "${out}/build.log" >&2; exit 2; }
 harnesses=("$@")
 if [[ ${#harnesses[@]} -eq 0 ]]; then
-  for d in "${root}"/tests/fuzz/corpus/*/; do harnesses+=("fuzz_$(basename "${d}")"); done
+  # Every corpus whose harness this build has (fuzz_generate_request needs LibTorch: the regular and
+  # sanitized builds run it through its replay driver instead).
+  for d in "${root}"/tests/fuzz/corpus/*/; do
+    [[ -x "${build}/tests/fuzz/fuzz_$(basename "${d}")" ]] && harnesses+=("fuzz_$(basename "${d}")")
+  done
 fi
 
 run_one() {
