@@ -12,10 +12,9 @@ build="${SANITIZE_BUILD_DIR:-${root}/build-sanitize}"
 jobs="${SANITIZE_JOBS:-$(nproc)}"
 export CCACHE_SLOPPINESS="pch_defines,time_macros,include_file_mtime,include_file_ctime"
 mkdir -p "${build}"
-# -O1 -g1: half the compile time of -O2 -g, and line tables are all a sanitizer report needs.
-cmake -S "${root}" -B "${build}" -G Ninja -DDELTASERVE_SANITIZE=ON -DDELTASERVE_CUDA=OFF \
-  -DDELTASERVE_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
-  -DDELTASERVE_PYTHON="${DELTASERVE_PYTHON}" \
+# The "sanitize" preset of CMakePresets.json (-O1 -g1: half the compile time of -O2 -g, and line tables
+# are all a sanitizer report needs).
+(cd "${root}" && cmake --preset sanitize -B "${build}" -DDELTASERVE_PYTHON="${DELTASERVE_PYTHON}") \
   > "${build}/configure.log" 2>&1 || { cat "${build}/configure.log" >&2; exit 2; }
 # The test binaries of the suites below (and what they link); not the whole tree.
 targets=(kernels_test fused_ops_test linear_test paged_attention_test qwen35_model_test runner_test
