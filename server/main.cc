@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "api/models_service.h"
 #include "api/call_gate.h"
+#include "api/openai/http_server.h"
 #include "api/protobuf_log.h"
 #include "api/status_convert.h"
 #include "api/text_generation_service.h"
@@ -54,6 +55,9 @@ ABSL_FLAG(std::string, model_name, "", "Name requests use for the model (default
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address the gRPC server listens on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");
 ABSL_FLAG(int32_t, metrics_port, 9090, "Prometheus /metrics port; 0 disables");
+ABSL_FLAG(int32_t, http_port, 0,
+          "OpenAI-compatible HTTP API port (/v1/chat/completions, /v1/completions, /v1/models, /health) on --host; "
+          "0 disables (docs/openai.md)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "float32", "Weights and activations: float32 or bfloat16");
 ABSL_FLAG(
@@ -174,6 +178,9 @@ int Run() {
   if (name.empty()) name = Basename(dir);
   const int32_t port = absl::GetFlag(FLAGS_port), metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (port < 0 || port > 65535) return Fail(absl::StrCat("--port: must be in [0, 65535], got ", port));
+  const int32_t http_port = absl::GetFlag(FLAGS_http_port);
+  if (http_port < 0 || http_port > 65535)
+    return Fail(absl::StrCat("--http-port: must be in [0, 65535], got ", http_port));
   if (metrics_port < 0 || metrics_port > 65535)
     return Fail(absl::StrCat("--metrics-port: must be in [0, 65535], got ", metrics_port));
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace);
@@ -401,6 +408,22 @@ int Run() {
     if (vision) vision->Shutdown(absl::ZeroDuration());
     return Fail(absl::StrCat("--port: cannot listen on ", address), 1);
   }
+  std::unique_ptr<api::openai::HttpServer> http;
+  if (http_port != 0) {
+    api::openai::HttpServerOptions ho;
+    ho.host = absl::GetFlag(FLAGS_host);
+    ho.port = http_port;
+    ho.max_request_bytes = max_request_bytes;
+    ho.threads = static_cast<int>(std::min<int64_t>(1024, 2 * runner_options.max_seqs + 16));
+    auto started = api::openai::HttpServer::Start(&models, &gate, ho);
+    if (!started.ok()) {
+      (*engine)->Shutdown(absl::ZeroDuration());
+      if (vision) vision->Shutdown(absl::ZeroDuration());
+      return Fail(std::string(started.status().message()), 1);
+    }
+    http = *std::move(started);
+    std::fprintf(stderr, "deltaserve: OpenAI-compatible HTTP API on %s:%d\n", ho.host.c_str(), http->port());
+  }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   if (health) {
     health->SetServingStatus(name, true);
@@ -456,6 +479,7 @@ int Run() {
   });
   server->Wait();
   waiter.join();
+  http.reset();  // its requests ended with the engine's shutdown
   (*engine)->Shutdown(absl::ZeroDuration());
   std::fprintf(stderr, "deltaserve: stopped\n");
   return 0;

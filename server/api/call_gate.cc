@@ -84,33 +84,54 @@ int64_t CallGate::TakeToken(const std::string& key, std::chrono::steady_clock::t
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil((1.0 - b.tokens) / options_.rate_limit * 1000.0)));
 }
 
+absl::Status CallGate::AdmitRequest(const std::string* authorization, absl::string_view carrier,
+                                    const std::string& client_key, absl::string_view method, bool drain_applies,
+                                    int64_t* retry_after_ms) const {
+  if (!options_.bearer_tokens.empty()) {
+    if (authorization == nullptr)
+      return absl::UnauthenticatedError(
+          absl::StrCat(method, ": no credentials: send ", carrier, " \"authorization: Bearer <token>\""));
+    absl::string_view value = *authorization;
+    if (!absl::ConsumePrefix(&value, "Bearer ") || !MatchesAnyToken(options_.bearer_tokens, value))
+      return absl::UnauthenticatedError(
+          absl::StrCat(method, ": the bearer token in ", carrier, " \"authorization\" is not accepted"));
+  }
+  if (drain_applies && draining())
+    return absl::UnavailableError(absl::StrCat(method, ": the server is shutting down; retry on another replica"));
+  if (options_.rate_limit > 0) {
+    const int64_t wait_ms = TakeToken(client_key, std::chrono::steady_clock::now());
+    if (wait_ms > 0) {
+      if (retry_after_ms != nullptr) *retry_after_ms = wait_ms;
+      return absl::ResourceExhaustedError(absl::StrCat(method, ": over the limit of ", options_.rate_limit,
+                                                       " calls/s per client (--rate-limit); retry in ", wait_ms,
+                                                       " ms"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 grpc::Status CallGate::Admit(grpc::CallbackServerContext* context, absl::string_view method,
                              bool drain_applies) const {
+  std::string authorization;
+  bool presented = false;
   if (!options_.bearer_tokens.empty()) {
     const auto& md = context->client_metadata();
     auto it = md.find("authorization");
-    if (it == md.end())
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          absl::StrCat(method, ": no credentials: send metadata \"authorization: Bearer <token>\""));
-    absl::string_view value(it->second.data(), it->second.size());
-    if (!absl::ConsumePrefix(&value, "Bearer ") || !MatchesAnyToken(options_.bearer_tokens, value))
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          absl::StrCat(method, ": the bearer token in metadata \"authorization\" is not accepted"));
-  }
-  if (drain_applies && draining())
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        absl::StrCat(method, ": the server is shutting down; retry on another replica"));
-  if (options_.rate_limit > 0) {
-    const int64_t wait_ms = TakeToken(PeerKey(context->peer()), std::chrono::steady_clock::now());
-    if (wait_ms > 0) {
-      context->AddTrailingMetadata("retry-after-ms", std::to_string(wait_ms));
-      context->AddTrailingMetadata("grpc-retry-pushback-ms", std::to_string(wait_ms));
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat(method, ": over the limit of ", options_.rate_limit,
-                                       " calls/s per client (--rate-limit); retry in ", wait_ms, " ms"));
+    if (it != md.end()) {
+      authorization.assign(it->second.data(), it->second.size());
+      presented = true;
     }
   }
-  return grpc::Status::OK;
+  int64_t wait_ms = 0;
+  absl::Status st = AdmitRequest(presented ? &authorization : nullptr, "metadata",
+                                 options_.rate_limit > 0 ? PeerKey(context->peer()) : std::string(), method,
+                                 drain_applies, &wait_ms);
+  if (st.ok()) return grpc::Status::OK;
+  if (wait_ms > 0) {
+    context->AddTrailingMetadata("retry-after-ms", std::to_string(wait_ms));
+    context->AddTrailingMetadata("grpc-retry-pushback-ms", std::to_string(wait_ms));
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
 }
 
 }  // namespace deltaserve::api

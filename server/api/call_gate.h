@@ -44,6 +44,13 @@ class CallGate {
   // (the client's rate is over the limit). `method` names the call in messages.
   grpc::Status Admit(grpc::CallbackServerContext* context, absl::string_view method, bool drain_applies = true) const;
 
+  // The same verdict for any transport (the HTTP front end): `authorization` is the presented
+  // "authorization" value (null when absent), `carrier` names where it goes ("metadata", "header") in
+  // messages, `client_key` keys the rate limit. On RESOURCE_EXHAUSTED `*retry_after_ms` is set.
+  absl::Status AdmitRequest(const std::string* authorization, absl::string_view carrier,
+                            const std::string& client_key, absl::string_view method, bool drain_applies,
+                            int64_t* retry_after_ms) const;
+
   void StartDrain() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
 

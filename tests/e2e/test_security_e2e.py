@@ -289,6 +289,31 @@ class Auth(unittest.TestCase):
             self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED, e.exception.details())
             self.assertEqual(health(ch), "SERVING")  # health needs no token (probes send none)
 
+    def test_http_api_needs_a_listed_token(self):
+        """The OpenAI-compatible HTTP API (--http-port) asks the same gate: "Authorization: Bearer"."""
+        try:
+            import openai
+        except ImportError:
+            self.skipTest("openai not installed")
+        tokens = pathlib.Path(WORK) / "tokens-http"
+        tokens.write_text("\n".join(TOKENS) + "\n")
+        http_port = base.free_ports(1)[0]
+        s = Server("--auth-token-file", str(tokens), "--http-port", str(http_port))
+        try:
+            def client(key):
+                return openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key=key, max_retries=0)
+            for key in ("tok-" + "c" * 28, TOKENS[0][:-1]):
+                with self.subTest(key=key[:5]), self.assertRaises(openai.AuthenticationError) as e:
+                    client(key).completions.create(model="qwen35-small", prompt="hi", max_tokens=2)
+                self.assertNotIn(key, str(e.exception.body))
+            with self.assertRaises(openai.AuthenticationError):
+                client("x").models.list()
+            for token in TOKENS:
+                r = client(token).completions.create(model="qwen35-small", prompt="hi", max_tokens=2)
+                self.assertEqual(r.usage.completion_tokens, 2)
+        finally:
+            s.stop()
+
     def test_cli_sends_its_token_file(self):
         f = pathlib.Path(WORK) / "client-token"
         f.write_text(TOKENS[1] + "\n")

@@ -1,0 +1,388 @@
+#include "api/openai/http_server.h"
+
+#include <civetweb.h>
+#include <nlohmann/json.hpp>
+
+#include <condition_variable>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "api/openai/translate.h"
+#include "api/text_generation_service.h"
+
+namespace deltaserve::api::openai {
+namespace {
+
+using json = nlohmann::json;
+
+// Every response goes out through these, with a length or chunked, so keep-alive connections stay usable.
+void SendHeaders(mg_connection* c, int status, const char* content_type, long long length,
+                 const std::vector<std::pair<std::string, std::string>>& extra = {}) {
+  mg_response_header_start(c, status);
+  mg_response_header_add(c, "Content-Type", content_type, -1);
+  if (length >= 0) {
+    mg_response_header_add(c, "Content-Length", std::to_string(length).c_str(), -1);
+  } else {
+    mg_response_header_add(c, "Transfer-Encoding", "chunked", -1);
+    mg_response_header_add(c, "Cache-Control", "no-cache", -1);
+  }
+  for (const auto& [name, value] : extra) mg_response_header_add(c, name.c_str(), value.c_str(), -1);
+  mg_response_header_send(c);
+}
+
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+int SendJson(mg_connection* c, int status, const json& body,
+             const std::vector<std::pair<std::string, std::string>>& extra = {}) {
+  const std::string s = Dump(body);
+  SendHeaders(c, status, "application/json", static_cast<long long>(s.size()), extra);
+  mg_write(c, s.data(), s.size());
+  return status;
+}
+
+// An error naming the OpenAI parameter it is about. A message that starts with the gRPC field path
+// ("sampling.max_tokens: ...") is rewritten to start with the parameter's name instead.
+int SendError(mg_connection* c, Endpoint endpoint, const absl::Status& status, int64_t retry_after_ms = 0) {
+  std::string message(status.message());
+  const std::string param = ParamOf(endpoint, message);
+  if (!param.empty()) {
+    size_t end = message.find_first_of(" :");
+    message = param + message.substr(end);
+  }
+  HttpError e = ToHttpError(absl::Status(status.code(), message), param);
+  std::vector<std::pair<std::string, std::string>> extra;
+  if (retry_after_ms > 0) extra.emplace_back("Retry-After", std::to_string((retry_after_ms + 999) / 1000));
+  return SendJson(c, e.http_status, e.body, extra);
+}
+
+// Engine events of one request, handed from the engine thread (which must not block) to the HTTP thread.
+struct EventQueue {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<engine::TokenEvent> events;
+  void Push(const engine::TokenEvent& e) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      events.push_back(e);
+    }
+    cv.notify_one();
+  }
+  engine::TokenEvent Pop() {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return !events.empty(); });
+    engine::TokenEvent e = std::move(events.front());
+    events.pop_front();
+    return e;
+  }
+};
+
+std::string TokenText(const tokenizer::Tokenizer* t, int32_t id) {
+  if (t == nullptr) return absl::StrCat("<", id, ">");
+  return t->Decode({id}).value_or("");
+}
+
+json Bytes(const std::string& s) {
+  json b = json::array();
+  for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
+  return b;
+}
+
+// Chat logprobs entries ({"token", "logprob", "bytes", "top_logprobs"}) of `e`'s tokens.
+void AppendChatLogprobs(const tokenizer::Tokenizer* t, const engine::TokenEvent& e, json* content) {
+  for (const engine::SampleResult& r : e.logprobs) {
+    const std::string tok = TokenText(t, r.token_id);
+    json top = json::array();
+    for (const engine::TokenLogprob& alt : r.top_logprobs) {
+      const std::string a = TokenText(t, alt.token_id);
+      top.push_back({{"token", a}, {"logprob", alt.logprob}, {"bytes", Bytes(a)}});
+    }
+    content->push_back({{"token", tok}, {"logprob", r.logprob}, {"bytes", Bytes(tok)}, {"top_logprobs", top}});
+  }
+}
+
+// Completions logprobs ({"tokens", "token_logprobs", "top_logprobs", "text_offset"}), appended to.
+void AppendCompletionLogprobs(const tokenizer::Tokenizer* t, const engine::TokenEvent& e, size_t* offset,
+                              json* lp) {
+  for (const engine::SampleResult& r : e.logprobs) {
+    const std::string tok = TokenText(t, r.token_id);
+    (*lp)["tokens"].push_back(tok);
+    (*lp)["token_logprobs"].push_back(r.logprob);
+    json top = json::object();
+    for (const engine::TokenLogprob& alt : r.top_logprobs) top[TokenText(t, alt.token_id)] = alt.logprob;
+    (*lp)["top_logprobs"].push_back(top);
+    (*lp)["text_offset"].push_back(*offset);
+    *offset += tok.size();
+  }
+}
+
+json EmptyCompletionLogprobs() {
+  return {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+          {"text_offset", json::array()}};
+}
+
+json Usage(const engine::TokenEvent& e) {
+  return {{"prompt_tokens", e.prompt_tokens},
+          {"completion_tokens", e.completion_tokens},
+          {"total_tokens", e.prompt_tokens + e.completion_tokens}};
+}
+
+v1::FinishReason ToProtoReason(engine::FinishReason r) {
+  switch (r) {
+    case engine::FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case engine::FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case engine::FinishReason::kCancelled:
+      return v1::FINISH_REASON_CANCELLED;
+    case engine::FinishReason::kError:
+      return v1::FINISH_REASON_ERROR;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+// The status a finished request that did not end normally gets (it has no choice to return).
+absl::Status EndStatus(const engine::TokenEvent& e) {
+  if (e.reason == engine::FinishReason::kError)
+    return absl::InternalError(e.error.ok() ? "engine error" : std::string(e.error.message()));
+  if (absl::IsDeadlineExceeded(e.error)) return absl::DeadlineExceededError("deadline exceeded");
+  return absl::UnavailableError("the server is shutting down and ended this request");
+}
+
+bool Abnormal(const engine::TokenEvent& e) {
+  return e.reason == engine::FinishReason::kError || e.reason == engine::FinishReason::kCancelled;
+}
+
+class Generation {
+ public:
+  Generation(mg_connection* c, const OpenAiRequest& req, PreparedRequest prepared)
+      : c_(c), req_(req), prepared_(std::move(prepared)), created_(static_cast<int64_t>(std::time(nullptr))) {
+    chat_ = req_.endpoint == Endpoint::kChatCompletions;
+    id_ = absl::StrCat(chat_ ? "chatcmpl-" : "cmpl-", prepared_.request_id);
+  }
+
+  int Run() {
+    engine::Engine* engine = prepared_.model->engine;
+    auto queue = std::make_shared<EventQueue>();
+    prepared_.engine_request.on_event = [queue](const engine::TokenEvent& e) { queue->Push(e); };
+    absl::StatusOr<uint64_t> handle = engine->Submit(std::move(prepared_.engine_request));
+    if (!handle.ok()) return SendError(c_, req_.endpoint, handle.status());
+    return req_.stream ? Stream(*engine, *handle, *queue) : Whole(*queue);
+  }
+
+ private:
+  const tokenizer::Tokenizer* tokenizer() const { return prepared_.model->tokenizer; }
+
+  json Envelope(const char* object) const {
+    return {{"id", id_}, {"object", object}, {"created", created_}, {"model", prepared_.model->name}};
+  }
+
+  int Whole(EventQueue& queue) {
+    std::string text = req_.echo_prefix;
+    json chat_lp = json::array();
+    json comp_lp = EmptyCompletionLogprobs();
+    size_t offset = text.size();
+    for (;;) {
+      engine::TokenEvent e = queue.Pop();
+      text += e.text;
+      if (req_.logprobs) chat_ ? AppendChatLogprobs(tokenizer(), e, &chat_lp)
+                               : AppendCompletionLogprobs(tokenizer(), e, &offset, &comp_lp);
+      if (!e.finished) continue;
+      if (Abnormal(e)) return SendError(c_, req_.endpoint, EndStatus(e));
+      json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(ToProtoReason(e.reason))}};
+      if (chat_) {
+        choice["message"] = {{"role", "assistant"}, {"content", text}};
+        choice["logprobs"] = req_.logprobs ? json{{"content", chat_lp}} : json();
+      } else {
+        choice["text"] = text;
+        choice["logprobs"] = req_.logprobs ? comp_lp : json();
+      }
+      json body = Envelope(chat_ ? "chat.completion" : "text_completion");
+      body["choices"] = json::array({choice});
+      body["usage"] = Usage(e);
+      return SendJson(c_, 200, body);
+    }
+  }
+
+  // False when the client is gone.
+  bool Send(const json& chunk) { return Event(Dump(chunk)); }
+  bool Event(const std::string& data) {
+    const std::string frame = absl::StrCat("data: ", data, "\n\n");
+    return mg_send_chunk(c_, frame.data(), static_cast<unsigned>(frame.size())) > 0;
+  }
+
+  int Stream(engine::Engine& engine, uint64_t handle, EventQueue& queue) {
+    SendHeaders(c_, 200, "text/event-stream", -1);
+    const char* object = chat_ ? "chat.completion.chunk" : "text_completion";
+    bool client_gone = false;
+    auto chunk = [&](const json& delta_or_text, const json& logprobs, const json& finish) {
+      json choice = {{"index", 0}, {"logprobs", logprobs}, {"finish_reason", finish}};
+      if (chat_) {
+        choice["delta"] = delta_or_text;
+      } else {
+        choice["text"] = delta_or_text;
+      }
+      json c = Envelope(object);
+      c["choices"] = json::array({choice});
+      if (req_.include_usage) c["usage"] = nullptr;
+      return c;
+    };
+    if (chat_) client_gone = !Send(chunk({{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
+    else if (!req_.echo_prefix.empty()) client_gone = !Send(chunk(req_.echo_prefix, nullptr, nullptr));
+    size_t offset = req_.echo_prefix.size();
+    for (;;) {
+      engine::TokenEvent e = queue.Pop();
+      if (client_gone) {
+        if (e.finished) break;
+        continue;
+      }
+      if (!e.text.empty() || (req_.logprobs && !e.token_ids.empty())) {
+        json lp = nullptr;
+        if (req_.logprobs) {
+          if (chat_) {
+            json content = json::array();
+            AppendChatLogprobs(tokenizer(), e, &content);
+            lp = {{"content", content}};
+          } else {
+            lp = EmptyCompletionLogprobs();
+            AppendCompletionLogprobs(tokenizer(), e, &offset, &lp);
+          }
+        }
+        const json piece = chat_ ? json{{"content", e.text}} : json(e.text);
+        if (!Send(chunk(piece, lp, nullptr))) {
+          client_gone = true;
+          engine.Cancel(handle);  // frees the slot; the final event still comes and ends this loop
+          if (e.finished) break;
+          continue;
+        }
+      }
+      if (!e.finished) continue;
+      if (Abnormal(e)) {
+        HttpError err = ToHttpError(EndStatus(e), "");
+        Send(err.body);
+      } else {
+        Send(chunk(chat_ ? json::object() : json(""), nullptr, FinishReasonJson(ToProtoReason(e.reason))));
+        if (req_.include_usage) {
+          json u = Envelope(object);
+          u["choices"] = json::array();
+          u["usage"] = Usage(e);
+          Send(u);
+        }
+      }
+      Event("[DONE]");
+      mg_send_chunk(c_, "", 0);
+      break;
+    }
+    return 200;
+  }
+
+  mg_connection* c_;
+  const OpenAiRequest& req_;
+  PreparedRequest prepared_;
+  int64_t created_;
+  bool chat_ = true;
+  std::string id_;
+};
+
+int HandleRequest(mg_connection* conn, void* self) { return static_cast<HttpServer*>(self)->Handle(conn); }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const ModelRegistry* registry, const CallGate* gate,
+                                                              HttpServerOptions options) {
+  if (options.port < 1 || options.port > 65535)
+    return absl::InvalidArgumentError(absl::StrCat("--http-port: must be in [1, 65535], got ", options.port));
+  std::unique_ptr<HttpServer> server(new HttpServer(registry, gate, std::move(options)));
+  const std::string listen = absl::StrCat(server->options_.host, ":", server->options_.port);
+  const std::string threads = std::to_string(server->options_.threads);
+  const char* opts[] = {"listening_ports", listen.c_str(), "num_threads", threads.c_str(), "enable_keep_alive", "yes",
+                        "request_timeout_ms", "3600000", nullptr};
+  mg_callbacks callbacks{};
+  server->ctx_ = mg_start(&callbacks, nullptr, opts);
+  if (server->ctx_ == nullptr)
+    return absl::UnavailableError(absl::StrCat("--http-port: cannot listen on ", listen, " (in use?)"));
+  mg_set_request_handler(server->ctx_, "/", &HandleRequest, server.get());
+  mg_server_port ports[4] = {};
+  if (mg_get_server_ports(server->ctx_, 4, ports) > 0) server->port_ = ports[0].port;
+  return server;
+}
+
+HttpServer::~HttpServer() {
+  if (ctx_ != nullptr) mg_stop(ctx_);
+}
+
+int HttpServer::Handle(mg_connection* conn) {
+  const mg_request_info* info = mg_get_request_info(conn);
+  const std::string uri = info->local_uri ? info->local_uri : "";
+  const std::string method = info->request_method ? info->request_method : "";
+  Endpoint endpoint;
+  const char* name;
+  if (uri == "/health") {
+    const bool draining = gate_ != nullptr && gate_->draining();
+    return SendJson(conn, draining ? 503 : 200, {{"status", draining ? "shutting down" : "ok"}});
+  } else if (uri == "/v1/models") {
+    endpoint = Endpoint::kCompletions;
+    name = "ListModels";
+  } else if (uri == "/v1/chat/completions") {
+    endpoint = Endpoint::kChatCompletions;
+    name = "ChatCompletions";
+  } else if (uri == "/v1/completions") {
+    endpoint = Endpoint::kCompletions;
+    name = "Completions";
+  } else {
+    return SendError(conn, Endpoint::kCompletions,
+                     absl::NotFoundError(absl::StrCat("no such endpoint: ", uri,
+                                                      " (/v1/chat/completions, /v1/completions, /v1/models, /health)")));
+  }
+  const bool is_models = uri == "/v1/models";
+  if (method != (is_models ? "GET" : "POST"))
+    return SendJson(conn, 405,
+                    ToHttpError(absl::InvalidArgumentError(absl::StrCat(uri, " takes ", is_models ? "GET" : "POST")),
+                                "")
+                        .body);
+  if (gate_ != nullptr) {
+    const char* auth = mg_get_header(conn, "Authorization");
+    const std::string authorization = auth ? auth : "";
+    int64_t retry_ms = 0;
+    absl::Status admitted = gate_->AdmitRequest(auth ? &authorization : nullptr, "header",
+                                                absl::StrCat("ip:", info->remote_addr), name,
+                                                /*drain_applies=*/!is_models, &retry_ms);
+    if (!admitted.ok()) return SendError(conn, endpoint, admitted, retry_ms);
+  }
+  if (is_models) {
+    json data = json::array();
+    for (const ServedModel* m : registry_->models()) {
+      if (m->engine == nullptr) continue;
+      data.push_back({{"id", m->name},
+                      {"object", "model"},
+                      {"created", 0},
+                      {"owned_by", "deltaserve"},
+                      {"max_model_len", m->engine->max_model_len()}});
+    }
+    return SendJson(conn, 200, {{"object", "list"}, {"data", data}});
+  }
+  // The body, within --max-request-bytes.
+  const int64_t limit = options_.max_request_bytes;
+  if (info->content_length > limit)
+    return SendError(conn, endpoint,
+                     absl::ResourceExhaustedError(absl::StrCat("request body of ", info->content_length,
+                                                               " bytes, over --max-request-bytes ", limit)));
+  std::string body;
+  char buf[16384];
+  for (int n; (n = mg_read(conn, buf, sizeof(buf))) > 0;) {
+    body.append(buf, static_cast<size_t>(n));
+    if (static_cast<int64_t>(body.size()) > limit)
+      return SendError(conn, endpoint,
+                       absl::ResourceExhaustedError(absl::StrCat("request body over --max-request-bytes ", limit)));
+  }
+  absl::StatusOr<OpenAiRequest> req = ParseRequest(endpoint, body);
+  if (!req.ok()) return SendError(conn, endpoint, req.status());
+  absl::StatusOr<PreparedRequest> prepared = PrepareGenerate(*registry_, req->generate);
+  if (!prepared.ok()) return SendError(conn, endpoint, prepared.status());
+  return Generation(conn, *req, *std::move(prepared)).Run();
+}
+
+}  // namespace deltaserve::api::openai
