@@ -19,7 +19,7 @@ mkdir -p "${build}"
 # The test binaries of the suites below (and what they link); not the whole tree.
 targets=(kernels_test fused_ops_test linear_test paged_attention_test qwen35_model_test runner_test
   sampler_test batch_sampler_test engine_unit_test engine_test server_test parsed_request_test call_gate_test
-  vision_server_test fuzz_generate_request)
+  vision_server_test openai_translate_test fuzz_generate_request)
 start=$(date +%s)
 cmake --build "${build}" -j "${jobs}" --target "${targets[@]}"
 echo "sanitize.sh: build took $(( $(date +%s) - start )) s"
