@@ -95,12 +95,14 @@ class OpenAiTest(unittest.TestCase):
 
     def test_chat_equals_grpc(self):
         messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
-        kw = dict(model=MODEL, messages=messages, max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+        # Thinking off: the answer is then all content, comparable with gRPC's text as it is.
+        kw = dict(model=MODEL, messages=messages, max_tokens=10, temperature=0,
+                  extra_body={"ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}})
         whole = CLIENT.chat.completions.create(**kw)
         chunks = list(CLIENT.chat.completions.create(stream=True, **kw))
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
-        ref = grpc_generate(chat=base.chat_input([(m["role"], m["content"]) for m in messages]),
+        ref = grpc_generate(chat=base.chat_input([(m["role"], m["content"]) for m in messages], enable_thinking=False),
                             sampling=base.greedy(max_tokens=10))
         self.assertEqual(whole.choices[0].message.content, ref.text)
         self.assertEqual(streamed, ref.text)

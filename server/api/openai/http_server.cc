@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "api/openai/translate.h"
 #include "api/text_generation_service.h"
+#include "tokenizer/assistant_output.h"
 
 namespace deltaserve::api::openai {
 namespace {
@@ -124,6 +125,18 @@ json EmptyCompletionLogprobs() {
           {"text_offset", json::array()}};
 }
 
+// OpenAI tool_calls entries; ids are the request's id with the call's index.
+json ToolCallsJson(const std::vector<tokenizer::ToolCall>& calls, const std::string& request_id) {
+  json out = json::array();
+  for (size_t k = 0; k < calls.size(); ++k) {
+    out.push_back({{"index", k},
+                   {"id", absl::StrCat("call_", request_id, "_", k)},
+                   {"type", "function"},
+                   {"function", {{"name", calls[k].name}, {"arguments", calls[k].arguments}}}});
+  }
+  return out;
+}
+
 json Usage(const engine::TokenEvent& e) {
   return {{"prompt_tokens", e.prompt_tokens},
           {"completion_tokens", e.completion_tokens},
@@ -161,6 +174,8 @@ class Generation {
   Generation(mg_connection* c, const OpenAiRequest& req, PreparedRequest prepared)
       : c_(c), req_(req), prepared_(std::move(prepared)), created_(static_cast<int64_t>(std::time(nullptr))) {
     chat_ = req_.endpoint == Endpoint::kChatCompletions;
+    // Tool calls are parsed out of the answer when the request offered tools (and did not say "none").
+    parse_tool_calls_ = chat_ && req_.generate.chat().tools_json_size() > 0 && req_.tools_enabled;
     id_ = absl::StrCat(chat_ ? "chatcmpl-" : "cmpl-", prepared_.request_id);
   }
 
@@ -194,7 +209,15 @@ class Generation {
       if (Abnormal(e)) return SendError(c_, req_.endpoint, EndStatus(e));
       json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(ToProtoReason(e.reason))}};
       if (chat_) {
-        choice["message"] = {{"role", "assistant"}, {"content", text}};
+        tokenizer::AssistantOutput split = tokenizer::ParseAssistantOutput(text, parse_tool_calls_);
+        json message = {{"role", "assistant"}, {"content", split.content}};
+        if (split.reasoning.has_value()) message["reasoning_content"] = *split.reasoning;
+        if (!split.tool_calls.empty()) {
+          message["tool_calls"] = ToolCallsJson(split.tool_calls, prepared_.request_id);
+          if (split.content.empty()) message["content"] = nullptr;
+          choice["finish_reason"] = "tool_calls";
+        }
+        choice["message"] = message;
         choice["logprobs"] = req_.logprobs ? json{{"content", chat_lp}} : json();
       } else {
         choice["text"] = text;
@@ -233,6 +256,14 @@ class Generation {
     if (chat_) client_gone = !Send(chunk({{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
     else if (!req_.echo_prefix.empty()) client_gone = !Send(chunk(req_.echo_prefix, nullptr, nullptr));
     size_t offset = req_.echo_prefix.size();
+    tokenizer::AssistantOutputStream split(parse_tool_calls_);
+    // A chat delta of reasoning and/or content; null when there is neither.
+    auto chat_delta = [](const std::string& reasoning, const std::string& content) {
+      json d = json::object();
+      if (!reasoning.empty()) d["reasoning_content"] = reasoning;
+      if (!content.empty()) d["content"] = content;
+      return d;
+    };
     for (;;) {
       engine::TokenEvent e = queue.Pop();
       if (client_gone) {
@@ -251,8 +282,13 @@ class Generation {
             AppendCompletionLogprobs(tokenizer(), e, &offset, &lp);
           }
         }
-        const json piece = chat_ ? json{{"content", e.text}} : json(e.text);
-        if (!Send(chunk(piece, lp, nullptr))) {
+        json piece = json(e.text);
+        if (chat_) {
+          tokenizer::AssistantOutputStream::Delta d = split.Push(e.text);
+          piece = chat_delta(d.reasoning, d.content);
+        }
+        const bool empty = chat_ ? piece.empty() && lp.is_null() : false;
+        if (!empty && !Send(chunk(piece, lp, nullptr))) {
           client_gone = true;
           engine.Cancel(handle);  // frees the slot; the final event still comes and ends this loop
           if (e.finished) break;
@@ -264,7 +300,17 @@ class Generation {
         HttpError err = ToHttpError(EndStatus(e), "");
         Send(err.body);
       } else {
-        Send(chunk(chat_ ? json::object() : json(""), nullptr, FinishReasonJson(ToProtoReason(e.reason))));
+        json finish = FinishReasonJson(ToProtoReason(e.reason));
+        if (chat_) {
+          tokenizer::AssistantOutput rest = split.Finish();
+          json d = chat_delta(rest.reasoning.value_or(""), rest.content);
+          if (!rest.tool_calls.empty()) {
+            d["tool_calls"] = ToolCallsJson(rest.tool_calls, prepared_.request_id);
+            finish = "tool_calls";
+          }
+          if (!d.empty()) Send(chunk(d, nullptr, nullptr));
+        }
+        Send(chunk(chat_ ? json::object() : json(""), nullptr, finish));
         if (req_.include_usage) {
           json u = Envelope(object);
           u["choices"] = json::array();
@@ -284,6 +330,7 @@ class Generation {
   PreparedRequest prepared_;
   int64_t created_;
   bool chat_ = true;
+  bool parse_tool_calls_ = false;
   std::string id_;
 };
 

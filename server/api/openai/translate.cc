@@ -215,6 +215,7 @@ absl::Status ParseChat(const json& body, OpenAiRequest* out) {
   if (body.contains("tool_choice") && !body["tool_choice"].is_null() && body["tool_choice"] != "auto" &&
       body["tool_choice"] != "none")
     return Bad("tool_choice", "only \"auto\" and \"none\" are supported");
+  out->tools_enabled = !(body.contains("tool_choice") && body["tool_choice"] == "none");
   return absl::OkStatus();
 }
 

@@ -24,6 +24,7 @@ struct OpenAiRequest {
   bool include_usage = false;  // stream_options.include_usage
   bool logprobs = false;       // chat: logprobs; completions: logprobs > 0
   std::string echo_prefix;     // completions with echo: the prompt text returned before the completion
+  bool tools_enabled = true;   // chat: false with "tool_choice": "none" (tool calls stay in the content)
 };
 
 // Parses a /v1/chat/completions or /v1/completions body. INVALID_ARGUMENT messages start with the
