@@ -415,7 +415,7 @@ int Run() {
     ho.port = http_port;
     ho.max_request_bytes = max_request_bytes;
     ho.threads = static_cast<int>(std::min<int64_t>(1024, 2 * runner_options.max_seqs + 16));
-    auto started = api::openai::HttpServer::Start(&models, &gate, ho);
+    auto started = api::openai::HttpServer::Start(&models, &gate, observer, ho);
     if (!started.ok()) {
       (*engine)->Shutdown(absl::ZeroDuration());
       if (vision) vision->Shutdown(absl::ZeroDuration());

@@ -72,6 +72,22 @@ class OpenAiTest(unittest.TestCase):
         with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/health", timeout=5) as r:
             self.assertEqual(r.status, 200)
 
+    def test_requests_are_counted_in_the_metrics(self):
+        def count(method, code):
+            with urllib.request.urlopen(f"http://127.0.0.1:{SERVER.metrics_port}/metrics", timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if (line.startswith("deltaserve_requests_total{") and f'method="{method}"' in line
+                            and f'code="{code}"' in line):
+                        return float(line.split()[-1])
+            return 0.0
+        ok, bad = count("http.Completions", "OK"), count("http.Completions", "INVALID_ARGUMENT")
+        CLIENT.completions.create(model=MODEL, prompt="hi", max_tokens=1)
+        import openai
+        with self.assertRaises(openai.BadRequestError):
+            CLIENT.completions.create(model=MODEL, prompt="hi", max_tokens=0)
+        self.assertEqual(count("http.Completions", "OK"), ok + 1)
+        self.assertEqual(count("http.Completions", "INVALID_ARGUMENT"), bad + 1)
+
     def test_completion_equals_grpc(self):
         for stream in (False, True):
             with self.subTest(stream=stream):

@@ -1,12 +1,12 @@
 #include "api/openai/http_server.h"
 
 #include <civetweb.h>
-#include <nlohmann/json.hpp>
 
 #include <condition_variable>
 #include <ctime>
 #include <deque>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -101,7 +101,8 @@ void AppendChatLogprobs(const tokenizer::Tokenizer* t, const engine::TokenEvent&
       const std::string a = TokenText(t, alt.token_id);
       top.push_back({{"token", a}, {"logprob", alt.logprob}, {"bytes", Bytes(a)}});
     }
-    content->push_back({{"token", tok}, {"logprob", r.logprob}, {"bytes", Bytes(tok)}, {"top_logprobs", top}});
+    content->push_back(
+        {{"token", tok}, {"logprob", r.logprob}, {"bytes", Bytes(tok)}, {"top_logprobs", top}});
   }
 }
 
@@ -121,7 +122,9 @@ void AppendCompletionLogprobs(const tokenizer::Tokenizer* t, const engine::Token
 }
 
 json EmptyCompletionLogprobs() {
-  return {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+  return {{"tokens", json::array()},
+          {"token_logprobs", json::array()},
+          {"top_logprobs", json::array()},
           {"text_offset", json::array()}};
 }
 
@@ -169,6 +172,9 @@ bool Abnormal(const engine::TokenEvent& e) {
   return e.reason == engine::FinishReason::kError || e.reason == engine::FinishReason::kCancelled;
 }
 
+// What a stream whose client went away counts as (nginx's "client closed request").
+constexpr int kClientGone = 499;
+
 class Generation {
  public:
   Generation(mg_connection* c, const OpenAiRequest& req, PreparedRequest prepared)
@@ -203,8 +209,9 @@ class Generation {
     for (;;) {
       engine::TokenEvent e = queue.Pop();
       text += e.text;
-      if (req_.logprobs) chat_ ? AppendChatLogprobs(tokenizer(), e, &chat_lp)
-                               : AppendCompletionLogprobs(tokenizer(), e, &offset, &comp_lp);
+      if (req_.logprobs)
+        chat_ ? AppendChatLogprobs(tokenizer(), e, &chat_lp)
+              : AppendCompletionLogprobs(tokenizer(), e, &offset, &comp_lp);
       if (!e.finished) continue;
       if (Abnormal(e)) return SendError(c_, req_.endpoint, EndStatus(e));
       json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(ToProtoReason(e.reason))}};
@@ -253,8 +260,10 @@ class Generation {
       if (req_.include_usage) c["usage"] = nullptr;
       return c;
     };
-    if (chat_) client_gone = !Send(chunk({{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
-    else if (!req_.echo_prefix.empty()) client_gone = !Send(chunk(req_.echo_prefix, nullptr, nullptr));
+    if (chat_)
+      client_gone = !Send(chunk({{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
+    else if (!req_.echo_prefix.empty())
+      client_gone = !Send(chunk(req_.echo_prefix, nullptr, nullptr));
     size_t offset = req_.echo_prefix.size();
     tokenizer::AssistantOutputStream split(parse_tool_calls_);
     // A chat delta of reasoning and/or content; null when there is neither.
@@ -322,7 +331,7 @@ class Generation {
       mg_send_chunk(c_, "", 0);
       break;
     }
-    return 200;
+    return client_gone ? kClientGone : 200;
   }
 
   mg_connection* c_;
@@ -334,19 +343,47 @@ class Generation {
   std::string id_;
 };
 
+// The gRPC code an HTTP status stands for, for the request metrics (kClientGone: CANCELLED).
+grpc::StatusCode GrpcCodeOf(int http_status) {
+  switch (http_status) {
+    case 200:
+      return grpc::StatusCode::OK;
+    case 400:
+    case 405:
+      return grpc::StatusCode::INVALID_ARGUMENT;
+    case 401:
+      return grpc::StatusCode::UNAUTHENTICATED;
+    case 404:
+      return grpc::StatusCode::NOT_FOUND;
+    case 408:
+      return grpc::StatusCode::DEADLINE_EXCEEDED;
+    case 413:
+    case 429:
+      return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case 499:
+      return grpc::StatusCode::CANCELLED;
+    case 503:
+      return grpc::StatusCode::UNAVAILABLE;
+    default:
+      return grpc::StatusCode::INTERNAL;
+  }
+}
+
 int HandleRequest(mg_connection* conn, void* self) { return static_cast<HttpServer*>(self)->Handle(conn); }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const ModelRegistry* registry, const CallGate* gate,
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const ModelRegistry* registry,
+                                                              const CallGate* gate, RequestObserver observer,
                                                               HttpServerOptions options) {
   if (options.port < 1 || options.port > 65535)
     return absl::InvalidArgumentError(absl::StrCat("--http-port: must be in [1, 65535], got ", options.port));
-  std::unique_ptr<HttpServer> server(new HttpServer(registry, gate, std::move(options)));
+  std::unique_ptr<HttpServer> server(new HttpServer(registry, gate, std::move(observer), std::move(options)));
   const std::string listen = absl::StrCat(server->options_.host, ":", server->options_.port);
   const std::string threads = std::to_string(server->options_.threads);
-  const char* opts[] = {"listening_ports", listen.c_str(), "num_threads", threads.c_str(), "enable_keep_alive", "yes",
-                        "request_timeout_ms", "3600000", nullptr};
+  const char* opts[] = {"listening_ports",    listen.c_str(),      "num_threads",
+                        threads.c_str(),      "enable_keep_alive", "yes",
+                        "request_timeout_ms", "3600000",           nullptr};
   mg_callbacks callbacks{};
   server->ctx_ = mg_start(&callbacks, nullptr, opts);
   if (server->ctx_ == nullptr)
@@ -362,6 +399,13 @@ HttpServer::~HttpServer() {
 }
 
 int HttpServer::Handle(mg_connection* conn) {
+  const char* method_name = nullptr;
+  const int status = Serve(conn, &method_name);
+  if (observer_ && method_name != nullptr) observer_(absl::StrCat("http.", method_name), GrpcCodeOf(status));
+  return status;
+}
+
+int HttpServer::Serve(mg_connection* conn, const char** method_name) {
   const mg_request_info* info = mg_get_request_info(conn);
   const std::string uri = info->local_uri ? info->local_uri : "";
   const std::string method = info->request_method ? info->request_method : "";
@@ -380,16 +424,18 @@ int HttpServer::Handle(mg_connection* conn) {
     endpoint = Endpoint::kCompletions;
     name = "Completions";
   } else {
-    return SendError(conn, Endpoint::kCompletions,
-                     absl::NotFoundError(absl::StrCat("no such endpoint: ", uri,
-                                                      " (/v1/chat/completions, /v1/completions, /v1/models, /health)")));
+    return SendError(
+        conn, Endpoint::kCompletions,
+        absl::NotFoundError(absl::StrCat("no such endpoint: ", uri,
+                                         " (/v1/chat/completions, /v1/completions, /v1/models, /health)")));
   }
+  *method_name = name;
   const bool is_models = uri == "/v1/models";
   if (method != (is_models ? "GET" : "POST"))
-    return SendJson(conn, 405,
-                    ToHttpError(absl::InvalidArgumentError(absl::StrCat(uri, " takes ", is_models ? "GET" : "POST")),
-                                "")
-                        .body);
+    return SendJson(
+        conn, 405,
+        ToHttpError(absl::InvalidArgumentError(absl::StrCat(uri, " takes ", is_models ? "GET" : "POST")), "")
+            .body);
   if (gate_ != nullptr) {
     const char* auth = mg_get_header(conn, "Authorization");
     const std::string authorization = auth ? auth : "";
@@ -422,8 +468,9 @@ int HttpServer::Handle(mg_connection* conn) {
   for (int n; (n = mg_read(conn, buf, sizeof(buf))) > 0;) {
     body.append(buf, static_cast<size_t>(n));
     if (static_cast<int64_t>(body.size()) > limit)
-      return SendError(conn, endpoint,
-                       absl::ResourceExhaustedError(absl::StrCat("request body over --max-request-bytes ", limit)));
+      return SendError(
+          conn, endpoint,
+          absl::ResourceExhaustedError(absl::StrCat("request body over --max-request-bytes ", limit)));
   }
   absl::StatusOr<OpenAiRequest> req = ParseRequest(endpoint, body);
   if (!req.ok()) return SendError(conn, endpoint, req.status());

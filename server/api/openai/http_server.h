@@ -26,9 +26,11 @@ struct HttpServerOptions {
 
 class HttpServer {
  public:
-  // Starts listening; everything pointed to must outlive the server. `gate` may be null.
+  // Starts listening; everything pointed to must outlive the server. `gate` may be null. `observer` (may be
+  // empty) hears of every finished API request as "http.ChatCompletions", "http.Completions" or
+  // "http.ListModels" with the gRPC code of its HTTP status (CANCELLED for a stream whose client left).
   static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const ModelRegistry* registry, const CallGate* gate,
-                                                           HttpServerOptions options);
+                                                           RequestObserver observer, HttpServerOptions options);
   ~HttpServer();  // stops: waits for the requests being served to end
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -39,11 +41,14 @@ class HttpServer {
   int Handle(mg_connection* conn);
 
  private:
-  HttpServer(const ModelRegistry* registry, const CallGate* gate, HttpServerOptions options)
-      : registry_(registry), gate_(gate), options_(std::move(options)) {}
+  HttpServer(const ModelRegistry* registry, const CallGate* gate, RequestObserver observer,
+             HttpServerOptions options)
+      : registry_(registry), gate_(gate), observer_(std::move(observer)), options_(std::move(options)) {}
+  int Serve(mg_connection* conn, const char** method_name);
 
   const ModelRegistry* registry_;
   const CallGate* gate_;
+  RequestObserver observer_;
   HttpServerOptions options_;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
