@@ -133,6 +133,13 @@ grpc::Status AdmitCall(const CallGate* gate, grpc::CallbackServerContext* contex
   return gate == nullptr ? grpc::Status::OK : gate->Admit(context, method, drain_applies);
 }
 
+grpc::ServerUnaryReactor* FinishUnparsed(const CallGate* gate, grpc::CallbackServerContext* context,
+                                         const RequestObserver& observer, absl::string_view method,
+                                         const grpc::Status& parse_error, bool drain_applies) {
+  grpc::Status admitted = AdmitCall(gate, context, method, drain_applies);
+  return FinishUnary(context, observer, method, admitted.ok() ? parse_error : admitted);
+}
+
 // The methods' indices in models.proto's service (gRPC numbers them in declaration order).
 enum ModelsMethod { kListModelsMethod = 0, kGetModelMethod = 1 };
 
@@ -144,8 +151,8 @@ ModelsService::ModelsService(const ModelRegistry* registry, RequestObserver obse
           [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::ListModelsRequest>* request,
                  v1::ListModelsResponse* response) {
             if (request->error.ok()) return ListModels(context, &request->message, response);
-            grpc::Status st = AdmitCall(gate_, context, "ListModels", /*drain_applies=*/false);
-            return FinishUnary(context, observer_, "ListModels", st.ok() ? request->error : st);
+            return FinishUnparsed(gate_, context, observer_, "ListModels", request->error,
+                                  /*drain_applies=*/false);
           }));
   MarkMethodCallback(
       kGetModelMethod,
@@ -153,8 +160,8 @@ ModelsService::ModelsService(const ModelRegistry* registry, RequestObserver obse
           [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::GetModelRequest>* request,
                  v1::ModelInfo* response) {
             if (request->error.ok()) return GetModel(context, &request->message, response);
-            grpc::Status st = AdmitCall(gate_, context, "GetModel", /*drain_applies=*/false);
-            return FinishUnary(context, observer_, "GetModel", st.ok() ? request->error : st);
+            return FinishUnparsed(gate_, context, observer_, "GetModel", request->error,
+                                  /*drain_applies=*/false);
           }));
 }
 

@@ -45,6 +45,12 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, cons
 grpc::Status AdmitCall(const CallGate* gate, grpc::CallbackServerContext* context, absl::string_view method,
                        bool drain_applies = true);
 
+// Finishes a unary call whose request did not parse (api/parsed_request.h): with the gate's verdict when
+// it refuses (a caller it refuses learns nothing of its bytes), else with `parse_error`.
+grpc::ServerUnaryReactor* FinishUnparsed(const CallGate* gate, grpc::CallbackServerContext* context,
+                                         const RequestObserver& observer, absl::string_view method,
+                                         const grpc::Status& parse_error, bool drain_applies = true);
+
 // Longest part of a requested model name that errors repeat.
 inline constexpr size_t kMaxEchoedNameBytes = 128;
 

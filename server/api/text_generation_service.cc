@@ -204,20 +204,6 @@ void FillLogprobs(const std::vector<engine::SampleResult>& results, v1::Generate
   }
 }
 
-v1::FinishReason ToProto(engine::FinishReason reason) {
-  switch (reason) {
-    case engine::FinishReason::kStop:
-      return v1::FINISH_REASON_STOP;
-    case engine::FinishReason::kLength:
-      return v1::FINISH_REASON_LENGTH;
-    case engine::FinishReason::kCancelled:
-      return v1::FINISH_REASON_CANCELLED;
-    case engine::FinishReason::kError:
-      return v1::FINISH_REASON_ERROR;
-  }
-  return v1::FINISH_REASON_UNSPECIFIED;
-}
-
 // Streams one Generate call. The engine callback (engine thread) only appends to `pending_` under mu_
 // and starts a write when none is in flight; OnWriteDone continues; the final event ends the call.
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
@@ -329,7 +315,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       FillLogprobs(e.logprobs, &r);
       if (e.finished) {
         s->final_seen = true;
-        r.set_finish_reason(ToProto(e.reason));
+        r.set_finish_reason(ToProtoFinishReason(e.reason));
         if (e.reason == engine::FinishReason::kStop && !e.stop_reason.empty()) {
           bool is_string = false;
           for (const std::string& stop : s->stop) is_string |= stop == e.stop_reason;
@@ -426,6 +412,20 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
 }  // namespace
 
+v1::FinishReason ToProtoFinishReason(engine::FinishReason reason) {
+  switch (reason) {
+    case engine::FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case engine::FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case engine::FinishReason::kCancelled:
+      return v1::FINISH_REASON_CANCELLED;
+    case engine::FinishReason::kError:
+      return v1::FINISH_REASON_ERROR;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
 absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry,
                                                 const v1::GenerateRequest& request) {
   absl::StatusOr<ServedModel*> found = registry.Find(request.model(), "model", ModelRegistry::Kind::kText);
@@ -505,8 +505,7 @@ TextGenerationService::TextGenerationService(const ModelRegistry* registry, Requ
           [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::TokenizeRequest>* request,
                  v1::TokenizeResponse* response) {
             if (request->error.ok()) return Tokenize(context, &request->message, response);
-            grpc::Status st = AdmitCall(gate_, context, "Tokenize");
-            return FinishUnary(context, observer_, "Tokenize", st.ok() ? request->error : st);
+            return FinishUnparsed(gate_, context, observer_, "Tokenize", request->error);
           }));
   MarkMethodCallback(
       kDetokenizeMethod,
@@ -514,8 +513,7 @@ TextGenerationService::TextGenerationService(const ModelRegistry* registry, Requ
           [this](grpc::CallbackServerContext* context, const ParsedRequest<v1::DetokenizeRequest>* request,
                  v1::DetokenizeResponse* response) {
             if (request->error.ok()) return Detokenize(context, &request->message, response);
-            grpc::Status st = AdmitCall(gate_, context, "Detokenize");
-            return FinishUnary(context, observer_, "Detokenize", st.ok() ? request->error : st);
+            return FinishUnparsed(gate_, context, observer_, "Detokenize", request->error);
           }));
 }
 

@@ -31,6 +31,9 @@ struct PreparedRequest {
 absl::StatusOr<PreparedRequest> PrepareGenerate(const ModelRegistry& registry,
                                                 const v1::GenerateRequest& request);
 
+// The contract's finish reason for the engine's (both front ends report it).
+v1::FinishReason ToProtoFinishReason(engine::FinishReason reason);
+
 class TextGenerationService final : public v1::TextGeneration::CallbackService {
  public:
   // `gate` (may be null: every call admitted) is asked first by every method. Requests arrive as

@@ -146,20 +146,6 @@ json Usage(const engine::TokenEvent& e) {
           {"total_tokens", e.prompt_tokens + e.completion_tokens}};
 }
 
-v1::FinishReason ToProtoReason(engine::FinishReason r) {
-  switch (r) {
-    case engine::FinishReason::kStop:
-      return v1::FINISH_REASON_STOP;
-    case engine::FinishReason::kLength:
-      return v1::FINISH_REASON_LENGTH;
-    case engine::FinishReason::kCancelled:
-      return v1::FINISH_REASON_CANCELLED;
-    case engine::FinishReason::kError:
-      return v1::FINISH_REASON_ERROR;
-  }
-  return v1::FINISH_REASON_UNSPECIFIED;
-}
-
 // The status a finished request that did not end normally gets (it has no choice to return).
 absl::Status EndStatus(const engine::TokenEvent& e) {
   if (e.reason == engine::FinishReason::kError)
@@ -214,7 +200,7 @@ class Generation {
               : AppendCompletionLogprobs(tokenizer(), e, &offset, &comp_lp);
       if (!e.finished) continue;
       if (Abnormal(e)) return SendError(c_, req_.endpoint, EndStatus(e));
-      json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(ToProtoReason(e.reason))}};
+      json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(ToProtoFinishReason(e.reason))}};
       if (chat_) {
         tokenizer::AssistantOutput split = tokenizer::ParseAssistantOutput(text, parse_tool_calls_);
         json message = {{"role", "assistant"}, {"content", split.content}};
@@ -266,7 +252,7 @@ class Generation {
       client_gone = !Send(chunk(req_.echo_prefix, nullptr, nullptr));
     size_t offset = req_.echo_prefix.size();
     tokenizer::AssistantOutputStream split(parse_tool_calls_);
-    // A chat delta of reasoning and/or content; null when there is neither.
+    // A chat delta of reasoning and/or content; an empty object when there is neither.
     auto chat_delta = [](const std::string& reasoning, const std::string& content) {
       json d = json::object();
       if (!reasoning.empty()) d["reasoning_content"] = reasoning;
@@ -309,7 +295,7 @@ class Generation {
         HttpError err = ToHttpError(EndStatus(e), "");
         Send(err.body);
       } else {
-        json finish = FinishReasonJson(ToProtoReason(e.reason));
+        json finish = FinishReasonJson(ToProtoFinishReason(e.reason));
         if (chat_) {
           tokenizer::AssistantOutput rest = split.Finish();
           json d = chat_delta(rest.reasoning.value_or(""), rest.content);
