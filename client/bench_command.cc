@@ -1,6 +1,8 @@
-// bench: the flags to BenchOptions, progress on stderr, the report as a table or JSON.
+// bench: the flags to BenchOptions and a target (gRPC or OpenAI HTTP), progress on stderr, the report as
+// a table or JSON.
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -8,7 +10,9 @@
 #include "client/bench_report.h"
 #include "client/commands.h"
 #include "client/flags.h"
+#include "client/grpc_bench_target.h"
 #include "client/load_generator.h"
+#include "client/openai_bench_target.h"
 
 namespace deltaserve::client {
 
@@ -32,9 +36,30 @@ int RunBench(const std::vector<std::string>& args) {
   o.on_progress = [step](int done, int total) {
     if (done % step == 0 || done == total) std::fprintf(stderr, "bench: %d/%d requests done\n", done, total);
   };
+  std::unique_ptr<BenchTarget> target;
+  const std::string protocol = absl::GetFlag(FLAGS_protocol);
+  if (protocol == "grpc") {
+    target = MakeGrpcBenchTarget(ServerChannel(), "grpc " + absl::GetFlag(FLAGS_server));
+  } else if (protocol == "openai") {
+    OpenAiTargetOptions t;
+    t.server = absl::GetFlag(FLAGS_server);
+    t.endpoint = absl::GetFlag(FLAGS_openai_endpoint);
+    t.token = BearerToken();
+    t.vocab_size = absl::GetFlag(FLAGS_vocab_size);
+    t.max_model_len = absl::GetFlag(FLAGS_max_model_len);
+    absl::StatusOr<std::unique_ptr<BenchTarget>> made = MakeOpenAiBenchTarget(t);
+    if (!made.ok()) {
+      std::fprintf(stderr, "deltaserve-cli bench: %s\n", std::string(made.status().message()).c_str());
+      return 2;
+    }
+    target = *std::move(made);
+  } else {
+    std::fprintf(stderr, "deltaserve-cli bench: --protocol must be grpc or openai, got \"%s\"\n", protocol.c_str());
+    return 2;
+  }
   std::fprintf(stderr, "bench: %d requests, concurrency %d, input %d, output %d tokens, against %s\n",
-               o.num_requests, o.concurrency, o.input_len, o.output_len, absl::GetFlag(FLAGS_server).c_str());
-  absl::StatusOr<BenchResult> result = RunBench(ServerChannel(), o);
+               o.num_requests, o.concurrency, o.input_len, o.output_len, target->Label().c_str());
+  absl::StatusOr<BenchResult> result = RunBench(*target, o);
   if (!result.ok()) {
     std::fprintf(stderr, "deltaserve-cli bench: %s\n", result.status().ToString().c_str());
     return 1;

@@ -20,6 +20,8 @@ int RunDetect(const std::vector<std::string>& args);
 
 // Shared by the commands: the channel to --server, and a failed call reported as one line on stderr.
 std::shared_ptr<grpc::Channel> ServerChannel();
+// --token, or the first line of --token-file ("" when neither); exits with status 2 on an unreadable file.
+std::string BearerToken();
 int ReportFailure(const std::string& what, const grpc::Status& status);
 // A deadline `seconds` from now, or none when seconds <= 0.
 void SetTimeout(grpc::ClientContext& ctx, double seconds);

@@ -39,6 +39,19 @@ std::string ToJsonText(const google::protobuf::Message& m) {
 
 }  // namespace
 
+std::string BearerToken() {
+  std::string token = absl::GetFlag(FLAGS_token);
+  if (token.empty() && !absl::GetFlag(FLAGS_token_file).empty()) {
+    std::ifstream in(absl::GetFlag(FLAGS_token_file));
+    if (!in || !std::getline(in, token) || token.empty()) {
+      std::fprintf(stderr, "deltaserve-cli: --token-file: cannot read a token from %s\n",
+                   absl::GetFlag(FLAGS_token_file).c_str());
+      std::exit(2);
+    }
+  }
+  return token;
+}
+
 std::shared_ptr<grpc::Channel> ServerChannel() {
   ChannelOptions o;
   o.target = absl::GetFlag(FLAGS_server);
@@ -46,15 +59,7 @@ std::shared_ptr<grpc::Channel> ServerChannel() {
   o.ca = absl::GetFlag(FLAGS_tls_ca);
   o.cert = absl::GetFlag(FLAGS_tls_cert);
   o.key = absl::GetFlag(FLAGS_tls_key);
-  o.token = absl::GetFlag(FLAGS_token);
-  if (o.token.empty() && !absl::GetFlag(FLAGS_token_file).empty()) {
-    std::ifstream in(absl::GetFlag(FLAGS_token_file));
-    if (!in || !std::getline(in, o.token) || o.token.empty()) {
-      std::fprintf(stderr, "deltaserve-cli: --token-file: cannot read a token from %s\n",
-                   absl::GetFlag(FLAGS_token_file).c_str());
-      std::exit(2);
-    }
-  }
+  o.token = BearerToken();
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(o);
   if (!channel.ok()) {
     std::fprintf(stderr, "deltaserve-cli: %s\n", std::string(channel.status().message()).c_str());

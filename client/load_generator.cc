@@ -12,18 +12,14 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "deltaserve/v1/models.grpc.pb.h"
-#include "deltaserve/v1/text_generation.grpc.pb.h"
 
 namespace deltaserve::client {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
 struct PlannedRequest {
-  v1::GenerateRequest request;
+  BenchRequest request;
   double arrival = 0;  // seconds after the start
 };
 
@@ -33,81 +29,31 @@ int DrawLength(std::mt19937_64& rng, int mean, double ratio, int cap) {
   return std::min(cap, std::uniform_int_distribution<int>(lo, hi)(rng));
 }
 
-absl::StatusOr<v1::ModelInfo> LookUpModel(const std::shared_ptr<grpc::Channel>& channel, const std::string& name) {
-  auto stub = v1::Models::NewStub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  v1::GetModelRequest req;
-  req.set_name(name);
-  if (name.empty()) {
-    v1::ListModelsResponse list;
-    const grpc::Status s = stub->ListModels(&ctx, v1::ListModelsRequest(), &list);
-    if (!s.ok()) return absl::UnavailableError(absl::StrCat("ListModels failed: ", s.error_message()));
-    for (const v1::ModelInfo& m : list.models())
-      if (m.name() == list.default_model()) return m;
-    return absl::NotFoundError("the server serves no models");
-  }
-  v1::ModelInfo info;
-  const grpc::Status s = stub->GetModel(&ctx, req, &info);
-  if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-  return info;
-}
-
-std::vector<PlannedRequest> Plan(const BenchOptions& o, const v1::ModelInfo& model, int count, uint64_t seed) {
+std::vector<PlannedRequest> Plan(const BenchOptions& o, const ServedModel& model, int count, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  const int max_prompt = std::max(1, model.limits().max_prompt_tokens() > 0 ? model.limits().max_prompt_tokens()
-                                                                             : model.max_model_len() - 1);
+  const int max_prompt = std::max(1, model.max_prompt_tokens > 0 ? model.max_prompt_tokens : model.max_model_len - 1);
   std::vector<PlannedRequest> plan(static_cast<size_t>(count));
   std::exponential_distribution<double> gap(o.request_rate > 0 ? o.request_rate : 1.0);
   double t = 0;
   for (PlannedRequest& p : plan) {
     const int in = DrawLength(rng, o.input_len, o.range_ratio, max_prompt);
-    const int out = DrawLength(rng, o.output_len, o.range_ratio, std::max(1, model.max_model_len() - in));
-    std::uniform_int_distribution<int32_t> id(0, std::max(1, model.vocab_size()) - 1);
-    p.request.set_model(model.name());
-    for (int i = 0; i < in; ++i) p.request.mutable_token_ids()->add_ids(id(rng));
-    v1::SamplingParams* s = p.request.mutable_sampling();
-    s->set_temperature(o.temperature);
-    s->set_max_tokens(out);
-    s->set_ignore_eos(true);
-    s->set_seed(rng());
+    const int out = DrawLength(rng, o.output_len, o.range_ratio, std::max(1, model.max_model_len - in));
+    std::uniform_int_distribution<int32_t> id(0, std::max(1, model.vocab_size) - 1);
+    p.request.model = model.name;
+    p.request.prompt_ids.resize(static_cast<size_t>(in));
+    for (int32_t& t_id : p.request.prompt_ids) t_id = id(rng);
+    p.request.temperature = o.temperature;
+    p.request.max_tokens = out;
+    p.request.seed = rng();
     if (o.request_rate > 0) t += gap(rng);
     p.arrival = t;
   }
   return plan;
 }
 
-RequestRecord RunOne(v1::TextGeneration::Stub& stub, const v1::GenerateRequest& request, double timeout) {
-  RequestRecord r;
-  r.prompt_tokens = request.token_ids().ids_size();
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
-  const Clock::time_point start = Clock::now();
-  Clock::time_point last = start;
-  auto reader = stub.Generate(&ctx, request);
-  v1::GenerateResponse resp;
-  while (reader->Read(&resp)) {
-    if (resp.token_ids_size() == 0) continue;
-    const Clock::time_point now = Clock::now();
-    if (r.output_tokens == 0) {
-      r.ttft = Seconds(now - start);
-    } else {
-      r.itl.push_back(Seconds(now - last));
-    }
-    last = now;
-    r.output_tokens += resp.token_ids_size();
-  }
-  const grpc::Status status = reader->Finish();
-  r.e2e = Seconds(Clock::now() - start);
-  r.ok = status.ok();
-  if (!r.ok) r.error = absl::StrCat("code ", static_cast<int>(status.error_code()), ": ", status.error_message());
-  return r;
-}
-
 }  // namespace
 
-absl::StatusOr<BenchResult> RunBench(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options) {
+absl::StatusOr<BenchResult> RunBench(BenchTarget& target, const BenchOptions& options) {
   if (options.num_requests < 1) return absl::InvalidArgumentError("num_requests must be at least 1");
   if (options.concurrency < 1) return absl::InvalidArgumentError("concurrency must be at least 1");
   if (options.input_len < 1 || options.output_len < 1)
@@ -115,12 +61,15 @@ absl::StatusOr<BenchResult> RunBench(const std::shared_ptr<grpc::Channel>& chann
   if (options.range_ratio < 0 || options.range_ratio >= 1)
     return absl::InvalidArgumentError("range_ratio must be in [0, 1)");
   if (options.request_rate < 0) return absl::InvalidArgumentError("request_rate must be >= 0");
-  absl::StatusOr<v1::ModelInfo> model = LookUpModel(channel, options.model);
+  absl::StatusOr<ServedModel> model = target.Describe(options.model);
   if (!model.ok()) return model.status();
+  if (model->vocab_size < 1 || model->max_model_len < 2)
+    return absl::FailedPreconditionError(absl::StrCat("the server reports vocab_size ", model->vocab_size,
+                                                      " and max_model_len ", model->max_model_len,
+                                                      " for model ", model->name));
 
-  auto stub = v1::TextGeneration::NewStub(channel);
   for (const PlannedRequest& w : Plan(options, *model, options.warmup_requests, options.seed ^ 0x5eedULL)) {
-    const RequestRecord r = RunOne(*stub, w.request, options.timeout_seconds);
+    const RequestRecord r = target.Run(w.request, options.timeout_seconds);
     if (!r.ok) return absl::UnavailableError(absl::StrCat("the warm-up request failed: ", r.error));
   }
 
@@ -135,7 +84,7 @@ absl::StatusOr<BenchResult> RunBench(const std::shared_ptr<grpc::Channel>& chann
   auto worker = [&] {
     for (int i = next++; i < static_cast<int>(plan.size()); i = next++) {
       std::this_thread::sleep_until(start + std::chrono::microseconds(static_cast<int64_t>(plan[i].arrival * 1e6)));
-      result.requests[static_cast<size_t>(i)] = RunOne(*stub, plan[i].request, options.timeout_seconds);
+      result.requests[static_cast<size_t>(i)] = target.Run(plan[i].request, options.timeout_seconds);
       std::lock_guard<std::mutex> lock(progress_mu);
       ++done;
       if (options.on_progress) options.on_progress(done, static_cast<int>(plan.size()));
@@ -145,7 +94,7 @@ absl::StatusOr<BenchResult> RunBench(const std::shared_ptr<grpc::Channel>& chann
   const int n = std::min(options.concurrency, options.num_requests);
   for (int t = 0; t < n; ++t) threads.emplace_back(worker);
   for (std::thread& t : threads) t.join();
-  result.duration_seconds = Seconds(Clock::now() - start);
+  result.duration_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return result;
 }
 

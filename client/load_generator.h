@@ -1,17 +1,16 @@
-// The serving load generator behind `deltaserve-cli bench`: replays N Generate requests with random
-// token prompts of given length distributions, at a fixed concurrency and optional Poisson request rate.
+// The serving load generator behind `deltaserve-cli bench`: replays N requests with random token
+// prompts of given length distributions against a BenchTarget, at a fixed concurrency and optional
+// Poisson request rate.
 #ifndef DELTASERVE_CLIENT_LOAD_GENERATOR_H_
 #define DELTASERVE_CLIENT_LOAD_GENERATOR_H_
 
-#include <grpcpp/grpcpp.h>
-
 #include <cstdint>
 #include <functional>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/bench_target.h"
 
 namespace deltaserve::client {
 
@@ -31,24 +30,16 @@ struct BenchOptions {
   std::function<void(int, int)> on_progress;
 };
 
-// One measured request, as seen by the client.
-struct RequestRecord {
-  bool ok = false;
-  std::string error;  // status code name and message when !ok
-  int prompt_tokens = 0, output_tokens = 0;
-  double ttft = 0, e2e = 0;   // seconds from sending
-  std::vector<double> itl;    // gaps between consecutive token-carrying messages, seconds
-};
-
 struct BenchResult {
   BenchOptions options;
   double duration_seconds = 0;  // first send to last finish
   std::vector<RequestRecord> requests;
 };
 
-// Asks the server for the model's vocabulary (prompts are random ids below it), then runs the load.
-// Fails only when the server cannot be reached or the model is unknown; failed requests are recorded.
-absl::StatusOr<BenchResult> RunBench(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options);
+// Asks the target for the model's limits (prompts are random ids below its vocabulary), then runs the
+// load. Fails only when the server cannot be reached, the model is unknown or the warm-up request
+// fails; failed measured requests are recorded.
+absl::StatusOr<BenchResult> RunBench(BenchTarget& target, const BenchOptions& options);
 
 }  // namespace deltaserve::client
 

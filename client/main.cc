@@ -44,6 +44,14 @@ ABSL_FLAG(int32_t, input_len, 128, "bench: prompt tokens per request (random ids
 ABSL_FLAG(int32_t, output_len, 64, "bench: generated tokens per request (mean; end-of-sequence ignored)");
 ABSL_FLAG(double, range_ratio, 0, "bench: lengths drawn uniformly in len*(1-r)..len*(1+r), r in [0, 1)");
 ABSL_FLAG(std::string, result_json, "", "bench: also write the JSON result to this file");
+ABSL_FLAG(std::string, protocol, "grpc",
+          "bench: grpc (deltaserve's API at --server) or openai (an OpenAI-compatible HTTP server at --server, "
+          "e.g. deltaserve --http-port, vLLM, llama.cpp's llama-server: streamed /v1/completions of token ids)");
+ABSL_FLAG(std::string, openai_endpoint, "/v1/completions", "bench --protocol openai: the completions path");
+ABSL_FLAG(int32_t, vocab_size, 0,
+          "bench --protocol openai: draw prompt ids below this (0: as /v1/models reports; vLLM does not)");
+ABSL_FLAG(int32_t, max_model_len, 0,
+          "bench --protocol openai: the server's longest sequence (0: as /v1/models reports, else unbounded)");
 ABSL_FLAG(double, score_threshold, -1, "detect: drop detections scoring below this, in [0, 1] (-1: the server's 0.25)");
 ABSL_FLAG(int32_t, max_detections, 0, "detect: at most this many detections (0: the server's 100)");
 ABSL_FLAG(std::string, draw, "", "detect: write the image with the boxes drawn to this PNG file");
@@ -59,8 +67,9 @@ constexpr char kUsage[] =
     "  deltaserve-cli health                     the server's and each model's health; exit 0 when all serve\n"
     "  deltaserve-cli detect IMAGE [--draw OUT.png] [--score-threshold T] [--json]   objects in a PNG/JPEG\n"
     "  deltaserve-cli bench [--num-requests N] [--concurrency C] [--request-rate R] [--input-len I]\n"
-    "      [--output-len O] [--range-ratio r] [--json] [--result-json FILE]\n"
-    "      load generator: throughput and TTFT/TPOT/ITL/E2E latency p50/p90/p99, as vLLM's benchmark\n"
+    "      [--output-len O] [--range-ratio r] [--json] [--result-json FILE] [--protocol grpc|openai]\n"
+    "      load generator: throughput and TTFT/TPOT/ITL/E2E latency p50/p90/p99, as vLLM's benchmark;\n"
+    "      --protocol openai loads any OpenAI-compatible server (vLLM, llama-server) with the same requests\n"
     "Common: --server host:port (default localhost:50051), --model NAME, --timeout SECONDS;\n"
     "  security: --tls, --tls-ca FILE, --tls-cert FILE --tls-key FILE (mTLS), --token-file FILE.\n"
     "Flags may be written with dashes or underscores.";

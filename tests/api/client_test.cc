@@ -1,13 +1,19 @@
 // deltaserve-cli's measuring parts: percentiles equal numpy's, the report's throughputs and TPOT follow
-// from the records, and the load generator against a real in-process server completes every request
-// with exactly the planned token counts.
+// from the records, and the load generator against a real in-process server, over gRPC and over the
+// OpenAI HTTP API, completes every request with exactly the planned token counts.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "api/local_server.h"
 #include "client/bench_report.h"
+#include "client/grpc_bench_target.h"
 #include "client/latency_stats.h"
 #include "client/load_generator.h"
+#include "client/openai_bench_target.h"
 #include "model/golden.h"
 
 namespace deltaserve::client {
@@ -84,7 +90,8 @@ TEST(LoadGenerator, CompletesEveryRequestWithThePlannedLengths) {
     EXPECT_EQ(total, 12);
     EXPECT_EQ(done, progress_calls);
   };
-  absl::StatusOr<BenchResult> result = RunBench(server.channel(), o);
+  std::unique_ptr<BenchTarget> target = MakeGrpcBenchTarget(server.channel(), "grpc");
+  absl::StatusOr<BenchResult> result = RunBench(*target, o);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(progress_calls, 12);
   ASSERT_EQ(result->requests.size(), 12u);
@@ -107,12 +114,56 @@ TEST(LoadGenerator, CompletesEveryRequestWithThePlannedLengths) {
 
   // Unknown model: an error before any load, naming the model.
   o.model = "nope";
-  absl::StatusOr<BenchResult> missing = RunBench(server.channel(), o);
+  absl::StatusOr<BenchResult> missing = RunBench(*target, o);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   // Bad options are refused.
   o.model = "";
   o.concurrency = 0;
-  EXPECT_EQ(RunBench(server.channel(), o).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RunBench(*target, o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A port nothing listens on right now (bound, then released).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+    port = ntohs(a.sin_port);
+  close(fd);
+  return port;
+}
+
+// The OpenAI target's own refusals. Its requests against a live server are checked end to end
+// (tests/e2e/test_openai_e2e.py: the same totals as the gRPC bench with the same seed): civetweb's
+// 100 KB worker stacks cannot start in a process holding this binary's static TLS (LibTorch's CUDA
+// libraries, about 190 KB), so the HTTP server does not run inside this test.
+TEST(LoadGenerator, OpenAiTargetRefusesBadServers) {
+  OpenAiTargetOptions t;
+  for (const char* bad : {"localhost", ":80", "localhost:0", "localhost:99999", "localhost:http"}) {
+    t.server = bad;
+    EXPECT_EQ(MakeOpenAiBenchTarget(t).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  t.server = "http://127.0.0.1:8000/";
+  t.endpoint = "v1/completions";
+  EXPECT_EQ(MakeOpenAiBenchTarget(t).status().code(), absl::StatusCode::kInvalidArgument);
+  t.endpoint = "/v1/completions";
+  EXPECT_TRUE(MakeOpenAiBenchTarget(t).ok());
+  // Nothing listens: Describe says so, and a request is recorded as failed, not thrown.
+  t.server = "127.0.0.1:" + std::to_string(FreePort());
+  absl::StatusOr<std::unique_ptr<BenchTarget>> closed = MakeOpenAiBenchTarget(t);
+  ASSERT_TRUE(closed.ok());
+  EXPECT_EQ((*closed)->Describe("").status().code(), absl::StatusCode::kUnavailable);
+  BenchRequest r;
+  r.prompt_ids = {1, 2, 3};
+  r.max_tokens = 2;
+  const RequestRecord rec = (*closed)->Run(r, 5);
+  EXPECT_FALSE(rec.ok);
+  EXPECT_NE(rec.error.find("cannot connect"), std::string::npos) << rec.error;
+  EXPECT_EQ(rec.prompt_tokens, 3);
 }
 
 }  // namespace

@@ -70,7 +70,7 @@ TEST(OpenAiTranslate, BadTypesAreNamedByParameter) {
       {Endpoint::kChatCompletions, R"({"messages": [], "temperature": "hot"})", "temperature"},
       {Endpoint::kChatCompletions, R"({"messages": [], "max_tokens": 1.5})", "max_tokens"},
       {Endpoint::kChatCompletions, R"({"messages": [], "max_tokens": 99999999999})", "max_tokens"},
-      {Endpoint::kChatCompletions, R"({"messages": [], "n": 3})", "n"},
+      {Endpoint::kChatCompletions, R"({"messages": [], "n": 17})", "n"},
       {Endpoint::kChatCompletions, R"({"messages": [], "seed": -1})", "seed"},
       {Endpoint::kChatCompletions, R"({"messages": [], "stop": [1]})", "stop[0]"},
       {Endpoint::kChatCompletions, R"({"messages": [], "top_logprobs": 2})", "top_logprobs"},
@@ -126,6 +126,21 @@ TEST(OpenAiTranslate, CodesBecomeHttpStatuses) {
   EXPECT_EQ(body["error"]["message"], "max_tokens: bad");
   EXPECT_EQ(body["error"]["code"], 400);
   EXPECT_TRUE(ToHttpError(absl::InternalError("x"), "").body["error"]["param"].is_null());
+}
+
+TEST(OpenAiTranslate, RequestTimeoutHeader) {
+  absl::StatusOr<std::optional<absl::Duration>> none = ParseRequestTimeout(nullptr);
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  absl::StatusOr<std::optional<absl::Duration>> t = ParseRequestTimeout(" 2.5 ");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(**t, absl::Milliseconds(2500));
+  for (const char* bad : {"", "0", "-1", "soon", "1e9", "nan", "inf", "3s"}) {
+    absl::StatusOr<std::optional<absl::Duration>> b = ParseRequestTimeout(bad);
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    // The error names the header as its param, as a body field's error names the field.
+    EXPECT_EQ(ParamOf(Endpoint::kCompletions, std::string(b.status().message())), kRequestTimeoutHeader) << bad;
+  }
 }
 
 }  // namespace

@@ -6,8 +6,9 @@ same process:
   chat and completions, streamed and not: greedy text equal to gRPC Generate's for the same input; usage
   counts; stop strings; logprobs equal to gRPC's; /v1/models and /health; every bad field answered with its
   HTTP status and error.param; a client that disconnects mid-stream frees its slot (the running gauge goes
-  back to 0 and the only slot serves the next request); 16 concurrent streams equal their solo runs; `curl -N`
-  streams server-sent events as a user would first try it.
+  back to 0 and the only slot serves the next request); X-Request-Timeout ends a request with 408 and frees
+  its slot; 16 concurrent streams equal their solo runs; `curl -N` streams server-sent events as a user
+  would first try it; `deltaserve-cli bench --protocol openai` loads the API.
 
 Usage: test_openai_e2e.py --server BUILD/server/deltaserve --repo REPO
 Exit codes: 0 passed, 1 failed, 77 skipped (openai, grpcio or grpcio-tools missing).
@@ -159,7 +160,7 @@ class OpenAiTest(unittest.TestCase):
             (dict(messages=user, temperature="hot"), openai.BadRequestError, "temperature"),
             (dict(messages=user, max_tokens=-3), openai.BadRequestError, "max_tokens"),
             (dict(messages=user, top_p=7), openai.BadRequestError, "top_p"),
-            (dict(messages=user, n=2), openai.BadRequestError, "n"),
+            (dict(messages=user, n=17), openai.BadRequestError, "n"),
             (dict(messages=user, top_logprobs=3), openai.BadRequestError, "top_logprobs"),
             (dict(messages=[{"role": "wizard", "content": "hi"}]), openai.BadRequestError, "messages[0].role"),
             (dict(messages=[]), openai.BadRequestError, "messages"),
@@ -201,6 +202,91 @@ class OpenAiTest(unittest.TestCase):
         # The server holds one slot: it serves the next request.
         r = CLIENT.completions.create(model=MODEL, prompt="hi", max_tokens=2, temperature=0, timeout=60)
         self.assertEqual(r.usage.completion_tokens, 2)
+
+    def test_n_choices(self):
+        kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=1.0, seed=5,
+                  extra_body={"ignore_eos": True})
+        r = CLIENT.completions.create(n=3, **kw)
+        self.assertEqual([c.index for c in r.choices], [0, 1, 2])
+        # Choice i is the request with seed + i: the same tokens whatever else runs.
+        for i in range(3):
+            solo = CLIENT.completions.create(**{**kw, "seed": 5 + i})
+            self.assertEqual(r.choices[i].text, solo.choices[0].text, i)
+        self.assertEqual(r.usage.completion_tokens, 18)
+        self.assertEqual(r.usage.prompt_tokens, solo.usage.prompt_tokens)
+        # Streamed, the choices' pieces add up to the same texts; usage counts all of them.
+        texts, finishes, usage = ["", "", ""], {}, None
+        for c in CLIENT.completions.create(n=3, stream=True, stream_options={"include_usage": True}, **kw):
+            for ch in c.choices:
+                texts[ch.index] += ch.text
+                if ch.finish_reason:
+                    finishes[ch.index] = ch.finish_reason
+            usage = c.usage or usage
+        self.assertEqual(texts, [c.text for c in r.choices])
+        self.assertEqual(finishes, {0: "length", 1: "length", 2: "length"})
+        self.assertEqual(usage.completion_tokens, 18)
+        chat = CLIENT.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], n=2,
+                                              max_tokens=4, temperature=0)
+        self.assertEqual(len(chat.choices), 2)
+        self.assertEqual(chat.choices[0].message.content, chat.choices[1].message.content)  # greedy
+
+    def test_request_timeout_header(self):
+        import httpx
+        import openai
+        url = f"http://127.0.0.1:{HTTP_PORT}/v1/completions"
+        kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=3000, temperature=0)
+        body = {**kw, "ignore_eos": True}
+        # Not streamed: 408 once the deadline passes, long before 3000 tokens.
+        start = time.monotonic()
+        with self.assertRaises(openai.APIStatusError) as e:
+            CLIENT.completions.create(**kw, extra_body={"ignore_eos": True}, extra_headers={"X-Request-Timeout": "0.5"},
+                                      timeout=60)
+        self.assertEqual(e.exception.status_code, 408)
+        self.assertEqual(e.exception.body.get("type"), "timeout_error")
+        self.assertLess(time.monotonic() - start, 30)
+        # Streamed: the stream ends with an error event instead of a finish chunk.
+        with httpx.Client(timeout=60) as h:
+            r = h.post(url, json={**body, "stream": True}, headers={"X-Request-Timeout": "0.5"})
+            events = [l[len("data: "):] for l in r.text.splitlines() if l.startswith("data: ")]
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual(json.loads(events[-2])["error"]["code"], 408)
+        # The slot is free again, and a bad header value is refused naming it.
+        deadline = time.monotonic() + 30
+        while running() != 0:
+            self.assertLess(time.monotonic(), deadline, "the slot of a timed-out request was not freed")
+            time.sleep(0.1)
+        with self.assertRaises(openai.BadRequestError) as e:
+            CLIENT.completions.create(**kw, extra_headers={"X-Request-Timeout": "soon"})
+        self.assertEqual(e.exception.body.get("param"), "X-Request-Timeout")
+        r = CLIENT.completions.create(model=MODEL, prompt="hi", max_tokens=2, temperature=0,
+                                      extra_headers={"X-Request-Timeout": "60"}, timeout=60)
+        self.assertEqual(r.usage.completion_tokens, 2)
+
+    def test_cli_bench_over_openai(self):
+        cli = pathlib.Path(ARGS.server).parent.parent / "client" / "deltaserve-cli"
+        out = subprocess.run([str(cli), "bench", "--protocol", "openai", "--server", f"127.0.0.1:{HTTP_PORT}",
+                              "--num-requests", "3", "--concurrency", "2", "--input-len", "12", "--output-len", "5",
+                              "--json"], capture_output=True, text=True, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        report = json.loads(out.stdout)
+        self.assertEqual(report["completed"], 3)
+        self.assertEqual(report["total_output_tokens"], 15)
+        self.assertEqual(report["total_input_tokens"], 36)
+        # Random lengths: the same seed plans the same requests over either protocol.
+        same = ["bench", "--num-requests", "4", "--concurrency", "2", "--input-len", "10", "--output-len", "6",
+                "--range-ratio", "0.5", "--seed", "9", "--json"]
+        over = {}
+        for proto, server in (("openai", f"127.0.0.1:{HTTP_PORT}"), ("grpc", f"127.0.0.1:{SERVER.port}")):
+            r = subprocess.run([str(cli), *same, "--protocol", proto, "--server", server], capture_output=True,
+                               text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            over[proto] = json.loads(r.stdout)
+        for key in ("completed", "total_input_tokens", "total_output_tokens"):
+            self.assertEqual(over["openai"][key], over["grpc"][key], key)
+        bad = subprocess.run([str(cli), "bench", "--protocol", "smoke-signals"], capture_output=True, text=True,
+                             timeout=60)
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("--protocol", bad.stderr)
 
     def test_concurrent_streams_equal_solo(self):
         prompts = [f"Story number {i}:" for i in range(16)]

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -60,22 +61,23 @@ int SendError(mg_connection* c, Endpoint endpoint, const absl::Status& status, i
   return SendJson(c, e.http_status, e.body, extra);
 }
 
-// Engine events of one request, handed from the engine thread (which must not block) to the HTTP thread.
+// Engine events of one request's choices (index, event), handed from the engine thread (which must not
+// block) to the HTTP thread.
 struct EventQueue {
   std::mutex mu;
   std::condition_variable cv;
-  std::deque<engine::TokenEvent> events;
-  void Push(const engine::TokenEvent& e) {
+  std::deque<std::pair<int, engine::TokenEvent>> events;
+  void Push(int choice, const engine::TokenEvent& e) {
     {
       std::lock_guard<std::mutex> lock(mu);
-      events.push_back(e);
+      events.emplace_back(choice, e);
     }
     cv.notify_one();
   }
-  engine::TokenEvent Pop() {
+  std::pair<int, engine::TokenEvent> Pop() {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return !events.empty(); });
-    engine::TokenEvent e = std::move(events.front());
+    std::pair<int, engine::TokenEvent> e = std::move(events.front());
     events.pop_front();
     return e;
   }
@@ -140,12 +142,6 @@ json ToolCallsJson(const std::vector<tokenizer::ToolCall>& calls, const std::str
   return out;
 }
 
-json Usage(const engine::TokenEvent& e) {
-  return {{"prompt_tokens", e.prompt_tokens},
-          {"completion_tokens", e.completion_tokens},
-          {"total_tokens", e.prompt_tokens + e.completion_tokens}};
-}
-
 // The status a finished request that did not end normally gets (it has no choice to return).
 absl::Status EndStatus(const engine::TokenEvent& e) {
   if (e.reason == engine::FinishReason::kError)
@@ -161,6 +157,8 @@ bool Abnormal(const engine::TokenEvent& e) {
 // What a stream whose client went away counts as (nginx's "client closed request").
 constexpr int kClientGone = 499;
 
+// One API request's choices: `n` engine requests (seeds seed, seed + 1, ...) whose events are merged into
+// one response, streamed or whole.
 class Generation {
  public:
   Generation(mg_connection* c, const OpenAiRequest& req, PreparedRequest prepared)
@@ -174,53 +172,101 @@ class Generation {
   int Run() {
     engine::Engine* engine = prepared_.model->engine;
     auto queue = std::make_shared<EventQueue>();
-    prepared_.engine_request.on_event = [queue](const engine::TokenEvent& e) { queue->Push(e); };
-    absl::StatusOr<uint64_t> handle = engine->Submit(std::move(prepared_.engine_request));
-    if (!handle.ok()) return SendError(c_, req_.endpoint, handle.status());
-    return req_.stream ? Stream(*engine, *handle, *queue) : Whole(*queue);
+    for (int i = 0; i < req_.n; ++i) {
+      engine::EngineRequest r = prepared_.engine_request;
+      // Choices differ by seed; the first keeps the request's, so n = 1 is the single request.
+      if (i > 0) r.params.seed = prepared_.seed + static_cast<uint64_t>(i);
+      r.on_event = [queue, i](const engine::TokenEvent& e) { queue->Push(i, e); };
+      absl::StatusOr<uint64_t> handle = engine->Submit(std::move(r));
+      if (!handle.ok()) {
+        CancelAll(*engine);  // their final events land in the queue, which the callbacks keep alive
+        return SendError(c_, req_.endpoint, handle.status());
+      }
+      handles_.push_back(*handle);
+    }
+    choices_.resize(static_cast<size_t>(req_.n), Choice(parse_tool_calls_, req_.echo_prefix));
+    return req_.stream ? Stream(*engine, *queue) : Whole(*engine, *queue);
   }
 
  private:
+  // What one choice has produced so far.
+  struct Choice {
+    Choice(bool parse_tool_calls, const std::string& echo)
+        : text(echo), offset(echo.size()), split(parse_tool_calls) {}
+    std::string text;                            // whole responses: the answer (after any echo)
+    json chat_lp = json::array();                // whole chat responses: logprobs content
+    json comp_lp = EmptyCompletionLogprobs();    // completions: logprobs
+    size_t offset;                               // completions: text_offset of the next token
+    tokenizer::AssistantOutputStream split;      // streamed chat: reasoning / content / tool calls
+    bool finished = false;
+    engine::TokenEvent last;                     // the finishing event
+  };
+
   const tokenizer::Tokenizer* tokenizer() const { return prepared_.model->tokenizer; }
+
+  void CancelAll(engine::Engine& engine) {
+    for (uint64_t h : handles_) engine.Cancel(h);  // finished handles are ignored
+  }
 
   json Envelope(const char* object) const {
     return {{"id", id_}, {"object", object}, {"created", created_}, {"model", prepared_.model->name}};
   }
 
-  int Whole(EventQueue& queue) {
-    std::string text = req_.echo_prefix;
-    json chat_lp = json::array();
-    json comp_lp = EmptyCompletionLogprobs();
-    size_t offset = text.size();
-    for (;;) {
-      engine::TokenEvent e = queue.Pop();
-      text += e.text;
+  // The prompt once, the completions of every choice.
+  json Usage() const {
+    int64_t completion = 0;
+    for (const Choice& ch : choices_) completion += ch.last.completion_tokens;
+    const int64_t prompt = choices_.front().last.prompt_tokens;
+    return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+  }
+
+  int Whole(engine::Engine& engine, EventQueue& queue) {
+    for (int left = req_.n; left > 0;) {
+      auto [i, e] = queue.Pop();
+      Choice& ch = choices_[static_cast<size_t>(i)];
+      ch.text += e.text;
       if (req_.logprobs)
-        chat_ ? AppendChatLogprobs(tokenizer(), e, &chat_lp)
-              : AppendCompletionLogprobs(tokenizer(), e, &offset, &comp_lp);
+        chat_ ? AppendChatLogprobs(tokenizer(), e, &ch.chat_lp)
+              : AppendCompletionLogprobs(tokenizer(), e, &ch.offset, &ch.comp_lp);
       if (!e.finished) continue;
-      if (Abnormal(e)) return SendError(c_, req_.endpoint, EndStatus(e));
-      json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(ToProtoFinishReason(e.reason))}};
+      if (Abnormal(e)) {
+        CancelAll(engine);
+        return SendError(c_, req_.endpoint, EndStatus(e));
+      }
+      ch.finished = true;
+      ch.last = std::move(e);
+      --left;
+    }
+    json choices = json::array();
+    for (size_t i = 0; i < choices_.size(); ++i) {
+      const Choice& ch = choices_[i];
+      json choice = {{"index", i}, {"finish_reason", FinishReasonJson(ToProtoFinishReason(ch.last.reason))}};
       if (chat_) {
-        tokenizer::AssistantOutput split = tokenizer::ParseAssistantOutput(text, parse_tool_calls_);
+        tokenizer::AssistantOutput split = tokenizer::ParseAssistantOutput(ch.text, parse_tool_calls_);
         json message = {{"role", "assistant"}, {"content", split.content}};
         if (split.reasoning.has_value()) message["reasoning_content"] = *split.reasoning;
         if (!split.tool_calls.empty()) {
-          message["tool_calls"] = ToolCallsJson(split.tool_calls, prepared_.request_id);
+          message["tool_calls"] = ToolCallsJson(split.tool_calls, ChoiceId(i));
           if (split.content.empty()) message["content"] = nullptr;
           choice["finish_reason"] = "tool_calls";
         }
         choice["message"] = message;
-        choice["logprobs"] = req_.logprobs ? json{{"content", chat_lp}} : json();
+        choice["logprobs"] = req_.logprobs ? json{{"content", ch.chat_lp}} : json();
       } else {
-        choice["text"] = text;
-        choice["logprobs"] = req_.logprobs ? comp_lp : json();
+        choice["text"] = ch.text;
+        choice["logprobs"] = req_.logprobs ? ch.comp_lp : json();
       }
-      json body = Envelope(chat_ ? "chat.completion" : "text_completion");
-      body["choices"] = json::array({choice});
-      body["usage"] = Usage(e);
-      return SendJson(c_, 200, body);
+      choices.push_back(std::move(choice));
     }
+    json body = Envelope(chat_ ? "chat.completion" : "text_completion");
+    body["choices"] = std::move(choices);
+    body["usage"] = Usage();
+    return SendJson(c_, 200, body);
+  }
+
+  // Tool-call ids stay unique across choices.
+  std::string ChoiceId(size_t i) const {
+    return i == 0 ? prepared_.request_id : absl::StrCat(prepared_.request_id, "_", i);
   }
 
   // False when the client is gone.
@@ -230,28 +276,31 @@ class Generation {
     return mg_send_chunk(c_, frame.data(), static_cast<unsigned>(frame.size())) > 0;
   }
 
-  int Stream(engine::Engine& engine, uint64_t handle, EventQueue& queue) {
+  int Stream(engine::Engine& engine, EventQueue& queue) {
     SendHeaders(c_, 200, "text/event-stream", -1);
     const char* object = chat_ ? "chat.completion.chunk" : "text_completion";
-    bool client_gone = false;
-    auto chunk = [&](const json& delta_or_text, const json& logprobs, const json& finish) {
-      json choice = {{"index", 0}, {"logprobs", logprobs}, {"finish_reason", finish}};
-      if (chat_) {
-        choice["delta"] = delta_or_text;
-      } else {
-        choice["text"] = delta_or_text;
-      }
+    bool client_gone = false, failed = false;
+    auto chunk = [&](size_t i, const json& delta_or_text, const json& logprobs, const json& finish) {
+      json choice = {{"index", i}, {"logprobs", logprobs}, {"finish_reason", finish}};
+      choice[chat_ ? "delta" : "text"] = delta_or_text;
       json c = Envelope(object);
       c["choices"] = json::array({choice});
       if (req_.include_usage) c["usage"] = nullptr;
       return c;
     };
-    if (chat_)
-      client_gone = !Send(chunk({{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
-    else if (!req_.echo_prefix.empty())
-      client_gone = !Send(chunk(req_.echo_prefix, nullptr, nullptr));
-    size_t offset = req_.echo_prefix.size();
-    tokenizer::AssistantOutputStream split(parse_tool_calls_);
+    // A write that fails means the client left: every choice is cancelled, and the loop below only
+    // drains their final events.
+    auto send = [&](const json& c) {
+      if (client_gone || Send(c)) return;
+      client_gone = true;
+      CancelAll(engine);
+    };
+    for (size_t i = 0; i < choices_.size(); ++i) {
+      if (chat_)
+        send(chunk(i, {{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
+      else if (!req_.echo_prefix.empty())
+        send(chunk(i, req_.echo_prefix, nullptr, nullptr));
+    }
     // A chat delta of reasoning and/or content; an empty object when there is neither.
     auto chat_delta = [](const std::string& reasoning, const std::string& content) {
       json d = json::object();
@@ -259,12 +308,12 @@ class Generation {
       if (!content.empty()) d["content"] = content;
       return d;
     };
-    for (;;) {
-      engine::TokenEvent e = queue.Pop();
-      if (client_gone) {
-        if (e.finished) break;
-        continue;
-      }
+    for (int left = req_.n; left > 0;) {
+      auto [index, e] = queue.Pop();
+      const size_t i = static_cast<size_t>(index);
+      Choice& ch = choices_[i];
+      if (e.finished) --left;
+      if (client_gone || failed) continue;
       if (!e.text.empty() || (req_.logprobs && !e.token_ids.empty())) {
         json lp = nullptr;
         if (req_.logprobs) {
@@ -274,48 +323,50 @@ class Generation {
             lp = {{"content", content}};
           } else {
             lp = EmptyCompletionLogprobs();
-            AppendCompletionLogprobs(tokenizer(), e, &offset, &lp);
+            AppendCompletionLogprobs(tokenizer(), e, &ch.offset, &lp);
           }
         }
         json piece = json(e.text);
         if (chat_) {
-          tokenizer::AssistantOutputStream::Delta d = split.Push(e.text);
+          tokenizer::AssistantOutputStream::Delta d = ch.split.Push(e.text);
           piece = chat_delta(d.reasoning, d.content);
         }
         const bool empty = chat_ ? piece.empty() && lp.is_null() : false;
-        if (!empty && !Send(chunk(piece, lp, nullptr))) {
-          client_gone = true;
-          engine.Cancel(handle);  // frees the slot; the final event still comes and ends this loop
-          if (e.finished) break;
-          continue;
-        }
+        if (!empty) send(chunk(i, piece, lp, nullptr));
       }
-      if (!e.finished) continue;
+      if (!e.finished || client_gone) continue;
       if (Abnormal(e)) {
-        HttpError err = ToHttpError(EndStatus(e), "");
-        Send(err.body);
-      } else {
-        json finish = FinishReasonJson(ToProtoFinishReason(e.reason));
-        if (chat_) {
-          tokenizer::AssistantOutput rest = split.Finish();
-          json d = chat_delta(rest.reasoning.value_or(""), rest.content);
-          if (!rest.tool_calls.empty()) {
-            d["tool_calls"] = ToolCallsJson(rest.tool_calls, prepared_.request_id);
-            finish = "tool_calls";
-          }
-          if (!d.empty()) Send(chunk(d, nullptr, nullptr));
-        }
-        Send(chunk(chat_ ? json::object() : json(""), nullptr, finish));
-        if (req_.include_usage) {
-          json u = Envelope(object);
-          u["choices"] = json::array();
-          u["usage"] = Usage(e);
-          Send(u);
-        }
+        // One choice failed: the response ends with the error; the others are cancelled.
+        failed = true;
+        CancelAll(engine);
+        send(ToHttpError(EndStatus(e), "").body);
+        continue;
       }
-      Event("[DONE]");
-      mg_send_chunk(c_, "", 0);
-      break;
+      ch.finished = true;
+      json finish = FinishReasonJson(ToProtoFinishReason(e.reason));
+      if (chat_) {
+        tokenizer::AssistantOutput rest = ch.split.Finish();
+        json d = chat_delta(rest.reasoning.value_or(""), rest.content);
+        if (!rest.tool_calls.empty()) {
+          d["tool_calls"] = ToolCallsJson(rest.tool_calls, ChoiceId(i));
+          finish = "tool_calls";
+        }
+        if (!d.empty()) send(chunk(i, d, nullptr, nullptr));
+      }
+      send(chunk(i, chat_ ? json::object() : json(""), nullptr, finish));
+      ch.last = std::move(e);
+    }
+    if (!client_gone) {
+      if (!failed && req_.include_usage) {
+        json u = Envelope(object);
+        u["choices"] = json::array();
+        u["usage"] = Usage();
+        send(u);
+      }
+      if (!client_gone) {
+        Event("[DONE]");
+        mg_send_chunk(c_, "", 0);
+      }
     }
     return client_gone ? kClientGone : 200;
   }
@@ -327,6 +378,8 @@ class Generation {
   bool chat_ = true;
   bool parse_tool_calls_ = false;
   std::string id_;
+  std::vector<uint64_t> handles_;
+  std::vector<Choice> choices_;
 };
 
 // The gRPC code an HTTP status stands for, for the request metrics (kClientGone: CANCELLED).
@@ -370,10 +423,17 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const ModelRegistr
   const char* opts[] = {"listening_ports",    listen.c_str(),      "num_threads",
                         threads.c_str(),      "enable_keep_alive", "yes",
                         "request_timeout_ms", "3600000",           nullptr};
+  // civetweb refuses to start before its library is set up (prometheus-cpp's exposer may have done it).
+  static std::once_flag init;
+  std::call_once(init, [] { mg_init_library(0); });
   mg_callbacks callbacks{};
-  server->ctx_ = mg_start(&callbacks, nullptr, opts);
+  mg_init_data init_data{&callbacks, nullptr, opts};
+  unsigned code = 0;
+  char why[256] = {};
+  mg_error_data error{&code, why, sizeof(why)};
+  server->ctx_ = mg_start2(&init_data, &error);
   if (server->ctx_ == nullptr)
-    return absl::UnavailableError(absl::StrCat("--http-port: cannot listen on ", listen, " (in use?)"));
+    return absl::UnavailableError(absl::StrCat("--http-port: cannot serve on ", listen, ": ", why));
   mg_set_request_handler(server->ctx_, "/", &HandleRequest, server.get());
   mg_server_port ports[4] = {};
   if (mg_get_server_ports(server->ctx_, 4, ports) > 0) server->port_ = ports[0].port;
@@ -392,6 +452,7 @@ int HttpServer::Handle(mg_connection* conn) {
 }
 
 int HttpServer::Serve(mg_connection* conn, const char** method_name) {
+  const absl::Time arrived = absl::Now();
   const mg_request_info* info = mg_get_request_info(conn);
   const std::string uri = info->local_uri ? info->local_uri : "";
   const std::string method = info->request_method ? info->request_method : "";
@@ -439,7 +500,9 @@ int HttpServer::Serve(mg_connection* conn, const char** method_name) {
                       {"object", "model"},
                       {"created", 0},
                       {"owned_by", "deltaserve"},
-                      {"max_model_len", m->engine->max_model_len()}});
+                      {"max_model_len", m->engine->max_model_len()},
+                      // Not OpenAI's: lets a load generator draw random prompt ids (deltaserve-cli bench).
+                      {"vocab_size", m->engine->model().config().vocab_size}});
     }
     return SendJson(conn, 200, {{"object", "list"}, {"data", data}});
   }
@@ -460,8 +523,11 @@ int HttpServer::Serve(mg_connection* conn, const char** method_name) {
   }
   absl::StatusOr<OpenAiRequest> req = ParseRequest(endpoint, body);
   if (!req.ok()) return SendError(conn, endpoint, req.status());
+  absl::StatusOr<std::optional<absl::Duration>> timeout = ParseRequestTimeout(mg_get_header(conn, kRequestTimeoutHeader));
+  if (!timeout.ok()) return SendError(conn, endpoint, timeout.status());
   absl::StatusOr<PreparedRequest> prepared = PrepareGenerate(*registry_, req->generate);
   if (!prepared.ok()) return SendError(conn, endpoint, prepared.status());
+  if (timeout->has_value()) prepared->engine_request.deadline = arrived + **timeout;
   return Generation(conn, *req, *std::move(prepared)).Run();
 }
 

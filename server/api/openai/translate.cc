@@ -5,7 +5,9 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 
@@ -117,7 +119,9 @@ absl::Status ParseSampling(const json& body, Endpoint endpoint, OpenAiRequest* o
   if (body.contains("n") && !body["n"].is_null()) {
     absl::StatusOr<int32_t> n = Int32(body["n"], "n");
     if (!n.ok()) return n.status();
-    if (*n != 1) return Bad("n", absl::StrCat("only 1 choice per request is supported, got ", *n));
+    if (*n < 1 || *n > kMaxChoices)
+      return Bad("n", absl::StrCat("must be in [1, ", kMaxChoices, "], got ", *n));
+    out->n = *n;
   }
   // logprobs: chat takes a boolean and top_logprobs (0-20); completions take the count itself.
   if (endpoint == Endpoint::kChatCompletions) {
@@ -275,7 +279,8 @@ std::string ParamOf(Endpoint endpoint, const std::string& message) {
   // The leading field path: "sampling.max_tokens: ..." or "sampling.top_k must be in ...".
   size_t end = 0;
   while (end < message.size() && (absl::ascii_isalnum(message[end]) || message[end] == '_' ||
-                                  message[end] == '.' || message[end] == '[' || message[end] == ']'))
+                                  message[end] == '.' || message[end] == '-' || message[end] == '[' ||
+                                  message[end] == ']'))
     ++end;
   absl::string_view rest = absl::string_view(message).substr(end);
   if (end == 0 || !(absl::StartsWith(rest, ": ") || absl::StartsWith(rest, " must "))) return "";
@@ -290,6 +295,16 @@ std::string ParamOf(Endpoint endpoint, const std::string& message) {
   if (absl::ConsumePrefix(&path, "token_ids.ids") || absl::ConsumePrefix(&path, "token_ids"))
     return absl::StrCat("prompt", path);
   return std::string(path);
+}
+
+absl::StatusOr<std::optional<absl::Duration>> ParseRequestTimeout(const char* value) {
+  if (value == nullptr) return std::nullopt;
+  double seconds = 0;
+  if (!absl::SimpleAtod(absl::StripAsciiWhitespace(value), &seconds) || !std::isfinite(seconds) || seconds <= 0 ||
+      seconds > 86400)
+    return Bad(kRequestTimeoutHeader,
+               absl::StrCat("must be a number of seconds in (0, 86400], got \"", absl::CEscape(value), "\""));
+  return absl::Seconds(seconds);
 }
 
 HttpError ToHttpError(const absl::Status& status, const std::string& param) {
