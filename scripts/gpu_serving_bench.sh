@@ -38,7 +38,7 @@ start_timeout="${BENCH_START_TIMEOUT_S:-240}"  # a server's load (the 9B reads 1
 warmup="${BENCH_WARMUP:-1}"               # untimed burst at the largest concurrency before the runs (8 tokens)
 max_seqs="${BENCH_MAX_NUM_SEQS:-128}" ctx_per_slot="${BENCH_CTX_PER_SLOT:-704}"
 device="${BENCH_DEVICE:-cuda}" dtype="${BENCH_DTYPE:-bfloat16}"
-ds_batched="${DS_MAX_BATCHED_TOKENS:-2048}"  # = llama-server's default logical batch (-b 2048)
+ds_batched="${DS_MAX_BATCHED_TOKENS:-}"  # "": the server's default (8192 on CUDA); 2048 = llama-server's -b
 ds_extra="${DS_EXTRA_FLAGS:-}" lc_extra="${LC_EXTRA_FLAGS:-}"
 prep_presets="${BENCH_PREP_PRESETS:-0.8b 9b}"
 tarball="${LLAMACPP_TARBALL:-${root}/.cache/anchors/llamacpp.tar.xz}"
@@ -218,7 +218,7 @@ bench_server() {
   : > "${log}"
   if [[ "${server}" == deltaserve ]]; then
     [[ "${dry}" == 1 ]] || { [[ -x "${ds_server}" && -x "${ds_cli}" ]] || { say "deltaserve: not built (stage build)"; return 1; }; ds_env || return 1; }
-    flags="--device ${device} --dtype ${dtype} --max-num-seqs ${max_seqs} --max-model-len ${ctx_per_slot} --max-batched-tokens ${ds_batched} --max-queue 1024 --metrics-port 0 ${ds_extra}"
+    flags="--device ${device} --dtype ${dtype} --max-num-seqs ${max_seqs} --max-model-len ${ctx_per_slot}${ds_batched:+ --max-batched-tokens ${ds_batched}} --max-queue 1024 --metrics-port 0 ${ds_extra}"
     # shellcheck disable=SC2086
     start_server "${log}" env LD_LIBRARY_PATH="${ds_ld}" "${ds_server}" --model "$(ckpt_dir "${p}")" --model-name "${p}" \
       --host 127.0.0.1 --port "${port}" --shutdown-grace 5 ${flags}

@@ -82,7 +82,10 @@ ABSL_FLAG(bool, async_scheduling, true,
           "on the CPU, where there is nothing to overlap");
 ABSL_FLAG(int64_t, max_model_len, 0,
           "Tokens per sequence, prompt and output (0: min(4096, max_position_embeddings))");
-ABSL_FLAG(int64_t, max_batched_tokens, 512, "Tokens per engine step: running decodes plus prefill chunks");
+ABSL_FLAG(int64_t, max_batched_tokens, 0,
+          "Tokens per engine step: running decodes plus prefill chunks (0: 512 on the CPU; 8192 on CUDA, as "
+          "vLLM's default, where fewer, larger prefill steps serve 1.10-1.12x more tokens/s at concurrency "
+          "64-128 than 2048, at the cost of a longer wait for the first token while a step prefills)");
 ABSL_FLAG(int64_t, prefill_chunk, 0,
           "Largest piece of one prompt prefilled in one engine step, a multiple of 64 (0: 256 on the CPU, "
           "where smaller pieces keep running streams flowing, 2048 on CUDA, where a prefill step is bound by "
@@ -217,7 +220,11 @@ int Run() {
                              engine_options.prefill_chunk));
   if (engine_options.prefill_chunk == 0) engine_options.prefill_chunk = options.device.is_cuda() ? 2048 : 256;
   if (engine_options.max_queue < 1) return Fail("--max-queue: must be >= 1");
-  if (engine_options.max_batched_tokens <= 0) return Fail("--max-batched-tokens: must be positive");
+  if (engine_options.max_batched_tokens < 0)
+    return Fail(absl::StrCat("--max-batched-tokens: must be 0 (automatic) or positive, got ",
+                             engine_options.max_batched_tokens));
+  if (engine_options.max_batched_tokens == 0)
+    engine_options.max_batched_tokens = options.device.is_cuda() ? 8192 : 512;
   const std::string layer_metrics = absl::GetFlag(FLAGS_layer_metrics);
   if (layer_metrics == "off") {
     engine_options.layer_metrics = deltaserve::engine::LayerMetricsMode::kOff;
