@@ -7,7 +7,7 @@ same process:
   counts; stop strings; logprobs equal to gRPC's; /v1/models and /health; every bad field answered with its
   HTTP status and error.param; a client that disconnects mid-stream frees its slot (the running gauge goes
   back to 0 and the only slot serves the next request); X-Request-Timeout ends a request with 408 and frees
-  its slot; 16 concurrent streams equal their solo runs; `curl -N` streams server-sent events as a user
+  its slot; 32 concurrent streams equal their solo runs; `curl -N` streams server-sent events as a user
   would first try it; `deltaserve-cli bench --protocol openai` loads the API.
 
 Usage: test_openai_e2e.py --server BUILD/server/deltaserve --repo REPO
@@ -126,6 +126,33 @@ class OpenAiTest(unittest.TestCase):
         self.assertEqual(whole.choices[0].message.role, "assistant")
         self.assertEqual(whole.usage.completion_tokens, 10)
         self.assertTrue(whole.id.startswith("chatcmpl-"))
+
+    def test_tool_turns_render_like_grpc(self):
+        # A conversation with tools offered, an assistant tool call and its result: the HTTP request renders
+        # the same prompt as gRPC's ChatInput with the same turns (the template emits the tool calls), and
+        # the greedy answer is the same.
+        tool = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+        call = {"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}
+        messages = [{"role": "user", "content": "Weather in Paris?"},
+                    {"role": "assistant", "content": "", "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]
+        r = CLIENT.chat.completions.create(model=MODEL, messages=messages, tools=[tool], max_tokens=8, temperature=0,
+                                           extra_body={"ignore_eos": True,
+                                                       "chat_template_kwargs": {"enable_thinking": False}})
+        tg = base.GEN["tg"]
+        ci = base.chat_input([("user", "Weather in Paris?"), ("assistant", ""), ("tool", "18 C, sunny")],
+                             enable_thinking=False,
+                             tools=[json.dumps(tool, sort_keys=True, separators=(",", ":"))])  # as the server dumps it
+        ci.messages[1].tool_calls.append(tg.ToolCall(name="get_weather", arguments=json.dumps({"city": "Paris"})))
+        ref = grpc_generate(chat=ci, sampling=base.greedy(max_tokens=8))
+        self.assertEqual(r.usage.prompt_tokens, ref.last.usage.prompt_tokens)
+        self.assertEqual(r.choices[0].message.content, ref.text)
+        # Without the tool call the prompt is shorter: the call was rendered, not dropped.
+        plain = CLIENT.chat.completions.create(model=MODEL, messages=[messages[0], messages[2]], tools=[tool],
+                                               max_tokens=1, temperature=0)
+        self.assertLess(plain.usage.prompt_tokens, r.usage.prompt_tokens)
 
     def test_stop_string(self):
         full = CLIENT.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=24, temperature=0,
@@ -289,7 +316,7 @@ class OpenAiTest(unittest.TestCase):
         self.assertIn("--protocol", bad.stderr)
 
     def test_concurrent_streams_equal_solo(self):
-        prompts = [f"Story number {i}:" for i in range(16)]
+        prompts = [f"Story number {i}:" for i in range(32)]
 
         def run(p, stream):
             kw = dict(model=MODEL, prompt=p, max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
@@ -298,7 +325,7 @@ class OpenAiTest(unittest.TestCase):
             return CLIENT.completions.create(**kw).choices[0].text
 
         solo = [run(p, False) for p in prompts]
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
             together = list(pool.map(lambda p: run(p, True), prompts))
         self.assertEqual(together, solo)
 
