@@ -91,14 +91,19 @@ struct Codec<int8_t> {
   }
   // Round to nearest even (as nearbyint) or stochastically (floor(y + u)), clamp to +-qmax. Adding
   // 1.5 * 2^23 leaves the rounded integer's two's-complement low byte in the float's low byte.
+  // Rounded to nearest, no clamp is needed: y is the row's (or head's) values divided by max / qmax, so
+  // |y| <= qmax within a few ulps and rounds to at most qmax (an integer), as the CPU's clamp gives.
+  // Saving the two min/max per value matters: the 1-byte step is bound by its instructions.
   __device__ static uint2 Encode(const float (&y)[8], float qmax, bool stochastic, uint32_t row_key,
                                  int col) {
     uint32_t b[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       float t = y[e];
-      if (stochastic) t = floorf(t + RowUniform(row_key, static_cast<uint32_t>(col + e)));
-      t = fminf(fmaxf(t, -qmax), qmax);
+      if (stochastic) {
+        t = floorf(t + RowUniform(row_key, static_cast<uint32_t>(col + e)));
+        t = fminf(fmaxf(t, -qmax), qmax);
+      }
       b[e] = __float_as_uint(t + 12582912.0f);
     }
     uint32_t w[2];
@@ -165,8 +170,13 @@ struct TiledArgs {
 // Thread t owns columns [(t % kTpr) * kVec, + kVec) of rows t / kTpr + m * kRowsPerPass, m < kRpt.
 // kStochastic at compile time: as a runtime flag the rounding hash was computed under a predicate for
 // every value of every INT8 step (25% of the step at batch 256).
+// 1-byte states: at most 64 registers, so four blocks share an SM (at 80 the INT8 kernel got three while FP8,
+// at 64, got four); their step is short enough that the overlap of more blocks' loads and arithmetic counts.
+template <typename Store>
+constexpr int kMinBlocksPerSm = sizeof(Store) == 1 ? 4 : 1;
+
 template <typename Store, typename In, int DK, int DV, bool kStochastic>
-__global__ void __launch_bounds__(kThreads) TiledStepKernel(Store* __restrict__ values, TiledArgs<In> a) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<Store>) TiledStepKernel(Store* __restrict__ values, TiledArgs<In> a) {
   using C = Codec<Store>;
   constexpr int kVec = C::kVec;
   constexpr int kTpr = DV / kVec;  // threads per row: 8 (1-byte), 16 (bf16) or 32 (fp32) at dv = 128

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "check.h"
+#include "cpu_gemv.h"
 #include "deltaserve/kernels/activation.h"
 #include "deltaserve/kernels/rms_norm.h"
 #include "fused_ops_impl.h"
@@ -59,15 +60,16 @@ std::vector<int64_t> OutputShape(const at::Tensor& x, const at::Tensor& weight) 
 void SetSmallBatchLinearEnabled(bool enabled) { small_batch_linear_enabled.store(enabled, std::memory_order_relaxed); }
 
 bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight) {
-#ifdef DELTASERVE_WITH_CUDA
   if (!small_batch_linear_enabled.load(std::memory_order_relaxed)) return false;
+  if (x.device().is_cpu()) return internal::CpuGemvApplies(x, weight);
+#ifdef DELTASERVE_WITH_CUDA
   if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16) return false;
   const int64_t k = x.size(-1);
   const int64_t rows = x.numel() / k;
   const int64_t stride = internal::RowStride(x);
   return rows <= kSmallBatchLinearMaxRows && k % 8 == 0 && weight.is_contiguous() && stride >= 0 &&
          stride % 8 == 0 && internal::Aligned16(x.data_ptr()) && internal::Aligned16(weight.data_ptr()) &&
-         weight.size(0) < (int64_t{1} << 31);
+         weight.size(0) <= kSmallBatchLinearMaxOutputsCuda;
 #else
   (void)x;
   (void)weight;
@@ -79,8 +81,13 @@ absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const at::Tensor& weight)
   if (EmptyBatch(x, weight)) DS_CATCH_ATEN(return at::linear(x, weight);)
   DS_RETURN_IF_ERROR(CheckLinearArgs(x, weight));
   DS_CATCH_ATEN({
+    if (UsesSmallBatchLinear(x, weight) && x.device().is_cpu()) {
+      at::Tensor out = at::empty(OutputShape(x, weight), x.options());
+      internal::CpuGemv(x, internal::RowStride(x), weight, out, /*accumulate=*/false, /*silu_and_mul=*/false);
+      return out;
+    }
 #ifdef DELTASERVE_WITH_CUDA
-    if (UsesSmallBatchLinear(x, weight)) {
+    if (x.is_cuda() && UsesSmallBatchLinear(x, weight)) {
       at::Tensor out = at::empty(OutputShape(x, weight), x.options());
       internal::SmallBatchLinearCuda(x, internal::RowStride(x), weight, out);
       return out;
@@ -95,7 +102,7 @@ absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& 
   DS_RETURN_IF_ERROR(internal::CheckRmsNormArgs(x, norm_weight, eps, "norm_weight"));
   DS_RETURN_IF_ERROR(CheckLinearArgs(x, weight));
 #ifdef DELTASERVE_WITH_CUDA
-  if (UsesSmallBatchLinear(x, weight) && norm_weight.is_contiguous() &&
+  if (x.is_cuda() && UsesSmallBatchLinear(x, weight) && norm_weight.is_contiguous() &&
       internal::Aligned16(norm_weight.data_ptr()) && StagedRowsFit(x)) {
     DS_CATCH_ATEN({
       at::Tensor out = at::empty(OutputShape(x, weight), x.options());
@@ -134,8 +141,16 @@ absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at:
   if (residual.scalar_type() != x.scalar_type() || residual.device() != x.device()) {
     return absl::InvalidArgumentError("residual: must have x's dtype and device");
   }
+  if (UsesSmallBatchLinear(x_in, weight) && x.device().is_cpu() && residual.is_contiguous()) {
+    DS_CATCH_ATEN({
+      internal::CpuGemv(x, internal::RowStride(x_in), weight, residual, /*accumulate=*/true,
+                        input == LinearInput::kSiluAndMul);
+      return absl::OkStatus();
+    })
+  }
 #ifdef DELTASERVE_WITH_CUDA
-  if (UsesSmallBatchLinear(x_in, weight) && internal::Aligned16(residual.data_ptr()) && StagedRowsFit(x_in)) {
+  if (x.is_cuda() && UsesSmallBatchLinear(x_in, weight) && internal::Aligned16(residual.data_ptr()) &&
+      StagedRowsFit(x_in)) {
     DS_CATCH_ATEN({
       internal::SmallBatchLinearFusion fusion;
       fusion.silu_and_mul = input == LinearInput::kSiluAndMul;

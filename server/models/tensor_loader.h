@@ -17,6 +17,11 @@
 
 namespace deltaserve::models {
 
+// CPU tensors of at least this many bytes are copied into memory advised for 2 MB pages (decode streams
+// them from memory every step); smaller ones are used in place from the mapping when dtype and alignment
+// allow.
+inline constexpr int64_t kHugePageCopyMinBytes = int64_t{2} << 20;
+
 class TensorLoader {
  public:
   // Names passed to Take are below `prefix` unless absolute. Tensors come out as `dtype` on `device`.
@@ -29,8 +34,9 @@ class TensorLoader {
   // Checkpoint tensors that Finish must not report as unexpected (parts of the file this model ignores).
   void set_ignored(std::function<bool(const std::string&)> f) { ignored_ = std::move(f); }
 
-  // The tensor, or an undefined one (recorded for Finish) when missing or mismatched. Zero-copy when the
-  // mapping already holds the right dtype on the CPU and is aligned; one converted copy otherwise. Every
+  // The tensor, or an undefined one (recorded for Finish) when missing or mismatched. On the CPU, tensors of
+  // kHugePageCopyMinBytes or more are copied onto huge pages; smaller ones are zero-copy when the mapping
+  // already holds the right dtype and is aligned; one converted copy otherwise. Every
   // value is checked finite (Finish reports those that are not).
   at::Tensor Take(const std::string& name, const std::vector<int64_t>& shape, bool keep_float32 = false,
                   bool absolute = false);

@@ -1,10 +1,13 @@
 // kernels::Linear, RmsNormLinear and LinearAccumulate: float64 references (and at::linear) on the CPU,
-// bad arguments named, and, where a GPU is present, the small-batch CUDA kernel with and without the
+// the CPU GEMV for decode's few rows against float64 (fp32 and bf16, every row count it takes, K off the
+// vector width, strided rows, the residual add and silu-and-mul folded in), bad arguments named, and,
+// where a GPU is present, the small-batch CUDA kernel with and without the
 // folded norm and residual add against float64 for every row count it takes, odd shapes and strided
 // rows, plus the hand-over to cuBLAS beyond its row limit.
 #include "deltaserve/kernels/linear.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -130,6 +133,92 @@ TEST(RmsNormLinear, NamesTheBadArgument) {
   r = RmsNormLinear(x, at::randn({16}), 1e-6, at::randn({8, 17}));
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("weight"));
+}
+
+// The CPU GEMV takes fp32 x with up to 4 rows (bf16: 2) and a contiguous weight; K off the 64-lane step
+// (and below it) runs the scalar tail, N above the 64-feature grain is split across threads.
+TEST(CpuGemv, MatchesFloat64ForEveryRowCountItTakes) {
+  at::manual_seed(9121);
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{300, 1024}, {257, 100}, {65, 24}, {1, 8}, {130, 1000}};
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    const int64_t max_rows = dtype == at::kFloat ? 4 : 2;
+    for (const auto& [n, k] : shapes) {
+      at::Tensor w = at::randn({n, k}).to(dtype);
+      for (int64_t rows = 1; rows <= max_rows + 1; ++rows) {
+        at::Tensor x = (at::randn({rows, k}) + 0.25).to(dtype);
+        EXPECT_EQ(UsesSmallBatchLinear(x, w), rows <= max_rows) << rows << " rows";
+        absl::StatusOr<at::Tensor> got = Linear(x, w);
+        ASSERT_TRUE(got.ok()) << got.status();
+        ASSERT_EQ(got->sizes(), (std::vector<int64_t>{rows, n}));
+        ASSERT_EQ(got->scalar_type(), dtype);
+        at::Tensor ref = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
+        // fp32: accumulation error only; bf16: one rounding of the result.
+        EXPECT_LT(MaxRelErr(*got, ref), dtype == at::kFloat ? 2e-6 : 8e-3)
+            << c10::toString(dtype) << ", " << rows << " rows, N " << n << ", K " << k;
+      }
+    }
+  }
+  at::set_num_threads(threads);
+}
+
+TEST(CpuGemv, ReadsStridedRowsAndLeadingDimensions) {
+  at::manual_seed(9122);
+  at::Tensor w = at::randn({96, 64});
+  at::Tensor wide = at::randn({3, 80});
+  at::Tensor x = wide.narrow(1, 16, 64);  // rows 80 elements apart
+  ASSERT_TRUE(UsesSmallBatchLinear(x, w));
+  absl::StatusOr<at::Tensor> got = Linear(x, w);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_LT(MaxRelErr(*got, at::matmul(x.to(at::kDouble), w.to(at::kDouble).t())), 2e-6);
+  at::Tensor x3 = at::randn({1, 2, 64});
+  got = Linear(x3, w);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->sizes(), (std::vector<int64_t>{1, 2, 96}));
+  EXPECT_LT(MaxRelErr(got->reshape({2, 96}), at::matmul(x3.reshape({2, 64}).to(at::kDouble), w.to(at::kDouble).t())),
+            2e-6);
+  // A transposed weight is not contiguous: at::linear takes it.
+  at::Tensor wt = at::randn({64, 96}).t();
+  EXPECT_FALSE(UsesSmallBatchLinear(x3, wt));
+  got = Linear(x3, wt);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(at::equal(*got, at::linear(x3, wt)));
+}
+
+// The residual add and the MLP's silu(gate) * up folded in, fp32 and bf16, against float64.
+TEST(CpuGemv, AccumulatesAndReadsSiluAndMul) {
+  at::manual_seed(9123);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    const int64_t max_rows = dtype == at::kFloat ? 4 : 2;
+    for (bool silu : {false, true}) {
+      for (int64_t rows = 1; rows <= max_rows; ++rows) {
+        const int64_t n = 200, k = 96;
+        at::Tensor w = (at::randn({n, k}) * 0.1).to(dtype);
+        at::Tensor x = (silu ? at::randn({rows, 2 * k}) * 2 : at::randn({rows, k})).to(dtype);
+        at::Tensor residual = (at::randn({rows, n}) * 2).to(dtype);
+        at::Tensor input = silu ? SiluMulFloat64(x) : x.to(at::kDouble);
+        at::Tensor ref = residual.to(at::kDouble) + at::matmul(input, w.to(at::kDouble).t());
+        ASSERT_TRUE(UsesSmallBatchLinear(silu ? x.narrow(-1, 0, k) : x, w));
+        ASSERT_TRUE(LinearAccumulate(x, w, residual, silu ? LinearInput::kSiluAndMul : LinearInput::kAsIs).ok());
+        EXPECT_LT(MaxRelErr(residual, ref), dtype == at::kFloat ? 2e-6 : 8e-3)
+            << c10::toString(dtype) << ", silu " << silu << ", " << rows << " rows";
+      }
+    }
+  }
+}
+
+TEST(CpuGemv, SwitchedOffEverythingGoesToAtLinear) {
+  at::manual_seed(9124);
+  at::Tensor x = at::randn({2, 64}), w = at::randn({96, 64});
+  ASSERT_TRUE(UsesSmallBatchLinear(x, w));
+  SetSmallBatchLinearEnabled(false);
+  const bool used = UsesSmallBatchLinear(x, w);
+  absl::StatusOr<at::Tensor> got = Linear(x, w);
+  SetSmallBatchLinearEnabled(true);
+  EXPECT_FALSE(used);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(at::equal(*got, at::linear(x, w)));
 }
 
 #ifdef DELTASERVE_WITH_CUDA

@@ -232,8 +232,7 @@ at::Tensor Qwen35Model::Forward(const ForwardBatch& b, Qwen35State& state, Layer
     return at::empty({0, weights_.lm_head.size(0)}, residual.options().dtype(at::kFloat));
   }
   if (b.logit_rows.defined()) residual = residual.index_select(0, b.logit_rows);
-  at::Tensor x = Unwrap(kernels::RmsNorm(residual, weights_.final_norm, eps));
-  return at::linear(x, weights_.lm_head).to(at::kFloat);
+  return Unwrap(kernels::RmsNormLinear(residual, weights_.final_norm, eps, weights_.lm_head)).to(at::kFloat);
 }
 
 }  // namespace deltaserve::models::qwen35

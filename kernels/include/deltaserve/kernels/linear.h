@@ -1,5 +1,6 @@
 // y = x W^T for the model's projections, with the RMS norm before and the residual add after folded in:
-// one memory-bound kernel for decode's few rows on CUDA, at::linear (cuBLAS) and the norm kernels otherwise.
+// memory-bound kernels for decode's few rows (CUDA and CPU), at::linear (cuBLAS, MKL) and the norm kernels
+// otherwise.
 #ifndef DELTASERVE_KERNELS_LINEAR_H_
 #define DELTASERVE_KERNELS_LINEAR_H_
 
@@ -14,10 +15,15 @@ namespace deltaserve::kernels {
 // The most rows of x that take the small-batch kernel; more go to at::linear (cuBLAS). Inside the
 // decode step's CUDA graph (H100, 0.8B model) the kernel beat cuBLAS at one row and lost at 4 and 8.
 inline constexpr int64_t kSmallBatchLinearMaxRows = 2;
+// On CUDA, wider weights stay with cuBLAS: it streams the 248k-row lm_head at about 2.9 TB/s (H100),
+// where the small-batch kernel reads the projections at about 1.7.
+inline constexpr int64_t kSmallBatchLinearMaxOutputsCuda = 65536;
 
 // x [..., K] fp32 or bf16, weight [N, K] of x's dtype and device; returns [..., N] in x's dtype (fp32
-// accumulation). On CUDA, bf16 x with at most kSmallBatchLinearMaxRows rows, a contiguous weight and
-// K % 8 == 0 runs the small-batch kernel; everything else is at::linear.
+// accumulation). On CUDA, bf16 x with at most kSmallBatchLinearMaxRows rows, a contiguous weight of at
+// most kSmallBatchLinearMaxOutputsCuda rows and K % 8 == 0 runs the small-batch kernel; on the CPU, fp32 x with at most 4 rows (bf16: 2) and a contiguous
+// weight runs the CPU GEMV (each weight read once, split over the intra-op threads); everything else is
+// at::linear.
 absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const at::Tensor& weight);
 
 // y = RmsNorm(x, norm_weight, eps) W^T, with kernels::RmsNorm's zero-centred norm and its argument
@@ -39,11 +45,11 @@ enum class LinearInput {
 absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at::Tensor& residual,
                               LinearInput input = LinearInput::kAsIs);
 
-// Whether Linear(x, weight) would take the small-batch CUDA kernel (for benchmarks and tests).
+// Whether Linear(x, weight) would take the small-batch kernel, CUDA or CPU (for benchmarks and tests).
 bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight);
 
 // Process-wide switch (on by default): off sends every Linear to at::linear, so a benchmark can measure
-// the model with and without the small-batch kernel in one run. Set it before capturing CUDA graphs.
+// the model with and without the small-batch kernels in one run. Set it before capturing CUDA graphs.
 void SetSmallBatchLinearEnabled(bool enabled);
 
 }  // namespace deltaserve::kernels
