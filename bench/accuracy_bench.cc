@@ -1,6 +1,6 @@
 // The accuracy testbed (docs/accuracy.md): the shipped text model's held-out perplexity and top-1
 // agreement with the exact configuration, for every chunk-inverse method (prefill path) and every
-// recurrent-state dtype (decode path). The held-out text is models/qwen35-small/heldout_tokens.u16: 32
+// recurrent-state dtype (decode path), and the INT8 weights on both paths. The held-out text is models/qwen35-small/heldout_tokens.u16: 32
 // windows of 513 token ids from the training corpus' test split (documents never trained on).
 //   bench_accuracy MODEL_DIR [--windows 32] [--threads N]
 #include <ATen/ATen.h>
@@ -28,9 +28,10 @@ struct Result {
 };
 
 std::unique_ptr<deltaserve::runner::ModelRunner> Load(const std::string& dir, const std::string& inverse, const std::string& state,
-                                     int64_t windows) {
+                                     int64_t windows, const std::string& weights = "same") {
   q::ModelOptions o;
   o.inverse_method = inverse;
+  o.weight_dtype = *deltaserve::kernels::ParseWeightDtype(weights);
   o.state_dtype = *deltaserve::kernels::ParseStateDtype(state);
   deltaserve::runner::RunnerOptions ro;
   ro.max_seqs = windows;
@@ -146,5 +147,9 @@ int main(int argc, char** argv) {
     auto m = Load(dir, "solve-triangular", state, count);
     row("decode", std::string("state ") + state, Decode(*m, windows), dref);
   }
+  // Weights: INT8 projections (group scales, quantized at load) against the float32 weights, on both paths.
+  auto int8 = Load(dir, "solve-triangular", "fp32", count, "int8");
+  row("prefill", "weights int8", Prefill(*int8, windows), ref);
+  row("decode", "weights int8", Decode(*int8, windows), dref);
   return 0;
 }

@@ -4,7 +4,7 @@
 //   bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] [--dtype float32|bfloat16]
 //               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...] [--batch B] [--device cpu|cuda]
 //               [--cuda-graphs 0|1] [--profile-steps K] [--profile-trace FILE] [--prefill-reps R]
-//               [--profile-prefill 0|1] [--small-batch-linear 0|1]
+//               [--profile-prefill 0|1] [--small-batch-linear 0|1] [--weight-dtype same|int8]
 // --small-batch-linear 0 sends every projection to at::linear (cuBLAS on CUDA): the baseline for the
 // small-batch projection kernel, measured in the same run.
 // --prefill-reps R times the prompt's prefill R times (slots reset in between): the first run pays
@@ -112,6 +112,7 @@ int main(int argc, char** argv) {
                  "  --dtype float32|bfloat16  weight and activation dtype (float32)\n"
                  "  --inverse-method NAME   chunk inverse of the Gated DeltaNet prefill\n"
                  "  --state-dtype NAME      recurrent state storage: fp32, bf16, int8, fp8 (fp32)\n"
+                 "  --weight-dtype same|int8  projection weights: as --dtype, or INT8 (CPU) (same)\n"
                  "  --cuda-graphs 0|1       replay decode steps as CUDA graphs (1)\n"
                  "  --prefill-reps N        time the prefill N times, report the median (1)\n"
                  "  --small-batch-linear 0|1  the GEMV kernel for 1-2 rows, or cuBLAS only (1)\n"
@@ -128,7 +129,7 @@ int main(int argc, char** argv) {
   bool small_batch_linear = true;
   std::string profile_trace;
   q::ModelOptions o;
-  std::string state = "fp32";
+  std::string state = "fp32", weight_dtype = "same";
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string f = argv[i], v = argv[i + 1];
     if (f == "--prompt-len")
@@ -143,6 +144,8 @@ int main(int argc, char** argv) {
       o.inverse_method = v;
     else if (f == "--state-dtype")
       state = v;
+    else if (f == "--weight-dtype")
+      weight_dtype = v;
     else if (f == "--batch")
       batch = std::max(1, std::atoi(v.c_str()));
     else if (f == "--device")
@@ -170,6 +173,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.state_dtype = *sd;
+  absl::StatusOr<deltaserve::kernels::WeightDtype> wd = deltaserve::kernels::ParseWeightDtype(weight_dtype);
+  if (!wd.ok()) {
+    std::fprintf(stderr, "bench_model: --weight-dtype: %s\n", std::string(wd.status().message()).c_str());
+    return 2;
+  }
+  o.weight_dtype = *wd;
   deltaserve::kernels::SetSmallBatchLinearEnabled(small_batch_linear);
   deltaserve::runner::RunnerOptions ro;
   ro.max_seqs = batch;
@@ -264,12 +273,13 @@ int main(int argc, char** argv) {
   getrusage(RUSAGE_SELF, &ru);
   std::printf(
       "{\"bench\": \"model\", \"engine\": \"deltaserve\", \"batch\": %d, \"prompt_len\": %d, \"decode_tokens\": %d, "
-      "\"threads\": %d, \"dtype\": \"%s\", \"inverse\": \"%s\", \"state\": \"%s\", \"load_s\": %.3f, "
+      "\"threads\": %d, \"dtype\": \"%s\", \"weight_dtype\": \"%s\", \"inverse\": \"%s\", \"state\": \"%s\", "
+      "\"load_s\": %.3f, "
       "\"first_touch_s\": %.3f, "
       "\"prefill_tok_s\": %.2f, \"prefill_first_tok_s\": %.2f, \"prefill_reps\": %d, \"decode_tok_s\": %.3f, "
       "\"small_batch_linear\": %s, \"peak_rss_mb\": %.1f}\n",
       batch, prompt_len, decode, threads, o.dtype == at::kBFloat16 ? "bfloat16" : "float32",
-      o.inverse_method.c_str(), state.c_str(), load_s, warm_s, batch * prompt_len / prefill_s,
+      deltaserve::kernels::WeightDtypeName(o.weight_dtype), o.inverse_method.c_str(), state.c_str(), load_s, warm_s, batch * prompt_len / prefill_s,
       batch * prompt_len / prefill_first_s, prefill_reps, batch * decode / decode_s,
       small_batch_linear ? "true" : "false", ru.ru_maxrss / 1024.0);
   return 0;

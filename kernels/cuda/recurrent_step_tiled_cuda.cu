@@ -170,10 +170,12 @@ struct TiledArgs {
 // Thread t owns columns [(t % kTpr) * kVec, + kVec) of rows t / kTpr + m * kRowsPerPass, m < kRpt.
 // kStochastic at compile time: as a runtime flag the rounding hash was computed under a predicate for
 // every value of every INT8 step (25% of the step at batch 256).
-// 1-byte states: at most 64 registers, so four blocks share an SM (at 80 the INT8 kernel got three while FP8,
-// at 64, got four); their step is short enough that the overlap of more blocks' loads and arithmetic counts.
+// Blocks that must fit an SM together, which caps the registers: 1-byte states at 64, so four blocks share
+// an SM (at 80 the INT8 kernel got three while FP8, at 64, got four: 1.07-1.15x on an H100); bf16 at 85 and
+// fp32 at 128, what the compiler chose for them unbounded (bf16 given a free hand took 96 and two blocks,
+// and ran 1.19x slower).
 template <typename Store>
-constexpr int kMinBlocksPerSm = sizeof(Store) == 1 ? 4 : 1;
+constexpr int kMinBlocksPerSm = sizeof(Store) == 1 ? 4 : (sizeof(Store) == 2 ? 3 : 2);
 
 template <typename Store, typename In, int DK, int DV, bool kStochastic>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<Store>) TiledStepKernel(Store* __restrict__ values, TiledArgs<In> a) {

@@ -5,11 +5,16 @@
 // At most kCpuGemvMaxRows (4) rows, so the 8 accumulators fit the 16 vector registers of AVX2.
 #include "cpu_gemv.h"
 
+// The 64-byte vector helpers are inlined into each target clone; GCC's note that passing such vectors by
+// value without AVX-512 changes the ABI concerns only out-of-line calls, which there are none of.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #include "fused_ops_impl.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -116,6 +121,77 @@ __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void DotRowsBf1
   DotRowsAnyR(x, rows, k, w, n0, n1, y, n_total, accumulate);
 }
 
+using I8x16 = int8_t __attribute__((vector_size(16)));
+inline F16 LoadF16(const int8_t* p) {  // 16 int8 values -> fp32 (sign-extend and convert)
+  I8x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, F16);
+}
+
+// DotRows for an INT8 weight: each group of 32 values is converted, scaled by its group's scale and multiplied
+// into all R rows. One row keeps two groups (four chains) in flight.
+template <int R>
+__attribute__((always_inline)) inline void DotRowsQ8(const float* x, int64_t k, const int8_t* q, const float* scales,
+                                                     int64_t n0, int64_t n1, float* y, int64_t n_total,
+                                                     bool accumulate) {
+  constexpr int kGroups = R == 1 ? 2 : 1;
+  constexpr int64_t kGroup = 32;
+  const int64_t groups = k / kGroup;
+  const int64_t gv = groups / kGroups * kGroups;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* qr = q + n * k;
+    const float* sr = scales + n * groups;
+    F16 acc[R][2 * kGroups] = {};
+    auto group = [&](int64_t g, int slot) {
+      const float s = sr[g];
+      const F16 w0 = LoadF16(qr + g * kGroup) * s, w1 = LoadF16(qr + g * kGroup + 16) * s;
+      for (int m = 0; m < R; ++m) {
+        acc[m][2 * slot] += LoadF16(x + m * k + g * kGroup) * w0;
+        acc[m][2 * slot + 1] += LoadF16(x + m * k + g * kGroup + 16) * w1;
+      }
+    };
+    for (int64_t g = 0; g < gv; g += kGroups) {
+      __builtin_prefetch(qr + 2 * k + g * kGroup, 0, 0);  // the row after next, as in DotRows
+      for (int j = 0; j < kGroups; ++j) group(g + j, j);
+    }
+    for (int64_t g = gv; g < groups; ++g) group(g, 0);
+    for (int m = 0; m < R; ++m) {
+      F16 t = acc[m][0];
+      for (int v = 1; v < 2 * kGroups; ++v) t += acc[m][v];
+      const float s = Sum(t);
+      float& out = y[m * n_total + n];
+      out = accumulate ? out + s : s;
+    }
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2,fma", "default"))) void DotRowsInt8(
+    const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0, int64_t n1, float* y,
+    int64_t n_total, bool accumulate) {
+  switch (rows) {
+    case 1: return DotRowsQ8<1>(x, k, q, scales, n0, n1, y, n_total, accumulate);
+    case 2: return DotRowsQ8<2>(x, k, q, scales, n0, n1, y, n_total, accumulate);
+    case 3: return DotRowsQ8<3>(x, k, q, scales, n0, n1, y, n_total, accumulate);
+    default: return DotRowsQ8<4>(x, k, q, scales, n0, n1, y, n_total, accumulate);
+  }
+}
+
+// Rows [n0, n1) of an INT8 weight as float32 into dst [n1 - n0, K].
+__attribute__((target_clones("avx512f", "avx2,fma", "default"))) void DequantizeRows(
+    const int8_t* q, const float* scales, int64_t k, int64_t n0, int64_t n1, float* dst) {
+  const int64_t groups = k / 32;
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float s = scales[n * groups + g];
+      const int8_t* src = q + n * k + g * 32;
+      float* d = dst + (n - n0) * k + g * 32;
+      const F16 a = LoadF16(src) * s, b = LoadF16(src + 16) * s;
+      std::memcpy(d, &a, sizeof(a));
+      std::memcpy(d + 16, &b, sizeof(b));
+    }
+  }
+}
+
 // x's rows start `stride` elements apart.
 const float* InputRows(const at::Tensor& x, int64_t rows, int64_t stride, int64_t k, bool silu_and_mul,
                        std::vector<float>& buf) {
@@ -141,6 +217,34 @@ const float* InputRows(const at::Tensor& x, int64_t rows, int64_t stride, int64_
   return buf.data();
 }
 
+// The rows of x as the product reads them, as float32 (the same staging for both weight kinds), and the
+// output's float32 buffer: out's own memory for a float32 out written in place, else the thread's.
+struct GemvIo {
+  const float* x;
+  float* y;
+  bool add_in_place;
+};
+GemvIo PrepareGemv(const at::Tensor& x, int64_t rows, int64_t row_stride, int64_t k, int64_t n, at::Tensor& out,
+                   bool accumulate, bool silu_and_mul, std::vector<float>& staged, std::vector<float>& product) {
+  GemvIo io;
+  io.x = InputRows(x, rows, row_stride, k, silu_and_mul, staged);
+  const bool f32_out = out.scalar_type() == at::kFloat;
+  io.y = f32_out ? out.data_ptr<float>() : nullptr;
+  if (!f32_out) {
+    product.resize(static_cast<size_t>(rows * n));
+    io.y = product.data();
+  }
+  io.add_in_place = accumulate && f32_out;
+  return io;
+}
+
+// A bf16 out gets the float32 product rounded once (added to its old value first with `accumulate`).
+void FinishGemv(const GemvIo& io, int64_t rows, int64_t n, at::Tensor& out, bool accumulate) {
+  if (out.scalar_type() == at::kFloat) return;
+  uint16_t* po = reinterpret_cast<uint16_t*>(out.data_ptr());
+  for (int64_t i = 0; i < rows * n; ++i) po[i] = FloatToBf16(accumulate ? Bf16ToFloat(po[i]) + io.y[i] : io.y[i]);
+}
+
 }  // namespace
 
 bool CpuGemvApplies(const at::Tensor& x, const at::Tensor& weight) {
@@ -160,27 +264,51 @@ void CpuGemv(const at::Tensor& x, int64_t row_stride, const at::Tensor& weight, 
   // Buffers reused across calls (one engine thread calls at a time per model; thread_local keeps
   // concurrent callers apart): a fresh 1 MB logits buffer a step would fault its pages in every time.
   thread_local std::vector<float> staged, product;
-  const float* xin = InputRows(x, rows, row_stride, k, silu_and_mul, staged);
-  const bool f32_out = out.scalar_type() == at::kFloat;
-  float* y = f32_out ? out.data_ptr<float>() : nullptr;
-  if (!f32_out) {
-    product.resize(static_cast<size_t>(rows * n));
-    y = product.data();
-  }
-  const bool add_in_place = accumulate && f32_out;
+  const GemvIo io = PrepareGemv(x, rows, row_stride, k, n, out, accumulate, silu_and_mul, staged, product);
   const bool bf16_weight = weight.scalar_type() == at::kBFloat16;
   // Blocks of output features, large enough that a thread's share streams for a while.
   at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
     if (bf16_weight) {
-      DotRowsBf16(xin, rows, k, reinterpret_cast<const uint16_t*>(weight.data_ptr()), n0, n1, y, n, add_in_place);
+      DotRowsBf16(io.x, rows, k, reinterpret_cast<const uint16_t*>(weight.data_ptr()), n0, n1, io.y, n,
+                  io.add_in_place);
     } else {
-      DotRowsF32(xin, rows, k, weight.data_ptr<float>(), n0, n1, y, n, add_in_place);
+      DotRowsF32(io.x, rows, k, weight.data_ptr<float>(), n0, n1, io.y, n, io.add_in_place);
     }
   });
-  if (!f32_out) {
-    uint16_t* po = reinterpret_cast<uint16_t*>(out.data_ptr());
-    for (int64_t i = 0; i < rows * n; ++i) po[i] = FloatToBf16(accumulate ? Bf16ToFloat(po[i]) + y[i] : y[i]);
-  }
+  FinishGemv(io, rows, n, out, accumulate);
+}
+
+void CpuGemvInt8(const at::Tensor& x, int64_t row_stride, const at::Tensor& values, const at::Tensor& scales,
+                 at::Tensor& out, bool accumulate, bool silu_and_mul) {
+  const int64_t n = values.size(0), k = values.size(1);
+  const int64_t rows = x.numel() / x.size(-1);
+  thread_local std::vector<float> staged, product;
+  const GemvIo io = PrepareGemv(x, rows, row_stride, k, n, out, accumulate, silu_and_mul, staged, product);
+  const int8_t* q = values.data_ptr<int8_t>();
+  const float* s = scales.data_ptr<float>();
+  at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
+    DotRowsInt8(io.x, rows, k, q, s, n0, n1, io.y, n, io.add_in_place);
+  });
+  FinishGemv(io, rows, n, out, accumulate);
+}
+
+at::Tensor CpuLinearInt8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales) {
+  const int64_t n = values.size(0), k = values.size(1);
+  const at::Tensor x32 = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
+  at::Tensor out32 = at::empty({x.size(0), n}, x32.options());
+  constexpr int64_t kBlock = 128;  // 128 x K float32: 0.5 MB at K = 1024, cache-resident while multiplied
+  const int8_t* q = values.data_ptr<int8_t>();
+  const float* s = scales.data_ptr<float>();
+  // One block of features per task; at::mm inside runs on the task's thread (no nested parallelism).
+  at::parallel_for(0, (n + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    at::Tensor buf = at::empty({kBlock, k}, at::kFloat);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kBlock, nb = std::min(kBlock, n - n0);
+      DequantizeRows(q, s, k, n0, n0 + nb, buf.data_ptr<float>());
+      out32.narrow(1, n0, nb).copy_(at::mm(x32, buf.narrow(0, 0, nb).t()));
+    }
+  });
+  return x.scalar_type() == at::kFloat ? out32 : out32.to(x.scalar_type());
 }
 
 }  // namespace deltaserve::kernels::internal

@@ -25,6 +25,17 @@ bool CpuGemvApplies(const at::Tensor& x, const at::Tensor& weight);
 void CpuGemv(const at::Tensor& x, int64_t row_stride, const at::Tensor& weight, at::Tensor& out, bool accumulate,
              bool silu_and_mul);
 
+// CpuGemv over an INT8 weight (values int8 [N, K], float32 scales [N, K / 32]; K a multiple of 32): each
+// group of 32 values is converted and scaled in registers, so the weight is read at one byte a value. Same
+// contract as CpuGemv otherwise (x float32 or bfloat16, at most kCpuGemvMaxRows rows).
+void CpuGemvInt8(const at::Tensor& x, int64_t row_stride, const at::Tensor& values, const at::Tensor& scales,
+                 at::Tensor& out, bool accumulate, bool silu_and_mul);
+
+// x [M, K] (contiguous, float32 or bfloat16) times an INT8 weight for any M: blocks of 128 output features
+// are dequantized to float32 in a per-thread buffer and multiplied by at::mm (float32 accumulation); the
+// result [M, N] in x's dtype.
+at::Tensor CpuLinearInt8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales);
+
 }  // namespace deltaserve::kernels::internal
 
 #endif  // DELTASERVE_KERNELS_SRC_CPU_GEMV_H_

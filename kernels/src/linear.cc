@@ -55,6 +55,45 @@ std::vector<int64_t> OutputShape(const at::Tensor& x, const at::Tensor& weight) 
   return shape;
 }
 
+// x [..., K] on the CPU and an INT8 weight: int8 values [N, K] and float32 scales [N, K / group], contiguous.
+absl::Status CheckQuantizedArgs(const at::Tensor& x, const LinearWeight& w) {
+  DS_RETURN_IF_ERROR(internal::CheckActivations(x, "x"));
+  const at::Tensor& q = w.weight;
+  if (!q.defined() || q.dim() != 2 || q.scalar_type() != at::kChar || !q.is_contiguous()) {
+    return absl::InvalidArgumentError("weight: INT8 values must be a contiguous int8 [N, K] tensor");
+  }
+  if (q.size(1) != x.size(-1)) {
+    return absl::InvalidArgumentError(absl::StrCat("weight: expected [N, ", x.size(-1),
+                                                   "] to match x's last dimension, got ", internal::ShapeString(q)));
+  }
+  const at::Tensor& sc = w.scales;
+  if (q.size(1) % kWeightQuantGroup != 0 || sc.scalar_type() != at::kFloat || !sc.is_contiguous() ||
+      sc.dim() != 2 || sc.size(0) != q.size(0) || sc.size(1) != q.size(1) / kWeightQuantGroup) {
+    return absl::InvalidArgumentError(absl::StrCat("weight: INT8 scales must be float32 [N, K / ", kWeightQuantGroup,
+                                                   "] with K a multiple of ", kWeightQuantGroup, ", got ",
+                                                   internal::ShapeString(sc), " for values ",
+                                                   internal::ShapeString(q)));
+  }
+  if (!x.device().is_cpu() || !q.device().is_cpu() || !sc.device().is_cpu()) {
+    return absl::InvalidArgumentError("weight: INT8 weights run on the CPU only (x and weight must be CPU tensors)");
+  }
+  return absl::OkStatus();
+}
+
+// x W^T for a checked INT8 weight: the dequantizing GEMV for decode's few rows, blocks into at::mm beyond.
+at::Tensor QuantizedProduct(const at::Tensor& x, const LinearWeight& w) {
+  const int64_t k = x.size(-1);
+  const int64_t rows = x.numel() / k;
+  at::Tensor out = at::empty(OutputShape(x, w.weight), x.options());
+  if (rows == 0) return out;
+  if (rows <= internal::kCpuGemvMaxRows && internal::RowStride(x) >= 0) {
+    internal::CpuGemvInt8(x, internal::RowStride(x), w.weight, w.scales, out, /*accumulate=*/false,
+                          /*silu_and_mul=*/false);
+    return out;
+  }
+  return internal::CpuLinearInt8(x.reshape({rows, k}).contiguous(), w.weight, w.scales).view(out.sizes());
+}
+
 }  // namespace
 
 void SetSmallBatchLinearEnabled(bool enabled) { small_batch_linear_enabled.store(enabled, std::memory_order_relaxed); }
@@ -77,7 +116,13 @@ bool UsesSmallBatchLinear(const at::Tensor& x, const at::Tensor& weight) {
 #endif
 }
 
-absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const at::Tensor& weight) {
+absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const LinearWeight& w) {
+  if (w.quantized()) {
+    if (EmptyBatch(x, w.weight)) DS_CATCH_ATEN(return at::empty(OutputShape(x, w.weight), x.options());)
+    DS_RETURN_IF_ERROR(CheckQuantizedArgs(x, w));
+    DS_CATCH_ATEN(return QuantizedProduct(x, w);)
+  }
+  const at::Tensor& weight = w.weight;
   if (EmptyBatch(x, weight)) DS_CATCH_ATEN(return at::linear(x, weight);)
   DS_RETURN_IF_ERROR(CheckLinearArgs(x, weight));
   DS_CATCH_ATEN({
@@ -98,8 +143,14 @@ absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const at::Tensor& weight)
 }
 
 absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& norm_weight, double eps,
-                                         const at::Tensor& weight) {
+                                         const LinearWeight& w) {
   DS_RETURN_IF_ERROR(internal::CheckRmsNormArgs(x, norm_weight, eps, "norm_weight"));
+  if (w.quantized()) {
+    DS_RETURN_IF_ERROR(CheckQuantizedArgs(x, w));
+    DS_ASSIGN_OR_RETURN(at::Tensor normed, RmsNorm(x, norm_weight, eps));
+    return Linear(normed, w);
+  }
+  const at::Tensor& weight = w.weight;
   DS_RETURN_IF_ERROR(CheckLinearArgs(x, weight));
 #ifdef DELTASERVE_WITH_CUDA
   if (x.is_cuda() && UsesSmallBatchLinear(x, weight) && norm_weight.is_contiguous() &&
@@ -118,8 +169,9 @@ absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& 
   return Linear(normed, weight);
 }
 
-absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at::Tensor& residual,
+absl::Status LinearAccumulate(const at::Tensor& x, const LinearWeight& w, at::Tensor& residual,
                               LinearInput input) {
+  const at::Tensor& weight = w.weight;
   if (input == LinearInput::kSiluAndMul) {
     DS_RETURN_IF_ERROR(internal::CheckActivations(x, "x"));
     if (!weight.defined() || weight.dim() != 2 || x.size(-1) != 2 * weight.size(1)) {
@@ -131,7 +183,7 @@ absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at:
   // The projection's input as the checks and the composition see it: x, or a view of its gate half
   // (same rows, same base pointer) standing in for SiluAndMul(x).
   const at::Tensor x_in = input == LinearInput::kSiluAndMul ? x.narrow(-1, 0, weight.size(1)) : x;
-  DS_RETURN_IF_ERROR(CheckLinearArgs(x_in, weight));
+  DS_RETURN_IF_ERROR(w.quantized() ? CheckQuantizedArgs(x_in, w) : CheckLinearArgs(x_in, weight));
   DS_RETURN_IF_ERROR(internal::CheckTensor(residual, "residual", x.dim()));
   if (residual.sizes().vec() != OutputShape(x_in, weight)) {
     return absl::InvalidArgumentError(absl::StrCat("residual: expected shape x W^T [",
@@ -140,6 +192,24 @@ absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at:
   }
   if (residual.scalar_type() != x.scalar_type() || residual.device() != x.device()) {
     return absl::InvalidArgumentError("residual: must have x's dtype and device");
+  }
+  if (w.quantized()) {
+    DS_CATCH_ATEN({
+      const int64_t rows = x_in.numel() / x_in.size(-1);
+      if (rows <= internal::kCpuGemvMaxRows && internal::RowStride(x_in) >= 0 && residual.is_contiguous()) {
+        internal::CpuGemvInt8(x, internal::RowStride(x_in), weight, w.scales, residual, /*accumulate=*/true,
+                              input == LinearInput::kSiluAndMul);
+        return absl::OkStatus();
+      }
+    })
+    at::Tensor product_input = x;
+    if (input == LinearInput::kSiluAndMul) {
+      DS_ASSIGN_OR_RETURN(product_input, SiluAndMul(x));
+    }
+    DS_CATCH_ATEN({
+      residual.add_(QuantizedProduct(product_input, w));
+      return absl::OkStatus();
+    })
   }
   if (UsesSmallBatchLinear(x_in, weight) && x.device().is_cpu() && residual.is_contiguous()) {
     DS_CATCH_ATEN({

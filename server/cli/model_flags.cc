@@ -4,6 +4,7 @@
 #include <ATen/Context.h>
 
 #include "absl/strings/str_cat.h"
+#include "deltaserve/kernels/linear_weight.h"
 #include "deltaserve/kernels/recurrent_state.h"
 
 namespace deltaserve::cli {
@@ -11,7 +12,8 @@ namespace deltaserve::cli {
 absl::StatusOr<models::qwen35::ModelOptions> ModelOptionsFromFlags(const std::string& dtype,
                                                                    const std::string& device,
                                                                    const std::string& inverse_method,
-                                                                   const std::string& state_dtype) {
+                                                                   const std::string& state_dtype,
+                                                                   const std::string& weight_dtype) {
   models::qwen35::ModelOptions options;
   if (dtype != "float32" && dtype != "bfloat16")
     return absl::InvalidArgumentError("--dtype: must be float32 or bfloat16, got " + dtype);
@@ -27,6 +29,11 @@ absl::StatusOr<models::qwen35::ModelOptions> ModelOptionsFromFlags(const std::st
   absl::StatusOr<kernels::StateDtype> state = kernels::ParseStateDtype(state_dtype);
   if (!state.ok()) return absl::InvalidArgumentError(absl::StrCat("--state-dtype: ", state.status().message()));
   options.state_dtype = *state;
+  absl::StatusOr<kernels::WeightDtype> weights = kernels::ParseWeightDtype(weight_dtype);
+  if (!weights.ok()) return absl::InvalidArgumentError(absl::StrCat("--weight-dtype: ", weights.status().message()));
+  if (*weights == kernels::WeightDtype::kInt8 && !options.device.is_cpu())
+    return absl::InvalidArgumentError("--weight-dtype: int8 weights run on the CPU only (--device cpu)");
+  options.weight_dtype = *weights;
   return options;
 }
 

@@ -1,5 +1,5 @@
 // The Qwen3.5 model options both binaries take on the command line (--dtype, --device,
-// --inverse-method, --state-dtype), parsed and checked once; errors name the flag.
+// --inverse-method, --state-dtype, --weight-dtype), parsed and checked once; errors name the flag.
 #ifndef DELTASERVE_SERVER_CLI_MODEL_FLAGS_H_
 #define DELTASERVE_SERVER_CLI_MODEL_FLAGS_H_
 
@@ -10,12 +10,13 @@
 
 namespace deltaserve::cli {
 
-// InvalidArgument starting with the flag ("--dtype: ...") for an unknown dtype, device or state dtype, or
-// a CUDA device on a machine without one. The other ModelOptions fields keep their defaults.
+// InvalidArgument starting with the flag ("--dtype: ...") for an unknown dtype, device, state or weight
+// dtype, a CUDA device on a machine without one, or int8 weights on a device other than the CPU. The other ModelOptions fields keep their defaults.
 absl::StatusOr<models::qwen35::ModelOptions> ModelOptionsFromFlags(const std::string& dtype,
                                                                    const std::string& device,
                                                                    const std::string& inverse_method,
-                                                                   const std::string& state_dtype);
+                                                                   const std::string& state_dtype,
+                                                                   const std::string& weight_dtype = "");
 
 }  // namespace deltaserve::cli
 

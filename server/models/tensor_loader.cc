@@ -32,6 +32,18 @@ std::optional<at::ScalarType> AtenType(TensorDtype d) {
 
 std::string Shape(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
 
+// Drops the whole pages of a copied tensor's source from this process (the file's private, unmodified
+// mapping: a later read would fault them in again from the file), so loading a checkpoint holds its
+// weights once in memory, not twice, until the mapping is closed.
+void ReleaseMappedPages(const void* data, size_t bytes) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+}  // namespace
+
 // An uninitialised CPU tensor in memory the kernel may back with 2 MB pages (MADV_HUGEPAGE, honoured where
 // transparent huge pages are "madvise" or "always"). A decode step streams every weight once: on 4 KB
 // pages (the checkpoint's mapping, or malloc's) each 4 KB weight row of the 0.8B model took a TLB miss,
@@ -46,18 +58,6 @@ at::Tensor EmptyOnHugePages(const std::vector<int64_t>& shape, at::ScalarType dt
   (void)madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KB
   return at::from_blob(p, shape, [](void* q) { std::free(q); }, at::TensorOptions().dtype(dtype));
 }
-
-// Drops the whole pages of a copied tensor's source from this process (the file's private, unmodified
-// mapping: a later read would fault them in again from the file), so loading a checkpoint holds its
-// weights once in memory, not twice, until the mapping is closed.
-void ReleaseMappedPages(const void* data, size_t bytes) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
-  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
-
-}  // namespace
 
 TensorLoader::TensorLoader(const SafetensorsCheckpoint& checkpoint, std::string prefix, at::ScalarType dtype,
                            const c10::Device& device)

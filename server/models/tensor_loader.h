@@ -22,6 +22,10 @@ namespace deltaserve::models {
 // allow.
 inline constexpr int64_t kHugePageCopyMinBytes = int64_t{2} << 20;
 
+// An uninitialised CPU tensor on memory advised for 2 MB pages (see kHugePageCopyMinBytes); plain at::empty
+// where that allocation fails.
+at::Tensor EmptyOnHugePages(const std::vector<int64_t>& shape, at::ScalarType dtype);
+
 class TensorLoader {
  public:
   // Names passed to Take are below `prefix` unless absolute. Tensors come out as `dtype` on `device`.

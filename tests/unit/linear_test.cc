@@ -221,6 +221,101 @@ TEST(CpuGemv, SwitchedOffEverythingGoesToAtLinear) {
   EXPECT_TRUE(at::equal(*got, at::linear(x, w)));
 }
 
+// INT8 weights: each value within half its group's scale of the original, the scale the group's max / 127.
+TEST(Int8Weight, QuantizesEachGroupOfThirtyTwoToItsMax) {
+  at::manual_seed(9131);
+  at::Tensor w = at::randn({40, 96}) * at::linspace(0.01, 3.0, 96);  // groups of very different ranges
+  w.narrow(1, 32, 32).narrow(0, 3, 1).zero_();                       // one all-zero group
+  absl::StatusOr<LinearWeight> q = QuantizeWeightInt8(w);
+  ASSERT_TRUE(q.ok()) << q.status();
+  ASSERT_TRUE(q->quantized());
+  EXPECT_EQ(q->weight.scalar_type(), at::kChar);
+  EXPECT_EQ(q->scales.sizes(), (std::vector<int64_t>{40, 3}));
+  const at::Tensor groups = w.reshape({40, 3, 32});
+  EXPECT_TRUE(at::allclose(q->scales, groups.abs().amax(-1) / 127.0, 1e-6, 0));
+  const at::Tensor err = (DequantizeWeight(*q, at::kFloat) - w).abs().reshape({40, 3, 32});
+  EXPECT_TRUE((err <= q->scales.unsqueeze(-1) * 0.5001 + 1e-12).all().item<bool>());
+  EXPECT_EQ(q->weight.narrow(1, 32, 32).narrow(0, 3, 1).abs().sum().item<int64_t>(), 0);
+  EXPECT_EQ(q->weight.abs().max().item<int64_t>(), 127);
+  // K must be a multiple of the group; the message names it.
+  absl::StatusOr<LinearWeight> odd = QuantizeWeightInt8(at::randn({4, 48}));
+  ASSERT_FALSE(odd.ok());
+  EXPECT_THAT(odd.status().message(), HasSubstr("multiple of 32"));
+  EXPECT_FALSE(QuantizeWeightInt8(at::randn({4, 32}).to(at::kDouble)).ok());
+  EXPECT_TRUE(ParseWeightDtype("int8").ok());
+  EXPECT_EQ(*ParseWeightDtype(""), WeightDtype::kSame);
+  EXPECT_THAT(ParseWeightDtype("int4").status().message(), HasSubstr("int8"));
+}
+
+// x times the INT8 weight equals x times its dequantized float64 values: the GEMV for up to 4 rows, the
+// dequantized blocks into at::mm for more (N beyond one 128-feature block), fp32 and bf16 activations.
+TEST(Int8Weight, LinearEqualsTheDequantizedProduct) {
+  at::manual_seed(9132);
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{300, 1024}, {257, 96}, {1, 32}}) {
+    absl::StatusOr<LinearWeight> q = QuantizeWeightInt8(at::randn({n, k}) * 0.1);
+    ASSERT_TRUE(q.ok()) << q.status();
+    const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      for (int64_t rows : {1, 2, 3, 4, 5, 33}) {
+        at::Tensor x = (at::randn({rows, k}) + 0.25).to(dtype);
+        absl::StatusOr<at::Tensor> got = Linear(x, *q);
+        ASSERT_TRUE(got.ok()) << got.status();
+        ASSERT_EQ(got->sizes(), (std::vector<int64_t>{rows, n}));
+        ASSERT_EQ(got->scalar_type(), dtype);
+        EXPECT_LT(MaxRelErr(*got, at::matmul(x.to(at::kDouble), wd.t())), dtype == at::kFloat ? 2e-6 : 8e-3)
+            << c10::toString(dtype) << ", " << rows << " rows, N " << n << ", K " << k;
+      }
+    }
+  }
+  at::set_num_threads(threads);
+}
+
+// The residual add, silu(gate) * up and the norm with an INT8 weight, for GEMV and GEMM row counts.
+TEST(Int8Weight, AccumulatesReadsSiluAndMulAndNormalises) {
+  at::manual_seed(9133);
+  const int64_t n = 160, k = 64;
+  absl::StatusOr<LinearWeight> q = QuantizeWeightInt8(at::randn({n, k}) * 0.1);
+  ASSERT_TRUE(q.ok()) << q.status();
+  const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    const double tol = dtype == at::kFloat ? 2e-6 : 8e-3;
+    for (int64_t rows : {1, 4, 6}) {
+      for (bool silu : {false, true}) {
+        at::Tensor x = (silu ? at::randn({rows, 2 * k}) * 2 : at::randn({rows, k})).to(dtype);
+        at::Tensor residual = (at::randn({rows, n}) * 2).to(dtype);
+        at::Tensor ref = residual.to(at::kDouble) + at::matmul(silu ? SiluMulFloat64(x) : x.to(at::kDouble), wd.t());
+        ASSERT_TRUE(LinearAccumulate(x, *q, residual, silu ? LinearInput::kSiluAndMul : LinearInput::kAsIs).ok());
+        EXPECT_LT(MaxRelErr(residual, ref), tol) << c10::toString(dtype) << ", silu " << silu << ", " << rows;
+      }
+      at::Tensor x = (at::randn({rows, k}) * 3 + 0.5).to(dtype);
+      at::Tensor norm_w = (at::randn({k}) * 0.2).to(dtype);
+      absl::StatusOr<at::Tensor> got = RmsNormLinear(x, norm_w, 1e-6, *q);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_LT(MaxRelErr(*got, NormLinearFloat64(x, norm_w, 1e-6, wd)), dtype == at::kFloat ? 1e-5 : 8e-3);
+    }
+  }
+}
+
+TEST(Int8Weight, NamesTheBadArgument) {
+  absl::StatusOr<LinearWeight> q = QuantizeWeightInt8(at::randn({16, 64}));
+  ASSERT_TRUE(q.ok());
+  EXPECT_THAT(Linear(at::randn({2, 32}), *q).status().message(), HasSubstr("weight"));
+  LinearWeight bad_scales = *q;
+  bad_scales.scales = at::ones({16, 3});
+  EXPECT_THAT(Linear(at::randn({2, 64}), bad_scales).status().message(), HasSubstr("scales"));
+  LinearWeight bad_values = *q;
+  bad_values.weight = q->weight.to(at::kFloat);
+  EXPECT_THAT(Linear(at::randn({2, 64}), bad_values).status().message(), HasSubstr("int8"));
+  at::Tensor residual = at::randn({2, 15});
+  EXPECT_THAT(LinearAccumulate(at::randn({2, 64}), *q, residual).message(), HasSubstr("residual"));
+  // An empty batch is an empty result.
+  absl::StatusOr<at::Tensor> empty = Linear(at::zeros({0, 64}), *q);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(empty->sizes(), (std::vector<int64_t>{0, 16}));
+}
+
 #ifdef DELTASERVE_WITH_CUDA
 class LinearCuda : public ::testing::Test {
  protected:

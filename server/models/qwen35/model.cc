@@ -63,7 +63,7 @@ absl::StatusOr<std::unique_ptr<Qwen35Model>> Qwen35Model::Load(const std::string
   if (!checkpoint.ok()) return checkpoint.status();
   model->checkpoint_ = *std::move(checkpoint);
   absl::StatusOr<Qwen35Weights> weights =
-      LoadQwen35Weights(*model->checkpoint_, c, options.dtype, options.device);
+      LoadQwen35Weights(*model->checkpoint_, c, options.dtype, options.device, options.weight_dtype);
   if (!weights.ok()) return weights.status();
   model->weights_ = *std::move(weights);
   try {
@@ -229,7 +229,7 @@ at::Tensor Qwen35Model::Forward(const ForwardBatch& b, Qwen35State& state, Layer
   SpanScope span(timer, 1 + 2 * weights_.layers.size());
   if (b.logit_rows.defined() && b.logit_rows.numel() == 0) {
     // A pass of prompt chunks none of which ends its prompt: nothing to predict, no lm_head.
-    return at::empty({0, weights_.lm_head.size(0)}, residual.options().dtype(at::kFloat));
+    return at::empty({0, weights_.lm_head.out_features()}, residual.options().dtype(at::kFloat));
   }
   if (b.logit_rows.defined()) residual = residual.index_select(0, b.logit_rows);
   return Unwrap(kernels::RmsNormLinear(residual, weights_.final_norm, eps, weights_.lm_head)).to(at::kFloat);

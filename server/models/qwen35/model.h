@@ -31,6 +31,8 @@ struct ModelOptions {
   std::string inverse_method = "auto";
   kernels::StateDtype state_dtype = kernels::StateDtype::kFloat32;  // recurrent state storage
   int64_t chunk_size = 64;                                          // prefill chunk of the delta rule
+  // Projections' weights: in `dtype`, or INT8 with group scales (CPU only; LoadQwen35Weights).
+  kernels::WeightDtype weight_dtype = kernels::WeightDtype::kSame;
 };
 
 class Qwen35Model {

@@ -18,21 +18,51 @@ namespace {
 
 // Projections that read the same input are stacked into one weight, so each is one GEMM. Undefined when
 // a part is (missing or mismatched), so that Finish reports every problem of the checkpoint at once.
+// On the CPU the stacked weight goes on huge pages, like the loader's copies (decode streams it).
 at::Tensor Stack(std::initializer_list<at::Tensor> parts) {
+  int64_t rows = 0;
   for (const at::Tensor& p : parts) {
     if (!p.defined()) return at::Tensor();
+    rows += p.size(0);
   }
-  return at::cat(std::vector<at::Tensor>(parts));
+  const at::Tensor& first = *parts.begin();
+  if (!first.device().is_cpu()) return at::cat(std::vector<at::Tensor>(parts));
+  at::Tensor out = EmptyOnHugePages({rows, first.size(1)}, first.scalar_type());
+  at::cat_out(out, std::vector<at::Tensor>(parts));
+  return out;
+}
+
+// Every projection and lm_head as INT8 with group scales; the values moved onto huge pages.
+absl::Status QuantizeProjections(Qwen35Weights& w) {
+  auto quantize = [](kernels::LinearWeight& lw) -> absl::Status {
+    absl::StatusOr<kernels::LinearWeight> q = kernels::QuantizeWeightInt8(lw.weight);
+    if (!q.ok()) return q.status();
+    lw.weight = EmptyOnHugePages(q->weight.sizes().vec(), at::kChar).copy_(q->weight);
+    lw.scales = q->scales;
+    return absl::OkStatus();
+  };
+  for (LayerWeights& l : w.layers) {
+    for (kernels::LinearWeight* p : {&l.gate_up_proj, &l.down_proj, &l.linear.in_proj, &l.linear.out_proj,
+                                     &l.full.qkv_proj, &l.full.o_proj}) {
+      if (!p->weight.defined()) continue;  // the other layer kind's projections
+      if (absl::Status s = quantize(*p); !s.ok()) return s;
+    }
+  }
+  return quantize(w.lm_head);
 }
 
 }  // namespace
 
 absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& checkpoint,
                                                 const Qwen35Config& c, at::ScalarType dtype,
-                                                const c10::Device& device) {
+                                                const c10::Device& device, kernels::WeightDtype weight_dtype) {
   if (dtype != at::kFloat && dtype != at::kBFloat16) {
     return absl::InvalidArgumentError(
         absl::StrCat("dtype: must be float32 or bfloat16, got ", c10::toString(dtype)));
+  }
+  if (weight_dtype == kernels::WeightDtype::kInt8 && !device.is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat("weight_dtype: int8 weights run on the CPU only, not on ",
+                                                   device.str()));
   }
   // Multimodal checkpoints keep the text model under model.language_model.; text-only ones under model.
   const bool nested = checkpoint.tensors().count("model.language_model.embed_tokens.weight") > 0;
@@ -91,6 +121,10 @@ absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& che
                     : load.Take("lm_head.weight", {c.vocab_size, h}, false, /*absolute=*/true);
     absl::Status st = load.Finish();
     if (!st.ok()) return st;
+    if (weight_dtype == kernels::WeightDtype::kInt8) {
+      st = QuantizeProjections(w);
+      if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("weight_dtype int8: ", st.message()));
+    }
     return w;
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("loading weights: ", e.what_without_backtrace()));

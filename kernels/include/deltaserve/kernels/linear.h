@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
+#include "deltaserve/kernels/linear_weight.h"
 
 namespace deltaserve::kernels {
 
@@ -24,13 +25,15 @@ inline constexpr int64_t kSmallBatchLinearMaxOutputsCuda = 65536;
 // most kSmallBatchLinearMaxOutputsCuda rows and K % 8 == 0 runs the small-batch kernel; on the CPU, fp32 x with at most 4 rows (bf16: 2) and a contiguous
 // weight runs the CPU GEMV (each weight read once, split over the intra-op threads); everything else is
 // at::linear.
-absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const at::Tensor& weight);
+// An INT8 weight (linear_weight.h) takes x of either dtype on the CPU only: up to 4 rows through the
+// dequantizing GEMV, more through blocks dequantized into at::mm.
+absl::StatusOr<at::Tensor> Linear(const at::Tensor& x, const LinearWeight& weight);
 
 // y = RmsNorm(x, norm_weight, eps) W^T, with kernels::RmsNorm's zero-centred norm and its argument
 // rules. Where the small-batch kernel runs and the rows of x fit its shared memory, each block
 // normalises x as it loads it and no normalised copy is written; otherwise RmsNorm, then Linear.
 absl::StatusOr<at::Tensor> RmsNormLinear(const at::Tensor& x, const at::Tensor& norm_weight, double eps,
-                                         const at::Tensor& weight);
+                                         const LinearWeight& weight);
 
 // What a projection reads of its input x.
 enum class LinearInput {
@@ -42,7 +45,7 @@ enum class LinearInput {
 // residual [..., N] contiguous with x's leading shape, dtype and device. The small-batch kernel adds in
 // its epilogue (and applies kSiluAndMul as it loads x); otherwise SiluAndMul where asked, then one
 // addmm with beta 1 (cuBLAS on CUDA).
-absl::Status LinearAccumulate(const at::Tensor& x, const at::Tensor& weight, at::Tensor& residual,
+absl::Status LinearAccumulate(const at::Tensor& x, const LinearWeight& weight, at::Tensor& residual,
                               LinearInput input = LinearInput::kAsIs);
 
 // Whether Linear(x, weight) would take the small-batch kernel, CUDA or CPU (for benchmarks and tests).
