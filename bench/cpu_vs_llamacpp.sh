@@ -4,21 +4,22 @@
 # (it builds llama.cpp and takes about 30 minutes on 2 cores). Everything it makes lives in the work folder
 # (default .cache/cpu-bench, ignored by git).
 #   bench/cpu_vs_llamacpp.sh [STAGE...]      stages, in order; default: llama prep decode serving table
-#     llama    llama.cpp (llama-bench, llama-server; CPU, -march=native) from the llama-cpp-python sdist on
-#              PyPI (bench/anchors/prepare_llamacpp.sh) into WORK/llamacpp
+#     llama    llama.cpp (llama-bench, llama-server, llama-quantize, llama-perplexity; CPU, -march=native) from
+#              the llama-cpp-python sdist on PyPI (bench/anchors/prepare_llamacpp.sh) into WORK/llamacpp
 #     prep     the checkpoint (tools/make_random_qwen35.py 0.8b, fp32, the real Qwen3 tokenizer) and its
-#              GGUFs in f32 and bf16 (llama.cpp's own converter)
-#     decode   prefill of a PROMPT-token prompt and DECODE greedy tokens, fp32 and bf16 weights:
-#              llama-bench (-p PROMPT -n DECODE) and bench_model, alternated, REPS times each
+#              GGUFs in f32 and bf16 (llama.cpp's own converter) and q8_0 (llama-quantize)
+#     decode   prefill of a PROMPT-token prompt and DECODE greedy tokens for each of WEIGHTS (fp32, bf16,
+#              int8: deltaserve --weight-dtype int8 against llama.cpp's Q8_0): llama-bench (-p PROMPT -n DECODE)
+#              and bench_model, alternated, REPS times each
 #     serving  each server started once per weight dtype in SERVING_WEIGHTS and loaded by the same planned
 #              requests (random prompt ids, EOS ignored, greedy) at every concurrency: deltaserve-cli bench
 #              against deltaserve (gRPC), bench/anchors/lc_loadgen.py against llama-server
 #     table    the rows so far as tables with ratios (deltaserve / llama.cpp, medians)
 # Rows: WORK/rows.jsonl, one JSON object per measurement: engine (deltaserve | llama.cpp), weights (fp32 |
-# bf16), what (prefill | decode | serving), concurrency (serving), tok_s, rep, threads, and the source
+# bf16 | int8 | q8_0), what (prefill | decode | serving), concurrency (serving), tok_s, rep, threads, and the source
 # figures. Copy them to docs/data/bench_cpu_llamacpp_<date>.jsonl.
 # Knobs (environment, defaults): THREADS=$(nproc) PROMPT=512 DECODE=128 REPS=2 CONCURRENCIES="1 4 8"
-# SERVING_WEIGHTS=fp32 SERVING_INPUT=512 SERVING_OUTPUT=128 PROMPTS_PER_CONC=2 WORK=.cache/cpu-bench
+# WEIGHTS="fp32 bf16 int8" SERVING_WEIGHTS=fp32 SERVING_INPUT=512 SERVING_OUTPUT=128 PROMPTS_PER_CONC=2 WORK=.cache/cpu-bench
 # BUILD=build (deltaserve's build folder: bench_model, deltaserve, deltaserve-cli).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +29,7 @@ source scripts/env.sh
 py="${DELTASERVE_PYTHON}"
 threads="${THREADS:-$(nproc)}"
 prompt="${PROMPT:-512}" decode="${DECODE:-128}" reps="${REPS:-2}"
-concurrencies="${CONCURRENCIES:-1 4 8}" serving_weights="${SERVING_WEIGHTS:-fp32}"
+concurrencies="${CONCURRENCIES:-1 4 8}" serving_weights="${SERVING_WEIGHTS:-fp32}" weights="${WEIGHTS:-fp32 bf16 int8}"
 s_in="${SERVING_INPUT:-512}" s_out="${SERVING_OUTPUT:-128}" per_conc="${PROMPTS_PER_CONC:-2}"
 work="$(realpath -m "${WORK:-.cache/cpu-bench}")"
 build="$(realpath -m "${BUILD:-build}")"
@@ -41,9 +42,12 @@ today="$(date -u +%Y-%m-%d)"
 mkdir -p "${work}"
 
 say() { printf '[%5d s] %s\n' "${SECONDS}" "$*" >&2; }
-gguf() { echo "${work}/0.8b-$1.gguf"; }  # $1 = f32 | bf16
-lc_type() { [[ "$1" == fp32 ]] && echo f32 || echo bf16; }
-torch_dtype() { [[ "$1" == fp32 ]] && echo float32 || echo bfloat16; }
+gguf() { echo "${work}/0.8b-$1.gguf"; }  # $1 = f32 | bf16 | q8_0
+# Our weights name -> llama.cpp's type for the same class of weights, and the activations' dtype.
+lc_type() { case "$1" in fp32) echo f32 ;; bf16) echo bf16 ;; *) echo q8_0 ;; esac; }
+lc_weights() { [[ "$1" == int8 ]] && echo q8_0 || echo "$1"; }
+torch_dtype() { [[ "$1" == bf16 ]] && echo bfloat16 || echo float32; }
+weight_dtype() { [[ "$1" == int8 ]] && echo int8 || echo same; }
 
 # Appends one row: key=value pairs (values that parse as JSON numbers stay numbers).
 row() {
@@ -61,10 +65,12 @@ with open(out, "a") as f:
     f.write(json.dumps(r) + "\n")
 PY
 }
-common() { echo "threads=${threads}" "date=${today}" "commit=${commit}" "cpu=${cpu}"; }
+common() { echo "threads=${threads}" "date=${today}" "commit=${commit}" "cpu=${cpu// /_}"; }  # words: no spaces
 
 stage_llama() {
-  if [[ -x "${lc}/b/bin/llama-bench" && -x "${lc}/b/bin/llama-server" ]]; then say "llama.cpp: built"; return; fi
+  if [[ -x "${lc}/b/bin/llama-bench" && -x "${lc}/b/bin/llama-server" && -x "${lc}/b/bin/llama-quantize" ]]; then
+    say "llama.cpp: built"; return
+  fi
   local tarball="${root}/.cache/anchors/llamacpp.tar.xz"
   [[ -f "${tarball}" ]] || bench/anchors/prepare_llamacpp.sh "${tarball}"
   if [[ ! -f "${lc}/src/CMakeLists.txt" ]]; then
@@ -74,7 +80,7 @@ stage_llama() {
   cmake -S "${lc}/src" -B "${lc}/b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF > "${work}/llama-build.log" 2>&1
-  ninja -C "${lc}/b" llama-bench llama-server >> "${work}/llama-build.log" 2>&1 ||
+  ninja -C "${lc}/b" llama-bench llama-server llama-quantize llama-perplexity >> "${work}/llama-build.log" 2>&1 ||
     { tail -30 "${work}/llama-build.log"; exit 1; }
   say "llama.cpp: built"
 }
@@ -95,6 +101,12 @@ stage_prep() {
       { tail -20 "${work}/convert-${t}.log"; exit 1; }
     mv "$(gguf "${t}").tmp" "$(gguf "${t}")"
   done
+  if [[ ! -f "$(gguf q8_0)" ]]; then
+    say "prep: GGUF q8_0 (llama-quantize from f32)"
+    "${lc}/b/bin/llama-quantize" "$(gguf f32)" "$(gguf q8_0).tmp" Q8_0 > "${work}/quantize.log" 2>&1 ||
+      { tail -20 "${work}/quantize.log"; exit 1; }
+    mv "$(gguf q8_0).tmp" "$(gguf q8_0)"
+  fi
 }
 
 # llama-bench's pp and tg rows -> our rows.
@@ -107,7 +119,7 @@ llama_decode_once() {
     local np nd ts
     np="$(jq -r .n_prompt <<<"${line}")" nd="$(jq -r .n_gen <<<"${line}")" ts="$(jq -r .avg_ts <<<"${line}")"
     local what=decode; (( np > 0 )) && what=prefill
-    row engine=llama.cpp weights="${w}" what="${what}" tok_s="${ts}" rep="${rep}" tokens="$(( np + nd ))" \
+    row engine=llama.cpp weights="$(lc_weights "${w}")" what="${what}" tok_s="${ts}" rep="${rep}" tokens="$(( np + nd ))" \
       command="llama-bench -t ${threads} -p ${prompt} -n ${decode} -r 1" $(common)
     say "llama.cpp ${w} ${what}: ${ts} tok/s"
   done <<<"${json}"
@@ -115,11 +127,11 @@ llama_decode_once() {
 
 ds_decode_once() {
   local w="$1" rep="$2" json
-  json="$("${build}/bench/bench_model" "${ckpt}" --threads "${threads}" --dtype "$(torch_dtype "${w}")" \
-    --prompt-len "${prompt}" --decode "${decode}" --state-dtype fp32 2>/dev/null | head -1)"
+  local cmd="bench_model --threads ${threads} --dtype $(torch_dtype "${w}") --weight-dtype $(weight_dtype "${w}") --prompt-len ${prompt} --decode ${decode} --state-dtype fp32"
+  # shellcheck disable=SC2086
+  json="$("${BENCH_MODEL:-${build}/bench/bench_model}" "${ckpt}" ${cmd#bench_model } 2>/dev/null | head -1)"
   local pf dc
   pf="$(jq -r .prefill_tok_s <<<"${json}")" dc="$(jq -r .decode_tok_s <<<"${json}")"
-  local cmd="bench_model --threads ${threads} --dtype $(torch_dtype "${w}") --prompt-len ${prompt} --decode ${decode} --state-dtype fp32"
   row engine=deltaserve weights="${w}" what=prefill tok_s="${pf}" rep="${rep}" tokens="${prompt}" command="${cmd}" $(common)
   row engine=deltaserve weights="${w}" what=decode tok_s="${dc}" rep="${rep}" tokens="${decode}" command="${cmd}" $(common)
   say "deltaserve ${w}: prefill ${pf} tok/s, decode ${dc} tok/s"
@@ -129,7 +141,7 @@ stage_decode() {
   [[ -x "${build}/bench/bench_model" ]] || { say "decode: no ${build}/bench/bench_model (cmake --build build --target bench_model)"; exit 1; }
   local w rep
   for rep in $(seq 1 "${reps}"); do
-    for w in fp32 bf16; do
+    for w in ${weights}; do
       llama_decode_once "${w}" "${rep}"
       ds_decode_once "${w}" "${rep}"
     done
@@ -174,7 +186,7 @@ stage_serving() {
   for w in ${serving_weights}; do
     # deltaserve
     port="$(free_port)"
-    flags="--device cpu --dtype $(torch_dtype "${w}") --threads ${threads} --max-num-seqs ${cmax} --max-model-len $(( s_in + s_out + 64 ))"
+    flags="--device cpu --dtype $(torch_dtype "${w}") --weight-dtype $(weight_dtype "${w}") --threads ${threads} --max-num-seqs ${cmax} --max-model-len $(( s_in + s_out + 64 ))"
     # shellcheck disable=SC2086
     "${build}/server/deltaserve" --model "${ckpt}" --host 127.0.0.1 --port "${port}" --metrics-port 0 ${flags} \
       > "${work}/deltaserve-${w}.log" 2>&1 &
@@ -205,7 +217,7 @@ stage_serving() {
         n=$(( per_conc * c )); res="${work}/result.json"; rm -f "${res}"
         "${py}" "${anchors}/lc_loadgen.py" "${port}" "${n}" "${c}" "${s_in}" "${s_out}" "${rep}" --timeout 1800 \
           --result-json "${res}" > /dev/null 2>> "${work}/client.err" || true
-        serving_rows llama.cpp "${w}" "${c}" "${n}" "${res}" "${rep}" "${flags}"
+        serving_rows llama.cpp "$(lc_weights "${w}")" "${c}" "${n}" "${res}" "${rep}" "${flags}"
       done
     done
     stop_server
@@ -216,18 +228,19 @@ stage_table() {
   "${py}" - "${rows}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+CLASS = {"fp32": "fp32", "bf16": "bf16", "int8": "int8 | q8_0", "q8_0": "int8 | q8_0"}
 def key(r):
-    return (r["weights"], r["what"], r.get("concurrency", 0))
+    return (CLASS.get(r["weights"], r["weights"]), r["what"], r.get("concurrency", 0))
 groups = {}
 for r in rows:
     groups.setdefault(key(r), {}).setdefault(r["engine"], []).append(r["tok_s"])
-print(f"{'weights':7} {'what':8} {'conc':>4} {'llama.cpp tok/s':>22} {'deltaserve tok/s':>22} {'ratio (medians)':>15}")
+print(f"{'weights':11} {'what':8} {'conc':>4} {'llama.cpp tok/s':>22} {'deltaserve tok/s':>22} {'ratio (medians)':>15}")
 for k in sorted(groups):
     g = groups[k]
     lc, ds = g.get("llama.cpp", []), g.get("deltaserve", [])
     fmt = lambda v: " / ".join(f"{x:.2f}" for x in v) or "-"
     ratio = f"{statistics.median(ds) / statistics.median(lc):.2f}x" if lc and ds else "-"
-    print(f"{k[0]:7} {k[1]:8} {k[2] or '':>4} {fmt(lc):>22} {fmt(ds):>22} {ratio:>15}")
+    print(f"{k[0]:11} {k[1]:8} {k[2] or '':>4} {fmt(lc):>22} {fmt(ds):>22} {ratio:>15}")
 PY
 }
 

@@ -31,6 +31,11 @@ void CpuGemv(const at::Tensor& x, int64_t row_stride, const at::Tensor& weight, 
 void CpuGemvInt8(const at::Tensor& x, int64_t row_stride, const at::Tensor& values, const at::Tensor& scales,
                  at::Tensor& out, bool accumulate, bool silu_and_mul);
 
+// Which of the INT8 GEMV's bodies runs: the best the CPU has (kAuto), or one named, so tests run each on a
+// CPU that has them all. Not for production use.
+enum class CpuIsa { kAuto, kAvx512, kAvx2, kGeneric };
+void SetCpuGemvInt8IsaForTesting(CpuIsa isa);
+
 // x [M, K] (contiguous, float32 or bfloat16) times an INT8 weight for any M: blocks of 128 output features
 // are dequantized to float32 in a per-thread buffer and multiplied by at::mm (float32 accumulation); the
 // result [M, N] in x's dtype.

@@ -6,6 +6,8 @@
 // rows, plus the hand-over to cuBLAS beyond its row limit.
 #include "deltaserve/kernels/linear.h"
 
+#include "cpu_gemv.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gmock/gmock.h>
@@ -270,6 +272,29 @@ TEST(Int8Weight, LinearEqualsTheDequantizedProduct) {
     }
   }
   at::set_num_threads(threads);
+}
+
+// Every instruction-set body of the INT8 GEMV (the test CPU's own choice is the test above): each the same
+// product, where the CPU can run it.
+TEST(Int8Weight, EveryGemvBodyEqualsTheDequantizedProduct) {
+  at::manual_seed(9134);
+  absl::StatusOr<LinearWeight> q = QuantizeWeightInt8(at::randn({200, 160}) * 0.1);
+  ASSERT_TRUE(q.ok()) << q.status();
+  const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
+  using internal::CpuIsa;
+  for (CpuIsa isa : {CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kGeneric}) {
+    if (isa == CpuIsa::kAvx512 && !__builtin_cpu_supports("avx512f")) continue;
+    if (isa == CpuIsa::kAvx2 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) continue;
+    internal::SetCpuGemvInt8IsaForTesting(isa);
+    for (int64_t rows = 1; rows <= 4; ++rows) {
+      at::Tensor x = at::randn({rows, 160});
+      absl::StatusOr<at::Tensor> got = Linear(x, *q);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_LT(MaxRelErr(*got, at::matmul(x.to(at::kDouble), wd.t())), 2e-6)
+          << "body " << static_cast<int>(isa) << ", " << rows << " rows";
+    }
+  }
+  internal::SetCpuGemvInt8IsaForTesting(CpuIsa::kAuto);
 }
 
 // The residual add, silu(gate) * up and the norm with an INT8 weight, for GEMV and GEMM row counts.
