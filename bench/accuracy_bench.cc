@@ -2,7 +2,8 @@
 // agreement with the exact configuration, for every chunk-inverse method (prefill path) and every
 // recurrent-state dtype (decode path), and the INT8 weights on both paths. The held-out text is models/qwen35-small/heldout_tokens.u16: 32
 // windows of 513 token ids from the training corpus' test split (documents never trained on).
-//   bench_accuracy MODEL_DIR [--windows 32] [--threads N]
+//   bench_accuracy MODEL_DIR [--windows 32] [--threads N] [--weights-only]   (--weights-only: the exact
+//   references and the INT8 weights, none of the inverse or state variants)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -79,7 +80,10 @@ Result Decode(deltaserve::runner::ModelRunner& m, const std::vector<std::vector<
     std::vector<std::vector<int32_t>> step(n);
     for (size_t w = 0; w < n; ++w) step[w] = {windows[w][static_cast<size_t>(t)]};
     auto logits = m.Forward(step, slots);
-    if (!logits.ok()) std::exit(1);
+    if (!logits.ok()) {
+      std::fprintf(stderr, "bench_accuracy: decode: %s\n", std::string(logits.status().message()).c_str());
+      std::exit(1);
+    }
     for (size_t w = 0; w < n; ++w) per_window[w].push_back((*logits)[static_cast<int64_t>(w)]);
   }
   Result r;
@@ -102,7 +106,7 @@ double Agreement(const Result& a, const Result& ref) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_accuracy MODEL_DIR [--windows 32] [--threads N]\n");
+    std::fprintf(stderr, "usage: bench_accuracy MODEL_DIR [--windows 32] [--threads N] [--weights-only]\n");
     return 2;
   }
   const std::string dir = argv[1];
@@ -111,6 +115,8 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--windows") count = std::atoi(argv[i + 1]);
     if (std::string(argv[i]) == "--threads") at::set_num_threads(std::atoi(argv[i + 1]));
   }
+  bool weights_only = false;
+  for (int i = 2; i < argc; ++i) weights_only = weights_only || std::string(argv[i]) == "--weights-only";
   std::ifstream in(dir + "/heldout_tokens.u16", std::ios::binary);
   std::vector<uint16_t> ids(static_cast<size_t>(count * kWindow));
   if (!in.read(reinterpret_cast<char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 2))) {
@@ -136,6 +142,7 @@ int main(int argc, char** argv) {
   const Result ref = Prefill(*exact, windows);
   row("prefill", "solve-triangular (exact)", ref, ref);
   for (const char* method : {"forward", "neumann", "neumann-fast", "product", "neumann-int16", "neumann-int8"}) {
+    if (weights_only) break;
     auto m = Load(dir, method, "fp32", count);
     row("prefill", method, Prefill(*m, windows), ref);
   }
@@ -144,12 +151,13 @@ int main(int argc, char** argv) {
   const Result dref = Decode(*fp32, windows);
   row("decode", "state fp32 (exact)", dref, dref);
   for (const char* state : {"bf16", "int8", "int8-sr", "int8-coarse", "fp8"}) {
+    if (weights_only) break;
     auto m = Load(dir, "solve-triangular", state, count);
     row("decode", std::string("state ") + state, Decode(*m, windows), dref);
   }
   // Weights: INT8 projections (group scales, quantized at load) against the float32 weights, on both paths.
-  auto int8 = Load(dir, "solve-triangular", "fp32", count, "int8");
-  row("prefill", "weights int8", Prefill(*int8, windows), ref);
-  row("decode", "weights int8", Decode(*int8, windows), dref);
+  // (A fresh runner for each path: the prefill leaves its windows in the slots.)
+  row("prefill", "weights int8", Prefill(*Load(dir, "solve-triangular", "fp32", count, "int8"), windows), ref);
+  row("decode", "weights int8", Decode(*Load(dir, "solve-triangular", "fp32", count, "int8"), windows), dref);
   return 0;
 }
