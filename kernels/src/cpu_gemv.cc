@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace deltaserve::kernels::internal {
@@ -134,6 +135,19 @@ using DotRowsInt8Fn = void (*)(const float* x, int64_t rows, int64_t k, const in
 
 inline void StoreDot(float s, float* y, int64_t at, bool accumulate) { y[at] = accumulate ? y[at] + s : s; }
 
+// f(std::integral_constant<int, R>{}) for R = rows, 1 to kCpuGemvMaxRows: the row count as a compile-time
+// constant for the intrinsic bodies below, which are called, not inlined, so the lambda needs no target.
+template <typename F>
+void WithRows(int64_t rows, F&& f) {
+  static_assert(kCpuGemvMaxRows == 4, "one case per row count");
+  switch (rows) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    default: return f(std::integral_constant<int, 4>{});
+  }
+}
+
 // AVX-512: a group of 32 values is two 16-lane vectors (sign-extend, convert, scale), multiplied into all R
 // rows; one row alternates two accumulator pairs so four FMA chains are in flight.
 template <int R>
@@ -171,15 +185,9 @@ __attribute__((target("avx512f"))) void DotRowsInt8Avx512R(const float* x, int64
   }
 }
 
-__attribute__((target("avx512f"))) void DotRowsInt8Avx512(const float* x, int64_t rows, int64_t k, const int8_t* q,
-                                                          const float* scales, int64_t n0, int64_t n1, float* y,
-                                                          int64_t n_total, bool accumulate) {
-  switch (rows) {
-    case 1: return DotRowsInt8Avx512R<1>(x, k, q, scales, n0, n1, y, n_total, accumulate);
-    case 2: return DotRowsInt8Avx512R<2>(x, k, q, scales, n0, n1, y, n_total, accumulate);
-    case 3: return DotRowsInt8Avx512R<3>(x, k, q, scales, n0, n1, y, n_total, accumulate);
-    default: return DotRowsInt8Avx512R<4>(x, k, q, scales, n0, n1, y, n_total, accumulate);
-  }
+void DotRowsInt8Avx512(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
+                       int64_t n1, float* y, int64_t n_total, bool accumulate) {
+  WithRows(rows, [&](auto r) { DotRowsInt8Avx512R<r>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
 }
 
 // AVX2: a group is four 8-lane vectors.
@@ -216,15 +224,9 @@ __attribute__((target("avx2,fma"))) void DotRowsInt8Avx2R(const float* x, int64_
   }
 }
 
-__attribute__((target("avx2,fma"))) void DotRowsInt8Avx2(const float* x, int64_t rows, int64_t k, const int8_t* q,
-                                                         const float* scales, int64_t n0, int64_t n1, float* y,
-                                                         int64_t n_total, bool accumulate) {
-  switch (rows) {
-    case 1: return DotRowsInt8Avx2R<1>(x, k, q, scales, n0, n1, y, n_total, accumulate);
-    case 2: return DotRowsInt8Avx2R<2>(x, k, q, scales, n0, n1, y, n_total, accumulate);
-    case 3: return DotRowsInt8Avx2R<3>(x, k, q, scales, n0, n1, y, n_total, accumulate);
-    default: return DotRowsInt8Avx2R<4>(x, k, q, scales, n0, n1, y, n_total, accumulate);
-  }
+void DotRowsInt8Avx2(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
+                     int64_t n1, float* y, int64_t n_total, bool accumulate) {
+  WithRows(rows, [&](auto r) { DotRowsInt8Avx2R<r>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
 }
 
 // Any x86-64: plain loops (correct, slower).
@@ -345,6 +347,11 @@ void FinishGemv(const GemvIo& io, int64_t rows, int64_t n, at::Tensor& out, bool
 }  // namespace
 
 void SetCpuGemvInt8IsaForTesting(CpuIsa isa) { int8_isa_override.store(static_cast<int>(isa)); }
+
+bool CpuGemvInt8Applies(const at::Tensor& x) {
+  const int64_t k = x.size(-1);
+  return k > 0 && x.numel() / k <= kCpuGemvMaxRows && RowStride(x) >= 0;
+}
 
 bool CpuGemvApplies(const at::Tensor& x, const at::Tensor& weight) {
   if (!x.device().is_cpu() || !weight.device().is_cpu() || !weight.is_contiguous()) return false;

@@ -25,6 +25,10 @@ bool CpuGemvApplies(const at::Tensor& x, const at::Tensor& weight);
 void CpuGemv(const at::Tensor& x, int64_t row_stride, const at::Tensor& weight, at::Tensor& out, bool accumulate,
              bool silu_and_mul);
 
+// Whether CpuGemvInt8 can take x [..., K] (checked against its INT8 weight): at most kCpuGemvMaxRows rows
+// addressable with one stride.
+bool CpuGemvInt8Applies(const at::Tensor& x);
+
 // CpuGemv over an INT8 weight (values int8 [N, K], float32 scales [N, K / 32]; K a multiple of 32): each
 // group of 32 values is converted and scaled in registers, so the weight is read at one byte a value. Same
 // contract as CpuGemv otherwise (x float32 or bfloat16, at most kCpuGemvMaxRows rows).

@@ -86,7 +86,7 @@ at::Tensor QuantizedProduct(const at::Tensor& x, const LinearWeight& w) {
   const int64_t rows = x.numel() / k;
   at::Tensor out = at::empty(OutputShape(x, w.weight), x.options());
   if (rows == 0) return out;
-  if (rows <= internal::kCpuGemvMaxRows && internal::RowStride(x) >= 0) {
+  if (internal::CpuGemvInt8Applies(x)) {
     internal::CpuGemvInt8(x, internal::RowStride(x), w.weight, w.scales, out, /*accumulate=*/false,
                           /*silu_and_mul=*/false);
     return out;
@@ -194,14 +194,13 @@ absl::Status LinearAccumulate(const at::Tensor& x, const LinearWeight& w, at::Te
     return absl::InvalidArgumentError("residual: must have x's dtype and device");
   }
   if (w.quantized()) {
-    DS_CATCH_ATEN({
-      const int64_t rows = x_in.numel() / x_in.size(-1);
-      if (rows <= internal::kCpuGemvMaxRows && internal::RowStride(x_in) >= 0 && residual.is_contiguous()) {
+    if (internal::CpuGemvInt8Applies(x_in) && residual.is_contiguous()) {
+      DS_CATCH_ATEN({
         internal::CpuGemvInt8(x, internal::RowStride(x_in), weight, w.scales, residual, /*accumulate=*/true,
                               input == LinearInput::kSiluAndMul);
         return absl::OkStatus();
-      }
-    })
+      })
+    }
     at::Tensor product_input = x;
     if (input == LinearInput::kSiluAndMul) {
       DS_ASSIGN_OR_RETURN(product_input, SiluAndMul(x));

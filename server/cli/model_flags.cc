@@ -31,8 +31,6 @@ absl::StatusOr<models::qwen35::ModelOptions> ModelOptionsFromFlags(const std::st
   options.state_dtype = *state;
   absl::StatusOr<kernels::WeightDtype> weights = kernels::ParseWeightDtype(weight_dtype);
   if (!weights.ok()) return absl::InvalidArgumentError(absl::StrCat("--weight-dtype: ", weights.status().message()));
-  if (*weights == kernels::WeightDtype::kInt8 && !options.device.is_cpu())
-    return absl::InvalidArgumentError("--weight-dtype: int8 weights run on the CPU only (--device cpu)");
   options.weight_dtype = *weights;
   return options;
 }

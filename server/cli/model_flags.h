@@ -11,7 +11,8 @@
 namespace deltaserve::cli {
 
 // InvalidArgument starting with the flag ("--dtype: ...") for an unknown dtype, device, state or weight
-// dtype, a CUDA device on a machine without one, or int8 weights on a device other than the CPU. The other ModelOptions fields keep their defaults.
+// dtype, or a CUDA device on a machine without one (int8 weights off the CPU are refused where the weights
+// load, LoadQwen35Weights). The other ModelOptions fields keep their defaults.
 absl::StatusOr<models::qwen35::ModelOptions> ModelOptionsFromFlags(const std::string& dtype,
                                                                    const std::string& device,
                                                                    const std::string& inverse_method,

@@ -210,9 +210,9 @@ TEST(CpuGemv, AccumulatesAndReadsSiluAndMul) {
   }
 }
 
-TEST(CpuGemv, SwitchedOffEverythingGoesToAtLinear) {
-  at::manual_seed(9124);
-  at::Tensor x = at::randn({2, 64}), w = at::randn({96, 64});
+// With the process-wide switch off, (x, w), which the small-batch kernel takes, goes to at::linear exactly;
+// switched on again, the kernel takes it again.
+void ExpectSwitchedOffGoesToAtLinear(const at::Tensor& x, const at::Tensor& w) {
   ASSERT_TRUE(UsesSmallBatchLinear(x, w));
   SetSmallBatchLinearEnabled(false);
   const bool used = UsesSmallBatchLinear(x, w);
@@ -221,6 +221,12 @@ TEST(CpuGemv, SwitchedOffEverythingGoesToAtLinear) {
   EXPECT_FALSE(used);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(at::equal(*got, at::linear(x, w)));
+  EXPECT_TRUE(UsesSmallBatchLinear(x, w));
+}
+
+TEST(CpuGemv, SwitchedOffEverythingGoesToAtLinear) {
+  at::manual_seed(9124);
+  ExpectSwitchedOffGoesToAtLinear(at::randn({2, 64}), at::randn({96, 64}));
 }
 
 // INT8 weights: each value within half its group's scale of the original, the scale the group's max / 127.
@@ -412,16 +418,7 @@ TEST_F(LinearCuda, OtherCasesGoToCublas) {
 TEST_F(LinearCuda, SwitchedOffEverythingGoesToCublas) {
   at::manual_seed(9105);
   const at::TensorOptions bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-  at::Tensor x = at::randn({2, 64}, bf16), w = at::randn({96, 64}, bf16);
-  ASSERT_TRUE(UsesSmallBatchLinear(x, w));
-  SetSmallBatchLinearEnabled(false);
-  const bool used = UsesSmallBatchLinear(x, w);
-  absl::StatusOr<at::Tensor> got = Linear(x, w);
-  SetSmallBatchLinearEnabled(true);
-  EXPECT_FALSE(used);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(at::equal(*got, at::linear(x, w)));
-  EXPECT_TRUE(UsesSmallBatchLinear(x, w));
+  ExpectSwitchedOffGoesToAtLinear(at::randn({2, 64}, bf16), at::randn({96, 64}, bf16));
 }
 
 // The norm folded into the kernel: the model's shapes (hidden 1024 and the 9B's 4096), a tiny and an
