@@ -6,10 +6,17 @@
 # dimensions (prefill repeated and profiled, decode with fp32 and int8 state). Needs a built or unpacked
 # build-gpu/ (scripts/gpu_bundle.sh). Each stage has its own time limit; what a limit cuts is said in
 # its log. Everything lands in $OUT (or ./gpu-out).
-#   bench/gpu_kernels_bench.sh [STAGES]      STAGES: any of kernels fla model (default: all three)
+#   bench/gpu_kernels_bench.sh [STAGES]      STAGES: any of kernels fla model prefill-ab ncu
+#                                            (default: kernels fla model)
+#   prefill-ab  the fused prefill only, this build against KB_BASELINE (another build's bench_kernels),
+#               alternated KB_AB_ROUNDS times, one sequence of each KB_SEQ and packed sequences of
+#               KB_SEQ_LEN tokens (a serving step's shape)
+#   ncu         Nsight Compute's speed-of-light, occupancy, launch and warp-stall sections of the three
+#               bf16 prefill kernels at the packed shape (ncu_prefill.txt)
 # Environment: KB_SEQ (4096,16384,65536), KB_BATCHES (1,16,64,256), KB_COMPOSITION_MAX_SEQ (4096),
 #   KB_INVERSE (0; 1 adds the inverse table), KB_KERNELS_TIMEOUT_S (200 per bench_kernels run),
-#   KB_FLA_TIMEOUT_S (240), KB_MODEL_TIMEOUT_S (150 per bench_model run).
+#   KB_FLA_TIMEOUT_S (240), KB_MODEL_TIMEOUT_S (150 per bench_model run), KB_SEQ_LEN (512),
+#   KB_BASELINE (unset: prefill-ab times this build alone), KB_AB_ROUNDS (2).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-${root}/gpu-out}"
@@ -37,6 +44,55 @@ if [[ " ${stages} " == *" kernels "* ]]; then
   grep -v '^{' "${out}/bench_kernels.txt"
 fi
 
+if [[ " ${stages} " == *" prefill-ab "* ]]; then
+  # Same binary arguments for both builds; each row says which build ran it ("build": "new" or "baseline").
+  : > "${out}/prefill_ab.jsonl"
+  for round in $(seq "${KB_AB_ROUNDS:-2}"); do
+    for side in new baseline; do
+      bin="${build}/bench/bench_kernels"
+      if [[ "${side}" == baseline ]]; then
+        [[ -n "${KB_BASELINE:-}" ]] || continue
+        bin="${KB_BASELINE}"
+      fi
+      for packed in 0 "${KB_SEQ_LEN:-512}"; do
+        timeout "${KB_KERNELS_TIMEOUT_S:-200}" "${bin}" --device cuda --no-decode --no-inverse \
+          --seq "${KB_SEQ:-4096,16384,65536}" --seq-len "${packed}" --reps 10 --composition-max-seq 1 \
+          2> "${out}/prefill_ab.err" | grep '^{' | grep '"kernel":"fused"' |
+          sed "s/^{/{\"build\":\"${side}\",\"round\":${round},\"packed\":${packed},/" >> "${out}/prefill_ab.jsonl" ||
+          echo "prefill-ab ${side} round ${round} packed ${packed}: failed or cut (prefill_ab.err)"
+      done
+    done
+  done
+  "${py}" - "${out}/prefill_ab.jsonl" <<'PY'
+import collections, json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = collections.defaultdict(list)
+for r in rows:
+    by[(r["T"], r["packed"], r["dtype"], r["method"], r["build"])].append(r["ms"])
+print(f"{'T':>6} {'seq_len':>7} {'dtype':9} {'method':13} {'new ms':>9} {'base ms':>9} {'base/new':>8}")
+for key in sorted({k[:4] for k in by}):
+    new, base = by.get(key + ("new",), []), by.get(key + ("baseline",), [])
+    n = statistics.median(new) if new else float("nan")
+    b = statistics.median(base) if base else float("nan")
+    print(f"{key[0]:>6} {key[1] or key[0]:>7} {key[2]:9} {key[3]:13} {n:9.3f} {b:9.3f} {b / n:8.2f}")
+PY
+fi
+
+if [[ " ${stages} " == *" ncu "* ]]; then
+  # One launch of each bf16 kernel (forward method, the default) at T = 16k packed as sequences of
+  # KB_SEQ_LEN; clocks left as they are. Prepare/Output carry the input dtype in their names; the state
+  # pass of bf16 inputs is the single-TF32 instantiation.
+  timeout "${KB_NCU_TIMEOUT_S:-240}" ncu --clock-control none --kernel-name-base demangled \
+    --kernel-name 'regex:Kernel<c10::BFloat16|StateKernel<32, false' --launch-count 3 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    "${build}/bench/bench_kernels" --device cuda --no-decode --no-inverse --seq 16384 \
+    --seq-len "${KB_SEQ_LEN:-512}" --reps 2 --composition-max-seq 1 > "${out}/ncu_prefill.txt" 2>&1 ||
+    echo "ncu: exit $? (ncu_prefill.txt)"
+  grep -E "Kernel<|StateKernel|Duration|Achieved Occupancy|Registers Per|Shared Memory Config|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Warp Cycles Per Issued|Block Limit" \
+    "${out}/ncu_prefill.txt" | head -60
+fi
+
 if [[ " ${stages} " == *" fla "* ]]; then
   site=/tmp/fla-site
   if "${py}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "${site}" \
@@ -59,7 +115,9 @@ if [[ " ${stages} " == *" model "* ]]; then
   fi
   : > "${out}/bench_model.jsonl"
   # 512-token prompt then 128 decode steps, as issue 11's load; prefill 5 times and profiled once.
-  for args in "--state-dtype fp32 --prefill-reps 5 --profile-prefill 1" "--state-dtype int8" \
+  # The second run is a serving step's prefill: 16 prompts of 512 tokens in one pass, profiled once.
+  for args in "--state-dtype fp32 --prefill-reps 5 --profile-prefill 1" \
+      "--state-dtype fp32 --batch 16 --decode 8 --prefill-reps 5 --profile-prefill 1" "--state-dtype int8" \
       "--state-dtype fp32 --batch 64 --decode 64" "--state-dtype int8 --batch 64 --decode 64"; do
     # shellcheck disable=SC2086  # args is a flag list
     timeout "${KB_MODEL_TIMEOUT_S:-150}" "${build}/bench/bench_model" "${ck}" --device cuda --dtype bfloat16 \

@@ -2,7 +2,9 @@
 // dtype, at Qwen3.5-like sizes (Hv = 32, Hk = 16, dk = dv = 128). Each figure is a ratio against the
 // baseline measured in the same run (forward substitution; fp32 state), with the method's error.
 //   bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] [--reps N] [--quick]
-//                 [--no-inverse] [--no-prefill] [--no-decode] [--composition-max-seq T]
+//                 [--no-inverse] [--no-prefill] [--no-decode] [--composition-max-seq T] [--seq-len L]
+// --seq-len L packs each prefill's T tokens as T / L sequences of L tokens (cu_seqlens), the shape of a
+// serving step that prefills many prompts at once; 0 (default) is one sequence of T tokens.
 // (The inverse table builds its exact float64 reference on the CPU: minutes at T = 65536.)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -34,6 +36,7 @@ struct Args {
   int reps = 3;
   bool prefill = true, inverse = true, decode = true;
   int64_t composition_max_seq = 16384;  // the ATen composition's baseline rows on CUDA stop here
+  int64_t seq_len = 0;                  // prefill: T / seq_len packed sequences; 0: one sequence
 };
 
 std::vector<int64_t> ParseList(const char* s) {
@@ -70,6 +73,8 @@ Args ParseArgs(int argc, char** argv) {
       a.reps = 1;
     } else if (f == "--composition-max-seq") {
       a.composition_max_seq = std::strtoll(next(), nullptr, 10);
+    } else if (f == "--seq-len") {
+      a.seq_len = std::strtoll(next(), nullptr, 10);
     } else if (f == "--no-prefill") {
       a.prefill = false;
     } else if (f == "--no-inverse") {
@@ -79,7 +84,8 @@ Args ParseArgs(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] "
-                   "[--reps N] [--quick] [--no-inverse] [--no-prefill] [--no-decode] [--composition-max-seq T]\n");
+                   "[--reps N] [--quick] [--no-inverse] [--no-prefill] [--no-decode] [--composition-max-seq T] "
+                   "[--seq-len L]\n");
       std::exit(f == "--help" ? 0 : 2);
     }
   }
@@ -146,17 +152,27 @@ void PrefillBench(const Args& a) {
   const int64_t hk = 16, hv = 32, d = 128;
   const dt::GdnRegime& regime = dt::Regimes()[2];
   const bool cuda = a.device.is_cuda();
-  std::printf("\n== chunked prefill, Hk=%ld Hv=%ld dk=dv=%ld, C=64, regime %s ==\n", hk, hv, d,
-              regime.name.c_str());
+  std::printf("\n== chunked prefill, Hk=%ld Hv=%ld dk=dv=%ld, C=64, regime %s, %s ==\n", hk, hv, d,
+              regime.name.c_str(),
+              a.seq_len > 0 ? ("sequences of " + std::to_string(a.seq_len) + " tokens").c_str() : "one sequence");
   std::printf("%-7s %-18s %-6s %-9s %12s %10s %12s %12s\n", "T", "method", "kernel", "dtype", "time_ms",
               "vs_fwd", "out_err", "tok/s");
   for (int64_t t : a.seqs) {
     dt::GdnInputs in = dt::MakeGdnInputs(1, t, hk, hv, d, d, regime, 7 + t);
     for (at::Tensor* x : {&in.q, &in.k, &in.v, &in.g, &in.beta}) *x = x->to(a.device);
+    // Packed sequences (a serving step's shape): offsets on the host for the kernels, and on the device.
+    std::vector<int64_t> offsets;
+    at::Tensor cu;
+    if (a.seq_len > 0) {
+      for (int64_t s = 0; s < t; s += a.seq_len) offsets.push_back(s);
+      offsets.push_back(t);
+      cu = at::tensor(offsets, at::kLong).to(a.device);
+    }
     ds::GatedDeltaRuleOptions base_opt;
+    base_opt.host_cu_seqlens = offsets;
     base_opt.inverse = *ds::ParseTriInverseMethod("solve-triangular", 64);
     // The reference output: exact inverse (cuBLAS / LAPACK trsm in the composition), computed once.
-    at::Tensor ref = ds::ChunkGatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, {}, {}, base_opt)->o.cpu();
+    at::Tensor ref = ds::ChunkGatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, {}, cu, base_opt)->o.cpu();
     struct Variant {
       const char* kernel;
       at::ScalarType dtype;
@@ -174,10 +190,11 @@ void PrefillBench(const Args& a) {
         ds::GatedDeltaRuleOptions o;
         o.inverse = *ds::ParseTriInverseMethod(name, 64);
         o.fused_cuda = std::string(variant.kernel) == "fused";
+        o.host_cu_seqlens = offsets;
         if (o.fused_cuda && cuda && std::string(name) == "solve-triangular") continue;  // trsm: composition only
         at::Tensor out;
         const double sec = Time(a.device, std::max(1, a.reps / 2), [&] {
-          out = ds::ChunkGatedDeltaRule(q, k, v, in.g, in.beta, {}, {}, o)->o;
+          out = ds::ChunkGatedDeltaRule(q, k, v, in.g, in.beta, {}, cu, o)->o;
         });
         if (base == 0) base = sec;
         const double err = dt::RelMaxError(out.cpu(), ref);
@@ -186,9 +203,10 @@ void PrefillBench(const Args& a) {
                     sec * 1e3, base / sec, err, t / sec);
         std::printf(
             "{\"bench\":\"prefill\",\"impl\":\"deltaserve\",\"what\":\"prefill\",\"device\":\"%s\","
-            "\"T\":%ld,\"Hv\":%ld,\"method\":\"%s\",\"kernel\":\"%s\",\"dtype\":\"%s\",\"ms\":%.6g,"
-            "\"seconds\":%.6g,\"speedup_vs_first\":%.4g,\"rel_err\":%.3g,\"tok_per_s\":%.6g}\n",
-            DeviceName(a.device), t, hv, name, variant.kernel, dtype, sec * 1e3, sec, base / sec, err, t / sec);
+            "\"T\":%ld,\"seq_len\":%ld,\"Hv\":%ld,\"method\":\"%s\",\"kernel\":\"%s\",\"dtype\":\"%s\","
+            "\"ms\":%.6g,\"seconds\":%.6g,\"speedup_vs_first\":%.4g,\"rel_err\":%.3g,\"tok_per_s\":%.6g}\n",
+            DeviceName(a.device), t, a.seq_len > 0 ? a.seq_len : t, hv, name, variant.kernel, dtype, sec * 1e3, sec,
+            base / sec, err, t / sec);
       }
     }
   }

@@ -6,8 +6,10 @@
 //   weight that they are read from HBM, not L2; with the norm folded in ("+norm" rows), the baseline is the
 //   norm kernel then cuBLAS.
 //   CPU (--device cpu): the CPU GEMV against at::linear (MKL), fp32 and bf16 weights, with --threads
-//   intra-op threads, wall time per call over copies of the weight that overflow the caches.
-//   bench_linear [--device cpu|cuda] [--reps R] [--threads T]      JSON lines on stdout, a table on stderr
+//   intra-op threads, wall time per call over copies of the weight that overflow the caches, for the row
+//   counts of --rows (a decode step of that many sequences; past the GEMV's limit both sides are at::linear).
+//   bench_linear [--device cpu|cuda] [--reps R] [--threads T] [--rows 1,2,4,8,16]
+//   JSON lines on stdout, a table on stderr
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -46,7 +48,7 @@ const std::vector<std::tuple<const char*, int64_t, int64_t>>& Shapes() {
 
 // The CPU GEMV against at::linear (MKL): microseconds per call, alternating the two sides in rounds so
 // that drift in the machine's speed lands on both.
-int RunCpu(int reps) {
+int RunCpu(int reps, const std::vector<int64_t>& row_counts) {
   using deltaserve::kernels::Linear;
   constexpr int64_t kRotateBytes = int64_t{256} << 20;  // past any L3 of a CPU this runs on
   std::fprintf(stderr, "%-14s %5s %6s %6s %4s %10s %10s %8s %8s (threads %d)\n", "shape", "dtype", "N", "K", "rows",
@@ -58,7 +60,7 @@ int RunCpu(int reps) {
       std::vector<at::Tensor> ws;
       for (int64_t c = 0; c < copies; ++c) ws.push_back(at::randn({n, k}).to(dtype));
       const int calls = static_cast<int>(std::max<int64_t>(copies, std::min<int64_t>(reps, 4 * copies)));
-      for (int64_t rows : {1, 2, 4}) {
+      for (int64_t rows : row_counts) {
         at::Tensor x = at::randn({rows, k}).to(dtype);
         auto time_us = [&](bool ours) {
           const auto start = std::chrono::steady_clock::now();
@@ -101,16 +103,24 @@ int RunCpu(int reps) {
 int main(int argc, char** argv) {
   int reps = 200;
   int threads = 0;
+  std::vector<int64_t> cpu_rows = {1, 2, 4, 8, 16};
   std::string device;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
       reps = std::atoi(argv[++i]);
     } else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) {
+      cpu_rows.clear();
+      for (const char* p = argv[++i]; *p;) {
+        cpu_rows.push_back(std::max<int64_t>(1, std::strtoll(p, const_cast<char**>(&p), 10)));
+        if (*p != ',') break;
+        ++p;
+      }
     } else if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
       device = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: bench_linear [--device cpu|cuda] [--reps R] [--threads T]\n");
+      std::fprintf(stderr, "usage: bench_linear [--device cpu|cuda] [--reps R] [--threads T] [--rows 1,2,4,8,16]\n");
       return std::strcmp(argv[i], "--help") ? 2 : 0;
     }
   }
@@ -120,7 +130,7 @@ int main(int argc, char** argv) {
   }
   if (threads > 0) at::set_num_threads(threads);
 #ifdef DELTASERVE_WITH_CUDA
-  if (device == "cpu" || (device.empty() && c10::cuda::device_count() == 0)) return RunCpu(reps);
+  if (device == "cpu" || (device.empty() && c10::cuda::device_count() == 0)) return RunCpu(reps, cpu_rows);
   if (c10::cuda::device_count() == 0) {
     std::fprintf(stderr, "bench_linear: --device cuda: no CUDA device here\n");
     return 1;
@@ -184,6 +194,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_linear: --device cuda: built without CUDA\n");
     return 1;
   }
-  return RunCpu(reps);
+  return RunCpu(reps, cpu_rows);
 #endif
 }

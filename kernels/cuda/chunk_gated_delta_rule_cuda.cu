@@ -38,6 +38,20 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kPad = 4;  // floats of padding per shared-memory row
 
+// Chunk size and head dimensions known at compile time (0: read from the arguments at run time).
+// Qwen3.5's C = 64, dk = dv = 128 get their own instantiation: with constant sizes every tile loop has a
+// known trip count and every index division becomes a shift, which the run-time shapes left to the
+// integer units of a latency-bound kernel. Any other shape takes the run-time instantiation.
+template <int C, int DK, int DV>
+struct Dims {
+  static constexpr bool kStatic = C > 0 && DK > 0 && DV > 0;
+  __host__ __device__ static constexpr int c(int run_time) { return C > 0 ? C : run_time; }
+  __host__ __device__ static constexpr int dk(int run_time) { return DK > 0 ? DK : run_time; }
+  __host__ __device__ static constexpr int dv(int run_time) { return DV > 0 ? DV : run_time; }
+};
+using QwenDims = Dims<64, 128, 128>;
+using RunTimeDims = Dims<0, 0, 0>;
+
 __device__ inline void Store(float* p, float x) { *p = x; }
 __device__ inline void Store(c10::BFloat16* p, float x) { *p = c10::BFloat16(x); }
 
@@ -136,6 +150,24 @@ __device__ inline void NormalizeRows(float* x, int rows, int d, int ld, bool l2n
   }
 }
 
+// x[0, n) becomes its inclusive prefix sum, n <= 64, computed by one warp (two values a lane, shuffles):
+// the chunk's cumulative log decay without 64 dependent shared-memory round trips on one thread.
+__device__ inline void InclusiveScan64(float* x, int n) {
+  const int lane = threadIdx.x % 32;
+  float lo = lane < n ? x[lane] : 0.0f, hi = lane + 32 < n ? x[lane + 32] : 0.0f;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float a = __shfl_up_sync(0xffffffffu, lo, off), b = __shfl_up_sync(0xffffffffu, hi, off);
+    if (lane >= off) {
+      lo += a;
+      hi += b;
+    }
+  }
+  hi += __shfl_sync(0xffffffffu, lo, 31);
+  if (lane < n) x[lane] = lo;
+  if (lane + 32 < n) x[lane + 32] = hi;
+}
+
 // Four consecutive values as floats, in one 16-byte (float) or 8-byte (bfloat16) read-only load.
 __device__ inline float4 Load4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
 __device__ inline float4 Load4(const c10::BFloat16* p) {
@@ -222,7 +254,7 @@ struct InverseParams {
 // each by one warp on tensor cores: X_ij = -X_ii (sum_{j <= k < i} A_ik X_kj). Three barriers at C = 64
 // where row-by-row substitution needed 63. The block products run in 3xTF32 whatever the input dtype, so
 // the inverse stays float32-accurate like the row-by-row form it replaces.
-__device__ void ForwardSubstitution(const float* a, float* x, int c, int ld) {
+__device__ __forceinline__ void ForwardSubstitution(const float* a, float* x, int c, int ld) {
   const int nb = c / 16, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
     const int i = idx / c, j = idx % c;
@@ -342,7 +374,7 @@ struct ChunkInverter {
 // Inverts (I + A) for one chunk; returns the buffer holding T. With the guard, a chunk whose residual
 // bound exceeds the tolerance (or is NaN) is recomputed by forward substitution and counted.
 template <bool kSplit>
-__device__ float* InvertChunk(const float* a, float* b0, float* b1, float* b2, int c, int ld,
+__device__ __forceinline__ float* InvertChunk(const float* a, float* b0, float* b1, float* b2, int c, int ld,
                               const InverseParams& ip, float* scratch, int* guard_counters) {
   if (ip.method == 0) {
     ForwardSubstitution(a, b0, c, ld);
@@ -454,11 +486,13 @@ __device__ inline bool FindChunk(const int64_t* offsets, int n, int c, int64_t i
 }
 
 // kSplit: 3xTF32 products (float32 inputs); one TF32 product for bfloat16 inputs.
-template <typename In, bool kSplit = std::is_same<In, float>::value>
+// Blocks are numbered chunk-major, head-minor: the value heads that share a key head (GQA) run side by
+// side and find its q and k in L2.
+template <typename In, class D, bool kSplit = std::is_same<In, float>::value>
 __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   extern __shared__ __align__(128) float smem[];
-  const int64_t id = blockIdx.x;
-  const int h = blockIdx.y, hk = h / p.group, c = p.c, dk = p.dk, dv = p.dv;
+  const int64_t id = blockIdx.x / p.heads;
+  const int h = blockIdx.x % p.heads, hk = h / p.group, c = D::c(p.c), dk = D::dk(p.dk), dv = D::dv(p.dv);
   ChunkTokens chunk;
   if (!FindChunk(p.offsets, p.n, c, id, &chunk)) return;
   const int64_t tok0 = chunk.tok0;
@@ -486,9 +520,7 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   LoadTile(sk, ldk, c, dk, TokenRows(k, tok0, valid, p.key_heads, hk, dk));
   LoadTile(sx, ldx, c, dk, TokenRows(q, tok0, valid, p.key_heads, hk, dk));
   __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int i = 1; i < c; ++i) sg[i] += sg[i - 1];
-  }
+  if (threadIdx.x < 32) InclusiveScan64(sg, c);
   NormalizeRows(sk, c, dk, ldk, p.l2norm, 1.0f);
   NormalizeRows(sx, c, dk, ldx, p.l2norm, p.scale);
   __syncthreads();
@@ -543,11 +575,14 @@ struct PassArgs {
 // The only sequential pass: per (sequence, value head, BV value columns), chunk after chunk,
 // V' = U - W S and S = e^(G_C) S + Kd^T V', storing each chunk's V' and its starting S for the output pass.
 // W, Kd and U are double-buffered: the next chunk's arrive by cp.async while this chunk is multiplied.
-template <int BV, bool kSplit>
+// Blocks are numbered (sequence, head, column block) with the column block fastest: the dv / BV blocks of
+// one head read the same W and Kd at about the same time, so all but the first find them in L2.
+template <int BV, bool kSplit, class D>
 __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
   extern __shared__ __align__(128) float smem[];
-  const int seq = blockIdx.x, h = blockIdx.y, j0 = blockIdx.z * BV;
-  const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + kPad, lds = BV + kPad;
+  const int c = D::c(p.c), dk = D::dk(p.dk), dv = D::dv(p.dv), ldk = dk + kPad, lds = BV + kPad;
+  const int col_blocks = dv / BV, j0 = blockIdx.x % col_blocks * BV;
+  const int h = blockIdx.x / col_blocks % p.heads, seq = blockIdx.x / col_blocks / p.heads;
   float* ss = smem;               // [dk, lds]: the state slice
   float* stages = ss + dk * lds;  // two stages of: W [c, ldk], e^(G_C - G) k [c, ldk], U then V' [c, lds]
   const int stage_floats = 2 * c * ldk + c * lds;
@@ -607,12 +642,15 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
 }
 
 // Output, all chunks at once: per (chunk, value head, BV value columns), O = Qe S + scores V'.
-template <typename Out, int BV, bool kSplit = std::is_same<Out, float>::value>
+// Blocks are numbered (chunk, head, column block) with the column block fastest, so the blocks of one
+// (chunk, head) share its Qe and scores through L2.
+template <typename Out, int BV, class D, bool kSplit = std::is_same<Out, float>::value>
 __global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs p) {
   extern __shared__ __align__(128) float smem[];
-  const int64_t id = blockIdx.x;
-  const int h = blockIdx.y, j0 = blockIdx.z * BV;
-  const int c = p.c, dk = p.dk, dv = p.dv, ldk = dk + kPad, ldc = c + kPad, lds = BV + kPad;
+  const int c = D::c(p.c), dk = D::dk(p.dk), dv = D::dv(p.dv), ldk = dk + kPad, ldc = c + kPad, lds = BV + kPad;
+  const int col_blocks = dv / BV, j0 = static_cast<int>(blockIdx.x % col_blocks) * BV;
+  const int h = static_cast<int>(blockIdx.x / col_blocks % p.heads);
+  const int64_t id = blockIdx.x / col_blocks / p.heads;
   ChunkTokens chunk;
   if (!FindChunk(p.offsets, p.n, c, id, &chunk)) return;
   const int64_t tok0 = chunk.tok0;
@@ -686,7 +724,7 @@ void AllowSharedMemory(Kernel kernel, size_t bytes) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
-template <typename In>
+template <typename In, class D>
 GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
   constexpr bool kSplit = std::is_same<In, float>::value;
   const int64_t b = a.q.size(0), t = a.q.size(1), hk = a.q.size(2), dk = a.q.size(3);
@@ -720,7 +758,6 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
   ws.scores = take(c * c);
   ws.decay = take(1);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const unsigned heads = static_cast<unsigned>(hv);
   if (chunks > 0) {
     PrepareArgs p{};
     p.q = a.q.data_ptr();
@@ -742,8 +779,8 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     p.scale = a.scale;
     p.inverse = ToParams(a.inverse, c);
     const size_t bytes = sizeof(float) * PrepareSharedFloats(c, dk, dv, p.inverse.method);
-    AllowSharedMemory(PrepareKernel<In>, bytes);
-    PrepareKernel<In><<<dim3(static_cast<unsigned>(chunks), heads), kThreads, bytes, stream>>>(p);
+    AllowSharedMemory(PrepareKernel<In, D>, bytes);
+    PrepareKernel<In, D><<<static_cast<unsigned>(chunks * hv), kThreads, bytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (n > 0) {
@@ -762,21 +799,23 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
       const size_t state_bytes =
           sizeof(float) * (dk * (bv + kPad) + 2 * (2 * c * (dk + kPad) + c * (bv + kPad)));
       AllowSharedMemory(state_kernel, state_bytes);
-      const unsigned blocks = static_cast<unsigned>(dv / bv);
-      state_kernel<<<dim3(static_cast<unsigned>(n), heads, blocks), kThreads, state_bytes, stream>>>(s);
+      const int64_t blocks = dv / bv;
+      state_kernel<<<static_cast<unsigned>(n * hv * blocks), kThreads, state_bytes, stream>>>(s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (chunks == 0) return;
       const size_t output_bytes =
           sizeof(float) * (c * (dk + kPad) + dk * (bv + kPad) + c * (c + kPad) + 2 * c * (bv + kPad));
       AllowSharedMemory(output_kernel, output_bytes);
-      output_kernel<<<dim3(static_cast<unsigned>(chunks), heads, blocks), kThreads, output_bytes, stream>>>(
-          s);
+      output_kernel<<<static_cast<unsigned>(chunks * hv * blocks), kThreads, output_bytes, stream>>>(s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (dv % 32 == 0) {
-      passes(StateKernel<32, kSplit>, OutputKernel<In, 32>, 32);
+    if constexpr (D::kStatic) {
+      static_assert(D::dv(0) % 32 == 0, "static shapes take 32 value columns a block");
+      passes(StateKernel<32, kSplit, D>, OutputKernel<In, 32, D>, 32);
+    } else if (dv % 32 == 0) {
+      passes(StateKernel<32, kSplit, D>, OutputKernel<In, 32, D>, 32);
     } else {
-      passes(StateKernel<16, kSplit>, OutputKernel<In, 16>, 16);
+      passes(StateKernel<16, kSplit, D>, OutputKernel<In, 16, D>, 16);
     }
   }
   if (a.read_inverse_stats) {
@@ -803,8 +842,11 @@ bool FusedPrefillSupports(const at::Tensor& q, const at::Tensor& v, const GatedD
 }
 
 GatedDeltaRuleOutput ChunkGatedDeltaRuleCuda(const FusedPrefillArgs& args) {
-  if (args.v.scalar_type() == at::kBFloat16) return Run<c10::BFloat16>(args);
-  return Run<float>(args);
+  const bool qwen = args.chunk_size == 64 && args.q.size(3) == 128 && args.v.size(3) == 128;
+  if (args.v.scalar_type() == at::kBFloat16) {
+    return qwen ? Run<c10::BFloat16, QwenDims>(args) : Run<c10::BFloat16, RunTimeDims>(args);
+  }
+  return qwen ? Run<float, QwenDims>(args) : Run<float, RunTimeDims>(args);
 }
 
 }  // namespace deltaserve::kernels::internal

@@ -1,6 +1,6 @@
 // Depthwise causal conv1d for Qwen3.5's short convolution: prefill over whole (packed) sequences and the
-// one-token decode step against a conv-state pool, in plain ATen so it runs on any device, with a fused
-// CUDA kernel for the decode step.
+// one-token decode step against a conv-state pool, in plain ATen so it runs on any device, with fused
+// CUDA kernels for the decode step and for prefill against the pool.
 #include "deltaserve/kernels/causal_conv1d.h"
 
 #include <ATen/ATen.h>
@@ -16,6 +16,7 @@
 #include "absl/types/span.h"
 #include "check.h"
 #ifdef DELTASERVE_WITH_CUDA
+#include "causal_conv1d_prefill_cuda.h"
 #include "causal_conv1d_step_cuda.h"
 #endif
 
@@ -61,6 +62,27 @@ absl::StatusOr<int64_t> CheckConvParams(const at::Tensor& x, const at::Tensor& w
     DS_RETURN_IF_ERROR(CheckSize(bias, "bias", 0, dim, "channels D"));
   }
   return k;
+}
+
+// x [rows, D] of the pool-based entry points: rows may be strided (a view into a wider projection), the
+// channels must be contiguous.
+absl::Status CheckRowsOfChannels(const at::Tensor& x) {
+  DS_RETURN_IF_ERROR(CheckTensor(x, "x", 2, /*require_contiguous=*/false));
+  if (x.size(1) > 1 && x.stride(1) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("x: channels must be contiguous (shape ",
+                                                   internal::ShapeString(x), ", strides [",
+                                                   absl::StrJoin(x.strides(), ", "), "])"));
+  }
+  return CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16});
+}
+
+// conv_state [slots, D, K - 1] in x's dtype, on x's device.
+absl::Status CheckConvStatePool(const at::Tensor& conv_state, const at::Tensor& x, int64_t dim, int64_t k) {
+  DS_RETURN_IF_ERROR(CheckTensor(conv_state, "conv_state", 3));
+  DS_RETURN_IF_ERROR(CheckDtype(conv_state, "conv_state", {x.scalar_type()}));
+  DS_RETURN_IF_ERROR(CheckSameDevice(conv_state, "conv_state", x));
+  DS_RETURN_IF_ERROR(CheckSize(conv_state, "conv_state", 1, dim, "channels D"));
+  return CheckSize(conv_state, "conv_state", 2, k - 1, "state width K - 1");
 }
 
 // Valid (unpadded) depthwise convolution of padded [B, D, L] in its own dtype: [B, D, L - K + 1].
@@ -220,22 +242,11 @@ absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tenso
                                             const at::Tensor& bias, at::Tensor& conv_state,
                                             const at::Tensor& slots, bool silu,
                                             absl::Span<const int64_t> host_slots) {
-  // Rows may be strided (a view into a wider projection); the channels must be contiguous.
-  DS_RETURN_IF_ERROR(CheckTensor(x, "x", 2, /*require_contiguous=*/false));
-  if (x.size(1) > 1 && x.stride(1) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("x: channels must be contiguous (shape ",
-                                                   internal::ShapeString(x), ", strides [",
-                                                   absl::StrJoin(x.strides(), ", "), "])"));
-  }
-  DS_RETURN_IF_ERROR(CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16}));
+  DS_RETURN_IF_ERROR(CheckRowsOfChannels(x));
   const int64_t batch = x.size(0);
   const int64_t dim = x.size(1);
   DS_ASSIGN_OR_RETURN(const int64_t k, CheckConvParams(x, weight, bias, dim));
-  DS_RETURN_IF_ERROR(CheckTensor(conv_state, "conv_state", 3));
-  DS_RETURN_IF_ERROR(CheckDtype(conv_state, "conv_state", {x.scalar_type()}));
-  DS_RETURN_IF_ERROR(CheckSameDevice(conv_state, "conv_state", x));
-  DS_RETURN_IF_ERROR(CheckSize(conv_state, "conv_state", 1, dim, "channels D"));
-  DS_RETURN_IF_ERROR(CheckSize(conv_state, "conv_state", 2, k - 1, "state width K - 1"));
+  DS_RETURN_IF_ERROR(CheckConvStatePool(conv_state, x, dim, k));
   DS_ASSIGN_OR_RETURN(const HostIndices host,
                       CheckSlots(slots, host_slots, batch, conv_state.size(0), /*allow_padding=*/true));
 
@@ -248,6 +259,38 @@ absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tenso
     }
 #endif
     return RunStepSkippingPadding(x.contiguous(), weight, bias, conv_state, slots, host.values, silu);
+  })
+}
+
+absl::StatusOr<at::Tensor> CausalConv1dPrefill(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                               at::Tensor& conv_state, const at::Tensor& slots,
+                                               const at::Tensor& cu_seqlens, bool silu,
+                                               absl::Span<const int64_t> host_cu_seqlens,
+                                               absl::Span<const int64_t> host_slots) {
+  DS_RETURN_IF_ERROR(CheckRowsOfChannels(x));
+  const int64_t total = x.size(0);
+  const int64_t dim = x.size(1);
+  DS_ASSIGN_OR_RETURN(const int64_t k, CheckConvParams(x, weight, bias, dim));
+  DS_RETURN_IF_ERROR(CheckConvStatePool(conv_state, x, dim, k));
+  if (!cu_seqlens.defined()) return absl::InvalidArgumentError("cu_seqlens: required (packed sequences)");
+  DS_RETURN_IF_ERROR(CheckSameDevice(cu_seqlens, "cu_seqlens", x));
+  DS_ASSIGN_OR_RETURN(const HostIndices cu, CheckCuSeqlens(cu_seqlens, host_cu_seqlens, 1, total));
+  const int64_t num_seqs = static_cast<int64_t>(cu.values.size()) - 1;
+  DS_RETURN_IF_ERROR(CheckSameDevice(slots, "slots", x));
+  DS_RETURN_IF_ERROR(
+      CheckSlots(slots, host_slots, num_seqs, conv_state.size(0), /*allow_padding=*/false).status());
+
+  DS_CATCH_ATEN({
+#ifdef DELTASERVE_WITH_CUDA
+    if (x.is_cuda() && x.scalar_type() != at::kDouble && k <= 4) {
+      return internal::CausalConv1dPrefillCuda(x, weight, bias, conv_state, slots, cu_seqlens, silu);
+    }
+#endif
+    // The composition: the sequences' states gathered, the packed convolution, the final states scattered.
+    const at::Tensor init = conv_state.index_select(0, slots);
+    CausalConv1dOutput out = RunPacked(x.contiguous().unsqueeze(0), weight, bias, init, cu.values, num_seqs, k, silu);
+    conv_state.index_copy_(0, slots, out.final_state);
+    return out.y[0];
   })
 }
 

@@ -13,6 +13,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "support/sync_debug.h"
 
 namespace deltaserve::kernels {
 namespace {
@@ -393,6 +395,96 @@ TEST(CausalConv1dTest, StepPaddingRowsAreZeroAndTouchNothing) {
   RunPaddingCase(at::kBFloat16, 3, 810);
 }
 
+// Prefill against the pool: each packed sequence (empty, shorter than K - 1, crossing the CUDA kernel's
+// 16-token tiles, starting mid-tile) from its own slot's state, x a view with strided rows, the pool rows of
+// the sequences replaced by their last inputs and every other row untouched. Against the float64
+// definition on the CPU and, where present, on CUDA (float32 and bfloat16, K of 2, 3 and 4).
+void RunPrefillCase(const at::Device& device, at::ScalarType dtype, int64_t k, bool with_bias, uint64_t seed) {
+  at::manual_seed(seed);
+  const int64_t dim = 45, pool_slots = 9;
+  const std::vector<int64_t> lengths = {3, 0, 1, 2, 40, 17, 0};
+  const std::vector<int64_t> slots = {5, 0, 3, 7, 1, 2, 8};
+  std::vector<int64_t> cu = {0};
+  for (int64_t len : lengths) cu.push_back(cu.back() + len);
+  const int64_t total = cu.back();
+  const at::Tensor wide = at::randn({total, dim + 7}, at::kFloat).to(dtype);
+  const at::Tensor weight = RandomWeight(dim, k, at::kFloat).to(dtype);
+  const at::Tensor bias = with_bias ? at::randn({dim}, at::kFloat).to(dtype) : at::Tensor();
+  const at::Tensor pool_before = at::randn({pool_slots, dim, k - 1}, at::kFloat).to(dtype);
+  const at::Tensor x = wide.to(device).narrow(1, 3, dim);
+  ASSERT_FALSE(x.is_contiguous());
+  const std::string label = device.str() + " " + c10::toString(dtype) + " K=" + std::to_string(k);
+  // Host copies on the CPU; on CUDA both routes (host copies, and read back from the device).
+  for (bool host : {true, false}) {
+    at::Tensor p = pool_before.to(device).clone();
+    absl::StatusOr<at::Tensor> y = CausalConv1dPrefill(
+        x, weight.to(device), with_bias ? bias.to(device) : at::Tensor(), p, Int64Tensor(slots).to(device),
+        Int64Tensor(cu).to(device), true, host ? absl::Span<const int64_t>(cu) : absl::Span<const int64_t>(),
+        host ? absl::Span<const int64_t>(slots) : absl::Span<const int64_t>());
+    ASSERT_TRUE(y.ok()) << label << ": " << y.status();
+    ASSERT_EQ(y->device(), device);
+    ASSERT_EQ(y->scalar_type(), dtype);
+    ASSERT_EQ(y->sizes(), (std::vector<int64_t>{total, dim}));
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      const Reference ref = ReferenceSequence(wide.narrow(1, 3, dim).narrow(0, cu[i], lengths[i]), weight, bias,
+                                              pool_before[slots[i]], true);
+      const std::string what = label + " sequence " + std::to_string(i);
+      if (lengths[i] == 0) {
+        // Nothing to output; the state below must be the old one.
+      } else if (dtype == at::kFloat) {
+        ExpectClose(y->narrow(0, cu[i], lengths[i]), ref.y, 1e-5, 1e-5, what + " y");
+      } else {  // one bf16 rounding of a float32 sum
+        ExpectClose(y->narrow(0, cu[i], lengths[i]), ref.y, 1e-3, 1.0 / 128, what + " y");
+      }
+      ExpectExact(p[slots[i]], ref.final_state, what + " state");
+    }
+    ExpectExact(p[4], pool_before[4], label + " untouched slot 4");
+    ExpectExact(p[6], pool_before[6], label + " untouched slot 6");
+  }
+}
+
+TEST(CausalConv1dTest, PrefillAgainstThePoolMatchesReferenceAndLeavesOtherSlots) {
+  std::vector<at::Device> devices = {at::kCPU};
+  if (at::hasCUDA()) devices.emplace_back(at::kCUDA, 0);
+  uint64_t seed = 900;
+  for (const at::Device& d : devices) {
+    RunPrefillCase(d, at::kFloat, 4, true, ++seed);
+    RunPrefillCase(d, at::kFloat, 2, false, ++seed);
+    RunPrefillCase(d, at::kFloat, 3, true, ++seed);
+    RunPrefillCase(d, at::kBFloat16, 4, true, ++seed);
+  }
+}
+
+#ifdef DELTASERVE_WITH_CUDA
+// The CUDA prefill gives the CPU's outputs (float32: summation order only) and the same pool, and with
+// host copies of the offsets and slots it never synchronises.
+TEST(CausalConv1dTest, PrefillOnCudaMatchesCpuWithoutSynchronising) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(950);
+  const at::Device gpu(at::kCUDA, 0);
+  const int64_t dim = 6144 / 16, k = 4;  // a slice of Qwen3.5's conv width
+  const std::vector<int64_t> cu = {0, 512, 512, 1025, 1100};
+  const std::vector<int64_t> slots = {2, 6, 0, 4};
+  const at::Tensor x = at::randn({cu.back(), dim}, at::kFloat);
+  const at::Tensor weight = RandomWeight(dim, k, at::kFloat), bias = at::randn({dim}, at::kFloat);
+  at::Tensor cpu_pool = at::randn({8, dim, k - 1}, at::kFloat);
+  at::Tensor gpu_pool = cpu_pool.to(gpu);
+  absl::StatusOr<at::Tensor> yc =
+      CausalConv1dPrefill(x, weight, bias, cpu_pool, Int64Tensor(slots), Int64Tensor(cu), true, cu, slots);
+  const at::Tensor xg = x.to(gpu), wg = weight.to(gpu), bg = bias.to(gpu);
+  const at::Tensor sg = Int64Tensor(slots).to(gpu), cg = Int64Tensor(cu).to(gpu);
+  absl::StatusOr<at::Tensor> yg;
+  {
+    deltaserve::testing::SyncDebugErrors no_sync;
+    yg = CausalConv1dPrefill(xg, wg, bg, gpu_pool, sg, cg, true, cu, slots);
+  }
+  ASSERT_TRUE(yc.ok()) << yc.status();
+  ASSERT_TRUE(yg.ok()) << yg.status();
+  ExpectClose(*yg, *yc, 1e-5, 1e-5, "y on CUDA");
+  ExpectExact(gpu_pool, cpu_pool, "pool on CUDA");
+}
+#endif  // DELTASERVE_WITH_CUDA
+
 class CausalConv1dArgsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -491,6 +583,28 @@ TEST_F(CausalConv1dArgsTest, WrongHostMetadata) {
 TEST_F(CausalConv1dArgsTest, CuSeqlensWithBatchTwo) {
   ExpectInvalid(Full(x_, weight_, {}, Int64Tensor({0, 3, 8})),
                 "cu_seqlens: packed sequences need batch size 1");
+}
+
+// Prefill against the pool: every rule names its field, and a refused call leaves the pool as it was.
+TEST_F(CausalConv1dArgsTest, PrefillNamesTheBadArgument) {
+  const at::Tensor x = x_[0];  // [8, 6]
+  const at::Tensor before = pool_.clone();
+  auto prefill = [&](const at::Tensor& xx, const std::vector<int64_t>& slots, const at::Tensor& cu) {
+    return CausalConv1dPrefill(xx, weight_, bias_, pool_, Int64Tensor(slots), cu, true).status();
+  };
+  ExpectInvalid(prefill(x, {0, 1}, at::Tensor()), "cu_seqlens: required");
+  ExpectInvalid(prefill(x, {0}, Int64Tensor({0, 3, 8})), "slots");           // one slot for two sequences
+  ExpectInvalid(prefill(x, {0, -1}, Int64Tensor({0, 3, 8})), "slots");       // no padding in prefill
+  ExpectInvalid(prefill(x, {1, 1}, Int64Tensor({0, 3, 8})), "slots");        // the same slot twice
+  ExpectInvalid(prefill(x, {0, 4}, Int64Tensor({0, 3, 8})), "slots");        // past the pool
+  ExpectInvalid(prefill(x, {0, 1}, Int64Tensor({0, 3, 7})), "cu_seqlens");   // not ending at T
+  ExpectInvalid(prefill(x_, {0, 1}, Int64Tensor({0, 3, 8})), "x: expected 2 dimensions");
+  ExpectInvalid(prefill(x.t(), {0, 1}, Int64Tensor({0, 3, 6})), "x: channels must be contiguous");
+  at::Tensor narrow_pool = at::zeros({4, 6, 2});
+  ExpectInvalid(CausalConv1dPrefill(x, weight_, bias_, narrow_pool, Int64Tensor({0}), Int64Tensor({0, 8}), true)
+                    .status(),
+                "conv_state");
+  EXPECT_TRUE(at::equal(pool_, before));
 }
 
 TEST_F(CausalConv1dArgsTest, CuSeqlensNotEndingAtT) {

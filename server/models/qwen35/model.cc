@@ -133,11 +133,9 @@ void Qwen35Model::LinearAttention(size_t layer, at::Tensor& residual, const Forw
                                                 step))
             .to(residual.scalar_type());  // [T, hv, dv]
   } else {
-    at::Tensor init = state.conv[layer].index_select(0, b.state_slots);
-    kernels::CausalConv1dOutput conv = Unwrap(kernels::CausalConv1d(qkv.contiguous().unsqueeze(0), w.conv1d, {},
-                                                                    init, b.cu_seqlens, true, b.host_cu_seqlens));
-    state.conv[layer].index_copy_(0, b.state_slots, conv.final_state);
-    at::Tensor y = conv.y[0];
+    // The conv reads each sequence's state from its slot of the pool and leaves its last inputs there.
+    at::Tensor y = Unwrap(kernels::CausalConv1dPrefill(qkv, w.conv1d, {}, state.conv[layer], b.state_slots,
+                                                       b.cu_seqlens, true, b.host_cu_seqlens, b.host_state_slots));
     // The chunked rule reads q, k, v in the model's dtype (the fused CUDA kernels convert on load) and
     // g, beta as float32.
     at::Tensor q = y.narrow(1, 0, hk * dk).reshape({1, t, hk, dk}).contiguous();

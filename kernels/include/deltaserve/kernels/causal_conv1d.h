@@ -39,6 +39,19 @@ absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tenso
                                             const at::Tensor& slots, bool silu,
                                             absl::Span<const int64_t> host_slots = {});
 
+// Prefill against the conv-state pool: x [T, D] (rows may be strided, channels contiguous) holds N packed
+// sequences (cu_seqlens int64 [N + 1], 0 .. T); sequence i continues from the state in slots[i] of
+// conv_state [slots, D, K - 1] (slots int64 [N], distinct, none negative), and that state is replaced in
+// place by the sequence's last K - 1 inputs (an empty sequence keeps it). Returns y [T, D] in x's dtype,
+// as CausalConv1d over the gathered states. On CUDA two fused launches (outputs, then states) for K of 2
+// to 4, free of host synchronisation given both host copies; elsewhere CausalConv1d with the states
+// gathered and scattered around it.
+absl::StatusOr<at::Tensor> CausalConv1dPrefill(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                               at::Tensor& conv_state, const at::Tensor& slots,
+                                               const at::Tensor& cu_seqlens, bool silu,
+                                               absl::Span<const int64_t> host_cu_seqlens = {},
+                                               absl::Span<const int64_t> host_slots = {});
+
 }  // namespace deltaserve::kernels
 
 #endif  // DELTASERVE_KERNELS_CAUSAL_CONV1D_H_
