@@ -55,8 +55,11 @@ if [[ " ${stages} " == *" prefill-ab "* ]]; then
         bin="${KB_BASELINE}"
       fi
       for packed in 0 "${KB_SEQ_LEN:-512}"; do
+        # One sequence without the flag, so that builds older than --seq-len run it too.
+        # shellcheck disable=SC2046  # the flag pair or nothing
         timeout "${KB_KERNELS_TIMEOUT_S:-200}" "${bin}" --device cuda --no-decode --no-inverse \
-          --seq "${KB_SEQ:-4096,16384,65536}" --seq-len "${packed}" --reps 10 --composition-max-seq 1 \
+          --seq "${KB_SEQ:-4096,16384,65536}" $( ((packed > 0)) && echo --seq-len "${packed}") --reps 10 \
+          --composition-max-seq 1 \
           2> "${out}/prefill_ab.err" | grep '^{' | grep '"kernel":"fused"' |
           sed "s/^{/{\"build\":\"${side}\",\"round\":${round},\"packed\":${packed},/" >> "${out}/prefill_ab.jsonl" ||
           echo "prefill-ab ${side} round ${round} packed ${packed}: failed or cut (prefill_ab.err)"

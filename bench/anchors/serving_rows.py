@@ -15,6 +15,8 @@ import os
 import sys
 
 KEY = ("server", "preset", "concurrency")
+# A new row replaces an earlier one of the same build only: two builds measured on one machine both stay.
+ROW_KEY = KEY + ("commit",)
 
 
 def read_rows(path):
@@ -49,7 +51,7 @@ def add(rows_path, result_path, pairs):
     for k, v in result.items():
         row.setdefault(k, v)
     row["concurrency"] = int(row.get("concurrency", result.get("max_concurrency", 0)))
-    rows = [r for r in read_rows(rows_path) if tuple(r.get(k) for k in KEY) != tuple(row.get(k) for k in KEY)]
+    rows = [r for r in read_rows(rows_path) if tuple(r.get(k) for k in ROW_KEY) != tuple(row.get(k) for k in ROW_KEY)]
     rows.append(row)
     write_rows(rows_path, rows)
     f = lambda k: "n/a" if row.get(k) is None else f"{row[k]:.1f}"  # noqa: E731

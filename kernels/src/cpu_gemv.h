@@ -9,9 +9,9 @@
 
 namespace deltaserve::kernels::internal {
 
-// The most rows of x the CPU GEMV takes; more go to at::linear (MKL's sgemm reads each weight once per
-// block of rows, and its blocking wins from here on).
-inline constexpr int64_t kCpuGemvMaxRows = 4;
+// The most rows of x the CPU GEMV takes (a decode step of up to 16 sequences); more go to at::linear, whose
+// GEMM blocking wins once the product is bound by arithmetic rather than by reading the weight.
+inline constexpr int64_t kCpuGemvMaxRows = 16;
 
 // Whether CpuGemv can take x [..., K] and weight [N, K]: both on the CPU, weight contiguous fp32 or bf16,
 // x of the weight's dtype with at most kCpuGemvMaxRows rows (2 for bf16) addressable with one stride

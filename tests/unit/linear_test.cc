@@ -24,10 +24,11 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// More rows than the CPU GEMV takes (21 > 16) go to at::linear exactly.
 TEST(Linear, EqualsAtLinearOnTheCpu) {
   at::manual_seed(9101);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    at::Tensor x = at::randn({3, 5, 24}).to(dtype);
+    at::Tensor x = at::randn({3, 7, 24}).to(dtype);
     at::Tensor w = at::randn({17, 24}).to(dtype);
     absl::StatusOr<at::Tensor> got = Linear(x, w);
     ASSERT_TRUE(got.ok()) << got.status();
@@ -137,15 +138,16 @@ TEST(RmsNormLinear, NamesTheBadArgument) {
   EXPECT_THAT(r.status().message(), HasSubstr("weight"));
 }
 
-// The CPU GEMV takes fp32 x with up to 4 rows (bf16: 2) and a contiguous weight; K off the 64-lane step
-// (and below it) runs the scalar tail, N above the 64-feature grain is split across threads.
+// The CPU GEMV takes fp32 x with up to 16 rows (bf16: 2) and a contiguous weight; K off the 64-lane step
+// (and below it) runs the scalar tail, N above the 64-feature grain is split across threads, and rows past
+// 4 run in tiles of 4 over cache-sized blocks of weight rows (N 300 x K 1024 spans several blocks a thread).
 TEST(CpuGemv, MatchesFloat64ForEveryRowCountItTakes) {
   at::manual_seed(9121);
   const int threads = at::get_num_threads();
   at::set_num_threads(2);
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{300, 1024}, {257, 100}, {65, 24}, {1, 8}, {130, 1000}};
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    const int64_t max_rows = dtype == at::kFloat ? 4 : 2;
+    const int64_t max_rows = dtype == at::kFloat ? 16 : 2;
     for (const auto& [n, k] : shapes) {
       at::Tensor w = at::randn({n, k}).to(dtype);
       for (int64_t rows = 1; rows <= max_rows + 1; ++rows) {
@@ -192,9 +194,10 @@ TEST(CpuGemv, ReadsStridedRowsAndLeadingDimensions) {
 TEST(CpuGemv, AccumulatesAndReadsSiluAndMul) {
   at::manual_seed(9123);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    const int64_t max_rows = dtype == at::kFloat ? 4 : 2;
+    const std::vector<int64_t> row_counts =
+        dtype == at::kFloat ? std::vector<int64_t>{1, 2, 3, 4, 5, 8, 13, 16} : std::vector<int64_t>{1, 2};
     for (bool silu : {false, true}) {
-      for (int64_t rows = 1; rows <= max_rows; ++rows) {
+      for (int64_t rows : row_counts) {
         const int64_t n = 200, k = 96;
         at::Tensor w = (at::randn({n, k}) * 0.1).to(dtype);
         at::Tensor x = (silu ? at::randn({rows, 2 * k}) * 2 : at::randn({rows, k})).to(dtype);
@@ -255,8 +258,9 @@ TEST(Int8Weight, QuantizesEachGroupOfThirtyTwoToItsMax) {
   EXPECT_THAT(ParseWeightDtype("int4").status().message(), HasSubstr("int8"));
 }
 
-// x times the INT8 weight equals x times its dequantized float64 values: the GEMV for up to 4 rows, the
-// dequantized blocks into at::mm for more (N beyond one 128-feature block), fp32 and bf16 activations.
+// x times the INT8 weight equals x times its dequantized float64 values: the GEMV for up to 16 rows (past
+// 4 in row tiles), the dequantized blocks into at::mm for more (N beyond one 128-feature block), fp32 and
+// bf16 activations.
 TEST(Int8Weight, LinearEqualsTheDequantizedProduct) {
   at::manual_seed(9132);
   const int threads = at::get_num_threads();
@@ -266,7 +270,7 @@ TEST(Int8Weight, LinearEqualsTheDequantizedProduct) {
     ASSERT_TRUE(q.ok()) << q.status();
     const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
     for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-      for (int64_t rows : {1, 2, 3, 4, 5, 33}) {
+      for (int64_t rows : {1, 2, 3, 4, 5, 8, 16, 17, 33}) {
         at::Tensor x = (at::randn({rows, k}) + 0.25).to(dtype);
         absl::StatusOr<at::Tensor> got = Linear(x, *q);
         ASSERT_TRUE(got.ok()) << got.status();
@@ -292,7 +296,7 @@ TEST(Int8Weight, EveryGemvBodyEqualsTheDequantizedProduct) {
     if (isa == CpuIsa::kAvx512 && !__builtin_cpu_supports("avx512f")) continue;
     if (isa == CpuIsa::kAvx2 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) continue;
     internal::SetCpuGemvInt8IsaForTesting(isa);
-    for (int64_t rows = 1; rows <= 4; ++rows) {
+    for (int64_t rows : {1, 2, 3, 4, 7, 16}) {
       at::Tensor x = at::randn({rows, 160});
       absl::StatusOr<at::Tensor> got = Linear(x, *q);
       ASSERT_TRUE(got.ok()) << got.status();
@@ -312,7 +316,7 @@ TEST(Int8Weight, AccumulatesReadsSiluAndMulAndNormalises) {
   const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     const double tol = dtype == at::kFloat ? 2e-6 : 8e-3;
-    for (int64_t rows : {1, 4, 6}) {
+    for (int64_t rows : {1, 4, 6, 20}) {
       for (bool silu : {false, true}) {
         at::Tensor x = (silu ? at::randn({rows, 2 * k}) * 2 : at::randn({rows, k})).to(dtype);
         at::Tensor residual = (at::randn({rows, n}) * 2).to(dtype);
