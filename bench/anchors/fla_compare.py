@@ -6,7 +6,10 @@ inverse (`solve_tril`, as many chunks as that prefill has) and one decode step. 
 medians with L2 flushed between calls. One JSON object per figure on stdout and in $OUT/fla_compare.jsonl,
 keys as docs/data/bench_kernels_h200_*.jsonl: impl, what, method (dtype or state), T or batch, ms.
 
-  python3 bench/anchors/fla_compare.py [--seq 4096,16384,65536] [--batches 16,64,256]
+  python3 bench/anchors/fla_compare.py [--seq 4096,16384,65536] [--batches 16,64,256] [--seq-len L]
+
+--seq-len L packs each prefill's T tokens as T / L sequences of L tokens (cu_seqlens), as
+`bench_kernels --seq-len L` does; --batches '' skips the decode step.
 """
 import argparse
 import json
@@ -50,6 +53,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", default="4096,16384,65536")
     parser.add_argument("--batches", default="16,64,256")
+    parser.add_argument("--seq-len", type=int, default=0)
     args = parser.parse_args()
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
     from fla.ops.utils.solve_tril import solve_tril
@@ -69,11 +73,14 @@ def main():
         for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32")):
             try:
                 q, k, v, gate, beta = make_inputs(1, t, dtype)
+                cu = None
+                if args.seq_len > 0:
+                    cu = torch.tensor(list(range(0, t, args.seq_len)) + [t], dtype=torch.long, device=DEV)
                 ms = median_ms(lambda: chunk_gated_delta_rule(q, k, v, gate, beta, scale=128 ** -0.5,
-                                                              output_final_state=True))
-                emit(what="prefill", method=name, T=t, ms=ms, tok_per_s=t / ms * 1e3)
+                                                              output_final_state=True, cu_seqlens=cu))
+                emit(what="prefill", method=name, T=t, seq_len=args.seq_len or t, ms=ms, tok_per_s=t / ms * 1e3)
             except Exception as e:  # noqa: BLE001 - a failing shape is reported, the rest still run
-                emit(what="prefill", method=name, T=t, error=repr(e)[:300])
+                emit(what="prefill", method=name, T=t, seq_len=args.seq_len or t, error=repr(e)[:300])
         try:  # strictly lower chunk matrices in FLA's [B, T, H, C] layout
             gen = torch.Generator(device=DEV).manual_seed(1)
             a = torch.randn(1, t, 32, 64, device=DEV, generator=gen) * 0.05
@@ -85,7 +92,7 @@ def main():
         except Exception as e:  # noqa: BLE001
             emit(what="inverse", method="solve_tril", T=t, error=repr(e)[:300])
 
-    for batch in (int(x) for x in args.batches.split(",")):
+    for batch in (int(x) for x in args.batches.split(",") if x):
         try:
             q, k, v, gate, beta = make_inputs(batch, 1, torch.bfloat16)
             h0 = torch.randn(batch, 32, 128, 128, device=DEV) * 0.1
