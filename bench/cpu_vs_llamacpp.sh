@@ -20,7 +20,9 @@
 # figures. Copy them to docs/data/bench_cpu_llamacpp_<date>.jsonl.
 # Knobs (environment, defaults): THREADS=$(nproc) PROMPT=512 DECODE=128 REPS=2 CONCURRENCIES="1 4 8"
 # WEIGHTS="fp32 bf16 int8" SERVING_WEIGHTS=fp32 SERVING_INPUT=512 SERVING_OUTPUT=128 PROMPTS_PER_CONC=2 WORK=.cache/cpu-bench
-# BUILD=build (deltaserve's build folder: bench_model, deltaserve, deltaserve-cli).
+# BUILD=build (deltaserve's build folder: bench_model, deltaserve, deltaserve-cli). LLAMA_NO_AMX=1 builds
+# llama.cpp without AMX code (-mno-amx-*), for VMs whose CPU lists AMX but whose kernel does not grant it
+# (its Q8_0 path then dies with SIGILL); delete WORK/llamacpp/b to rebuild.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${root}"
@@ -77,9 +79,14 @@ stage_llama() {
     rm -rf "${lc}/src.tmp" && mkdir -p "${lc}/src.tmp" && tar xJf "${tarball}" -C "${lc}/src.tmp" && mv "${lc}/src.tmp" "${lc}/src"
   fi
   say "llama.cpp: building llama-bench and llama-server (CPU, native) into ${lc}/b"
+  local no_amx=()
+  if [[ "${LLAMA_NO_AMX:-0}" == 1 ]]; then
+    no_amx=("-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+      "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+  fi
   cmake -S "${lc}/src" -B "${lc}/b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF > "${work}/llama-build.log" 2>&1
+    -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF "${no_amx[@]}" > "${work}/llama-build.log" 2>&1
   ninja -C "${lc}/b" llama-bench llama-server llama-quantize llama-perplexity >> "${work}/llama-build.log" 2>&1 ||
     { tail -30 "${work}/llama-build.log"; exit 1; }
   say "llama.cpp: built"
