@@ -64,25 +64,26 @@ absl::StatusOr<int64_t> CheckConvParams(const at::Tensor& x, const at::Tensor& w
   return k;
 }
 
-// x [rows, D] of the pool-based entry points: rows may be strided (a view into a wider projection), the
-// channels must be contiguous.
-absl::Status CheckRowsOfChannels(const at::Tensor& x) {
+// The arguments the pool-based entry points share: x [rows, D] (rows may be strided, a view into a wider
+// projection; the channels must be contiguous), weight and bias as CheckConvParams, conv_state
+// [slots, D, K - 1] in x's dtype on x's device. Returns K.
+absl::StatusOr<int64_t> CheckPoolConvArgs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                          const at::Tensor& conv_state) {
   DS_RETURN_IF_ERROR(CheckTensor(x, "x", 2, /*require_contiguous=*/false));
   if (x.size(1) > 1 && x.stride(1) != 1) {
     return absl::InvalidArgumentError(absl::StrCat("x: channels must be contiguous (shape ",
                                                    internal::ShapeString(x), ", strides [",
                                                    absl::StrJoin(x.strides(), ", "), "])"));
   }
-  return CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16});
-}
-
-// conv_state [slots, D, K - 1] in x's dtype, on x's device.
-absl::Status CheckConvStatePool(const at::Tensor& conv_state, const at::Tensor& x, int64_t dim, int64_t k) {
+  DS_RETURN_IF_ERROR(CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16}));
+  const int64_t dim = x.size(1);
+  DS_ASSIGN_OR_RETURN(const int64_t k, CheckConvParams(x, weight, bias, dim));
   DS_RETURN_IF_ERROR(CheckTensor(conv_state, "conv_state", 3));
   DS_RETURN_IF_ERROR(CheckDtype(conv_state, "conv_state", {x.scalar_type()}));
   DS_RETURN_IF_ERROR(CheckSameDevice(conv_state, "conv_state", x));
   DS_RETURN_IF_ERROR(CheckSize(conv_state, "conv_state", 1, dim, "channels D"));
-  return CheckSize(conv_state, "conv_state", 2, k - 1, "state width K - 1");
+  DS_RETURN_IF_ERROR(CheckSize(conv_state, "conv_state", 2, k - 1, "state width K - 1"));
+  return k;
 }
 
 // Valid (unpadded) depthwise convolution of padded [B, D, L] in its own dtype: [B, D, L - K + 1].
@@ -242,11 +243,8 @@ absl::StatusOr<at::Tensor> CausalConv1dStep(const at::Tensor& x, const at::Tenso
                                             const at::Tensor& bias, at::Tensor& conv_state,
                                             const at::Tensor& slots, bool silu,
                                             absl::Span<const int64_t> host_slots) {
-  DS_RETURN_IF_ERROR(CheckRowsOfChannels(x));
+  DS_ASSIGN_OR_RETURN(const int64_t k, CheckPoolConvArgs(x, weight, bias, conv_state));
   const int64_t batch = x.size(0);
-  const int64_t dim = x.size(1);
-  DS_ASSIGN_OR_RETURN(const int64_t k, CheckConvParams(x, weight, bias, dim));
-  DS_RETURN_IF_ERROR(CheckConvStatePool(conv_state, x, dim, k));
   DS_ASSIGN_OR_RETURN(const HostIndices host,
                       CheckSlots(slots, host_slots, batch, conv_state.size(0), /*allow_padding=*/true));
 
@@ -267,11 +265,8 @@ absl::StatusOr<at::Tensor> CausalConv1dPrefill(const at::Tensor& x, const at::Te
                                                const at::Tensor& cu_seqlens, bool silu,
                                                absl::Span<const int64_t> host_cu_seqlens,
                                                absl::Span<const int64_t> host_slots) {
-  DS_RETURN_IF_ERROR(CheckRowsOfChannels(x));
+  DS_ASSIGN_OR_RETURN(const int64_t k, CheckPoolConvArgs(x, weight, bias, conv_state));
   const int64_t total = x.size(0);
-  const int64_t dim = x.size(1);
-  DS_ASSIGN_OR_RETURN(const int64_t k, CheckConvParams(x, weight, bias, dim));
-  DS_RETURN_IF_ERROR(CheckConvStatePool(conv_state, x, dim, k));
   if (!cu_seqlens.defined()) return absl::InvalidArgumentError("cu_seqlens: required (packed sequences)");
   DS_RETURN_IF_ERROR(CheckSameDevice(cu_seqlens, "cu_seqlens", x));
   DS_ASSIGN_OR_RETURN(const HostIndices cu, CheckCuSeqlens(cu_seqlens, host_cu_seqlens, 1, total));
