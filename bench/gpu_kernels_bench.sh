@@ -83,11 +83,10 @@ fi
 
 if [[ " ${stages} " == *" ncu "* ]]; then
   # One launch of each bf16 kernel (forward method, the default) at T = 16k packed as sequences of
-  # KB_SEQ_LEN; clocks left as they are. Prepare/Output carry the input dtype in their names; the state
-  # pass of bf16 inputs is the single-TF32 instantiation, whose bool argument ncu's demangler writes as 0
-  # (the pattern "StateKernel<32, false" matched nothing on an H100, so the third launch was a prepare).
+  # KB_SEQ_LEN; clocks left as they are. The prepare pass carries the input dtype in its name; bf16 inputs
+  # take the bf16 passes (StateKernelBf16, OutputKernelBf16).
   timeout "${KB_NCU_TIMEOUT_S:-240}" ncu --clock-control none --kernel-name-base demangled \
-    --kernel-name 'regex:Kernel<(c10::)?BFloat16|StateKernel<32, (false|0|\(bool\)0)' --launch-count 3 \
+    --kernel-name 'regex:PrepareKernel<(c10::)?BFloat16|KernelBf16<' --launch-count 3 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     "${build}/bench/bench_kernels" --device cuda --no-decode --no-inverse --seq 16384 \

@@ -14,7 +14,9 @@
 // Products are 16 x 16 tiles per warp on tensor cores (WMMA, TF32 m16n16k8), for float32 inputs in the
 // 3xTF32 split (a_hi b_hi + a_hi b_lo + a_lo b_hi): float32 accuracy at tensor-core speed; for bfloat16
 // inputs as one TF32 product (FLA's precision class: low-precision operands, float32 accumulation). Forward
-// substitution, norms and masks run on CUDA cores. Shared-memory matrices have leading dimensions of cols + 4
+// substitution, norms and masks run on CUDA cores. For bfloat16 inputs the workspace between the passes is
+// bfloat16 and the state and output passes are gdn_prefill_bf16_passes_cuda.cu's, on bf16 tensor cores;
+// float32 inputs keep a float32 workspace and the passes below. Shared-memory matrices have leading dimensions of cols + 4
 // floats: 16-byte aligned rows for vector stores and WMMA, rows shifted by four banks.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -28,32 +30,13 @@
 #include <type_traits>
 
 #include "../src/chunk_gated_delta_rule_cuda.h"
+#include "gdn_prefill_common.cuh"
 
 namespace deltaserve::kernels::internal {
 namespace {
 
 namespace wmma = nvcuda::wmma;
-
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kPad = 4;  // floats of padding per shared-memory row
-
-// Chunk size and head dimensions known at compile time (0: read from the arguments at run time).
-// Qwen3.5's C = 64, dk = dv = 128 get their own instantiation: with constant sizes every tile loop has a
-// known trip count and every index division becomes a shift, which the run-time shapes left to the
-// integer units of a latency-bound kernel. Any other shape takes the run-time instantiation.
-template <int C, int DK, int DV>
-struct Dims {
-  static constexpr bool kStatic = C > 0 && DK > 0 && DV > 0;
-  __host__ __device__ static constexpr int c(int run_time) { return C > 0 ? C : run_time; }
-  __host__ __device__ static constexpr int dk(int run_time) { return DK > 0 ? DK : run_time; }
-  __host__ __device__ static constexpr int dv(int run_time) { return DV > 0 ? DV : run_time; }
-};
-using QwenDims = Dims<64, 128, 128>;
-using RunTimeDims = Dims<0, 0, 0>;
-
-__device__ inline void Store(float* p, float x) { *p = x; }
-__device__ inline void Store(c10::BFloat16* p, float x) { *p = c10::BFloat16(x); }
+using namespace gdn;  // NOLINT: the prefill kernels' shared pieces
 
 using RowMajor = wmma::row_major;
 using ColMajor = wmma::col_major;
@@ -168,77 +151,12 @@ __device__ inline void InclusiveScan64(float* x, int n) {
   if (lane + 32 < n) x[lane + 32] = hi;
 }
 
-// Four consecutive values as floats, in one 16-byte (float) or 8-byte (bfloat16) read-only load.
-__device__ inline float4 Load4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
-__device__ inline float4 Load4(const c10::BFloat16* p) {
-  const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
-  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
-                     __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
-}
-
-// rows x cols values (cols a multiple of 4) into shared dst (leading dimension ld, a multiple of 4) as
-// float; row i comes from row_ptr(i), a 16-byte aligned pointer, or is zero where row_ptr returns null.
-// Each thread keeps kBatch vector loads in flight before storing any: one block per SM must not wait
-// out each load's latency.
-template <class RowPtr>
-__device__ inline void LoadTile(float* dst, int ld, int rows, int cols, RowPtr row_ptr) {
-  constexpr int kBatch = 8;
-  const int per_row = cols / 4, total = rows * per_row;
-  for (int base = threadIdx.x; base < total; base += kBatch * blockDim.x) {
-    float4 r[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int idx = base + b * blockDim.x;
-      r[b] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (idx < total) {
-        const auto* row = row_ptr(idx / per_row);
-        if (row != nullptr) r[b] = Load4(row + (idx % per_row) * 4);
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int idx = base + b * blockDim.x;
-      if (idx < total) {
-        *reinterpret_cast<float4*>(dst + (idx / per_row) * ld + (idx % per_row) * 4) = r[b];
-      }
-    }
-  }
-}
-
-// The same copy without registers or waiting: cp.async moves 16 bytes per thread and step from global
-// into shared memory while the block computes (rows from row_ptr, never null, 16-byte aligned). The
-// caller commits the group and waits on it before anyone reads dst.
-template <class RowPtr>
-__device__ inline void LoadTileAsync(float* dst, int ld, int rows, int cols, RowPtr row_ptr) {
-  const int per_row = cols / 4, total = rows * per_row;
-  for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
-    const int r = idx / per_row, q = idx % per_row;
-    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst + r * ld + q * 4));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(row_ptr(r) + q * 4));
-  }
-}
-__device__ inline void AsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most `pending` committed groups of this thread are still in flight.
-template <int pending>
-__device__ inline void AsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
-}
-
 // Row i of the chunk starting at token tok0 in a [tokens, heads, d] tensor, head `head`; null (zero) at
 // or past `valid`, the padding of a sequence's last chunk (no decay, no write).
 template <typename In>
 __device__ inline auto TokenRows(const In* src, int64_t tok0, int valid, int heads, int head, int d) {
   return [=](int i) -> const In* { return i < valid ? src + ((tok0 + i) * heads + head) * d : nullptr; };
 }
-
-// Per (chunk, value head) cells written by the prepare pass and the state pass, float32.
-struct Workspace {
-  float *w, *kd, *qe;  // [c, dk]: T beta e^G k, e^(G_C - G) k, scale e^G q
-  float *u, *vn;       // [c, dv]: T beta v, and V' = U - W S from the state pass
-  float* scores;       // [c, c]: Q K^T e^(G_i - G_j), lower triangle with the diagonal
-  float* states;       // [dk, dv]: the state at the chunk's start, from the state pass
-  float* decay;        // [1]: e^(G_C)
-};
 
 struct InverseParams {
   int method;  // 0 forward substitution, 1 Neumann, 2 product form
@@ -439,11 +357,38 @@ __device__ __forceinline__ float* InvertChunk(const float* a, float* b0, float* 
   return x;
 }
 
+// C = A B as WarpMatmul does, written to global memory in T: for a float32 c straight from the
+// accumulators, for bfloat16 through a float32 16 x 16 tile per warp in shared `staging` (kStagingFloats),
+// each lane converting eight values of one row into one 16-byte store.
+constexpr int kStagingLd = 16 + kPad;
+constexpr int kStagingFloats = kWarps * 16 * kStagingLd;
+template <bool kSplit, typename LA, typename LB, typename T>
+__device__ inline void WarpMatmulOut(int m, int n, int k, const float* a, int lda, const float* b, int ldb, T* c,
+                                     int ldc, float* staging) {
+  if constexpr (std::is_same<T, float>::value) {
+    WarpMatmul<kSplit, LA, LB>(m, n, k, a, lda, b, ldb, c, ldc);
+  } else {
+    const int tiles_n = n / 16, tiles = (m / 16) * tiles_n, lane = threadIdx.x % 32;
+    float* st = staging + threadIdx.x / 32 * 16 * kStagingLd;
+    for (int tile = threadIdx.x / 32; tile < tiles; tile += kWarps) {
+      const int i0 = tile / tiles_n * 16, j0 = tile % tiles_n * 16;
+      Acc acc;
+      wmma::fill_fragment(acc, 0.0f);
+      MmaTile<kSplit, LA, LB>(acc, a, lda, b, ldb, i0, j0, k);
+      wmma::store_matrix_sync(st, acc, kStagingLd, wmma::mem_row_major);
+      __syncwarp();
+      StoreRow8(c + (i0 + lane / 2) * ldc + j0 + lane % 2 * 8, st + (lane / 2) * kStagingLd + lane % 2 * 8);
+      __syncwarp();
+    }
+  }
+}
+
+template <typename T>
 struct PrepareArgs {
   const void *q, *k, *v;
   const float *g, *beta;
   const int64_t* offsets;  // [n + 1], device
-  Workspace ws;
+  Workspace<T> ws;
   int* guard_counters;  // [2]: fallbacks, max residual (float bits)
   int n, key_heads, heads, group, dk, dv, c;
   bool l2norm;
@@ -451,45 +396,14 @@ struct PrepareArgs {
   InverseParams inverse;
 };
 
-// Sequence and chunk-in-sequence of global chunk `id` (chunks numbered sequence by sequence).
-__device__ inline void LocateChunk(const int64_t* offsets, int n, int c, int64_t id, int* seq,
-                                   int64_t* local) {
-  int64_t first = 0;
-  for (int s = 0; s < n; ++s) {
-    const int64_t chunks = (offsets[s + 1] - offsets[s] + c - 1) / c;
-    if (id < first + chunks) {
-      *seq = s;
-      *local = id - first;
-      return;
-    }
-    first += chunks;
-  }
-  *seq = n;
-  *local = 0;
-}
-
-// The tokens of global chunk `id`: its first token and how many of its c rows hold tokens (fewer in a
-// sequence's last chunk). False for an id past the last chunk.
-struct ChunkTokens {
-  int64_t tok0;
-  int valid;
-};
-__device__ inline bool FindChunk(const int64_t* offsets, int n, int c, int64_t id, ChunkTokens* out) {
-  int seq;
-  int64_t local;
-  LocateChunk(offsets, n, c, id, &seq, &local);
-  if (seq >= n) return false;
-  out->tok0 = offsets[seq] + local * c;
-  const int64_t left = offsets[seq + 1] - out->tok0;
-  out->valid = static_cast<int>(left < c ? left : c);
-  return true;
-}
-
 // kSplit: 3xTF32 products (float32 inputs); one TF32 product for bfloat16 inputs.
+// The workspace type T: float32 for float32 inputs, bfloat16 for bfloat16 inputs (WsType).
 // Blocks are numbered chunk-major, head-minor: the value heads that share a key head (GQA) run side by
 // side and find its q and k in L2.
-template <typename In, class D, bool kSplit = std::is_same<In, float>::value>
-__global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
+template <typename In>
+using WsType = typename std::conditional<std::is_same<In, float>::value, float, __nv_bfloat16>::type;
+template <typename In, class D, bool kSplit = std::is_same<In, float>::value, typename T = WsType<In>>
+__global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs<T> p) {
   extern __shared__ __align__(128) float smem[];
   const int64_t id = blockIdx.x / p.heads;
   const int h = blockIdx.x % p.heads, hk = h / p.group, c = D::c(p.c), dk = D::dk(p.dk), dv = D::dv(p.dv);
@@ -528,24 +442,38 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
   const float g_last = sg[c - 1];
   if (threadIdx.x == 0) p.ws.decay[cell] = __expf(g_last);
   // What the state pass and the output pass read: e^(G_C - G) k and scale e^G q.
-  float* kd = p.ws.kd + cell * c * dk;
-  float* qe = p.ws.qe + cell * c * dk;
-  for (int idx = threadIdx.x; idx < c * dk; idx += blockDim.x) {
-    const int i = idx / dk, col = idx % dk;
-    kd[idx] = sk[i * ldk + col] * __expf(g_last - sg[i]);
-    qe[idx] = sx[i * ldx + col] * __expf(sg[i]);
+  // Eight columns a thread: one 16-byte store of bfloat16 (two of float32).
+  T* kd = p.ws.kd + cell * c * dk;
+  T* qe = p.ws.qe + cell * c * dk;
+  for (int idx = threadIdx.x; idx < c * dk / 8; idx += blockDim.x) {
+    const int i = idx / (dk / 8), col = idx % (dk / 8) * 8;
+    const float fk = __expf(g_last - sg[i]), fq = __expf(sg[i]);
+    float xk[8], xq[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      xk[e] = sk[i * ldk + col + e] * fk;
+      xq[e] = sx[i * ldx + col + e] * fq;
+    }
+    StoreRow8(kd + i * dk + col, xk);
+    StoreRow8(qe + i * dk + col, xq);
   }
   // Q K^T into b0 and K K^T into sa; then the scores Q K^T e^(G_i - G_j) on and below the diagonal go out,
   // and A = beta_i K K^T e^(G_i - G_j) below it stays.
   WarpMatmul<kSplit, RowMajor, ColMajor>(c, c, dk, sx, ldx, sk, ldk, b0, ldc);
   WarpMatmul<kSplit, RowMajor, ColMajor>(c, c, dk, sk, ldk, sk, ldk, sa, ldc);
   __syncthreads();
-  float* scores = p.ws.scores + cell * c * c;
-  for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
-    const int i = idx / c, j = idx % c;
-    const float decay = j <= i ? __expf(sg[i] - sg[j]) : 0.0f;
-    scores[idx] = b0[i * ldc + j] * decay;
-    sa[i * ldc + j] = j < i ? sa[i * ldc + j] * sb[i] * decay : 0.0f;
+  T* scores = p.ws.scores + cell * c * c;
+  for (int idx = threadIdx.x; idx < c * c / 8; idx += blockDim.x) {
+    const int i = idx / (c / 8), j0 = idx % (c / 8) * 8;
+    float x[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const int j = j0 + e;
+      const float decay = j <= i ? __expf(sg[i] - sg[j]) : 0.0f;
+      x[e] = b0[i * ldc + j] * decay;
+      sa[i * ldc + j] = j < i ? sa[i * ldc + j] * sb[i] * decay : 0.0f;
+    }
+    StoreRow8(scores + i * c + j0, x);
   }
   // k -> beta e^G k for W; q's buffer -> beta v for U.
   for (int idx = threadIdx.x; idx < c * dk; idx += blockDim.x) {
@@ -559,26 +487,20 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs p) {
     sx[(idx / dv) * ldx + idx % dv] *= sb[idx / dv];
   float* t = InvertChunk<kSplit>(sa, b0, b1, b2, c, ldc, p.inverse, scratch, p.guard_counters);
   __syncthreads();
-  WarpMatmul<kSplit, RowMajor, RowMajor>(c, dk, c, t, ldc, sk, ldk, p.ws.w + cell * c * dk, dk);
-  WarpMatmul<kSplit, RowMajor, RowMajor>(c, dv, c, t, ldc, sx, ldx, p.ws.u + cell * c * dv, dv);
+  // A is free now: a bfloat16 workspace's staging tiles go there, or past the scratch where A is smaller
+  // (PrepareSharedFloats adds the room).
+  float* staging = c * ldc >= kStagingFloats ? sa : scratch + kWarps;
+  WarpMatmulOut<kSplit, RowMajor, RowMajor>(c, dk, c, t, ldc, sk, ldk, p.ws.w + cell * c * dk, dk, staging);
+  WarpMatmulOut<kSplit, RowMajor, RowMajor>(c, dv, c, t, ldc, sx, ldx, p.ws.u + cell * c * dv, dv, staging);
 }
-
-struct PassArgs {
-  const int64_t* offsets;
-  Workspace ws;
-  const float* initial_state;  // [n, heads, dk, dv] or null
-  float* final_state;          // [n, heads, dk, dv]
-  void* o;                     // [tokens, heads, dv] in the inputs' dtype
-  int n, heads, dk, dv, c;
-};
 
 // The only sequential pass: per (sequence, value head, BV value columns), chunk after chunk,
 // V' = U - W S and S = e^(G_C) S + Kd^T V', storing each chunk's V' and its starting S for the output pass.
 // W, Kd and U are double-buffered: the next chunk's arrive by cp.async while this chunk is multiplied.
 // Blocks are numbered (sequence, head, column block) with the column block fastest: the dv / BV blocks of
 // one head read the same W and Kd at about the same time, so all but the first find them in L2.
-template <int BV, bool kSplit, class D>
-__global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
+template <int BV, class D, bool kSplit = true>
+__global__ void __launch_bounds__(kThreads) StateKernel(PassArgs<float> p) {
   extern __shared__ __align__(128) float smem[];
   const int c = D::c(p.c), dk = D::dk(p.dk), dv = D::dv(p.dv), ldk = dk + kPad, lds = BV + kPad;
   const int col_blocks = dv / BV, j0 = blockIdx.x % col_blocks * BV;
@@ -591,9 +513,8 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
   LoadTile(ss, lds, dk, BV,
            [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
   __syncthreads();
-  int64_t first = 0;
-  for (int s = 0; s < seq; ++s) first += (p.offsets[s + 1] - p.offsets[s] + c - 1) / c;
-  const int64_t chunks = (p.offsets[seq + 1] - p.offsets[seq] + c - 1) / c;
+  int64_t first, chunks;
+  SequenceChunks(p.offsets, seq, c, &first, &chunks);
   auto prefetch = [&](int64_t ci) {
     const int64_t cell = (first + ci) * p.heads + h;
     float* sw = stages + (ci & 1) * stage_floats;
@@ -644,8 +565,8 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs p) {
 // Output, all chunks at once: per (chunk, value head, BV value columns), O = Qe S + scores V'.
 // Blocks are numbered (chunk, head, column block) with the column block fastest, so the blocks of one
 // (chunk, head) share its Qe and scores through L2.
-template <typename Out, int BV, class D, bool kSplit = std::is_same<Out, float>::value>
-__global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs p) {
+template <int BV, class D, bool kSplit = true, typename Out = float>
+__global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs<float> p) {
   extern __shared__ __align__(128) float smem[];
   const int c = D::c(p.c), dk = D::dk(p.dk), dv = D::dv(p.dv), ldk = dk + kPad, ldc = c + kPad, lds = BV + kPad;
   const int col_blocks = dv / BV, j0 = static_cast<int>(blockIdx.x % col_blocks) * BV;
@@ -713,9 +634,13 @@ InverseParams ToParams(const TriInverseOptions& o, int64_t c) {
 
 // Shared memory of the prepare pass: k, q/v, A and the inverse's buffers (two fewer for forward
 // substitution, which lets two blocks share an SM at C = 64, d = 128), G, beta, a reduction scratch.
-int64_t PrepareSharedFloats(int64_t c, int64_t dk, int64_t dv, int method) {
+// A bfloat16 workspace also needs kStagingFloats for WarpMatmulOut's tiles: A's buffer where it is as large
+// (C = 64), else room past the scratch.
+int64_t PrepareSharedFloats(int64_t c, int64_t dk, int64_t dv, int method, bool bf16_workspace) {
   const int64_t square_buffers = method == 0 ? 2 : 4;
-  return c * (dk + kPad) + c * (std::max(dk, dv) + kPad) + square_buffers * c * (c + kPad) + 2 * c + kWarps;
+  const int64_t staging = bf16_workspace && c * (c + kPad) < kStagingFloats ? kStagingFloats : 0;
+  return c * (dk + kPad) + c * (std::max(dk, dv) + kPad) + square_buffers * c * (c + kPad) + 2 * c + kWarps +
+         staging;
 }
 
 template <typename Kernel>
@@ -726,7 +651,8 @@ void AllowSharedMemory(Kernel kernel, size_t bytes) {
 
 template <typename In, class D>
 GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
-  constexpr bool kSplit = std::is_same<In, float>::value;
+  using T = WsType<In>;
+  constexpr bool kFloat = std::is_same<In, float>::value;
   const int64_t b = a.q.size(0), t = a.q.size(1), hk = a.q.size(2), dk = a.q.size(3);
   const int64_t hv = a.v.size(2), dv = a.v.size(3), c = a.chunk_size;
   const int64_t n = static_cast<int64_t>(a.offsets.size()) - 1;
@@ -738,17 +664,18 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
   out.final_state = at::empty({n, hv, dk, dv}, f32);
   out.inverse_stats.chunks = chunks * hv;
   const int64_t cells = std::max<int64_t>(chunks, 1) * hv;
-  const int64_t per_cell = 3 * c * dk + 2 * c * dv + c * c + dk * dv + 1;
-  at::Tensor workspace = at::empty({cells * per_cell}, f32);
+  const int64_t per_cell = 3 * c * dk + 2 * c * dv + c * c + dk * dv;
+  at::Tensor workspace = at::empty({cells * per_cell}, a.v.options().dtype(kFloat ? at::kFloat : at::kBFloat16));
+  at::Tensor decay = at::empty({cells}, f32);
   at::Tensor counters = at::zeros({2}, a.v.options().dtype(at::kInt));
-  Workspace ws;
-  float* next = workspace.data_ptr<float>();
+  Workspace<T> ws;
+  T* next = static_cast<T*>(workspace.data_ptr());
   auto take = [&](int64_t per) {
-    float* p = next;
+    T* p = next;
     next += cells * per;
     return p;
   };
-  // Largest first, each a multiple of 4 floats per cell: every row stays 16-byte aligned.
+  // Each a multiple of 16 elements per cell: every row stays 16-byte aligned.
   ws.states = take(dk * dv);
   ws.w = take(c * dk);
   ws.kd = take(c * dk);
@@ -756,10 +683,10 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
   ws.u = take(c * dv);
   ws.vn = take(c * dv);
   ws.scores = take(c * c);
-  ws.decay = take(1);
+  ws.decay = decay.data_ptr<float>();
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (chunks > 0) {
-    PrepareArgs p{};
+    PrepareArgs<T> p{};
     p.q = a.q.data_ptr();
     p.k = a.k.data_ptr();
     p.v = a.v.data_ptr();
@@ -778,13 +705,13 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     p.l2norm = a.l2norm_qk;
     p.scale = a.scale;
     p.inverse = ToParams(a.inverse, c);
-    const size_t bytes = sizeof(float) * PrepareSharedFloats(c, dk, dv, p.inverse.method);
+    const size_t bytes = sizeof(float) * PrepareSharedFloats(c, dk, dv, p.inverse.method, !kFloat);
     AllowSharedMemory(PrepareKernel<In, D>, bytes);
     PrepareKernel<In, D><<<static_cast<unsigned>(chunks * hv), kThreads, bytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (n > 0) {
-    PassArgs s{};
+    PassArgs<T> s{};
     s.offsets = a.device_offsets.data_ptr<int64_t>();
     s.ws = ws;
     s.initial_state = a.initial_state.defined() ? a.initial_state.data_ptr<float>() : nullptr;
@@ -795,27 +722,31 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     s.dk = static_cast<int>(dk);
     s.dv = static_cast<int>(dv);
     s.c = static_cast<int>(c);
-    auto passes = [&](auto state_kernel, auto output_kernel, int64_t bv) {
-      const size_t state_bytes =
-          sizeof(float) * (dk * (bv + kPad) + 2 * (2 * c * (dk + kPad) + c * (bv + kPad)));
-      AllowSharedMemory(state_kernel, state_bytes);
-      const int64_t blocks = dv / bv;
-      state_kernel<<<static_cast<unsigned>(n * hv * blocks), kThreads, state_bytes, stream>>>(s);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (chunks == 0) return;
-      const size_t output_bytes =
-          sizeof(float) * (c * (dk + kPad) + dk * (bv + kPad) + c * (c + kPad) + 2 * c * (bv + kPad));
-      AllowSharedMemory(output_kernel, output_bytes);
-      output_kernel<<<static_cast<unsigned>(chunks * hv * blocks), kThreads, output_bytes, stream>>>(s);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if constexpr (D::kStatic) {
-      static_assert(D::dv(0) % 32 == 0, "static shapes take 32 value columns a block");
-      passes(StateKernel<32, kSplit, D>, OutputKernel<In, 32, D>, 32);
-    } else if (dv % 32 == 0) {
-      passes(StateKernel<32, kSplit, D>, OutputKernel<In, 32, D>, 32);
+    if constexpr (!kFloat) {
+      LaunchBf16Passes(s, chunks, D::kStatic, stream);
     } else {
-      passes(StateKernel<16, kSplit, D>, OutputKernel<In, 16, D>, 16);
+      auto passes = [&](auto state_kernel, auto output_kernel, int64_t bv) {
+        const size_t state_bytes =
+            sizeof(float) * (dk * (bv + kPad) + 2 * (2 * c * (dk + kPad) + c * (bv + kPad)));
+        AllowSharedMemory(state_kernel, state_bytes);
+        const int64_t blocks = dv / bv;
+        state_kernel<<<static_cast<unsigned>(n * hv * blocks), kThreads, state_bytes, stream>>>(s);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (chunks == 0) return;
+        const size_t output_bytes =
+            sizeof(float) * (c * (dk + kPad) + dk * (bv + kPad) + c * (c + kPad) + 2 * c * (bv + kPad));
+        AllowSharedMemory(output_kernel, output_bytes);
+        output_kernel<<<static_cast<unsigned>(chunks * hv * blocks), kThreads, output_bytes, stream>>>(s);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if constexpr (D::kStatic) {
+        static_assert(D::dv(0) % 32 == 0, "static shapes take 32 value columns a block");
+        passes(StateKernel<32, D>, OutputKernel<32, D>, 32);
+      } else if (dv % 32 == 0) {
+        passes(StateKernel<32, D>, OutputKernel<32, D>, 32);
+      } else {
+        passes(StateKernel<16, D>, OutputKernel<16, D>, 16);
+      }
     }
   }
   if (a.read_inverse_stats) {
