@@ -9,7 +9,6 @@
 //  Output pass, one block per (chunk, value head, BV value columns): O = Qe S + scores V', the scores'
 //  zero upper triangle skipped.
 #include <c10/cuda/CUDAException.h>
-#include <mma.h>
 
 #include <type_traits>
 
@@ -18,28 +17,7 @@
 namespace deltaserve::kernels::internal::gdn {
 namespace {
 
-namespace wmma = nvcuda::wmma;
 using bf16 = __nv_bfloat16;
-using RowMajor = wmma::row_major;
-using ColMajor = wmma::col_major;
-using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
-// acc += A[i0:i0+16, k0:k1] B[k0:k1, j0:j0+16] in bf16 (k0, k1 multiples of 16). RowMajor A: element
-// (i, kk) at a[i * lda + kk]; ColMajor A: at a[kk * lda + i] (A is the transpose of what is stored).
-// Same for B with (kk, j).
-template <typename LA, typename LB>
-__device__ inline void MmaBf16(Acc& acc, const bf16* a, int lda, const bf16* b, int ldb, int i0, int j0, int k0,
-                               int k1) {
-  constexpr bool a_row = std::is_same<LA, RowMajor>::value;
-  constexpr bool b_row = std::is_same<LB, RowMajor>::value;
-  for (int kk = k0; kk < k1; kk += 16) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LA> fa;
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LB> fb;
-    wmma::load_matrix_sync(fa, a_row ? a + i0 * lda + kk : a + kk * lda + i0, lda);
-    wmma::load_matrix_sync(fb, b_row ? b + kk * ldb + j0 : b + j0 * ldb + kk, ldb);
-    wmma::mma_sync(acc, fa, fb, acc);
-  }
-}
 
 __host__ __device__ constexpr int64_t RoundUp128(int64_t bytes) { return (bytes + 127) / 128 * 128; }
 __host__ __device__ constexpr int64_t Max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -129,7 +107,7 @@ __global__ void __launch_bounds__(kThreads, 2) StateKernelBf16(PassArgs<bf16> p)
       StoreRow8(s_out + static_cast<int64_t>(i) * dv + j, x);
     }
     __syncthreads();
-    Acc acc;
+    AccBf16 acc;
     if (has_tile) {
       wmma::fill_fragment(acc, 0.0f);
       MmaBf16<RowMajor, RowMajor>(acc, sw, ldk, sb, ldb, vi, vj, 0, dk);
@@ -154,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, 2) StateKernelBf16(PassArgs<bf16> p)
     const int s_tiles = (dk / 16) * tiles_n;
     for (int tile = warp; tile < s_tiles; tile += kWarps) {
       const int si = tile / tiles_n * 16, sj = tile % tiles_n * 16;
-      Acc s;
+      AccBf16 s;
       wmma::load_matrix_sync(s, ss + si * lds + sj, lds, wmma::mem_row_major);
 #pragma unroll
       for (int t = 0; t < s.num_elements; ++t) s.x[t] *= decay;
@@ -211,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) OutputKernelBf16(PassArgs<bf16> p) {
   // (c / 16) (BV / 16) <= 16 tiles (c, BV <= 64): at most two a warp.
   constexpr int kMaxTiles = 2;
   const int warp = threadIdx.x / 32, tiles_n = BV / 16, tiles = (c / 16) * tiles_n;
-  Acc acc[kMaxTiles];
+  AccBf16 acc[kMaxTiles];
 #pragma unroll
   for (int t = 0; t < kMaxTiles; ++t) {
     const int tile = warp + t * kWarps;

@@ -6,8 +6,10 @@
 #include <c10/util/BFloat16.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace deltaserve::kernels::internal::gdn {
 
@@ -29,6 +31,28 @@ struct Dims {
 };
 using QwenDims = Dims<64, 128, 128>;
 using RunTimeDims = Dims<0, 0, 0>;
+
+namespace wmma = nvcuda::wmma;
+using RowMajor = wmma::row_major;
+using ColMajor = wmma::col_major;
+using AccBf16 = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// acc += A[i0:i0+16, k0:k1] B[k0:k1, j0:j0+16] in bf16 (k0, k1 multiples of 16). RowMajor A: element
+// (i, kk) at a[i * lda + kk]; ColMajor A: at a[kk * lda + i] (A is the transpose of what is stored).
+// Same for B with (kk, j).
+template <typename LA, typename LB>
+__device__ inline void MmaBf16(AccBf16& acc, const __nv_bfloat16* a, int lda, const __nv_bfloat16* b, int ldb, int i0, int j0, int k0,
+                               int k1) {
+  constexpr bool a_row = std::is_same<LA, RowMajor>::value;
+  constexpr bool b_row = std::is_same<LB, RowMajor>::value;
+  for (int kk = k0; kk < k1; kk += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, LA> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LB> fb;
+    wmma::load_matrix_sync(fa, a_row ? a + i0 * lda + kk : a + kk * lda + i0, lda);
+    wmma::load_matrix_sync(fb, b_row ? b + kk * ldb + j0 : b + j0 * ldb + kk, ldb);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+}
 
 __device__ inline void Store(float* p, float x) { *p = x; }
 __device__ inline void Store(c10::BFloat16* p, float x) { *p = c10::BFloat16(x); }
