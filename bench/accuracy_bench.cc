@@ -157,7 +157,10 @@ int main(int argc, char** argv) {
   }
   // Weights: INT8 projections (group scales, quantized at load) against the float32 weights, on both paths.
   // (A fresh runner for each path: the prefill leaves its windows in the slots.)
-  row("prefill", "weights int8", Prefill(*Load(dir, "solve-triangular", "fp32", count, "int8"), windows), ref);
-  row("decode", "weights int8", Decode(*Load(dir, "solve-triangular", "fp32", count, "int8"), windows), dref);
+  for (const char* weights : {"int8", "int4"}) {
+    const std::string name = std::string("weights ") + weights;
+    row("prefill", name, Prefill(*Load(dir, "solve-triangular", "fp32", count, weights), windows), ref);
+    row("decode", name, Decode(*Load(dir, "solve-triangular", "fp32", count, weights), windows), dref);
+  }
   return 0;
 }

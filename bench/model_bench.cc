@@ -4,7 +4,7 @@
 //   bench_model MODEL_DIR [--prompt-len N] [--decode M] [--threads T] [--dtype float32|bfloat16]
 //               [--inverse-method NAME] [--state-dtype fp32|bf16|int8|...] [--batch B] [--device cpu|cuda]
 //               [--cuda-graphs 0|1] [--profile-steps K] [--profile-trace FILE] [--prefill-reps R]
-//               [--profile-prefill 0|1] [--small-batch-linear 0|1] [--weight-dtype same|int8]
+//               [--profile-prefill 0|1] [--small-batch-linear 0|1] [--weight-dtype same|int8|int4]
 // --small-batch-linear 0 sends every projection to at::linear (cuBLAS on CUDA): the baseline for the
 // small-batch projection kernel, measured in the same run.
 // --prefill-reps R times the prompt's prefill R times (slots reset in between): the first run pays
@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
                  "  --dtype float32|bfloat16  weight and activation dtype (float32)\n"
                  "  --inverse-method NAME   chunk inverse of the Gated DeltaNet prefill\n"
                  "  --state-dtype NAME      recurrent state storage: fp32, bf16, int8, fp8 (fp32)\n"
-                 "  --weight-dtype same|int8  projection weights: as --dtype, or INT8 (CPU) (same)\n"
+                 "  --weight-dtype same|int8|int4  projection weights: as --dtype, or INT8 / 4-bit (CPU) (same)\n"
                  "  --cuda-graphs 0|1       replay decode steps as CUDA graphs (1)\n"
                  "  --prefill-reps N        time the prefill N times, report the median (1)\n"
                  "  --small-batch-linear 0|1  the GEMV kernel for 1-2 rows, or cuBLAS only (1)\n"

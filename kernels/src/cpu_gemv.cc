@@ -268,26 +268,133 @@ void DotRowsInt8Generic(const float* x, int64_t rows, int64_t k, const int8_t* q
   }
 }
 
-DotRowsInt8Fn PickDotRowsInt8() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return DotRowsInt8Avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return DotRowsInt8Avx2;
-  return DotRowsInt8Generic;
+std::atomic<int> isa_override{static_cast<int>(CpuIsa::kAuto)};
+
+// 4-bit weights (linear_weight.h's layout: a group of 32 values in 16 bytes, value j in byte j's low nibble
+// and value j + 16 in its high one, each stored as value + 8): the same bodies reading half the bytes.
+using DotRowsInt4Fn = DotRowsInt8Fn;  // q points at the packed bytes, K / 2 a row
+
+template <int R>
+__attribute__((target("avx512f"))) void DotRowsInt4Avx512R(const float* x, int64_t k, const int8_t* q,
+                                                           const float* scales, int64_t n0, int64_t n1, float* y,
+                                                           int64_t n_total, bool accumulate) {
+  constexpr int kPairs = R == 1 ? 2 : 1;
+  const int64_t groups = k / 32, row_bytes = k / 2;
+  const __m512i low4 = _mm512_set1_epi32(15), eight = _mm512_set1_epi32(8);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* qr = reinterpret_cast<const uint8_t*>(q) + n * row_bytes;
+    const float* sr = scales + n * groups;
+    __m512 acc[R][2 * kPairs];
+    for (int m = 0; m < R; ++m)
+      for (int v = 0; v < 2 * kPairs; ++v) acc[m][v] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(qr + 2 * row_bytes + g * 16), _MM_HINT_T0);
+      const __m512 s = _mm512_set1_ps(sr[g]);
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + g * 16)));
+      const __m512 w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(b, low4), eight)), s);
+      const __m512 w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight)), s);
+      const int slot = kPairs == 2 ? 2 * static_cast<int>(g & 1) : 0;
+      for (int m = 0; m < R; ++m) {
+        const float* xg = x + m * k + g * 32;
+        acc[m][slot] = _mm512_fmadd_ps(_mm512_loadu_ps(xg), w0, acc[m][slot]);
+        acc[m][slot + 1] = _mm512_fmadd_ps(_mm512_loadu_ps(xg + 16), w1, acc[m][slot + 1]);
+      }
+    }
+    for (int m = 0; m < R; ++m) {
+      __m512 t = acc[m][0];
+      for (int v = 1; v < 2 * kPairs; ++v) t = _mm512_add_ps(t, acc[m][v]);
+      StoreDot(_mm512_reduce_add_ps(t), y, m * n_total + n, accumulate);
+    }
+  }
 }
 
-std::atomic<int> int8_isa_override{static_cast<int>(CpuIsa::kAuto)};
+void DotRowsInt4Avx512(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
+                       int64_t n1, float* y, int64_t n_total, bool accumulate) {
+  WithRows(rows, [&](auto r) { DotRowsInt4Avx512R<r>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
+}
 
-void DotRowsInt8(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
-                 int64_t n1, float* y, int64_t n_total, bool accumulate) {
-  static const DotRowsInt8Fn picked = PickDotRowsInt8();
-  DotRowsInt8Fn fn = picked;
-  switch (static_cast<CpuIsa>(int8_isa_override.load(std::memory_order_relaxed))) {
-    case CpuIsa::kAvx512: fn = DotRowsInt8Avx512; break;
-    case CpuIsa::kAvx2: fn = DotRowsInt8Avx2; break;
-    case CpuIsa::kGeneric: fn = DotRowsInt8Generic; break;
-    case CpuIsa::kAuto: break;
+// AVX2: a group is four 8-lane vectors, values 0-7, 8-15 (low nibbles) and 16-23, 24-31 (high ones).
+template <int R>
+__attribute__((target("avx2,fma"))) void DotRowsInt4Avx2R(const float* x, int64_t k, const int8_t* q,
+                                                          const float* scales, int64_t n0, int64_t n1, float* y,
+                                                          int64_t n_total, bool accumulate) {
+  const int64_t groups = k / 32, row_bytes = k / 2;
+  const __m256i low4 = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* qr = reinterpret_cast<const uint8_t*>(q) + n * row_bytes;
+    const float* sr = scales + n * groups;
+    __m256 acc[R][4];
+    for (int m = 0; m < R; ++m)
+      for (int v = 0; v < 4; ++v) acc[m][v] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(qr + 2 * row_bytes + g * 16), _MM_HINT_T0);
+      const __m256 s = _mm256_set1_ps(sr[g]);
+      __m256 w[4];
+      for (int half = 0; half < 2; ++half) {
+        const __m256i b =
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qr + g * 16 + 8 * half)));
+        w[half] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(b, low4), eight)), s);
+        w[2 + half] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(b, 4), eight)), s);
+      }
+      for (int m = 0; m < R; ++m)
+        for (int v = 0; v < 4; ++v)
+          acc[m][v] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * k + g * 32 + 8 * v), w[v], acc[m][v]);
+    }
+    for (int m = 0; m < R; ++m) {
+      const __m256 t = _mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3]));
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      StoreDot(_mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1))), y, m * n_total + n, accumulate);
+    }
   }
-  fn(x, rows, k, q, scales, n0, n1, y, n_total, accumulate);
+}
+
+void DotRowsInt4Avx2(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
+                     int64_t n1, float* y, int64_t n_total, bool accumulate) {
+  WithRows(rows, [&](auto r) { DotRowsInt4Avx2R<r>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
+}
+
+// Value i (0..31) of a packed group of 16 bytes.
+inline int Int4Value(const uint8_t* group, int i) { return (i < 16 ? group[i] & 15 : group[i - 16] >> 4) - 8; }
+
+void DotRowsInt4Generic(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
+                        int64_t n1, float* y, int64_t n_total, bool accumulate) {
+  const int64_t groups = k / 32;
+  const uint8_t* qb = reinterpret_cast<const uint8_t*>(q);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m = 0; m < rows; ++m) {
+      float sum = 0;
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint8_t* group = qb + n * (k / 2) + g * 16;
+        float part = 0;
+        for (int i = 0; i < 32; ++i) part += x[m * k + g * 32 + i] * static_cast<float>(Int4Value(group, i));
+        sum += part * scales[n * groups + g];
+      }
+      StoreDot(sum, y, m * n_total + n, accumulate);
+    }
+  }
+}
+
+// The body for the CPU (or the one a test asked for), by the values' width.
+CpuIsa DetectIsa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return CpuIsa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuIsa::kAvx2;
+  return CpuIsa::kGeneric;
+}
+
+DotRowsInt8Fn PickDotRows(bool int4) {
+  static const CpuIsa detected = DetectIsa();
+  CpuIsa isa = static_cast<CpuIsa>(isa_override.load(std::memory_order_relaxed));
+  if (isa == CpuIsa::kAuto) isa = detected;
+  switch (isa) {
+    case CpuIsa::kAvx512:
+      return int4 ? DotRowsInt4Avx512 : DotRowsInt8Avx512;
+    case CpuIsa::kAvx2:
+      return int4 ? DotRowsInt4Avx2 : DotRowsInt8Avx2;
+    default:
+      return int4 ? DotRowsInt4Generic : DotRowsInt8Generic;
+  }
 }
 
 // 16 int8 values as float32 (auto-vectorised in each clone below; for dequantizing whole rows).
@@ -309,6 +416,23 @@ __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void Dequantize
       const F16 a = LoadF16(src) * s, b = LoadF16(src + 16) * s;
       std::memcpy(d, &a, sizeof(a));
       std::memcpy(d + 16, &b, sizeof(b));
+    }
+  }
+}
+
+// Rows [n0, n1) of a 4-bit weight as float32 into dst [n1 - n0, K].
+__attribute__((target_clones("avx512f", "avx2,fma", "default"))) void DequantizeRowsInt4(
+    const uint8_t* q, const float* scales, int64_t k, int64_t n0, int64_t n1, float* dst) {
+  const int64_t groups = k / 32;
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float s = scales[n * groups + g];
+      const uint8_t* src = q + n * (k / 2) + g * 16;
+      float* d = dst + (n - n0) * k + g * 32;
+      for (int i = 0; i < 16; ++i) {
+        d[i] = static_cast<float>((src[i] & 15) - 8) * s;
+        d[i + 16] = static_cast<float>((src[i] >> 4) - 8) * s;
+      }
     }
   }
 }
@@ -368,9 +492,9 @@ void FinishGemv(const GemvIo& io, int64_t rows, int64_t n, at::Tensor& out, bool
 
 }  // namespace
 
-void SetCpuGemvInt8IsaForTesting(CpuIsa isa) { int8_isa_override.store(static_cast<int>(isa)); }
+void SetCpuGemvQuantizedIsaForTesting(CpuIsa isa) { isa_override.store(static_cast<int>(isa)); }
 
-bool CpuGemvInt8Applies(const at::Tensor& x) {
+bool CpuGemvQuantizedApplies(const at::Tensor& x) {
   const int64_t k = x.size(-1);
   return k > 0 && x.numel() / k <= kCpuGemvMaxRows && RowStride(x) >= 0;
 }
@@ -409,28 +533,30 @@ void CpuGemv(const at::Tensor& x, int64_t row_stride, const at::Tensor& weight, 
   FinishGemv(io, rows, n, out, accumulate);
 }
 
-void CpuGemvInt8(const at::Tensor& x, int64_t row_stride, const at::Tensor& values, const at::Tensor& scales,
-                 at::Tensor& out, bool accumulate, bool silu_and_mul) {
-  const int64_t n = values.size(0), k = values.size(1);
+void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const at::Tensor& values, const at::Tensor& scales,
+                      at::Tensor& out, bool accumulate, bool silu_and_mul) {
+  const bool int4 = values.scalar_type() == at::kByte;
+  const int64_t n = values.size(0), k = int4 ? 2 * values.size(1) : values.size(1);
   const int64_t rows = x.numel() / x.size(-1);
   thread_local std::vector<float> staged, product;
   const GemvIo io = PrepareGemv(x, rows, row_stride, k, n, out, accumulate, silu_and_mul, staged, product);
-  const int8_t* q = values.data_ptr<int8_t>();
+  const int8_t* q = reinterpret_cast<const int8_t*>(values.data_ptr());
   const float* s = scales.data_ptr<float>();
+  const DotRowsInt8Fn dot = PickDotRows(int4);
   at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
-    ForRowTiles(rows, n0, n1, static_cast<size_t>(k), [&](int64_t m0, int64_t r, int64_t b0, int64_t b1) {
-      DotRowsInt8(io.x + m0 * k, r, k, q, s, b0, b1, io.y + m0 * n, n, io.add_in_place);
+    ForRowTiles(rows, n0, n1, static_cast<size_t>(values.size(1)), [&](int64_t m0, int64_t r, int64_t b0, int64_t b1) {
+      dot(io.x + m0 * k, r, k, q, s, b0, b1, io.y + m0 * n, n, io.add_in_place);
     });
   });
   FinishGemv(io, rows, n, out, accumulate);
 }
 
-at::Tensor CpuLinearInt8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales) {
-  const int64_t n = values.size(0), k = values.size(1);
+at::Tensor CpuLinearQuantized(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales) {
+  const bool int4 = values.scalar_type() == at::kByte;
+  const int64_t n = values.size(0), k = int4 ? 2 * values.size(1) : values.size(1);
   const at::Tensor x32 = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
   at::Tensor out32 = at::empty({x.size(0), n}, x32.options());
   constexpr int64_t kBlock = 128;  // 128 x K float32: 0.5 MB at K = 1024, cache-resident while multiplied
-  const int8_t* q = values.data_ptr<int8_t>();
   const float* s = scales.data_ptr<float>();
   // One block of features per task; at::mm inside runs on the task's thread (no nested parallelism). The
   // workers take the caller's InferenceMode (thread-local): out32 may be an inference tensor.
@@ -440,7 +566,11 @@ at::Tensor CpuLinearInt8(const at::Tensor& x, const at::Tensor& values, const at
     at::Tensor buf = at::empty({kBlock, k}, at::kFloat);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kBlock, nb = std::min(kBlock, n - n0);
-      DequantizeRows(q, s, k, n0, n0 + nb, buf.data_ptr<float>());
+      if (int4) {
+        DequantizeRowsInt4(values.data_ptr<uint8_t>(), s, k, n0, n0 + nb, buf.data_ptr<float>());
+      } else {
+        DequantizeRows(values.data_ptr<int8_t>(), s, k, n0, n0 + nb, buf.data_ptr<float>());
+      }
       out32.narrow(1, n0, nb).copy_(at::mm(x32, buf.narrow(0, 0, nb).t()));
     }
   });

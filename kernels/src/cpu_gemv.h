@@ -25,25 +25,26 @@ bool CpuGemvApplies(const at::Tensor& x, const at::Tensor& weight);
 void CpuGemv(const at::Tensor& x, int64_t row_stride, const at::Tensor& weight, at::Tensor& out, bool accumulate,
              bool silu_and_mul);
 
-// Whether CpuGemvInt8 can take x [..., K] (checked against its INT8 weight): at most kCpuGemvMaxRows rows
-// addressable with one stride.
-bool CpuGemvInt8Applies(const at::Tensor& x);
+// Whether CpuGemvQuantized can take x [..., K] (checked against its quantized weight): at most
+// kCpuGemvMaxRows rows addressable with one stride.
+bool CpuGemvQuantizedApplies(const at::Tensor& x);
 
-// CpuGemv over an INT8 weight (values int8 [N, K], float32 scales [N, K / 32]; K a multiple of 32): each
-// group of 32 values is converted and scaled in registers, so the weight is read at one byte a value. Same
-// contract as CpuGemv otherwise (x float32 or bfloat16, at most kCpuGemvMaxRows rows).
-void CpuGemvInt8(const at::Tensor& x, int64_t row_stride, const at::Tensor& values, const at::Tensor& scales,
-                 at::Tensor& out, bool accumulate, bool silu_and_mul);
+// CpuGemv over a quantized weight (linear_weight.h: INT8 values int8 [N, K] or 4-bit values uint8 [N, K / 2],
+// float32 scales [N, K / 32]; K a multiple of 32): each group of 32 values is converted and scaled in
+// registers, so the weight is read at one byte (half a byte) a value. Same contract as CpuGemv otherwise (x
+// float32 or bfloat16, at most kCpuGemvMaxRows rows).
+void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const at::Tensor& values, const at::Tensor& scales,
+                      at::Tensor& out, bool accumulate, bool silu_and_mul);
 
-// Which of the INT8 GEMV's bodies runs: the best the CPU has (kAuto), or one named, so tests run each on a
-// CPU that has them all. Not for production use.
+// Which of the quantized GEMV's bodies runs: the best the CPU has (kAuto), or one named, so tests run each on
+// a CPU that has them all. Not for production use.
 enum class CpuIsa { kAuto, kAvx512, kAvx2, kGeneric };
-void SetCpuGemvInt8IsaForTesting(CpuIsa isa);
+void SetCpuGemvQuantizedIsaForTesting(CpuIsa isa);
 
-// x [M, K] (contiguous, float32 or bfloat16) times an INT8 weight for any M: blocks of 128 output features
+// x [M, K] (contiguous, float32 or bfloat16) times a quantized weight for any M: blocks of 128 output features
 // are dequantized to float32 in a per-thread buffer and multiplied by at::mm (float32 accumulation); the
 // result [M, N] in x's dtype.
-at::Tensor CpuLinearInt8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales);
+at::Tensor CpuLinearQuantized(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales);
 
 }  // namespace deltaserve::kernels::internal
 

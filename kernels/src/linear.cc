@@ -55,43 +55,50 @@ std::vector<int64_t> OutputShape(const at::Tensor& x, const at::Tensor& weight) 
   return shape;
 }
 
-// x [..., K] on the CPU and an INT8 weight: int8 values [N, K] and float32 scales [N, K / group], contiguous.
+// x [..., K] on the CPU and a quantized weight (linear_weight.h): INT8 values int8 [N, K] or 4-bit values
+// uint8 [N, K / 2], float32 scales [N, K / group], contiguous.
 absl::Status CheckQuantizedArgs(const at::Tensor& x, const LinearWeight& w) {
   DS_RETURN_IF_ERROR(internal::CheckActivations(x, "x"));
   const at::Tensor& q = w.weight;
-  if (!q.defined() || q.dim() != 2 || q.scalar_type() != at::kChar || !q.is_contiguous()) {
-    return absl::InvalidArgumentError("weight: INT8 values must be a contiguous int8 [N, K] tensor");
+  if (!q.defined() || q.dim() != 2 || (q.scalar_type() != at::kChar && q.scalar_type() != at::kByte) ||
+      !q.is_contiguous()) {
+    return absl::InvalidArgumentError(
+        "weight: quantized values must be a contiguous int8 [N, K] or uint8 (4-bit pairs) [N, K / 2] tensor");
   }
-  if (q.size(1) != x.size(-1)) {
-    return absl::InvalidArgumentError(absl::StrCat("weight: expected [N, ", x.size(-1),
-                                                   "] to match x's last dimension, got ", internal::ShapeString(q)));
+  if (w.in_features() != x.size(-1)) {
+    return absl::InvalidArgumentError(absl::StrCat("weight: expected ", w.int4() ? "4-bit values of " : "", "[N, ",
+                                                   x.size(-1), "] to match x's last dimension, got ",
+                                                   w.int4() ? "K = " + std::to_string(w.in_features()) + " in " : "",
+                                                   internal::ShapeString(q)));
   }
   const at::Tensor& sc = w.scales;
-  if (q.size(1) % kWeightQuantGroup != 0 || sc.scalar_type() != at::kFloat || !sc.is_contiguous() ||
-      sc.dim() != 2 || sc.size(0) != q.size(0) || sc.size(1) != q.size(1) / kWeightQuantGroup) {
-    return absl::InvalidArgumentError(absl::StrCat("weight: INT8 scales must be float32 [N, K / ", kWeightQuantGroup,
-                                                   "] with K a multiple of ", kWeightQuantGroup, ", got ",
-                                                   internal::ShapeString(sc), " for values ",
+  const int64_t k = w.in_features();
+  if (k % kWeightQuantGroup != 0 || sc.scalar_type() != at::kFloat || !sc.is_contiguous() || sc.dim() != 2 ||
+      sc.size(0) != q.size(0) || sc.size(1) != k / kWeightQuantGroup) {
+    return absl::InvalidArgumentError(absl::StrCat("weight: quantized scales must be float32 [N, K / ",
+                                                   kWeightQuantGroup, "] with K a multiple of ", kWeightQuantGroup,
+                                                   ", got ", internal::ShapeString(sc), " for values ",
                                                    internal::ShapeString(q)));
   }
   if (!x.device().is_cpu() || !q.device().is_cpu() || !sc.device().is_cpu()) {
-    return absl::InvalidArgumentError("weight: INT8 weights run on the CPU only (x and weight must be CPU tensors)");
+    return absl::InvalidArgumentError(
+        "weight: quantized weights run on the CPU only (x and weight must be CPU tensors)");
   }
   return absl::OkStatus();
 }
 
-// x W^T for a checked INT8 weight: the dequantizing GEMV for decode's few rows, blocks into at::mm beyond.
+// x W^T for a checked quantized weight: the dequantizing GEMV for decode's few rows, blocks into at::mm beyond.
 at::Tensor QuantizedProduct(const at::Tensor& x, const LinearWeight& w) {
   const int64_t k = x.size(-1);
   const int64_t rows = x.numel() / k;
   at::Tensor out = at::empty(OutputShape(x, w.weight), x.options());
   if (rows == 0) return out;
-  if (internal::CpuGemvInt8Applies(x)) {
-    internal::CpuGemvInt8(x, internal::RowStride(x), w.weight, w.scales, out, /*accumulate=*/false,
-                          /*silu_and_mul=*/false);
+  if (internal::CpuGemvQuantizedApplies(x)) {
+    internal::CpuGemvQuantized(x, internal::RowStride(x), w.weight, w.scales, out, /*accumulate=*/false,
+                               /*silu_and_mul=*/false);
     return out;
   }
-  return internal::CpuLinearInt8(x.reshape({rows, k}).contiguous(), w.weight, w.scales).view(out.sizes());
+  return internal::CpuLinearQuantized(x.reshape({rows, k}).contiguous(), w.weight, w.scales).view(out.sizes());
 }
 
 }  // namespace
@@ -174,7 +181,7 @@ absl::Status LinearAccumulate(const at::Tensor& x, const LinearWeight& w, at::Te
   const at::Tensor& weight = w.weight;
   if (input == LinearInput::kSiluAndMul) {
     DS_RETURN_IF_ERROR(internal::CheckActivations(x, "x"));
-    if (!weight.defined() || weight.dim() != 2 || x.size(-1) != 2 * weight.size(1)) {
+    if (!weight.defined() || weight.dim() != 2 || x.size(-1) != 2 * w.in_features()) {
       return absl::InvalidArgumentError(absl::StrCat("weight: expected [N, ", x.size(-1) / 2,
                                                      "] (half of x's [gate | up] last dimension), got ",
                                                      weight.defined() ? internal::ShapeString(weight) : "none"));
@@ -182,7 +189,7 @@ absl::Status LinearAccumulate(const at::Tensor& x, const LinearWeight& w, at::Te
   }
   // The projection's input as the checks and the composition see it: x, or a view of its gate half
   // (same rows, same base pointer) standing in for SiluAndMul(x).
-  const at::Tensor x_in = input == LinearInput::kSiluAndMul ? x.narrow(-1, 0, weight.size(1)) : x;
+  const at::Tensor x_in = input == LinearInput::kSiluAndMul ? x.narrow(-1, 0, w.in_features()) : x;
   DS_RETURN_IF_ERROR(w.quantized() ? CheckQuantizedArgs(x_in, w) : CheckLinearArgs(x_in, weight));
   DS_RETURN_IF_ERROR(internal::CheckTensor(residual, "residual", x.dim()));
   if (residual.sizes().vec() != OutputShape(x_in, weight)) {
@@ -194,10 +201,10 @@ absl::Status LinearAccumulate(const at::Tensor& x, const LinearWeight& w, at::Te
     return absl::InvalidArgumentError("residual: must have x's dtype and device");
   }
   if (w.quantized()) {
-    if (internal::CpuGemvInt8Applies(x_in) && residual.is_contiguous()) {
+    if (internal::CpuGemvQuantizedApplies(x_in) && residual.is_contiguous()) {
       DS_CATCH_ATEN({
-        internal::CpuGemvInt8(x, internal::RowStride(x_in), weight, w.scales, residual, /*accumulate=*/true,
-                              input == LinearInput::kSiluAndMul);
+        internal::CpuGemvQuantized(x, internal::RowStride(x_in), weight, w.scales, residual, /*accumulate=*/true,
+                                   input == LinearInput::kSiluAndMul);
         return absl::OkStatus();
       })
     }

@@ -63,8 +63,8 @@ ABSL_FLAG(std::string, logits_out, "",
           "Write every step's logits (float32 [steps, vocab]) to this .npy file");
 ABSL_FLAG(std::string, dtype, "float32", "Weights and activations: float32 or bfloat16");
 ABSL_FLAG(std::string, weight_dtype, "same",
-          "Projection weights: same (as --dtype) or int8 (CPU only: quantized at load, one scale per 32 "
-          "values; about 3.8x fewer bytes than float32 for decode to read)");
+          "Projection weights: same (as --dtype), int8 or int4 (CPU only: quantized at load, one scale per 32 "
+          "values; about 3.8x / 7x fewer bytes than float32 for decode to read)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(
     std::string, inverse_method, "auto",

@@ -255,18 +255,60 @@ TEST(Int8Weight, QuantizesEachGroupOfThirtyTwoToItsMax) {
   EXPECT_FALSE(QuantizeWeightInt8(at::randn({4, 32}).to(at::kDouble)).ok());
   EXPECT_TRUE(ParseWeightDtype("int8").ok());
   EXPECT_EQ(*ParseWeightDtype(""), WeightDtype::kSame);
-  EXPECT_THAT(ParseWeightDtype("int4").status().message(), HasSubstr("int8"));
+  EXPECT_EQ(*ParseWeightDtype("int4"), WeightDtype::kInt4);
+  EXPECT_THAT(ParseWeightDtype("int3").status().message(), HasSubstr("int4"));
 }
 
-// x times the INT8 weight equals x times its dequantized float64 values: the GEMV for up to 16 rows (past
+// 4-bit weights as llama.cpp's Q4_0: the group's largest magnitude m is exactly -8 scales (scale m / -8), every
+// value within half a scale (a whole one where the other sign's extreme clamps at 7), two values a byte (value
+// j low, j + 16 high, stored + 8).
+TEST(Int4Weight, QuantizesEachGroupAsQ40) {
+  at::manual_seed(9135);
+  at::Tensor w = at::randn({40, 96}) * at::linspace(0.01, 3.0, 96);
+  w.narrow(1, 32, 32).narrow(0, 3, 1).zero_();  // one all-zero group
+  absl::StatusOr<LinearWeight> q = QuantizeWeightInt4(w);
+  ASSERT_TRUE(q.ok()) << q.status();
+  ASSERT_TRUE(q->int4());
+  EXPECT_EQ(q->weight.scalar_type(), at::kByte);
+  EXPECT_EQ(q->weight.sizes(), (std::vector<int64_t>{40, 48}));
+  EXPECT_EQ(q->in_features(), 96);
+  const at::Tensor groups = w.reshape({40, 3, 32});
+  const at::Tensor largest = groups.gather(-1, groups.abs().argmax(-1, true)).squeeze(-1);
+  EXPECT_TRUE(at::allclose(q->scales, largest / -8.0, 1e-6, 0));
+  const at::Tensor deq = DequantizeWeight(*q, at::kFloat).reshape({40, 3, 32});
+  const at::Tensor err = (deq - groups).abs();
+  EXPECT_TRUE((err <= q->scales.abs().unsqueeze(-1) * 1.0001 + 1e-12).all().item<bool>());
+  // Away from the clamped extreme the error is half a scale.
+  const at::Tensor inner = groups.abs() < q->scales.abs().unsqueeze(-1) * 6.5;
+  EXPECT_TRUE((err.masked_select(inner) <= q->scales.abs().unsqueeze(-1).expand_as(err).masked_select(inner) * 0.5001 +
+               1e-12).all().item<bool>());
+  EXPECT_TRUE(at::allclose(deq.gather(-1, groups.abs().argmax(-1, true)).squeeze(-1), largest, 1e-6, 0));
+  EXPECT_EQ(q->scales[3][1].item<float>(), 0.0f);
+  EXPECT_TRUE((q->weight.narrow(1, 16, 16).narrow(0, 3, 1) == 0x88).all().item<bool>());
+  // The byte layout: w_i = ((i % 16) - 8) / 2 has m = -4, scale 0.5, stored values i % 16: byte j = 17 j.
+  at::Tensor ramp = (at::arange(32, at::kFloat).remainder(16) - 8) * 0.5;
+  absl::StatusOr<LinearWeight> r = QuantizeWeightInt4(ramp.reshape({1, 32}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(at::equal(r->weight.reshape({16}).to(at::kInt), at::arange(16, at::kInt) * 17));
+  EXPECT_TRUE(at::equal(DequantizeWeight(*r, at::kFloat), ramp.reshape({1, 32})));
+  absl::StatusOr<LinearWeight> odd = QuantizeWeightInt4(at::randn({4, 48}));
+  ASSERT_FALSE(odd.ok());
+  EXPECT_THAT(odd.status().message(), HasSubstr("multiple of 32"));
+}
+
+// Both quantized formats, for the tests that hold the kernels to the dequantized product.
+const WeightDtype kQuantized[] = {WeightDtype::kInt8, WeightDtype::kInt4};
+
+// x times the quantized weight equals x times its dequantized float64 values: the GEMV for up to 16 rows (past
 // 4 in row tiles), the dequantized blocks into at::mm for more (N beyond one 128-feature block), fp32 and
-// bf16 activations.
-TEST(Int8Weight, LinearEqualsTheDequantizedProduct) {
+// bf16 activations, INT8 and 4-bit.
+TEST(QuantizedWeight, LinearEqualsTheDequantizedProduct) {
   at::manual_seed(9132);
   const int threads = at::get_num_threads();
   at::set_num_threads(2);
-  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{300, 1024}, {257, 96}, {1, 32}}) {
-    absl::StatusOr<LinearWeight> q = QuantizeWeightInt8(at::randn({n, k}) * 0.1);
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{300, 1024}, {257, 96}, {1, 32}})
+  for (WeightDtype wdt : kQuantized) {
+    absl::StatusOr<LinearWeight> q = QuantizeWeight(at::randn({n, k}) * 0.1, wdt);
     ASSERT_TRUE(q.ok()) << q.status();
     const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
     for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
@@ -277,41 +319,44 @@ TEST(Int8Weight, LinearEqualsTheDequantizedProduct) {
         ASSERT_EQ(got->sizes(), (std::vector<int64_t>{rows, n}));
         ASSERT_EQ(got->scalar_type(), dtype);
         EXPECT_LT(MaxRelErr(*got, at::matmul(x.to(at::kDouble), wd.t())), dtype == at::kFloat ? 2e-6 : 8e-3)
-            << c10::toString(dtype) << ", " << rows << " rows, N " << n << ", K " << k;
+            << c10::toString(dtype) << ", " << WeightDtypeName(wdt) << ", " << rows << " rows, N " << n << ", K "
+            << k;
       }
     }
   }
   at::set_num_threads(threads);
 }
 
-// Every instruction-set body of the INT8 GEMV (the test CPU's own choice is the test above): each the same
-// product, where the CPU can run it.
-TEST(Int8Weight, EveryGemvBodyEqualsTheDequantizedProduct) {
+// Every instruction-set body of the quantized GEMV (the test CPU's own choice is the test above): each the
+// same product, where the CPU can run it, for both formats.
+TEST(QuantizedWeight, EveryGemvBodyEqualsTheDequantizedProduct) {
   at::manual_seed(9134);
-  absl::StatusOr<LinearWeight> q = QuantizeWeightInt8(at::randn({200, 160}) * 0.1);
-  ASSERT_TRUE(q.ok()) << q.status();
-  const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
   using internal::CpuIsa;
+  for (WeightDtype wdt : kQuantized)
   for (CpuIsa isa : {CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kGeneric}) {
+    absl::StatusOr<LinearWeight> q = QuantizeWeight(at::randn({200, 160}) * 0.1, wdt);
+    ASSERT_TRUE(q.ok()) << q.status();
+    const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
     if (isa == CpuIsa::kAvx512 && !__builtin_cpu_supports("avx512f")) continue;
     if (isa == CpuIsa::kAvx2 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) continue;
-    internal::SetCpuGemvInt8IsaForTesting(isa);
+    internal::SetCpuGemvQuantizedIsaForTesting(isa);
     for (int64_t rows : {1, 2, 3, 4, 7, 16}) {
       at::Tensor x = at::randn({rows, 160});
       absl::StatusOr<at::Tensor> got = Linear(x, *q);
       ASSERT_TRUE(got.ok()) << got.status();
       EXPECT_LT(MaxRelErr(*got, at::matmul(x.to(at::kDouble), wd.t())), 2e-6)
-          << "body " << static_cast<int>(isa) << ", " << rows << " rows";
+          << "body " << static_cast<int>(isa) << ", " << WeightDtypeName(wdt) << ", " << rows << " rows";
     }
   }
-  internal::SetCpuGemvInt8IsaForTesting(CpuIsa::kAuto);
+  internal::SetCpuGemvQuantizedIsaForTesting(CpuIsa::kAuto);
 }
 
-// The residual add, silu(gate) * up and the norm with an INT8 weight, for GEMV and GEMM row counts.
-TEST(Int8Weight, AccumulatesReadsSiluAndMulAndNormalises) {
+// The residual add, silu(gate) * up and the norm with a quantized weight, for GEMV and GEMM row counts.
+TEST(QuantizedWeight, AccumulatesReadsSiluAndMulAndNormalises) {
   at::manual_seed(9133);
   const int64_t n = 160, k = 64;
-  absl::StatusOr<LinearWeight> q = QuantizeWeightInt8(at::randn({n, k}) * 0.1);
+  for (WeightDtype wdt : kQuantized) {
+  absl::StatusOr<LinearWeight> q = QuantizeWeight(at::randn({n, k}) * 0.1, wdt);
   ASSERT_TRUE(q.ok()) << q.status();
   const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
@@ -322,7 +367,8 @@ TEST(Int8Weight, AccumulatesReadsSiluAndMulAndNormalises) {
         at::Tensor residual = (at::randn({rows, n}) * 2).to(dtype);
         at::Tensor ref = residual.to(at::kDouble) + at::matmul(silu ? SiluMulFloat64(x) : x.to(at::kDouble), wd.t());
         ASSERT_TRUE(LinearAccumulate(x, *q, residual, silu ? LinearInput::kSiluAndMul : LinearInput::kAsIs).ok());
-        EXPECT_LT(MaxRelErr(residual, ref), tol) << c10::toString(dtype) << ", silu " << silu << ", " << rows;
+        EXPECT_LT(MaxRelErr(residual, ref), tol)
+            << c10::toString(dtype) << ", " << WeightDtypeName(wdt) << ", silu " << silu << ", " << rows;
       }
       at::Tensor x = (at::randn({rows, k}) * 3 + 0.5).to(dtype);
       at::Tensor norm_w = (at::randn({k}) * 0.2).to(dtype);
@@ -330,6 +376,7 @@ TEST(Int8Weight, AccumulatesReadsSiluAndMulAndNormalises) {
       ASSERT_TRUE(got.ok()) << got.status();
       EXPECT_LT(MaxRelErr(*got, NormLinearFloat64(x, norm_w, 1e-6, wd)), dtype == at::kFloat ? 1e-5 : 8e-3);
     }
+  }
   }
 }
 

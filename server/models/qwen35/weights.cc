@@ -32,12 +32,12 @@ at::Tensor Stack(std::initializer_list<at::Tensor> parts) {
   return out;
 }
 
-// Every projection and lm_head as INT8 with group scales; the values moved onto huge pages.
-absl::Status QuantizeProjections(Qwen35Weights& w) {
-  auto quantize = [](kernels::LinearWeight& lw) -> absl::Status {
-    absl::StatusOr<kernels::LinearWeight> q = kernels::QuantizeWeightInt8(lw.weight);
+// Every projection and lm_head as INT8 or 4-bit with group scales; the values moved onto huge pages.
+absl::Status QuantizeProjections(Qwen35Weights& w, kernels::WeightDtype dtype) {
+  auto quantize = [dtype](kernels::LinearWeight& lw) -> absl::Status {
+    absl::StatusOr<kernels::LinearWeight> q = kernels::QuantizeWeight(lw.weight, dtype);
     if (!q.ok()) return q.status();
-    lw.weight = EmptyOnHugePages(q->weight.sizes().vec(), at::kChar).copy_(q->weight);
+    lw.weight = EmptyOnHugePages(q->weight.sizes().vec(), q->weight.scalar_type()).copy_(q->weight);
     lw.scales = q->scales;
     return absl::OkStatus();
   };
@@ -60,9 +60,9 @@ absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& che
     return absl::InvalidArgumentError(
         absl::StrCat("dtype: must be float32 or bfloat16, got ", c10::toString(dtype)));
   }
-  if (weight_dtype == kernels::WeightDtype::kInt8 && !device.is_cpu()) {
-    return absl::InvalidArgumentError(absl::StrCat("weight_dtype: int8 weights run on the CPU only, not on ",
-                                                   device.str()));
+  if (weight_dtype != kernels::WeightDtype::kSame && !device.is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat("weight_dtype: ", kernels::WeightDtypeName(weight_dtype),
+                                                   " weights run on the CPU only, not on ", device.str()));
   }
   // Multimodal checkpoints keep the text model under model.language_model.; text-only ones under model.
   const bool nested = checkpoint.tensors().count("model.language_model.embed_tokens.weight") > 0;
@@ -121,9 +121,12 @@ absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& che
                     : load.Take("lm_head.weight", {c.vocab_size, h}, false, /*absolute=*/true);
     absl::Status st = load.Finish();
     if (!st.ok()) return st;
-    if (weight_dtype == kernels::WeightDtype::kInt8) {
-      st = QuantizeProjections(w);
-      if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("weight_dtype int8: ", st.message()));
+    if (weight_dtype != kernels::WeightDtype::kSame) {
+      st = QuantizeProjections(w, weight_dtype);
+      if (!st.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("weight_dtype ", kernels::WeightDtypeName(weight_dtype), ": ", st.message()));
+      }
     }
     return w;
   } catch (const c10::Error& e) {
