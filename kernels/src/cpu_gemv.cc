@@ -170,33 +170,70 @@ void WithRows(int64_t rows, F&& f) {
   }
 }
 
-// AVX-512: a group of 32 values is two 16-lane vectors (sign-extend, convert, scale), multiplied into all R
-// rows; one row alternates two accumulator pairs so four FMA chains are in flight.
-template <int R>
-__attribute__((target("avx512f"))) void DotRowsInt8Avx512R(const float* x, int64_t k, const int8_t* q,
-                                                           const float* scales, int64_t n0, int64_t n1, float* y,
-                                                           int64_t n_total, bool accumulate) {
+// How a group of 32 weights is stored: INT8, one byte a value; 4-bit (linear_weight.h's layout), 16 bytes
+// with value j in byte j's low nibble and value j + 16 in its high one, each stored as value + 8. Each
+// format gives the group as scaled float vectors for one instruction set: two of 16 lanes (AVX-512) or four of
+// 8 (AVX2), in the order of x's 32 values.
+struct Int8Group {
+  static constexpr int64_t kBytes = 32;
+  __attribute__((target("avx512f"))) static void Load(const uint8_t* g, __m512 s, __m512 w[2]) {
+    for (int v = 0; v < 2; ++v) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16 * v));
+      w[v] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), s);
+    }
+  }
+  __attribute__((target("avx2,fma"))) static void Load(const uint8_t* g, __m256 s, __m256 w[4]) {
+    for (int v = 0; v < 4; ++v) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(g + 8 * v));
+      w[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), s);
+    }
+  }
+};
+struct Int4Group {
+  static constexpr int64_t kBytes = 16;
+  __attribute__((target("avx512f"))) static void Load(const uint8_t* g, __m512 s, __m512 w[2]) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+    const __m512i eight = _mm512_set1_epi32(8);
+    w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(b, _mm512_set1_epi32(15)), eight)), s);
+    w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight)), s);
+  }
+  __attribute__((target("avx2,fma"))) static void Load(const uint8_t* g, __m256 s, __m256 w[4]) {
+    const __m256i low4 = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+    for (int half = 0; half < 2; ++half) {  // values 8 half .. + 8 (low nibbles), 16 + 8 half .. + 8 (high)
+      const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g + 8 * half)));
+      w[half] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(b, low4), eight)), s);
+      w[2 + half] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(b, 4), eight)), s);
+    }
+  }
+};
+
+// AVX-512: a group of 32 values is two 16-lane vectors (converted and scaled), multiplied into all R rows;
+// one row alternates two accumulator pairs so four FMA chains are in flight. The weight row two ahead is
+// prefetched a cache line at a time.
+template <int R, class G>
+__attribute__((target("avx512f"))) void DotRowsAvx512R(const float* x, int64_t k, const int8_t* q,
+                                                       const float* scales, int64_t n0, int64_t n1, float* y,
+                                                       int64_t n_total, bool accumulate) {
   constexpr int kPairs = R == 1 ? 2 : 1;
-  const int64_t groups = k / 32;
+  constexpr int64_t kGroupsPerLine = 64 / G::kBytes;
+  const int64_t groups = k / 32, row_bytes = groups * G::kBytes;
   for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* qr = q + n * k;
+    const uint8_t* qr = reinterpret_cast<const uint8_t*>(q) + n * row_bytes;
     const float* sr = scales + n * groups;
     __m512 acc[R][2 * kPairs];
     for (int m = 0; m < R; ++m)
       for (int v = 0; v < 2 * kPairs; ++v) acc[m][v] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-      if ((g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(qr + 2 * k + g * 32), _MM_HINT_T0);
-      const __m512 s = _mm512_set1_ps(sr[g]);
-      const int8_t* qg = qr + g * 32;
-      const __m512 w0 = _mm512_mul_ps(
-          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qg)))), s);
-      const __m512 w1 = _mm512_mul_ps(
-          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qg + 16)))), s);
+      if (g % kGroupsPerLine == 0) {
+        _mm_prefetch(reinterpret_cast<const char*>(qr + 2 * row_bytes + g * G::kBytes), _MM_HINT_T0);
+      }
+      __m512 w[2];
+      G::Load(qr + g * G::kBytes, _mm512_set1_ps(sr[g]), w);
       const int slot = kPairs == 2 ? 2 * static_cast<int>(g & 1) : 0;
       for (int m = 0; m < R; ++m) {
         const float* xg = x + m * k + g * 32;
-        acc[m][slot] = _mm512_fmadd_ps(_mm512_loadu_ps(xg), w0, acc[m][slot]);
-        acc[m][slot + 1] = _mm512_fmadd_ps(_mm512_loadu_ps(xg + 16), w1, acc[m][slot + 1]);
+        acc[m][slot] = _mm512_fmadd_ps(_mm512_loadu_ps(xg), w[0], acc[m][slot]);
+        acc[m][slot + 1] = _mm512_fmadd_ps(_mm512_loadu_ps(xg + 16), w[1], acc[m][slot + 1]);
       }
     }
     for (int m = 0; m < R; ++m) {
@@ -207,32 +244,31 @@ __attribute__((target("avx512f"))) void DotRowsInt8Avx512R(const float* x, int64
   }
 }
 
-void DotRowsInt8Avx512(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
-                       int64_t n1, float* y, int64_t n_total, bool accumulate) {
-  WithRows(rows, [&](auto r) { DotRowsInt8Avx512R<r>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
+template <class G>
+void DotRowsAvx512(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
+                   int64_t n1, float* y, int64_t n_total, bool accumulate) {
+  WithRows(rows, [&](auto r) { DotRowsAvx512R<r, G>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
 }
 
 // AVX2: a group is four 8-lane vectors.
-template <int R>
-__attribute__((target("avx2,fma"))) void DotRowsInt8Avx2R(const float* x, int64_t k, const int8_t* q,
-                                                          const float* scales, int64_t n0, int64_t n1, float* y,
-                                                          int64_t n_total, bool accumulate) {
-  const int64_t groups = k / 32;
+template <int R, class G>
+__attribute__((target("avx2,fma"))) void DotRowsAvx2R(const float* x, int64_t k, const int8_t* q,
+                                                      const float* scales, int64_t n0, int64_t n1, float* y,
+                                                      int64_t n_total, bool accumulate) {
+  constexpr int64_t kGroupsPerLine = 64 / G::kBytes;
+  const int64_t groups = k / 32, row_bytes = groups * G::kBytes;
   for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* qr = q + n * k;
+    const uint8_t* qr = reinterpret_cast<const uint8_t*>(q) + n * row_bytes;
     const float* sr = scales + n * groups;
     __m256 acc[R][4];
     for (int m = 0; m < R; ++m)
       for (int v = 0; v < 4; ++v) acc[m][v] = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-      if ((g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(qr + 2 * k + g * 32), _MM_HINT_T0);
-      const __m256 s = _mm256_set1_ps(sr[g]);
-      const int8_t* qg = qr + g * 32;
-      __m256 w[4];
-      for (int v = 0; v < 4; ++v) {
-        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qg + 8 * v));
-        w[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), s);
+      if (g % kGroupsPerLine == 0) {
+        _mm_prefetch(reinterpret_cast<const char*>(qr + 2 * row_bytes + g * G::kBytes), _MM_HINT_T0);
       }
+      __m256 w[4];
+      G::Load(qr + g * G::kBytes, _mm256_set1_ps(sr[g]), w);
       for (int m = 0; m < R; ++m)
         for (int v = 0; v < 4; ++v)
           acc[m][v] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * k + g * 32 + 8 * v), w[v], acc[m][v]);
@@ -246,9 +282,10 @@ __attribute__((target("avx2,fma"))) void DotRowsInt8Avx2R(const float* x, int64_
   }
 }
 
-void DotRowsInt8Avx2(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
-                     int64_t n1, float* y, int64_t n_total, bool accumulate) {
-  WithRows(rows, [&](auto r) { DotRowsInt8Avx2R<r>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
+template <class G>
+void DotRowsAvx2(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
+                 int64_t n1, float* y, int64_t n_total, bool accumulate) {
+  WithRows(rows, [&](auto r) { DotRowsAvx2R<r, G>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
 }
 
 // Any x86-64: plain loops (correct, slower).
@@ -270,91 +307,7 @@ void DotRowsInt8Generic(const float* x, int64_t rows, int64_t k, const int8_t* q
 
 std::atomic<int> isa_override{static_cast<int>(CpuIsa::kAuto)};
 
-// 4-bit weights (linear_weight.h's layout: a group of 32 values in 16 bytes, value j in byte j's low nibble
-// and value j + 16 in its high one, each stored as value + 8): the same bodies reading half the bytes.
-using DotRowsInt4Fn = DotRowsInt8Fn;  // q points at the packed bytes, K / 2 a row
-
-template <int R>
-__attribute__((target("avx512f"))) void DotRowsInt4Avx512R(const float* x, int64_t k, const int8_t* q,
-                                                           const float* scales, int64_t n0, int64_t n1, float* y,
-                                                           int64_t n_total, bool accumulate) {
-  constexpr int kPairs = R == 1 ? 2 : 1;
-  const int64_t groups = k / 32, row_bytes = k / 2;
-  const __m512i low4 = _mm512_set1_epi32(15), eight = _mm512_set1_epi32(8);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* qr = reinterpret_cast<const uint8_t*>(q) + n * row_bytes;
-    const float* sr = scales + n * groups;
-    __m512 acc[R][2 * kPairs];
-    for (int m = 0; m < R; ++m)
-      for (int v = 0; v < 2 * kPairs; ++v) acc[m][v] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(qr + 2 * row_bytes + g * 16), _MM_HINT_T0);
-      const __m512 s = _mm512_set1_ps(sr[g]);
-      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + g * 16)));
-      const __m512 w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(b, low4), eight)), s);
-      const __m512 w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight)), s);
-      const int slot = kPairs == 2 ? 2 * static_cast<int>(g & 1) : 0;
-      for (int m = 0; m < R; ++m) {
-        const float* xg = x + m * k + g * 32;
-        acc[m][slot] = _mm512_fmadd_ps(_mm512_loadu_ps(xg), w0, acc[m][slot]);
-        acc[m][slot + 1] = _mm512_fmadd_ps(_mm512_loadu_ps(xg + 16), w1, acc[m][slot + 1]);
-      }
-    }
-    for (int m = 0; m < R; ++m) {
-      __m512 t = acc[m][0];
-      for (int v = 1; v < 2 * kPairs; ++v) t = _mm512_add_ps(t, acc[m][v]);
-      StoreDot(_mm512_reduce_add_ps(t), y, m * n_total + n, accumulate);
-    }
-  }
-}
-
-void DotRowsInt4Avx512(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
-                       int64_t n1, float* y, int64_t n_total, bool accumulate) {
-  WithRows(rows, [&](auto r) { DotRowsInt4Avx512R<r>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
-}
-
-// AVX2: a group is four 8-lane vectors, values 0-7, 8-15 (low nibbles) and 16-23, 24-31 (high ones).
-template <int R>
-__attribute__((target("avx2,fma"))) void DotRowsInt4Avx2R(const float* x, int64_t k, const int8_t* q,
-                                                          const float* scales, int64_t n0, int64_t n1, float* y,
-                                                          int64_t n_total, bool accumulate) {
-  const int64_t groups = k / 32, row_bytes = k / 2;
-  const __m256i low4 = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* qr = reinterpret_cast<const uint8_t*>(q) + n * row_bytes;
-    const float* sr = scales + n * groups;
-    __m256 acc[R][4];
-    for (int m = 0; m < R; ++m)
-      for (int v = 0; v < 4; ++v) acc[m][v] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(qr + 2 * row_bytes + g * 16), _MM_HINT_T0);
-      const __m256 s = _mm256_set1_ps(sr[g]);
-      __m256 w[4];
-      for (int half = 0; half < 2; ++half) {
-        const __m256i b =
-            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qr + g * 16 + 8 * half)));
-        w[half] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(b, low4), eight)), s);
-        w[2 + half] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(b, 4), eight)), s);
-      }
-      for (int m = 0; m < R; ++m)
-        for (int v = 0; v < 4; ++v)
-          acc[m][v] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * k + g * 32 + 8 * v), w[v], acc[m][v]);
-    }
-    for (int m = 0; m < R; ++m) {
-      const __m256 t = _mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3]));
-      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      StoreDot(_mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1))), y, m * n_total + n, accumulate);
-    }
-  }
-}
-
-void DotRowsInt4Avx2(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
-                     int64_t n1, float* y, int64_t n_total, bool accumulate) {
-  WithRows(rows, [&](auto r) { DotRowsInt4Avx2R<r>(x, k, q, scales, n0, n1, y, n_total, accumulate); });
-}
-
-// Value i (0..31) of a packed group of 16 bytes.
+// Value i (0..31) of a packed 4-bit group of 16 bytes.
 inline int Int4Value(const uint8_t* group, int i) { return (i < 16 ? group[i] & 15 : group[i - 16] >> 4) - 8; }
 
 void DotRowsInt4Generic(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
@@ -389,9 +342,9 @@ DotRowsInt8Fn PickDotRows(bool int4) {
   if (isa == CpuIsa::kAuto) isa = detected;
   switch (isa) {
     case CpuIsa::kAvx512:
-      return int4 ? DotRowsInt4Avx512 : DotRowsInt8Avx512;
+      return int4 ? DotRowsAvx512<Int4Group> : DotRowsAvx512<Int8Group>;
     case CpuIsa::kAvx2:
-      return int4 ? DotRowsInt4Avx2 : DotRowsInt8Avx2;
+      return int4 ? DotRowsAvx2<Int4Group> : DotRowsAvx2<Int8Group>;
     default:
       return int4 ? DotRowsInt4Generic : DotRowsInt8Generic;
   }
