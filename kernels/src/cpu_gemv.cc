@@ -149,11 +149,11 @@ __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void DotRowsBf1
   DotRowsAnyR(x, rows, k, w, n0, n1, y, n_total, accumulate);
 }
 
-// INT8 weights: GCC 12 turns a vector-extension conversion of 16 int8 lanes to float into 16 scalar
+// Quantized weights: GCC 12 turns a vector-extension conversion of 16 int8 lanes to float into 16 scalar
 // conversions (5 tok/s on the 0.8B model), so the GEMV has one body per instruction set written with
 // intrinsics, picked once from the CPU's features.
-using DotRowsInt8Fn = void (*)(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales,
-                               int64_t n0, int64_t n1, float* y, int64_t n_total, bool accumulate);
+using DotRowsFn = void (*)(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales,
+                           int64_t n0, int64_t n1, float* y, int64_t n_total, bool accumulate);
 
 inline void StoreDot(float s, float* y, int64_t at, bool accumulate) { y[at] = accumulate ? y[at] + s : s; }
 
@@ -176,6 +176,7 @@ void WithRows(int64_t rows, F&& f) {
 // 8 (AVX2), in the order of x's 32 values.
 struct Int8Group {
   static constexpr int64_t kBytes = 32;
+  static int Value(const uint8_t* g, int i) { return static_cast<int8_t>(g[i]); }  // value i, 0..31
   __attribute__((target("avx512f"))) static void Load(const uint8_t* g, __m512 s, __m512 w[2]) {
     for (int v = 0; v < 2; ++v) {
       const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16 * v));
@@ -191,6 +192,7 @@ struct Int8Group {
 };
 struct Int4Group {
   static constexpr int64_t kBytes = 16;
+  static int Value(const uint8_t* g, int i) { return (i < 16 ? g[i] & 15 : g[i - 16] >> 4) - 8; }
   __attribute__((target("avx512f"))) static void Load(const uint8_t* g, __m512 s, __m512 w[2]) {
     const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
     const __m512i eight = _mm512_set1_epi32(8);
@@ -289,15 +291,18 @@ void DotRowsAvx2(const float* x, int64_t rows, int64_t k, const int8_t* q, const
 }
 
 // Any x86-64: plain loops (correct, slower).
-void DotRowsInt8Generic(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
-                        int64_t n1, float* y, int64_t n_total, bool accumulate) {
+template <class G>
+void DotRowsGeneric(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
+                    int64_t n1, float* y, int64_t n_total, bool accumulate) {
   const int64_t groups = k / 32;
+  const uint8_t* qb = reinterpret_cast<const uint8_t*>(q);
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t m = 0; m < rows; ++m) {
       float sum = 0;
       for (int64_t g = 0; g < groups; ++g) {
+        const uint8_t* group = qb + (n * groups + g) * G::kBytes;
         float part = 0;
-        for (int64_t i = 0; i < 32; ++i) part += x[m * k + g * 32 + i] * static_cast<float>(q[n * k + g * 32 + i]);
+        for (int i = 0; i < 32; ++i) part += x[m * k + g * 32 + i] * static_cast<float>(G::Value(group, i));
         sum += part * scales[n * groups + g];
       }
       StoreDot(sum, y, m * n_total + n, accumulate);
@@ -307,28 +312,6 @@ void DotRowsInt8Generic(const float* x, int64_t rows, int64_t k, const int8_t* q
 
 std::atomic<int> isa_override{static_cast<int>(CpuIsa::kAuto)};
 
-// Value i (0..31) of a packed 4-bit group of 16 bytes.
-inline int Int4Value(const uint8_t* group, int i) { return (i < 16 ? group[i] & 15 : group[i - 16] >> 4) - 8; }
-
-void DotRowsInt4Generic(const float* x, int64_t rows, int64_t k, const int8_t* q, const float* scales, int64_t n0,
-                        int64_t n1, float* y, int64_t n_total, bool accumulate) {
-  const int64_t groups = k / 32;
-  const uint8_t* qb = reinterpret_cast<const uint8_t*>(q);
-  for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t m = 0; m < rows; ++m) {
-      float sum = 0;
-      for (int64_t g = 0; g < groups; ++g) {
-        const uint8_t* group = qb + n * (k / 2) + g * 16;
-        float part = 0;
-        for (int i = 0; i < 32; ++i) part += x[m * k + g * 32 + i] * static_cast<float>(Int4Value(group, i));
-        sum += part * scales[n * groups + g];
-      }
-      StoreDot(sum, y, m * n_total + n, accumulate);
-    }
-  }
-}
-
-// The body for the CPU (or the one a test asked for), by the values' width.
 CpuIsa DetectIsa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) return CpuIsa::kAvx512;
@@ -336,7 +319,8 @@ CpuIsa DetectIsa() {
   return CpuIsa::kGeneric;
 }
 
-DotRowsInt8Fn PickDotRows(bool int4) {
+// The body for the CPU (or the one a test asked for), by the values' width.
+DotRowsFn PickDotRows(bool int4) {
   static const CpuIsa detected = DetectIsa();
   CpuIsa isa = static_cast<CpuIsa>(isa_override.load(std::memory_order_relaxed));
   if (isa == CpuIsa::kAuto) isa = detected;
@@ -346,7 +330,7 @@ DotRowsInt8Fn PickDotRows(bool int4) {
     case CpuIsa::kAvx2:
       return int4 ? DotRowsAvx2<Int4Group> : DotRowsAvx2<Int8Group>;
     default:
-      return int4 ? DotRowsInt4Generic : DotRowsInt8Generic;
+      return int4 ? DotRowsGeneric<Int4Group> : DotRowsGeneric<Int8Group>;
   }
 }
 
@@ -486,16 +470,16 @@ void CpuGemv(const at::Tensor& x, int64_t row_stride, const at::Tensor& weight, 
   FinishGemv(io, rows, n, out, accumulate);
 }
 
-void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const at::Tensor& values, const at::Tensor& scales,
-                      at::Tensor& out, bool accumulate, bool silu_and_mul) {
-  const bool int4 = values.scalar_type() == at::kByte;
-  const int64_t n = values.size(0), k = int4 ? 2 * values.size(1) : values.size(1);
+void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const LinearWeight& w, at::Tensor& out,
+                      bool accumulate, bool silu_and_mul) {
+  const at::Tensor& values = w.weight;
+  const int64_t n = w.out_features(), k = w.in_features();
   const int64_t rows = x.numel() / x.size(-1);
   thread_local std::vector<float> staged, product;
   const GemvIo io = PrepareGemv(x, rows, row_stride, k, n, out, accumulate, silu_and_mul, staged, product);
   const int8_t* q = reinterpret_cast<const int8_t*>(values.data_ptr());
-  const float* s = scales.data_ptr<float>();
-  const DotRowsInt8Fn dot = PickDotRows(int4);
+  const float* s = w.scales.data_ptr<float>();
+  const DotRowsFn dot = PickDotRows(w.int4());
   at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
     ForRowTiles(rows, n0, n1, static_cast<size_t>(values.size(1)), [&](int64_t m0, int64_t r, int64_t b0, int64_t b1) {
       dot(io.x + m0 * k, r, k, q, s, b0, b1, io.y + m0 * n, n, io.add_in_place);
@@ -504,13 +488,13 @@ void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const at::Tensor&
   FinishGemv(io, rows, n, out, accumulate);
 }
 
-at::Tensor CpuLinearQuantized(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales) {
-  const bool int4 = values.scalar_type() == at::kByte;
-  const int64_t n = values.size(0), k = int4 ? 2 * values.size(1) : values.size(1);
+at::Tensor CpuLinearQuantized(const at::Tensor& x, const LinearWeight& w) {
+  const at::Tensor& values = w.weight;
+  const int64_t n = w.out_features(), k = w.in_features();
   const at::Tensor x32 = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
   at::Tensor out32 = at::empty({x.size(0), n}, x32.options());
   constexpr int64_t kBlock = 128;  // 128 x K float32: 0.5 MB at K = 1024, cache-resident while multiplied
-  const float* s = scales.data_ptr<float>();
+  const float* s = w.scales.data_ptr<float>();
   // One block of features per task; at::mm inside runs on the task's thread (no nested parallelism). The
   // workers take the caller's InferenceMode (thread-local): out32 may be an inference tensor.
   const bool inference = c10::InferenceMode::is_enabled();
@@ -519,7 +503,7 @@ at::Tensor CpuLinearQuantized(const at::Tensor& x, const at::Tensor& values, con
     at::Tensor buf = at::empty({kBlock, k}, at::kFloat);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kBlock, nb = std::min(kBlock, n - n0);
-      if (int4) {
+      if (w.int4()) {
         DequantizeRowsInt4(values.data_ptr<uint8_t>(), s, k, n0, n0 + nb, buf.data_ptr<float>());
       } else {
         DequantizeRows(values.data_ptr<int8_t>(), s, k, n0, n0 + nb, buf.data_ptr<float>());

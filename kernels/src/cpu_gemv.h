@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "deltaserve/kernels/linear_weight.h"
+
 namespace deltaserve::kernels::internal {
 
 // The most rows of x the CPU GEMV takes (a decode step of up to 16 sequences); more go to at::linear, whose
@@ -33,8 +35,8 @@ bool CpuGemvQuantizedApplies(const at::Tensor& x);
 // float32 scales [N, K / 32]; K a multiple of 32): each group of 32 values is converted and scaled in
 // registers, so the weight is read at one byte (half a byte) a value. Same contract as CpuGemv otherwise (x
 // float32 or bfloat16, at most kCpuGemvMaxRows rows).
-void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const at::Tensor& values, const at::Tensor& scales,
-                      at::Tensor& out, bool accumulate, bool silu_and_mul);
+void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const LinearWeight& w, at::Tensor& out,
+                      bool accumulate, bool silu_and_mul);
 
 // Which of the quantized GEMV's bodies runs: the best the CPU has (kAuto), or one named, so tests run each on
 // a CPU that has them all. Not for production use.
@@ -44,7 +46,7 @@ void SetCpuGemvQuantizedIsaForTesting(CpuIsa isa);
 // x [M, K] (contiguous, float32 or bfloat16) times a quantized weight for any M: blocks of 128 output features
 // are dequantized to float32 in a per-thread buffer and multiplied by at::mm (float32 accumulation); the
 // result [M, N] in x's dtype.
-at::Tensor CpuLinearQuantized(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales);
+at::Tensor CpuLinearQuantized(const at::Tensor& x, const LinearWeight& w);
 
 }  // namespace deltaserve::kernels::internal
 

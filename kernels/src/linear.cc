@@ -94,11 +94,10 @@ at::Tensor QuantizedProduct(const at::Tensor& x, const LinearWeight& w) {
   at::Tensor out = at::empty(OutputShape(x, w.weight), x.options());
   if (rows == 0) return out;
   if (internal::CpuGemvQuantizedApplies(x)) {
-    internal::CpuGemvQuantized(x, internal::RowStride(x), w.weight, w.scales, out, /*accumulate=*/false,
-                               /*silu_and_mul=*/false);
+    internal::CpuGemvQuantized(x, internal::RowStride(x), w, out, /*accumulate=*/false, /*silu_and_mul=*/false);
     return out;
   }
-  return internal::CpuLinearQuantized(x.reshape({rows, k}).contiguous(), w.weight, w.scales).view(out.sizes());
+  return internal::CpuLinearQuantized(x.reshape({rows, k}).contiguous(), w).view(out.sizes());
 }
 
 }  // namespace
@@ -203,7 +202,7 @@ absl::Status LinearAccumulate(const at::Tensor& x, const LinearWeight& w, at::Te
   if (w.quantized()) {
     if (internal::CpuGemvQuantizedApplies(x_in) && residual.is_contiguous()) {
       DS_CATCH_ATEN({
-        internal::CpuGemvQuantized(x, internal::RowStride(x_in), weight, w.scales, residual, /*accumulate=*/true,
+        internal::CpuGemvQuantized(x, internal::RowStride(x_in), w, residual, /*accumulate=*/true,
                                    input == LinearInput::kSiluAndMul);
         return absl::OkStatus();
       })
