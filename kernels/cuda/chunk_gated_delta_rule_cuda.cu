@@ -194,8 +194,10 @@ __global__ void __launch_bounds__(kThreads) PrepareKernel(PrepareArgs<T> p) {
 // W, Kd and U are double-buffered: the next chunk's arrive by cp.async while this chunk is multiplied.
 // Blocks are numbered (sequence, head, column block) with the column block fastest: the dv / BV blocks of
 // one head read the same W and Kd at about the same time, so all but the first find them in L2.
-template <int BV, class D, bool kSplit = true>
+// Float32 inputs only, as the output pass: 3xTF32 products.
+template <int BV, class D>
 __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs<float> p) {
+  constexpr bool kSplit = true;
   extern __shared__ __align__(128) float smem[];
   const int c = D::c(p.c), dk = D::dk(p.dk), dv = D::dv(p.dv), ldk = dk + kPad, lds = BV + kPad;
   const int col_blocks = dv / BV, j0 = blockIdx.x % col_blocks * BV;
@@ -260,8 +262,10 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs<float> p) {
 // Output, all chunks at once: per (chunk, value head, BV value columns), O = Qe S + scores V'.
 // Blocks are numbered (chunk, head, column block) with the column block fastest, so the blocks of one
 // (chunk, head) share its Qe and scores through L2.
-template <int BV, class D, bool kSplit = true, typename Out = float>
+// Float32 inputs only (bfloat16 inputs take gdn_prefill_bf16_passes_cuda.cu): 3xTF32 products, float32 output.
+template <int BV, class D>
 __global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs<float> p) {
+  constexpr bool kSplit = true;
   extern __shared__ __align__(128) float smem[];
   const int c = D::c(p.c), dk = D::dk(p.dk), dv = D::dv(p.dv), ldk = dk + kPad, ldc = c + kPad, lds = BV + kPad;
   const int col_blocks = dv / BV, j0 = static_cast<int>(blockIdx.x % col_blocks) * BV;
@@ -296,10 +300,10 @@ __global__ void __launch_bounds__(kThreads) OutputKernel(PassArgs<float> p) {
     wmma::store_matrix_sync(so + i0 * lds + jt, acc, lds, wmma::mem_row_major);
   }
   __syncthreads();
-  Out* o = static_cast<Out*>(p.o);
+  float* o = static_cast<float*>(p.o);
   for (int idx = threadIdx.x; idx < valid * BV; idx += blockDim.x) {
     const int i = idx / BV, j = idx % BV;
-    Store(o + ((tok0 + i) * p.heads + h) * dv + j0 + j, so[i * lds + j]);
+    o[((tok0 + i) * p.heads + h) * dv + j0 + j] = so[i * lds + j];
   }
 }
 

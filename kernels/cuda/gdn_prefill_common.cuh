@@ -54,9 +54,6 @@ __device__ inline void MmaBf16(AccBf16& acc, const __nv_bfloat16* a, int lda, co
   }
 }
 
-__device__ inline void Store(float* p, float x) { *p = x; }
-__device__ inline void Store(c10::BFloat16* p, float x) { *p = c10::BFloat16(x); }
-__device__ inline void Store(__nv_bfloat16* p, float x) { *p = __float2bfloat16(x); }
 
 // Eight consecutive floats x[0..8) to dst (16-byte aligned) in one (bfloat16) or two (float) vector stores.
 __device__ inline void StoreRow8(float* dst, const float* x) {
@@ -69,9 +66,6 @@ __device__ inline void StoreRow8(__nv_bfloat16* dst, const float* x) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
   *reinterpret_cast<uint4*>(dst) = u;
-}
-__device__ inline void StoreRow8(c10::BFloat16* dst, const float* x) {
-  StoreRow8(reinterpret_cast<__nv_bfloat16*>(dst), x);
 }
 
 // Four consecutive values as floats, in one 16-byte (float) or 8-byte (bfloat16) read-only load.
