@@ -13,6 +13,7 @@
 // GCC 12's avx512fintrin.h builds its conversions on _mm512_undefined_*, which -Wmaybe-uninitialized flags.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include "cpu_gemv_int8_dot.h"
 #include "fused_ops_impl.h"
 
 #include <ATen/Parallel.h>
@@ -314,16 +315,21 @@ std::atomic<int> isa_override{static_cast<int>(CpuIsa::kAuto)};
 
 CpuIsa DetectIsa() {
   __builtin_cpu_init();
+  if (CpuHasInt8Dot()) return CpuIsa::kAvx512Vnni;
   if (__builtin_cpu_supports("avx512f")) return CpuIsa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuIsa::kAvx2;
   return CpuIsa::kGeneric;
 }
 
-// The body for the CPU (or the one a test asked for), by the values' width.
-DotRowsFn PickDotRows(bool int4) {
+// The body for the CPU, or the one a test asked for.
+CpuIsa QuantizedIsa() {
   static const CpuIsa detected = DetectIsa();
-  CpuIsa isa = static_cast<CpuIsa>(isa_override.load(std::memory_order_relaxed));
-  if (isa == CpuIsa::kAuto) isa = detected;
+  const CpuIsa isa = static_cast<CpuIsa>(isa_override.load(std::memory_order_relaxed));
+  return isa == CpuIsa::kAuto ? detected : isa;
+}
+
+// The float-activation body of an instruction set, by the values' width.
+DotRowsFn PickDotRows(CpuIsa isa, bool int4) {
   switch (isa) {
     case CpuIsa::kAvx512:
       return int4 ? DotRowsAvx512<Int4Group> : DotRowsAvx512<Int8Group>;
@@ -431,6 +437,8 @@ void FinishGemv(const GemvIo& io, int64_t rows, int64_t n, at::Tensor& out, bool
 
 void SetCpuGemvQuantizedIsaForTesting(CpuIsa isa) { isa_override.store(static_cast<int>(isa)); }
 
+bool CpuGemvQuantizesActivations() { return QuantizedIsa() == CpuIsa::kAvx512Vnni; }
+
 bool CpuGemvQuantizedApplies(const at::Tensor& x) {
   const int64_t k = x.size(-1);
   return k > 0 && x.numel() / k <= kCpuGemvMaxRows && RowStride(x) >= 0;
@@ -479,12 +487,28 @@ void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const LinearWeigh
   const GemvIo io = PrepareGemv(x, rows, row_stride, k, n, out, accumulate, silu_and_mul, staged, product);
   const int8_t* q = reinterpret_cast<const int8_t*>(values.data_ptr());
   const float* s = w.scales.data_ptr<float>();
-  const DotRowsFn dot = PickDotRows(w.int4());
-  at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
-    ForRowTiles(rows, n0, n1, static_cast<size_t>(values.size(1)), [&](int64_t m0, int64_t r, int64_t b0, int64_t b1) {
-      dot(io.x + m0 * k, r, k, q, s, b0, b1, io.y + m0 * n, n, io.add_in_place);
+  const size_t row_bytes = static_cast<size_t>(values.size(1));
+  const CpuIsa isa = QuantizedIsa();
+  if (isa == CpuIsa::kAvx512Vnni) {
+    // x quantized once per call; the workers read the caller's buffer (a thread_local named inside the
+    // lambda would be each worker's own).
+    thread_local Int8Activations quantized;
+    Int8Activations& xq = quantized;
+    QuantizeActivationsInt8(io.x, rows, k, w.int4(), xq);
+    const uint8_t* qb = reinterpret_cast<const uint8_t*>(q);
+    at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
+      ForRowTiles(rows, n0, n1, row_bytes, [&](int64_t m0, int64_t r, int64_t b0, int64_t b1) {
+        DotRowsInt8Dot(xq, m0, r, qb, s, w.int4(), b0, b1, io.y + m0 * n, n, io.add_in_place);
+      });
     });
-  });
+  } else {
+    const DotRowsFn dot = PickDotRows(isa, w.int4());
+    at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
+      ForRowTiles(rows, n0, n1, row_bytes, [&](int64_t m0, int64_t r, int64_t b0, int64_t b1) {
+        dot(io.x + m0 * k, r, k, q, s, b0, b1, io.y + m0 * n, n, io.add_in_place);
+      });
+    });
+  }
   FinishGemv(io, rows, n, out, accumulate);
 }
 

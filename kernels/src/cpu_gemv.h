@@ -32,15 +32,20 @@ void CpuGemv(const at::Tensor& x, int64_t row_stride, const at::Tensor& weight, 
 bool CpuGemvQuantizedApplies(const at::Tensor& x);
 
 // CpuGemv over a quantized weight (linear_weight.h: INT8 values int8 [N, K] or 4-bit values uint8 [N, K / 2],
-// float32 scales [N, K / 32]; K a multiple of 32): each group of 32 values is converted and scaled in
-// registers, so the weight is read at one byte (half a byte) a value. Same contract as CpuGemv otherwise (x
-// float32 or bfloat16, at most kCpuGemvMaxRows rows).
+// float32 scales [N, K / 32]; K a multiple of 32), read at one byte (half a byte) a value. On CPUs with
+// AVX-512 VNNI the rows of x are quantized per group of 32 to int8 (Q8_0, as llama.cpp does: scale
+// max |x| / 127, |x - q s| <= s / 2) and multiplied in integers (cpu_gemv_int8_dot.h); elsewhere each group of
+// weights is converted and scaled in registers and multiplied by x as it is. Same contract as CpuGemv
+// otherwise (x float32 or bfloat16, at most kCpuGemvMaxRows rows).
 void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const LinearWeight& w, at::Tensor& out,
                       bool accumulate, bool silu_and_mul);
 
+// Whether CpuGemvQuantized quantizes x (the body this CPU, or a test's override, runs).
+bool CpuGemvQuantizesActivations();
+
 // Which of the quantized GEMV's bodies runs: the best the CPU has (kAuto), or one named, so tests run each on
 // a CPU that has them all. Not for production use.
-enum class CpuIsa { kAuto, kAvx512, kAvx2, kGeneric };
+enum class CpuIsa { kAuto, kAvx512Vnni, kAvx512, kAvx2, kGeneric };
 void SetCpuGemvQuantizedIsaForTesting(CpuIsa isa);
 
 // x [M, K] (contiguous, float32 or bfloat16) times a quantized weight for any M: blocks of 128 output features

@@ -7,12 +7,15 @@
 #include "deltaserve/kernels/linear.h"
 
 #include "cpu_gemv.h"
+#include "cpu_gemv_int8_dot.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <iostream>
+#include <string>
 #include <vector>
 
 #ifdef DELTASERVE_WITH_CUDA
@@ -56,12 +59,16 @@ TEST(Linear, NamesTheBadArgument) {
   EXPECT_THAT(r.status().message(), HasSubstr("weight"));
 }
 
-// Qwen3.5's zero-centred RMS norm in float64, rounded to x's dtype as the model stores it, then x W^T
-// in float64.
-at::Tensor NormLinearFloat64(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w) {
+// Qwen3.5's zero-centred RMS norm in float64, rounded to x's dtype as the model stores it.
+at::Tensor NormFloat64(const at::Tensor& x, const at::Tensor& norm_w, double eps) {
   at::Tensor xd = x.cpu().to(at::kDouble);
   at::Tensor normed = xd * at::rsqrt(xd.pow(2).mean(-1, true) + eps) * (norm_w.cpu().to(at::kDouble) + 1.0);
-  return at::matmul(normed.to(x.scalar_type()).to(at::kDouble), w.cpu().to(at::kDouble).t());
+  return normed.to(x.scalar_type()).to(at::kDouble);
+}
+
+// The norm, then x W^T in float64.
+at::Tensor NormLinearFloat64(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w) {
+  return at::matmul(NormFloat64(x, norm_w, eps), w.cpu().to(at::kDouble).t());
 }
 
 double MaxRelErr(const at::Tensor& got, const at::Tensor& ref) {
@@ -299,6 +306,29 @@ TEST(Int4Weight, QuantizesEachGroupAsQ40) {
 // Both quantized formats, for the tests that hold the kernels to the dequantized product.
 const WeightDtype kQuantized[] = {WeightDtype::kInt8, WeightDtype::kInt4};
 
+// Where the quantized GEMV quantizes x per group of 32 (CPUs with AVX-512 VNNI), each x is within half a step
+// (max |x_g| / 254) of its int8 value, so an output is within sum over groups of max |x_g| / 254 sum |w_g| of
+// the float64 product: that bound per output, for x [rows, K] and w [N, K] in float64.
+at::Tensor ActivationQuantBound(const at::Tensor& xd, const at::Tensor& wd) {
+  const int64_t rows = xd.size(0), k = xd.size(1), n = wd.size(0);
+  const at::Tensor half_step = xd.reshape({rows, k / 32, 32}).abs().amax(-1) / 254.0;
+  return at::matmul(half_step, wd.abs().reshape({n, k / 32, 32}).sum(-1).t());
+}
+
+// got equals ref (x W^T in float64 for the x the kernel reads, `xd`) within `tol` of ref's largest value,
+// or, where the GEMV took these rows and quantized them, within the activations' bound on top.
+void ExpectQuantizedProduct(const at::Tensor& got, const at::Tensor& ref, const at::Tensor& xd, const at::Tensor& wd,
+                            double tol, const std::string& what) {
+  const at::Tensor err = (got.cpu().to(at::kDouble) - ref).abs();
+  at::Tensor bound = at::full_like(ref, tol * ref.abs().max().item<double>());
+  const int64_t rows = xd.numel() / xd.size(-1);
+  if (rows <= internal::kCpuGemvMaxRows && internal::CpuGemvQuantizesActivations()) {
+    bound = bound + ActivationQuantBound(xd.reshape({rows, xd.size(-1)}), wd).reshape(ref.sizes());
+  }
+  EXPECT_TRUE((err <= bound).all().item<bool>())
+      << what << ": error exceeds its bound by " << (err - bound).max().item<double>();
+}
+
 // x times the quantized weight equals x times its dequantized float64 values: the GEMV for up to 16 rows (past
 // 4 in row tiles), the dequantized blocks into at::mm for more (N beyond one 128-feature block), fp32 and
 // bf16 activations, INT8 and 4-bit.
@@ -318,37 +348,72 @@ TEST(QuantizedWeight, LinearEqualsTheDequantizedProduct) {
         ASSERT_TRUE(got.ok()) << got.status();
         ASSERT_EQ(got->sizes(), (std::vector<int64_t>{rows, n}));
         ASSERT_EQ(got->scalar_type(), dtype);
-        EXPECT_LT(MaxRelErr(*got, at::matmul(x.to(at::kDouble), wd.t())), dtype == at::kFloat ? 2e-6 : 8e-3)
-            << c10::toString(dtype) << ", " << WeightDtypeName(wdt) << ", " << rows << " rows, N " << n << ", K "
-            << k;
+        const at::Tensor xd = x.to(at::kDouble);
+        ExpectQuantizedProduct(*got, at::matmul(xd, wd.t()), xd, wd, dtype == at::kFloat ? 2e-6 : 8e-3,
+                               c10::str(c10::toString(dtype), ", ", WeightDtypeName(wdt), ", ", rows, " rows, N ",
+                                        n, ", K ", k));
       }
     }
   }
   at::set_num_threads(threads);
 }
 
-// Every instruction-set body of the quantized GEMV (the test CPU's own choice is the test above): each the
-// same product, where the CPU can run it, for both formats.
+// Every instruction-set body of the quantized GEMV (the test CPU's own choice is the test above), where the
+// CPU can run it, for both formats: the float bodies the product of x, the integer-dot body the product of x
+// as it quantized it (QuantizeActivationsInt8's dequantized values), to float32 rounding; K = 160 gives the
+// integer-dot body a chunk of one group.
 TEST(QuantizedWeight, EveryGemvBodyEqualsTheDequantizedProduct) {
   at::manual_seed(9134);
   using internal::CpuIsa;
+  bool int8_dot_ran = false;
   for (WeightDtype wdt : kQuantized)
-  for (CpuIsa isa : {CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kGeneric}) {
+  for (CpuIsa isa : {CpuIsa::kAvx512Vnni, CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kGeneric}) {
     absl::StatusOr<LinearWeight> q = QuantizeWeight(at::randn({200, 160}) * 0.1, wdt);
     ASSERT_TRUE(q.ok()) << q.status();
     const at::Tensor wd = DequantizeWeight(*q, at::kDouble);
+    if (isa == CpuIsa::kAvx512Vnni && !internal::CpuHasInt8Dot()) continue;
     if (isa == CpuIsa::kAvx512 && !__builtin_cpu_supports("avx512f")) continue;
     if (isa == CpuIsa::kAvx2 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) continue;
     internal::SetCpuGemvQuantizedIsaForTesting(isa);
     for (int64_t rows : {1, 2, 3, 4, 7, 16}) {
       at::Tensor x = at::randn({rows, 160});
+      x[0][5] = 0;  // a group's zero and its largest value land exactly
       absl::StatusOr<at::Tensor> got = Linear(x, *q);
       ASSERT_TRUE(got.ok()) << got.status();
-      EXPECT_LT(MaxRelErr(*got, at::matmul(x.to(at::kDouble), wd.t())), 2e-6)
+      at::Tensor xref = x;
+      if (isa == CpuIsa::kAvx512Vnni) {
+        xref = at::empty_like(x);
+        internal::Int8Activations unused;
+        internal::QuantizeActivationsInt8(x.data_ptr<float>(), rows, 160, q->int4(), unused, xref.data_ptr<float>());
+        EXPECT_GT((xref - x).abs().max().item<double>(), 0.0) << "x was not quantized";
+        int8_dot_ran = true;
+      }
+      EXPECT_LT(MaxRelErr(*got, at::matmul(xref.to(at::kDouble), wd.t())), 2e-6)
           << "body " << static_cast<int>(isa) << ", " << WeightDtypeName(wdt) << ", " << rows << " rows";
     }
   }
   internal::SetCpuGemvQuantizedIsaForTesting(CpuIsa::kAuto);
+  if (!int8_dot_ran) std::cout << "[   NOTE   ] no AVX-512 VNNI here: the integer-dot body did not run\n";
+}
+
+// Activations quantized per group of 32: the scale is the group's max / 127, every value within half a step
+// of x, an all-zero group stays zero, and the largest value is exact.
+TEST(QuantizedWeight, QuantizesActivationsPerGroupOfThirtyTwo) {
+  at::manual_seed(9135);
+  at::Tensor x = at::randn({3, 96}) * 4;
+  x.narrow(1, 32, 32)[1].zero_();
+  for (bool int4 : {false, true}) {
+    at::Tensor back = at::empty_like(x);
+    internal::Int8Activations q;
+    internal::QuantizeActivationsInt8(x.data_ptr<float>(), 3, 96, int4, q, back.data_ptr<float>());
+    EXPECT_EQ(q.chunks, 2);
+    const at::Tensor amax = x.reshape({3, 3, 32}).abs().amax(-1, true);
+    const at::Tensor err = (back - x).reshape({3, 3, 32}).abs();
+    EXPECT_TRUE((err <= amax / 254 * (1 + 1e-6)).all().item<bool>()) << "int4 layout " << int4;
+    EXPECT_TRUE(at::equal(back.narrow(1, 32, 32)[1], at::zeros({32})));
+    const at::Tensor at_max = (x.reshape({3, 3, 32}).abs() == amax);
+    EXPECT_LT((back - x).reshape({3, 3, 32}).masked_select(at_max).abs().max().item<float>(), 1e-5);
+  }
 }
 
 // The residual add, silu(gate) * up and the norm with a quantized weight, for GEMV and GEMM row counts.
@@ -365,16 +430,19 @@ TEST(QuantizedWeight, AccumulatesReadsSiluAndMulAndNormalises) {
       for (bool silu : {false, true}) {
         at::Tensor x = (silu ? at::randn({rows, 2 * k}) * 2 : at::randn({rows, k})).to(dtype);
         at::Tensor residual = (at::randn({rows, n}) * 2).to(dtype);
-        at::Tensor ref = residual.to(at::kDouble) + at::matmul(silu ? SiluMulFloat64(x) : x.to(at::kDouble), wd.t());
+        const at::Tensor xd = silu ? SiluMulFloat64(x) : x.to(at::kDouble);
+        at::Tensor ref = residual.to(at::kDouble) + at::matmul(xd, wd.t());
         ASSERT_TRUE(LinearAccumulate(x, *q, residual, silu ? LinearInput::kSiluAndMul : LinearInput::kAsIs).ok());
-        EXPECT_LT(MaxRelErr(residual, ref), tol)
-            << c10::toString(dtype) << ", " << WeightDtypeName(wdt) << ", silu " << silu << ", " << rows;
+        ExpectQuantizedProduct(residual, ref, xd, wd, tol,
+                               c10::str(c10::toString(dtype), ", ", WeightDtypeName(wdt), ", silu ", silu, ", ", rows));
       }
       at::Tensor x = (at::randn({rows, k}) * 3 + 0.5).to(dtype);
       at::Tensor norm_w = (at::randn({k}) * 0.2).to(dtype);
       absl::StatusOr<at::Tensor> got = RmsNormLinear(x, norm_w, 1e-6, *q);
       ASSERT_TRUE(got.ok()) << got.status();
-      EXPECT_LT(MaxRelErr(*got, NormLinearFloat64(x, norm_w, 1e-6, wd)), dtype == at::kFloat ? 1e-5 : 8e-3);
+      const at::Tensor normed = NormFloat64(x, norm_w, 1e-6);
+      ExpectQuantizedProduct(*got, at::matmul(normed, wd.t()), normed, wd, dtype == at::kFloat ? 1e-5 : 8e-3,
+                             c10::str("norm, ", c10::toString(dtype), ", ", WeightDtypeName(wdt), ", ", rows));
     }
   }
   }
