@@ -7,16 +7,17 @@
 #     llama    llama.cpp (llama-bench, llama-server, llama-quantize, llama-perplexity; CPU, -march=native) from
 #              the llama-cpp-python sdist on PyPI (bench/anchors/prepare_llamacpp.sh) into WORK/llamacpp
 #     prep     the checkpoint (tools/make_random_qwen35.py 0.8b, fp32, the real Qwen3 tokenizer) and its
-#              GGUFs in f32 and bf16 (llama.cpp's own converter) and q8_0 (llama-quantize)
+#              GGUFs in f32 and bf16 (llama.cpp's own converter), q8_0 and q4_0 (llama-quantize)
 #     decode   prefill of a PROMPT-token prompt and DECODE greedy tokens for each of WEIGHTS (fp32, bf16,
-#              int8: deltaserve --weight-dtype int8 against llama.cpp's Q8_0): llama-bench (-p PROMPT -n DECODE)
+#              int8 / int4: deltaserve --weight-dtype int8 / int4 against llama.cpp's Q8_0 / Q4_0, the same
+#              layouts): llama-bench (-p PROMPT -n DECODE)
 #              and bench_model, alternated, REPS times each
 #     serving  each server started once per weight dtype in SERVING_WEIGHTS and loaded by the same planned
 #              requests (random prompt ids, EOS ignored, greedy) at every concurrency: deltaserve-cli bench
 #              against deltaserve (gRPC), bench/anchors/lc_loadgen.py against llama-server
 #     table    the rows so far as tables with ratios (deltaserve / llama.cpp, medians)
 # Rows: WORK/rows.jsonl, one JSON object per measurement: engine (deltaserve | llama.cpp), weights (fp32 |
-# bf16 | int8 | q8_0), what (prefill | decode | serving), concurrency (serving), tok_s, rep, threads, and the source
+# bf16 | int8 | q8_0 | int4 | q4_0), what (prefill | decode | serving), concurrency (serving), tok_s, rep, threads, and the source
 # figures. Copy them to docs/data/bench_cpu_llamacpp_<date>.jsonl.
 # Knobs (environment, defaults): THREADS=$(nproc) PROMPT=512 DECODE=128 REPS=2 CONCURRENCIES="1 4 8"
 # WEIGHTS="fp32 bf16 int8" SERVING_WEIGHTS=fp32 SERVING_INPUT=512 SERVING_OUTPUT=128 PROMPTS_PER_CONC=2 WORK=.cache/cpu-bench
@@ -46,10 +47,11 @@ mkdir -p "${work}"
 say() { printf '[%5d s] %s\n' "${SECONDS}" "$*" >&2; }
 gguf() { echo "${work}/0.8b-$1.gguf"; }  # $1 = f32 | bf16 | q8_0
 # Our weights name -> llama.cpp's type for the same class of weights, and the activations' dtype.
-lc_type() { case "$1" in fp32) echo f32 ;; bf16) echo bf16 ;; *) echo q8_0 ;; esac; }
-lc_weights() { [[ "$1" == int8 ]] && echo q8_0 || echo "$1"; }
+# INT8 is llama.cpp's Q8_0 layout and int4 its Q4_0 (one scale per 32 values, both).
+lc_type() { case "$1" in fp32) echo f32 ;; bf16) echo bf16 ;; int4) echo q4_0 ;; *) echo q8_0 ;; esac; }
+lc_weights() { case "$1" in int8) echo q8_0 ;; int4) echo q4_0 ;; *) echo "$1" ;; esac; }
 torch_dtype() { [[ "$1" == bf16 ]] && echo bfloat16 || echo float32; }
-weight_dtype() { [[ "$1" == int8 ]] && echo int8 || echo same; }
+weight_dtype() { case "$1" in int8|int4) echo "$1" ;; *) echo same ;; esac; }
 
 # Appends one row: key=value pairs (values that parse as JSON numbers stay numbers).
 row() {
@@ -108,12 +110,14 @@ stage_prep() {
       { tail -20 "${work}/convert-${t}.log"; exit 1; }
     mv "$(gguf "${t}").tmp" "$(gguf "${t}")"
   done
-  if [[ ! -f "$(gguf q8_0)" ]]; then
-    say "prep: GGUF q8_0 (llama-quantize from f32)"
-    "${lc}/b/bin/llama-quantize" "$(gguf f32)" "$(gguf q8_0).tmp" Q8_0 > "${work}/quantize.log" 2>&1 ||
-      { tail -20 "${work}/quantize.log"; exit 1; }
-    mv "$(gguf q8_0).tmp" "$(gguf q8_0)"
-  fi
+  local q
+  for q in q8_0 q4_0; do
+    [[ -f "$(gguf "${q}")" ]] && continue
+    say "prep: GGUF ${q} (llama-quantize from f32)"
+    "${lc}/b/bin/llama-quantize" "$(gguf f32)" "$(gguf "${q}").tmp" "${q^^}" > "${work}/quantize-${q}.log" 2>&1 ||
+      { tail -20 "${work}/quantize-${q}.log"; exit 1; }
+    mv "$(gguf "${q}").tmp" "$(gguf "${q}")"
+  done
 }
 
 # llama-bench's pp and tg rows -> our rows.
@@ -235,7 +239,8 @@ stage_table() {
   "${py}" - "${rows}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-CLASS = {"fp32": "fp32", "bf16": "bf16", "int8": "int8 | q8_0", "q8_0": "int8 | q8_0"}
+CLASS = {"fp32": "fp32", "bf16": "bf16", "int8": "int8 | q8_0", "q8_0": "int8 | q8_0", "int4": "int4 | q4_0",
+         "q4_0": "int4 | q4_0"}
 def key(r):
     return (CLASS.get(r["weights"], r["weights"]), r["what"], r.get("concurrency", 0))
 groups = {}
