@@ -1,5 +1,5 @@
-// Paged KV cache attention: argument checks, the plain ATen path (CPU, and the reference the CUDA
-// kernels are tested against) and device dispatch. Decode and cache writes on CUDA are our own kernels
+// Paged KV cache attention: argument checks, the CPU paths (decode: paged_decode_cpu.cc; prefill: a plain
+// ATen composition) and device dispatch. Decode and cache writes on CUDA are our own kernels
 // (kernels/cuda/paged_attention_cuda.cu); prefill on CUDA gathers each sequence's keys on the device
 // and hands them to ATen's flash attention (bf16) or scaled_dot_product_attention (fp32).
 #include "deltaserve/kernels/paged_attention.h"
@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "check.h"
+#include "paged_decode_cpu.h"
 
 namespace deltaserve::kernels {
 
@@ -205,24 +206,6 @@ void WriteKvCacheReference(const at::Tensor& k, const at::Tensor& v, const at::T
   v_cache.view({-1, v_cache.size(2), v_cache.size(3)}).index_copy_(0, index, v.index_select(0, keep));
 }
 
-// Lengths are clamped to what a block-table row can address, as the CUDA kernel does.
-at::Tensor DecodeReference(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                           const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale) {
-  const at::Tensor lens = seq_lens.cpu();
-  const int32_t* len_data = lens.data_ptr<int32_t>();
-  const int64_t block_size = k_cache.size(1);
-  const int64_t capacity = block_tables.size(1) * block_size;
-  at::Tensor out = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
-  for (int64_t b = 0; b < q.size(0); ++b) {
-    const int64_t len = std::clamp<int64_t>(len_data[b], 0, capacity);
-    if (len == 0) continue;
-    const at::Tensor slots = SequenceSlots(block_tables[b], len, block_size);
-    out[b].copy_(AttendReference(q.narrow(0, b, 1), Gather(k_cache, slots), Gather(v_cache, slots), len - 1,
-                                 scale)[0]);
-  }
-  return out.to(q.scalar_type());
-}
-
 }  // namespace
 
 int64_t PagedCacheHeadDim(int64_t head_dim) {
@@ -289,7 +272,7 @@ absl::StatusOr<at::Tensor> PagedDecodeAttention(const at::Tensor& q, const at::T
                                        max_seq_len);
     }
 #endif
-    return DecodeReference(qc, k_cache, v_cache, tables, lens, scale);
+    return internal::PagedDecodeCpu(qc, k_cache, v_cache, tables, lens, scale);
   })
 }
 

@@ -1,4 +1,4 @@
-// Paged KV cache attention: the ATen path against a plain contiguous causal attention in float64 (random
+// Paged KV cache attention: the CPU paths against a plain contiguous causal attention in float64 (random
 // inputs, shuffled block tables, caches poisoned with NaN wherever no sequence lives), the cache write,
 // argument checks, and on a GPU (skipped without one) the CUDA kernels against the ATen path, free of
 // host syncs and under CUDA-graph capture.
@@ -288,6 +288,21 @@ TEST(PagedAttention, ZeroPaddedHeadsAttendAsUnpadded) {
   const at::Tensor expected = at::einsum("ht,thd->hd", {p, vv});
   EXPECT_TRUE(at::allclose(out->narrow(-1, 0, hd)[0], expected, 1e-5, 1e-5));
   EXPECT_EQ(out->narrow(-1, hd, cd - hd).abs().max().item<float>(), 0.0f);
+}
+
+// A block-table entry outside the cache (a corrupt table) is an error naming the entry, on the CPU path,
+// never a read outside the cache.
+TEST(PagedAttention, DecodeRefusesABlockOutsideTheCache) {
+  const Geometry g{8, 2, 64, 16};
+  PagedCache c = MakePagedCache({20, 5}, g, at::kFloat);
+  const at::Tensor q = at::randn({2, 8, 64});
+  for (int32_t bad : {-1, static_cast<int32_t>(c.k_cache.size(0))}) {
+    at::Tensor tables = c.block_tables.clone();
+    tables[0][1] = bad;  // the second block of the 20-token sequence
+    const absl::Status st = PagedDecodeAttention(q, c.k_cache, c.v_cache, tables, SeqLens({20, 5}), 0.125, 20).status();
+    EXPECT_FALSE(st.ok());
+    EXPECT_THAT(st.message(), HasSubstr("block_tables[0][1]")) << st;
+  }
 }
 
 TEST(PagedAttention, ArgumentChecks) {
