@@ -14,6 +14,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "cpu_gemv_int8_dot.h"
+#include "cpu_vec16.h"
 #include "fused_ops_impl.h"
 
 #include <ATen/Parallel.h>
@@ -65,30 +66,6 @@ inline uint16_t FloatToBf16(float f) {  // round to nearest even, NaN kept quiet
   return static_cast<uint16_t>(bits >> 16);
 }
 
-// Sixteen fp32 lanes as GCC vector types: one AVX-512 register in the avx512f clone below, two AVX2
-// registers or four SSE ones in the others, so one body serves every instruction set.
-using F16 = float __attribute__((vector_size(64)));
-using U32x16 = uint32_t __attribute__((vector_size(64)));
-using U16x16 = uint16_t __attribute__((vector_size(32)));
-
-inline F16 LoadF16(const float* p) {
-  F16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline F16 LoadF16(const uint16_t* p) {  // bf16 -> fp32: the bits shifted into the high half
-  U16x16 h;
-  std::memcpy(&h, p, sizeof(h));
-  const U32x16 bits = __builtin_convertvector(h, U32x16) << 16;
-  F16 v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
-inline float Sum(F16 v) {
-  float s = 0;
-  for (int j = 0; j < 16; ++j) s += v[j];
-  return s;
-}
 inline float ToFloat(float w) { return w; }
 inline float ToFloat(uint16_t w) { return Bf16ToFloat(w); }
 

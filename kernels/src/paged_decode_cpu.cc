@@ -19,27 +19,14 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_vec16.h"
+
 namespace deltaserve::kernels::internal {
 namespace {
 
-// Sixteen float lanes (one AVX-512 register in the avx512f clone, two AVX2 or four SSE ones elsewhere).
-using F16 = float __attribute__((vector_size(64)));
-using U32x16 = uint32_t __attribute__((vector_size(64)));
-using U16x16 = uint16_t __attribute__((vector_size(32)));
-
-inline F16 Load16(const float* p) {
-  F16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline F16 Load16(const c10::BFloat16* p) {  // bf16 -> fp32: the bits shifted into the high half
-  U16x16 h;
-  std::memcpy(&h, p, sizeof(h));
-  const U32x16 bits = __builtin_convertvector(h, U32x16) << 16;
-  F16 v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
+// The cache's values as LoadF16 reads them: float32 as they are, bf16 as their bits.
+inline const float* Lanes(const float* p) { return p; }
+inline const uint16_t* Lanes(const c10::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
 
 // One (sequence, key head): q [group, d] float32 (already scaled), `rows[p]` the cache row of position p;
 // writes the group's outputs [group, d] float32. `scores` holds group * len floats.
@@ -52,10 +39,8 @@ __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void AttendGrou
     const T* kr = k + rows[p] * row_stride;
     for (int64_t h = 0; h < group; ++h) {
       F16 acc = {};
-      for (int64_t i = 0; i < vecs; ++i) acc += Load16(q + h * d + 16 * i) * Load16(kr + 16 * i);
-      float s = 0;
-      for (int j = 0; j < 16; ++j) s += acc[j];
-      scores[h * len + p] = s;
+      for (int64_t i = 0; i < vecs; ++i) acc += LoadF16(q + h * d + 16 * i) * LoadF16(Lanes(kr + 16 * i));
+      scores[h * len + p] = Sum(acc);
     }
   }
   for (int64_t h = 0; h < group; ++h) {
@@ -73,9 +58,9 @@ __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void AttendGrou
   for (int64_t p = 0; p < len; ++p) {
     const T* vr = v + rows[p] * row_stride;
     for (int64_t i = 0; i < vecs; ++i) {
-      const F16 x = Load16(vr + 16 * i);
+      const F16 x = LoadF16(Lanes(vr + 16 * i));
       for (int64_t h = 0; h < group; ++h) {
-        F16 o = Load16(out + h * d + 16 * i);
+        F16 o = LoadF16(out + h * d + 16 * i);
         o += scores[h * len + p] * x;
         std::memcpy(out + h * d + 16 * i, &o, sizeof(o));
       }
