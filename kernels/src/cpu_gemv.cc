@@ -487,26 +487,23 @@ void CpuGemvQuantized(const at::Tensor& x, int64_t row_stride, const LinearWeigh
   const float* s = w.scales.data_ptr<float>();
   const size_t row_bytes = static_cast<size_t>(values.size(1));
   const CpuIsa isa = QuantizedIsa();
-  if (isa == CpuIsa::kAvx512Vnni) {
-    // x quantized once per call; the workers read the caller's buffer (a thread_local named inside the
-    // lambda would be each worker's own).
-    thread_local Int8Activations quantized;
-    Int8Activations& xq = quantized;
-    QuantizeActivationsInt8(io.x, rows, k, w.int4(), xq);
-    const uint8_t* qb = reinterpret_cast<const uint8_t*>(q);
-    at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
-      ForRowTiles(rows, n0, n1, row_bytes, [&](int64_t m0, int64_t r, int64_t b0, int64_t b1) {
-        DotRowsInt8Dot(xq, m0, r, qb, s, w.int4(), b0, b1, io.y + m0 * n, n, io.add_in_place);
-      });
-    });
-  } else {
-    const DotRowsFn dot = PickDotRows(isa, w.int4());
-    at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
-      ForRowTiles(rows, n0, n1, row_bytes, [&](int64_t m0, int64_t r, int64_t b0, int64_t b1) {
+  const bool int8_dot = isa == CpuIsa::kAvx512Vnni;
+  // x quantized once per call; the workers read the caller's buffer (a thread_local named inside the lambda
+  // would be each worker's own).
+  thread_local Int8Activations quantized;
+  Int8Activations& xq = quantized;
+  if (int8_dot) QuantizeActivationsInt8(io.x, rows, k, w.int4(), xq);
+  const DotRowsFn dot = int8_dot ? nullptr : PickDotRows(isa, w.int4());
+  at::parallel_for(0, n, 64, [&](int64_t n0, int64_t n1) {
+    ForRowTiles(rows, n0, n1, row_bytes, [&](int64_t m0, int64_t r, int64_t b0, int64_t b1) {
+      if (int8_dot) {
+        DotRowsInt8Dot(xq, m0, r, reinterpret_cast<const uint8_t*>(q), s, w.int4(), b0, b1, io.y + m0 * n, n,
+                       io.add_in_place);
+      } else {
         dot(io.x + m0 * k, r, k, q, s, b0, b1, io.y + m0 * n, n, io.add_in_place);
-      });
+      }
     });
-  }
+  });
   FinishGemv(io, rows, n, out, accumulate);
 }
 

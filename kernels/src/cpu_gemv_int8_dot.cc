@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 
 namespace deltaserve::kernels::internal {
 namespace {

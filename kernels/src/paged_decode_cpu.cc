@@ -28,15 +28,15 @@ namespace {
 inline const float* Lanes(const float* p) { return p; }
 inline const uint16_t* Lanes(const c10::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
 
-// One (sequence, key head): q [group, d] float32 (already scaled), `rows[p]` the cache row of position p;
-// writes the group's outputs [group, d] float32. `scores` holds group * len floats.
+// One (sequence, key head): q [group, d] float32 (already scaled), `starts[p]` where position p's row starts in
+// the caches; writes the group's outputs [group, d] float32. `scores` holds group * len floats.
 template <typename T>
 __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void AttendGroup(
-    const float* q, int64_t group, int64_t d, const T* k, const T* v, const int64_t* rows, int64_t len,
-    int64_t row_stride, float* scores, float* out) {
+    const float* q, int64_t group, int64_t d, const T* k, const T* v, const int64_t* starts, int64_t len,
+    float* scores, float* out) {
   const int64_t vecs = d / 16;
   for (int64_t p = 0; p < len; ++p) {
-    const T* kr = k + rows[p] * row_stride;
+    const T* kr = k + starts[p];
     for (int64_t h = 0; h < group; ++h) {
       F16 acc = {};
       for (int64_t i = 0; i < vecs; ++i) acc += LoadF16(q + h * d + 16 * i) * LoadF16(Lanes(kr + 16 * i));
@@ -56,7 +56,7 @@ __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void AttendGrou
   }
   std::fill(out, out + group * d, 0.0f);
   for (int64_t p = 0; p < len; ++p) {
-    const T* vr = v + rows[p] * row_stride;
+    const T* vr = v + starts[p];
     for (int64_t i = 0; i < vecs; ++i) {
       const F16 x = LoadF16(Lanes(vr + 16 * i));
       for (int64_t h = 0; h < group; ++h) {
@@ -81,11 +81,11 @@ void Decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
   const int32_t* lp = lens.data_ptr<int32_t>();
   T* op = out.data_ptr<T>();
   const float fscale = static_cast<float>(scale);
-  // Rows of the caches viewed as [blocks * block_size * kv_heads, d]: position p of key head g sits at
-  // ((block * block_size + p % block_size) * kv_heads + g).
+  // The caches viewed as rows [blocks * block_size * kv_heads, d]: position p of key head g is row
+  // (block * block_size + p % block_size) * kv_heads + g.
   at::parallel_for(0, batch * kv_heads, 1, [&](int64_t w0, int64_t w1) {
     std::vector<float> qf, scores, acc;
-    std::vector<int64_t> rows;
+    std::vector<int64_t> starts;
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t b = w / kv_heads, g = w % kv_heads;
       const int64_t len = std::clamp<int64_t>(lp[b], 0, capacity);
@@ -94,19 +94,19 @@ void Decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
         std::fill(ob, ob + group * d, T(0.0f));
         continue;
       }
-      rows.resize(static_cast<size_t>(len));
+      starts.resize(static_cast<size_t>(len));
       for (int64_t p = 0; p < len; ++p) {
         const int64_t block = tp[b * width + p / block_size];
         TORCH_CHECK(block >= 0 && block < blocks, "block_tables[", b, "][", p / block_size, "] = ", block,
                     " is outside the cache's ", blocks, " blocks");
-        rows[static_cast<size_t>(p)] = (block * block_size + p % block_size) * kv_heads + g;
+        starts[static_cast<size_t>(p)] = ((block * block_size + p % block_size) * kv_heads + g) * d;
       }
       qf.resize(static_cast<size_t>(group * d));
       const T* qb = qp + (b * heads + g * group) * d;
       for (int64_t i = 0; i < group * d; ++i) qf[static_cast<size_t>(i)] = static_cast<float>(qb[i]) * fscale;
       scores.resize(static_cast<size_t>(group * len));
       acc.resize(static_cast<size_t>(group * d));
-      AttendGroup(qf.data(), group, d, kp, vp, rows.data(), len, d, scores.data(), acc.data());
+      AttendGroup(qf.data(), group, d, kp, vp, starts.data(), len, scores.data(), acc.data());
       for (int64_t i = 0; i < group * d; ++i) ob[i] = static_cast<T>(acc[static_cast<size_t>(i)]);
     }
   });
@@ -116,13 +116,11 @@ void Decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
 
 at::Tensor PagedDecodeCpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                           const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale) {
-  const at::Tensor qc = q.contiguous(), kc = k_cache.contiguous(), vc = v_cache.contiguous();
-  const at::Tensor tables = block_tables.contiguous(), lens = seq_lens.contiguous();
   at::Tensor out = at::empty(q.sizes(), q.options());
   if (q.scalar_type() == at::kBFloat16) {
-    Decode<c10::BFloat16>(qc, kc, vc, tables, lens, scale, out);
+    Decode<c10::BFloat16>(q, k_cache, v_cache, block_tables, seq_lens, scale, out);
   } else {
-    Decode<float>(qc, kc, vc, tables, lens, scale, out);
+    Decode<float>(q, k_cache, v_cache, block_tables, seq_lens, scale, out);
   }
   return out;
 }
