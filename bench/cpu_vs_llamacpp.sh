@@ -15,6 +15,12 @@
 #     serving  each server started once per weight dtype in SERVING_WEIGHTS and loaded by the same planned
 #              requests (random prompt ids, EOS ignored, greedy) at every concurrency: deltaserve-cli bench
 #              against deltaserve (gRPC), bench/anchors/lc_loadgen.py against llama-server
+#     accuracy the shipped trained model (models/qwen35-small) in llama.cpp: GGUF f32 (llama.cpp's converter),
+#              Q8_0, Q4_0 and Q4_K_M (llama-quantize); its held-out ids decoded to text (they re-tokenize to the
+#              same ids); llama-perplexity -c 512 on the f32 model saving its logits, then on each quantized one
+#              with --kl-divergence: perplexity change and top-1 agreement against f32, the figures
+#              bench_accuracy --weights-only reports for deltaserve's int8 / int4 (also run here). Rows: what
+#              accuracy, ppl, ppl_change_pct, top1_agreement (no tok_s)
 #     table    the rows so far as tables with ratios (deltaserve / llama.cpp, medians)
 # Rows: WORK/rows.jsonl, one JSON object per measurement: engine (deltaserve | llama.cpp), weights (fp32 |
 # bf16 | int8 | q8_0 | int4 | q4_0), what (prefill | decode | serving), concurrency (serving), tok_s, rep, threads, and the source
@@ -159,6 +165,69 @@ stage_decode() {
   done
 }
 
+stage_accuracy() {
+  local small="${root}/models/qwen35-small" acc="${work}/accuracy" t
+  mkdir -p "${acc}"
+  [[ -f "${acc}/small-f32.gguf" ]] ||
+    PYTHONPATH="${lc}/src/gguf-py" "${py}" "${anchors}/convert_gguf.py" "${lc}/src" --pre qwen35 -- "${small}" \
+      --no-mtp --outtype f32 --outfile "${acc}/small-f32.gguf" > "${acc}/convert.log" 2>&1 ||
+    { tail -20 "${acc}/convert.log"; exit 1; }
+  for t in q8_0 q4_0 q4_k_m; do
+    [[ -f "${acc}/small-${t}.gguf" ]] ||
+      "${lc}/b/bin/llama-quantize" "${acc}/small-f32.gguf" "${acc}/small-${t}.gguf" "${t^^}" > "${acc}/quantize-${t}.log" 2>&1 ||
+      { tail -20 "${acc}/quantize-${t}.log"; exit 1; }
+  done
+  "${py}" - "${small}" "${acc}/heldout.txt" <<'PY'
+import sys
+import numpy as np
+import tokenizers
+model, out = sys.argv[1], sys.argv[2]
+ids = np.fromfile(f"{model}/heldout_tokens.u16", dtype=np.uint16).astype(int).tolist()
+tok = tokenizers.Tokenizer.from_file(f"{model}/tokenizer.json")
+text = tok.decode(ids, skip_special_tokens=False)
+again = tok.encode(text, add_special_tokens=False).ids
+if again != ids:
+    sys.exit(f"accuracy: the held-out text does not re-tokenize to its ids ({len(again)} against {len(ids)})")
+open(out, "w").write(text)
+PY
+  local lp="${lc}/b/bin/llama-perplexity" base_ppl
+  "${lp}" -m "${acc}/small-f32.gguf" -f "${acc}/heldout.txt" -c 512 -t "${threads}" \
+    --kl-divergence-base "${acc}/f32.kld" > "${acc}/ppl-f32.log" 2>&1 || { tail -20 "${acc}/ppl-f32.log"; exit 1; }
+  base_ppl="$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "${acc}/ppl-f32.log")"
+  row engine=llama.cpp weights=fp32 what=accuracy ppl="${base_ppl}" ppl_change_pct=0 top1_agreement=1 \
+    command="llama-perplexity -c 512 (32 chunks of 512, the second half of each scored)" $(common)
+  for t in q8_0 q4_0 q4_k_m; do
+    "${lp}" -m "${acc}/small-${t}.gguf" -c 512 -t "${threads}" --kl-divergence-base "${acc}/f32.kld" \
+      --kl-divergence > "${acc}/ppl-${t}.log" 2>&1 || { tail -20 "${acc}/ppl-${t}.log"; exit 1; }
+    local ppl ratio same
+    ppl="$(sed -n 's/^Mean PPL(Q) *: *\([0-9.]*\).*/\1/p' "${acc}/ppl-${t}.log")"
+    ratio="$(sed -n 's/^Mean PPL(Q)\/PPL(base) *: *\([0-9.]*\).*/\1/p' "${acc}/ppl-${t}.log")"
+    same="$(sed -n 's/^Same top p *: *\([0-9.]*\).*/\1/p' "${acc}/ppl-${t}.log")"
+    row engine=llama.cpp weights="${t}" what=accuracy ppl="${ppl}" \
+      ppl_change_pct="$("${py}" -c "print(round(($ratio - 1) * 100, 4))")" \
+      top1_agreement="$("${py}" -c "print(round($same / 100, 5))")" \
+      command="llama-perplexity -c 512 --kl-divergence" $(common)
+    say "llama.cpp ${t}: ppl ${ppl} (x${ratio} of f32), same top-1 ${same}%"
+  done
+  "${build}/bench/bench_accuracy" "${small}" --windows 32 --threads "${threads}" --weights-only 2>&1 |
+    grep '^{' > "${acc}/deltaserve.jsonl"
+  "${py}" - "${acc}/deltaserve.jsonl" "${rows}" "$(common)" <<'PY'
+import json, sys
+src, out, common = sys.argv[1], sys.argv[2], dict(kv.split("=", 1) for kv in sys.argv[3].split())
+with open(out, "a") as f:
+    for line in open(src):
+        r = json.loads(line)
+        v = r["variant"]  # "weights int8" | "weights int4" | the float32 baseline's inverse method
+        weights = v[len("weights "):] if v.startswith("weights ") else "fp32"
+        f.write(json.dumps({"engine": "deltaserve", "weights": weights, "what": "accuracy", "path": r["path"],
+                            "ppl": r["ppl"], "ppl_change_pct": r["ppl_change_pct"],
+                            "top1_agreement": r["top1_agreement"],
+                            "command": "bench_accuracy --windows 32 --weights-only (32 windows of 513, every position scored)",
+                            **common}) + "\n")
+PY
+  say "accuracy: rows appended to ${rows}"
+}
+
 free_port() { "${py}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 server_pid=""
 stop_server() {
@@ -245,7 +314,8 @@ def key(r):
     return (CLASS.get(r["weights"], r["weights"]), r["what"], r.get("concurrency", 0))
 groups = {}
 for r in rows:
-    groups.setdefault(key(r), {}).setdefault(r["engine"], []).append(r["tok_s"])
+    if "tok_s" in r:
+        groups.setdefault(key(r), {}).setdefault(r["engine"], []).append(r["tok_s"])
 print(f"{'weights':11} {'what':8} {'conc':>4} {'llama.cpp tok/s':>22} {'deltaserve tok/s':>22} {'ratio (medians)':>15}")
 for k in sorted(groups):
     g = groups[k]
@@ -253,6 +323,12 @@ for k in sorted(groups):
     fmt = lambda v: " / ".join(f"{x:.2f}" for x in v) or "-"
     ratio = f"{statistics.median(ds) / statistics.median(lc):.2f}x" if lc and ds else "-"
     print(f"{k[0]:11} {k[1]:8} {k[2] or '':>4} {fmt(lc):>22} {fmt(ds):>22} {ratio:>15}")
+acc = [r for r in rows if r["what"] == "accuracy"]
+if acc:
+    print(f"\n{'engine':10} {'weights':8} {'path':8} {'ppl':>9} {'vs fp32':>9} {'top-1':>7}")
+    for r in acc:
+        print(f"{r['engine']:10} {r['weights']:8} {r.get('path', ''):8} {r['ppl']:9.4f} "
+              f"{r['ppl_change_pct']:+8.3f}% {r['top1_agreement']:7.4f}")
 PY
 }
 
@@ -262,8 +338,8 @@ command -v jq >/dev/null || { echo "cpu_vs_llamacpp: needs jq (apt-get install j
 say "threads ${threads}, ${cpu}, commit ${commit}, rows -> ${rows}"
 for s in "${stages[@]}"; do
   case "${s}" in
-    llama|prep|decode|serving|table) "stage_${s}" ;;
+    llama|prep|decode|serving|accuracy|table) "stage_${s}" ;;
     -h|--help|help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "cpu_vs_llamacpp: unknown stage ${s} (llama prep decode serving table)" >&2; exit 2 ;;
+    *) echo "cpu_vs_llamacpp: unknown stage ${s} (llama prep decode serving accuracy table)" >&2; exit 2 ;;
   esac
 done

@@ -32,9 +32,11 @@ at::Tensor Stack(std::initializer_list<at::Tensor> parts) {
   return out;
 }
 
-// Every projection and lm_head as INT8 or 4-bit with group scales; the values moved onto huge pages.
-absl::Status QuantizeProjections(Qwen35Weights& w, kernels::WeightDtype dtype) {
-  auto quantize = [dtype](kernels::LinearWeight& lw) -> absl::Status {
+// Every projection as INT8 or 4-bit with group scales, the values moved onto huge pages (the embedding
+// stays as loaded). The lm_head never goes below INT8, as llama.cpp's 4-bit types keep their output
+// tensor at 6-8 bits: 4-bit logits cost a small model much of its accuracy (docs/accuracy.md).
+absl::Status QuantizeProjections(Qwen35Weights& w, kernels::WeightDtype projections) {
+  auto quantize = [](kernels::LinearWeight& lw, kernels::WeightDtype dtype) -> absl::Status {
     absl::StatusOr<kernels::LinearWeight> q = kernels::QuantizeWeight(lw.weight, dtype);
     if (!q.ok()) return q.status();
     lw.weight = EmptyOnHugePages(q->weight.sizes().vec(), q->weight.scalar_type()).copy_(q->weight);
@@ -45,10 +47,10 @@ absl::Status QuantizeProjections(Qwen35Weights& w, kernels::WeightDtype dtype) {
     for (kernels::LinearWeight* p : {&l.gate_up_proj, &l.down_proj, &l.linear.in_proj, &l.linear.out_proj,
                                      &l.full.qkv_proj, &l.full.o_proj}) {
       if (!p->weight.defined()) continue;  // the other layer kind's projections
-      if (absl::Status s = quantize(*p); !s.ok()) return s;
+      if (absl::Status s = quantize(*p, projections); !s.ok()) return s;
     }
   }
-  return quantize(w.lm_head);
+  return quantize(w.lm_head, kernels::WeightDtype::kInt8);
 }
 
 }  // namespace
