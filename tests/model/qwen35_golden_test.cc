@@ -11,6 +11,8 @@
 
 #include "golden.h"
 #include "models/qwen35/model.h"
+#include "models/qwen35/weights.h"
+#include "models/safetensors.h"
 #include "runner/model_runner.h"
 
 namespace deltaserve::models::qwen35 {
@@ -226,6 +228,30 @@ TEST(Qwen35GoldenInt4Weights, WithinABoundOfTransformersInBf16) {
                                                        c10::kCPU, kernels::WeightDtype::kInt4);
     ASSERT_NE(m, nullptr);
     ExpectWithinTransformersBf16Error(*m, g, std::string(name) + " int4 weights", 30.0);
+  }
+}
+
+// Under int4 the projections are 4-bit but the lm_head is INT8 (as llama.cpp's 4-bit types keep their
+// output tensor at 6-8 bits; docs/accuracy.md), and the embedding lookup keeps the loaded dtype.
+TEST(Qwen35GoldenInt4Weights, TheLmHeadStaysInt8) {
+  for (const char* name : {"flat_untied", "nested_tied"}) {
+    const Golden g = ReadGolden(name);
+    absl::StatusOr<models::qwen35::Qwen35Config> config = models::qwen35::LoadQwen35Config(g.dir);
+    ASSERT_TRUE(config.ok()) << config.status();
+    absl::StatusOr<std::unique_ptr<models::SafetensorsCheckpoint>> ckpt = models::SafetensorsCheckpoint::Open(g.dir);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    absl::StatusOr<models::qwen35::Qwen35Weights> w = models::qwen35::LoadQwen35Weights(
+        **ckpt, *config, at::kFloat, c10::kCPU, kernels::WeightDtype::kInt4);
+    if (!w.ok()) {
+      // nested_tied's rows are not a multiple of 32 (the INT8 test above relies on that refusal).
+      EXPECT_NE(std::string(w.status().message()).find("multiple of 32"), std::string::npos) << w.status();
+      continue;
+    }
+    EXPECT_TRUE(w->lm_head.quantized()) << name;
+    EXPECT_FALSE(w->lm_head.int4()) << name;
+    EXPECT_EQ(w->lm_head.weight.scalar_type(), at::kChar) << name;
+    EXPECT_TRUE(w->layers[0].gate_up_proj.int4()) << name;
+    EXPECT_EQ(w->embed_tokens.scalar_type(), at::kFloat) << name;
   }
 }
 

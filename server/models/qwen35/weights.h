@@ -56,8 +56,9 @@ struct Qwen35Weights {
 // Converts to `dtype` on `device` (float32 or bfloat16); A_log and dt_bias stay float32 because the
 // decay is computed in float32. Skips mtp.* and model.visual.*. Errors list every missing, unexpected
 // and mismatched tensor (name, expected and found shape/dtype) in one InvalidArgument. With
-// WeightDtype::kInt8 or kInt4 (CPU only) the projections and lm_head are quantized to INT8 or 4 bits with
-// group scales (kernels::QuantizeWeight); norms, the conv, the embedding lookup and the gates stay in `dtype`.
+// WeightDtype::kInt8 or kInt4 (CPU only) the projections are quantized to INT8 or 4 bits with group scales
+// (kernels::QuantizeWeight) and the lm_head to INT8 either way; norms, the conv, the embedding lookup and
+// the gates stay in `dtype`.
 absl::StatusOr<Qwen35Weights> LoadQwen35Weights(const SafetensorsCheckpoint& checkpoint,
                                                 const Qwen35Config& config, at::ScalarType dtype,
                                                 const c10::Device& device,
