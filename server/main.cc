@@ -316,8 +316,8 @@ int Run() {
 
   // Loading (and every other start-up pass over the weights) runs on a thread that ends with it, so
   // the engine's CPU worker team is the only one left parked (runner/startup_thread.h says why).
-  absl::StatusOr<std::unique_ptr<q::Qwen35Model>> model = absl::UnknownError("not loaded");
-  deltaserve::runner::RunOnStartupThread([&] { model = q::Qwen35Model::Load(dir, options); });
+  absl::StatusOr<std::unique_ptr<q::Qwen35Model>> model =
+      deltaserve::runner::RunOnStartupThread([&] { return q::Qwen35Model::Load(dir, options); });
   if (!model.ok()) return Fail(std::string(model.status().message()), 1);
   deltaserve::metrics::PrometheusEngineMetrics engine_metrics(*registry, name, (*model)->TimedSpans());
   engine_options.metrics = &engine_metrics;
@@ -341,9 +341,9 @@ int Run() {
   if (served.defaults.eos_token_ids.empty())
     served.defaults.eos_token_ids.assign(config->eos_token_ids.begin(), config->eos_token_ids.end());
   served.engine_options = engine_options;
-  absl::StatusOr<std::unique_ptr<deltaserve::runner::ModelRunner>> runner = absl::UnknownError("not created");
-  deltaserve::runner::RunOnStartupThread(
-      [&] { runner = deltaserve::runner::ModelRunner::Create(*std::move(model), runner_options); });
+  absl::StatusOr<std::unique_ptr<deltaserve::runner::ModelRunner>> runner =
+      deltaserve::runner::RunOnStartupThread(
+          [&] { return deltaserve::runner::ModelRunner::Create(*std::move(model), runner_options); });
   if (!runner.ok()) {
     // Bad values are the operator's flags (exit 2, as for other flag errors); the rest is the machine's.
     return Fail(std::string(runner.status().message()),
@@ -362,9 +362,9 @@ int Run() {
   if (!vision_dir.empty()) {
     deltaserve::models::padre::PadreOptions vo;
     vo.device = options.device;
-    absl::StatusOr<std::unique_ptr<deltaserve::models::padre::PadreDetector>> detector = absl::UnknownError("");
-    deltaserve::runner::RunOnStartupThread(
-        [&] { detector = deltaserve::models::padre::PadreDetector::Load(vision_dir, vo); });
+    absl::StatusOr<std::unique_ptr<deltaserve::models::padre::PadreDetector>> detector =
+        deltaserve::runner::RunOnStartupThread(
+            [&] { return deltaserve::models::padre::PadreDetector::Load(vision_dir, vo); });
     if (!detector.ok()) {
       (*engine)->Shutdown(absl::ZeroDuration());
       return Fail(absl::StrCat("--vision-model: ", detector.status().message()), 1);

@@ -468,7 +468,8 @@ void CpuGemv(const at::Tensor& x, int64_t row_stride, const at::Tensor& weight, 
             DotRowsBf16(io.x + m0 * k, r, k, reinterpret_cast<const uint16_t*>(weight.data_ptr()), b0, b1,
                         io.y + m0 * n, n, io.add_in_place);
           } else {
-            DotRowsF32(io.x + m0 * k, r, k, weight.data_ptr<float>(), b0, b1, io.y + m0 * n, n, io.add_in_place);
+            DotRowsF32(io.x + m0 * k, r, k, weight.data_ptr<float>(), b0, b1, io.y + m0 * n, n,
+                       io.add_in_place);
           }
         },
         DenseTileRows());

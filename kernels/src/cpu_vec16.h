@@ -1,5 +1,5 @@
 // Sixteen float lanes as GCC vector types for the CPU kernels' inner loops: one AVX-512 register in an
-// avx512f target clone, two AVX2 or four SSE registers in the others, so one body serves every instruction set.
+// avx512f target clone, two AVX2 or four SSE ones in the others, so one body serves every instruction set.
 #ifndef DELTASERVE_KERNELS_SRC_CPU_VEC16_H_
 #define DELTASERVE_KERNELS_SRC_CPU_VEC16_H_
 

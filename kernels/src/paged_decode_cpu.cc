@@ -28,8 +28,8 @@ namespace {
 inline const float* Lanes(const float* p) { return p; }
 inline const uint16_t* Lanes(const c10::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
 
-// One (sequence, key head): q [group, d] float32 (already scaled), `starts[p]` where position p's row starts in
-// the caches; writes the group's outputs [group, d] float32. `scores` holds group * len floats.
+// One (sequence, key head): q [group, d] float32 (already scaled), `starts[p]` where position p's row
+// starts in the caches; writes the group's outputs [group, d] float32. `scores` holds group * len floats.
 template <typename T>
 __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void AttendGroup(
     const float* q, int64_t group, int64_t d, const T* k, const T* v, const int64_t* starts, int64_t len,

@@ -7,9 +7,10 @@
 
 namespace deltaserve::kernels::internal {
 
-// Every tensor contiguous, as PagedDecodeAttention checks or makes them: q [B, heads, d] (float32 or bf16, the
-// caches' dtype), caches [blocks, block_size, kv_heads, d], block_tables int32 [B, max_blocks], seq_lens int32
-// [B] (clamped to the table's capacity; 0: a zero row). Returns [B, heads, d] in q's dtype. A block id outside the cache throws (c10::Error).
+// Every tensor contiguous, as PagedDecodeAttention checks or makes them: q [B, heads, d] (float32 or bf16,
+// the caches' dtype), caches [blocks, block_size, kv_heads, d], block_tables int32 [B, max_blocks], seq_lens
+// int32 [B] (clamped to the table's capacity; 0: a zero row). Returns [B, heads, d] in q's dtype. A block id
+// outside the cache throws (c10::Error).
 at::Tensor PagedDecodeCpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                           const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale);
 

@@ -3,9 +3,9 @@
 #include <exception>
 #include <thread>
 
-namespace deltaserve::runner {
+namespace deltaserve::runner::internal {
 
-void RunOnStartupThread(const std::function<void()>& work) {
+void RunOnThreadThatEnds(const std::function<void()>& work) {
   std::exception_ptr error;
   std::thread thread([&] {
     try {
@@ -19,4 +19,4 @@ void RunOnStartupThread(const std::function<void()>& work) {
   if (error) std::rethrow_exception(error);
 }
 
-}  // namespace deltaserve::runner
+}  // namespace deltaserve::runner::internal

@@ -238,7 +238,8 @@ TEST(Qwen35GoldenInt4Weights, TheLmHeadStaysInt8) {
     const Golden g = ReadGolden(name);
     absl::StatusOr<models::qwen35::Qwen35Config> config = models::qwen35::LoadQwen35Config(g.dir);
     ASSERT_TRUE(config.ok()) << config.status();
-    absl::StatusOr<std::unique_ptr<models::SafetensorsCheckpoint>> ckpt = models::SafetensorsCheckpoint::Open(g.dir);
+    absl::StatusOr<std::unique_ptr<models::SafetensorsCheckpoint>> ckpt =
+        models::SafetensorsCheckpoint::Open(g.dir);
     ASSERT_TRUE(ckpt.ok()) << ckpt.status();
     absl::StatusOr<models::qwen35::Qwen35Weights> w = models::qwen35::LoadQwen35Weights(
         **ckpt, *config, at::kFloat, c10::kCPU, kernels::WeightDtype::kInt4);

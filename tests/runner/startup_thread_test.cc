@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 namespace deltaserve::runner {
@@ -47,6 +48,13 @@ TEST(StartupThread, RunsTheWorkOnAnotherThreadAndRethrowsItsError) {
   EXPECT_NE(ran_on, std::thread::id());
   EXPECT_NE(ran_on, std::this_thread::get_id());
   EXPECT_THROW(RunOnStartupThread([] { throw std::runtime_error("bad checkpoint"); }), std::runtime_error);
+}
+
+TEST(StartupThread, ReturnsTheWorksResult) {
+  const std::thread::id caller = std::this_thread::get_id();
+  const std::thread::id ran_on = RunOnStartupThread([] { return std::this_thread::get_id(); });
+  EXPECT_NE(ran_on, caller);
+  EXPECT_EQ(RunOnStartupThread([] { return std::string("loaded"); }), "loaded");
 }
 
 TEST(StartupThread, TheWorkersItsWorkStartedEndWithIt) {
