@@ -217,9 +217,14 @@ void DecodeBench(const Args& a) {
   std::printf("\n== decode step, Hk=%ld Hv=%ld dk=dv=%ld (one layer) ==\n", hk, hv, d);
   std::printf("%-6s %-12s %-8s %12s %10s %14s %10s\n", "batch", "state", "kernel", "time_us", "vs_fp32",
               "bytes/step", "GB/s");
-  // On CUDA each dtype runs the register-tiled kernel and, as its baseline, the general kernel.
-  std::vector<std::pair<const char*, bool>> kernels = {{"fused", true}};
-  if (a.device.is_cuda()) kernels = {{"tiled", true}, {"general", false}};
+  // On CUDA each dtype runs the register-tiled kernel and, as its baseline, the general kernel; 1-byte
+  // states also the streamed kernel, which is their default.
+  struct Kernel {
+    const char* name;
+    bool tiled, streamed;
+  };
+  std::vector<Kernel> kernels = {{"fused", true, true}};
+  if (a.device.is_cuda()) kernels = {{"streamed", true, true}, {"tiled", true, false}, {"general", false, false}};
   for (int64_t b : a.batches) {
     dt::GdnInputs in = dt::MakeGdnInputs(b, 1, hk, hv, d, d, dt::Regimes()[1], 5 + b);
     auto step = [&](const at::Tensor& x) { return x.select(1, 0).contiguous().to(a.device); };
@@ -233,11 +238,14 @@ void DecodeBench(const Args& a) {
     double base = 0;
     for (ds::StateDtype sd : {ds::StateDtype::kFloat32, ds::StateDtype::kBFloat16, ds::StateDtype::kInt8,
                               ds::StateDtype::kInt8Stochastic, ds::StateDtype::kFloat8E4M3}) {
-      for (const auto& [kernel, tiled] : kernels) {
+      for (const auto& [kernel, tiled, streamed] : kernels) {
+        const bool one_byte = sd != ds::StateDtype::kFloat32 && sd != ds::StateDtype::kBFloat16;
+        if (a.device.is_cuda() && std::string(kernel) == "streamed" && !one_byte) continue;  // = tiled
         ds::RecurrentStatePool pool = *ds::MakeRecurrentStatePool(b, hv, d, d, sd, a.device);
         (void)ds::WriteStates(pool, slots, init);
         ds::DecodeStepOptions options;
         options.tiled_cuda = tiled;
+        options.streamed_cuda = streamed;
         options.host_slots = host_slots;
         const double sec = Time(
             a.device, std::max(5, a.reps),

@@ -292,6 +292,8 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
     if (pool.values.is_cpu()) {
       o = internal::RecurrentStepCpu(in, pool);
 #ifdef DELTASERVE_WITH_CUDA
+    } else if (tiled && options.streamed_cuda && internal::StreamedStepFits(pool, dk, dv, v.scalar_type())) {
+      o = internal::RecurrentStepStreamedCuda(in, pool);
     } else if (tiled) {
       o = internal::RecurrentStepTiledCuda(in, pool);
     } else if (pool.values.is_cuda()) {

@@ -39,6 +39,11 @@ at::Tensor RecurrentStepCuda(const DecodeInputs& in, RecurrentStatePool& pool);
 // Register-tiled CUDA kernel for the shapes TiledStepFits accepts: each state byte read and written once
 // with 16-byte accesses; o in v's dtype.
 at::Tensor RecurrentStepTiledCuda(const DecodeInputs& in, RecurrentStatePool& pool);
+// Persistent kernel for 1-byte states on Hopper where StreamedStepFits: the next head's state is copied
+// into shared memory while the current one is computed; the same bytes as the tiled kernel.
+at::Tensor RecurrentStepStreamedCuda(const DecodeInputs& in, RecurrentStatePool& pool);
+// TiledStepFits, a contiguous 1-byte pool with 16-byte aligned values and scales, and a Hopper GPU.
+bool StreamedStepFits(const RecurrentStatePool& pool, int64_t dk, int64_t dv, at::ScalarType dtype);
 #endif
 // Shapes and input dtypes the tiled CUDA kernel is compiled for.
 inline bool TiledStepFits(int64_t dk, int64_t dv, at::ScalarType dtype) {

@@ -148,6 +148,49 @@ TEST_F(CudaTiledDecode, EqualsTheGeneralKernelOverManySteps) {
   }
 }
 
+// The streamed kernel (1-byte states on Hopper: persistent blocks, the next head's state copied into
+// shared memory while the current one is computed) gives the tiled kernel's bytes exactly: states, scales
+// and outputs, step after step. Enough heads that every block walks several items through both buffers,
+// padding rows among them, and a batch smaller than the grid.
+TEST_F(CudaTiledDecode, StreamedKernelGivesTheTiledKernelsBytes) {
+  at::manual_seed(2718);
+  const int64_t hk = 8, hv = 16, steps = 4;
+  for (int64_t d : {64, 128}) {
+    for (const int64_t batch : {int64_t{2}, int64_t{97}}) {
+      std::vector<int64_t> host_slots;  // slots in reverse, every seventh row a padding row
+      for (int64_t b = 0; b < batch; ++b) host_slots.push_back(b % 7 == 3 ? -1 : batch - 1 - b);
+      const at::Tensor slots = at::tensor(host_slots, at::kLong).cuda();
+      for (at::ScalarType in_dtype : {at::kFloat, at::kBFloat16}) {
+        for (StateDtype dt : {StateDtype::kInt8, StateDtype::kInt8Stochastic, StateDtype::kInt8Coarse,
+                              StateDtype::kFloat8E4M3}) {
+          const std::string label = "d " + std::to_string(d) + " batch " + std::to_string(batch) + " in " +
+                                    std::string(c10::toString(in_dtype)) + " state " + StateDtypeName(dt);
+          RecurrentStatePool streamed = *MakeRecurrentStatePool(batch, hv, d, d, dt, at::kCUDA);
+          RecurrentStatePool tiled = *MakeRecurrentStatePool(batch, hv, d, d, dt, at::kCUDA);
+          const at::Tensor init = (at::randn({batch, hv, d, d}) * 0.2).cuda();
+          ASSERT_TRUE(WriteStates(streamed, at::arange(batch, at::kLong).cuda(), init).ok());
+          ASSERT_TRUE(WriteStates(tiled, at::arange(batch, at::kLong).cuda(), init).ok());
+          const at::Tensor initial = streamed.values.clone();
+          DecodeStepOptions on, off;
+          on.l2norm_qk = off.l2norm_qk = true;
+          on.host_slots = off.host_slots = host_slots;
+          off.streamed_cuda = false;
+          for (int64_t t = 0; t < steps; ++t) {
+            const StepInputs g = MakeStep(batch, hk, hv, d, in_dtype, at::kCUDA);
+            const at::Tensor a = *RecurrentGatedDeltaStep(g.q, g.k, g.v, g.g, g.beta, slots, streamed, on);
+            const at::Tensor b = *RecurrentGatedDeltaStep(g.q, g.k, g.v, g.g, g.beta, slots, tiled, off);
+            ASSERT_TRUE(at::equal(a, b)) << label << " output, step " << t;
+            ASSERT_TRUE(at::equal(streamed.values, tiled.values)) << label << " states, step " << t;
+            ASSERT_TRUE(at::equal(streamed.scales, tiled.scales)) << label << " scales, step " << t;
+            ASSERT_GT(a.abs().max().item<float>(), 0.0f) << label;  // not two kernels that both did nothing
+          }
+          EXPECT_FALSE(at::equal(streamed.values, initial)) << label;  // the states moved
+        }
+      }
+    }
+  }
+}
+
 #ifdef DELTASERVE_WITH_CUDA
 // With the slots' host copy the tiled step never waits on the device (no cast, no copy, no read-back).
 TEST_F(CudaTiledDecode, NeverSynchronisesTheHost) {

@@ -69,6 +69,10 @@ struct DecodeStepOptions {
   // On CUDA, the register-tiled kernel where the head shape allows it (dk = dv = 64 or 128; q, k, v
   // float32 or bfloat16, read in place); false: the general kernel (the benchmark's baseline).
   bool tiled_cuda = true;
+  // On a Hopper GPU, 1-byte states (INT8, FP8) in that shape take the streamed kernel (persistent blocks,
+  // the next head's state copied into shared memory during the current one's arithmetic; the same bytes);
+  // false: the register-tiled kernel (the benchmark's baseline for it).
+  bool streamed_cuda = true;
 };
 
 // One token for each of B sequences: q, k [B, Hk, dk], v [B, Hv, dv], g, beta [B, Hv] (g and beta are
