@@ -31,8 +31,8 @@ struct Codec<float> {
     x[2] = __uint_as_float(r.z);
     x[3] = __uint_as_float(r.w);
   }
-  // y: values already divided by the row's scale (1 for unscaled dtypes); clamp and rounding as stored.
-  __device__ static uint4 Encode(const float (&y)[4], float, bool, uint32_t, int) {
+  // y: the new values; inv: 1 / the row's scale (1 for unscaled dtypes); clamp and rounding as stored.
+  __device__ static uint4 Encode(const float (&y)[4], float, float, bool, uint32_t, int) {
     return make_uint4(__float_as_uint(y[0]), __float_as_uint(y[1]), __float_as_uint(y[2]),
                       __float_as_uint(y[3]));
   }
@@ -50,7 +50,7 @@ struct Codec<c10::BFloat16> {
       x[2 * p + 1] = __uint_as_float(w[p] & 0xffff0000u);
     }
   }
-  __device__ static uint4 Encode(const float (&y)[8], float, bool, uint32_t, int) {
+  __device__ static uint4 Encode(const float (&y)[8], float, float, bool, uint32_t, int) {
     uint32_t w[4];
 #pragma unroll
     for (int p = 0; p < 4; ++p) {
@@ -68,32 +68,43 @@ struct Codec<int8_t> {
   static constexpr int kVec = 8;
   using Raw = uint2;
   // Byte b as (b + 128) in a float's low mantissa bits: 2^23 + 128 + s, minus the offset, is s exactly.
+  // The first N (2 or 4) bytes of a word.
+  template <int N>
+  __device__ static void DecodeWord(uint32_t w, float (&x)[N]) {
+    w ^= 0x80808080u;
+#pragma unroll
+    for (int m = 0; m < N; ++m) x[m] = __uint_as_float(__byte_perm(w, 0x4b000000u, 0x7440u | m)) - 8388736.0f;
+  }
   __device__ static void Decode(const uint2& r, float (&x)[8]) {
-    const uint32_t w[2] = {r.x ^ 0x80808080u, r.y ^ 0x80808080u};
+    float lo[4], hi[4];
+    DecodeWord<4>(r.x, lo);
+    DecodeWord<4>(r.y, hi);
 #pragma unroll
-    for (int p = 0; p < 2; ++p) {
-#pragma unroll
-      for (int m = 0; m < 4; ++m) {
-        x[4 * p + m] = __uint_as_float(__byte_perm(w[p], 0x4b000000u, 0x7440u | m)) - 8388736.0f;
-      }
+    for (int m = 0; m < 4; ++m) {
+      x[m] = lo[m];
+      x[4 + m] = hi[m];
     }
   }
-  // Round to nearest even (as nearbyint) or stochastically (floor(y + u)), clamp to +-qmax. Adding
-  // 1.5 * 2^23 leaves the rounded integer's two's-complement low byte in the float's low byte.
-  // Rounded to nearest, no clamp is needed: y is the row's (or head's) values divided by max / qmax, so
-  // |y| <= qmax within a few ulps and rounds to at most qmax (an integer), as the CPU's clamp gives.
-  // Saving the two min/max per value matters: the 1-byte step is bound by its instructions.
-  __device__ static uint2 Encode(const float (&y)[8], float qmax, bool stochastic, uint32_t row_key,
+  // y * inv rounded to nearest even or stochastically (floor(y inv + u)), clamped to +-qmax. Adding
+  // 1.5 * 2^23 leaves the rounded integer's two's-complement low byte in the float's low byte; to nearest,
+  // the multiply and the add are one fused operation, which rounds the exact product once (the CPU rounds
+  // the float product: the two differ only where that product lies within an ulp of a half, and by one).
+  // Rounded to nearest, no clamp is needed: inv is qmax over the row's (or head's) max, so |y inv| <= qmax
+  // within a few ulps and rounds to at most qmax (an integer), as the CPU's clamp gives.
+  // Saving instructions matters: the 1-byte step is bound by them.
+  __device__ static uint2 Encode(const float (&y)[8], float inv, float qmax, bool stochastic, uint32_t row_key,
                                  int col) {
     uint32_t b[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      float t = y[e];
+      float t;
       if (stochastic) {
-        t = floorf(t + RowUniform(row_key, static_cast<uint32_t>(col + e)));
-        t = fminf(fmaxf(t, -qmax), qmax);
+        t = floorf(__fmul_rn(y[e], inv) + RowUniform(row_key, static_cast<uint32_t>(col + e)));
+        t = __fadd_rn(fminf(fmaxf(t, -qmax), qmax), 12582912.0f);
+      } else {
+        t = __fmaf_rn(y[e], inv, 12582912.0f);
       }
-      b[e] = __float_as_uint(t + 12582912.0f);
+      b[e] = __float_as_uint(t);
     }
     uint32_t w[2];
 #pragma unroll
@@ -110,29 +121,37 @@ template <>
 struct Codec<c10::Float8_e4m3fn> {
   static constexpr int kVec = 8;
   using Raw = uint2;
-  __device__ static void Decode(const uint2& r, float (&x)[8]) {
-    const uint32_t w[2] = {r.x, r.y};
+  // The first N (2 or 4) bytes of a word.
+  template <int N>
+  __device__ static void DecodeWord(uint32_t w, float (&x)[N]) {
 #pragma unroll
-    for (int p = 0; p < 2; ++p) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const __half2_raw hr =
-            __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w[p] >> (16 * h)), __NV_E4M3);
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hr));
-        x[4 * p + 2 * h] = f.x;
-        x[4 * p + 2 * h + 1] = f.y;
-      }
+    for (int h = 0; h < N / 2; ++h) {
+      const __half2_raw hr =
+          __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> (16 * h)), __NV_E4M3);
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hr));
+      x[2 * h] = f.x;
+      x[2 * h + 1] = f.y;
     }
   }
-  __device__ static uint2 Encode(const float (&y)[8], float qmax, bool, uint32_t, int) {
+  __device__ static void Decode(const uint2& r, float (&x)[8]) {
+    float lo[4], hi[4];
+    DecodeWord<4>(r.x, lo);
+    DecodeWord<4>(r.y, hi);
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      x[m] = lo[m];
+      x[4 + m] = hi[m];
+    }
+  }
+  __device__ static uint2 Encode(const float (&y)[8], float inv, float qmax, bool, uint32_t, int) {
     uint32_t w[2];
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
       uint32_t pair[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float a = fminf(fmaxf(y[4 * p + 2 * h], -qmax), qmax);
-        const float b = fminf(fmaxf(y[4 * p + 2 * h + 1], -qmax), qmax);
+        const float a = fminf(fmaxf(__fmul_rn(y[4 * p + 2 * h], inv), -qmax), qmax);
+        const float b = fminf(fmaxf(__fmul_rn(y[4 * p + 2 * h + 1], inv), -qmax), qmax);
         pair[h] = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
       }
       w[p] = pair[0] | (pair[1] << 16);

@@ -60,39 +60,73 @@ __device__ __forceinline__ void BlockSum3(float& x, float& y, float& z, float (*
   y = scratch[1][0];
   z = scratch[2][0];
 #pragma unroll
-  for (int w = 1; w < kWarpsN; ++w) {  // the order BlockReduce sums in: the same floats as the tiled kernel
+  for (int w = 1; w < kWarpsN; ++w) {
     x += scratch[0][w];
     y += scratch[1][w];
     z += scratch[2][w];
   }
 }
 
-// Thread t owns columns [(t % kTpr) * kVec, + kVec) of rows t / kTpr + m * kRowsPerPass, m < kRpt, as in
-// the tiled kernel; a warp reads two whole rows of shared memory at a time, free of bank conflicts.
+// The maxima of kGroup rows, each spread over the kTpr lanes of a segment, in one exchange: every step
+// hands half of the rows still held to the partner lane and keeps the other half, then a butterfly
+// finishes the last row. Lane l ends with the whole maximum of row (l % kTpr) / (kTpr / kGroup): kGroup
+// + log2(kTpr) - 1 shuffles instead of kGroup log2(kTpr).
+template <int kTpr, int kGroup>
+__device__ __forceinline__ float RowMaxima(const float (&mx)[kGroup], int lane) {
+  float v[kGroup];
+#pragma unroll
+  for (int j = 0; j < kGroup; ++j) v[j] = mx[j];
+  int off = kTpr / 2;
+#pragma unroll
+  for (int n = kGroup; n > 1; n /= 2) {
+    const bool upper = lane & off;
+#pragma unroll
+    for (int j = 0; j < n / 2; ++j) {
+      const float send = upper ? v[j] : v[j + n / 2], keep = upper ? v[j + n / 2] : v[j];
+      v[j] = fmaxf(keep, __shfl_xor_sync(0xffffffffu, send, off));
+    }
+    off /= 2;
+  }
+#pragma unroll
+  for (; off >= 1; off /= 2) v[0] = fmaxf(v[0], __shfl_xor_sync(0xffffffffu, v[0], off));
+  return v[0];
+}
+
+// Pass 1 (column sums): warp w takes rows [w kRows1, + kRows1) and lane l the kCols1 columns from
+// l kCols1, so no lanes share a column and a warp reads a whole row of shared memory at a time. Pass 2
+// (update, requantize, store) keeps the tiled kernel's layout: kTpr lanes per row, kVec columns each,
+// rows t / kTpr + m kRowsPerPass, in groups of kGroup rows whose maxima and scales are found together.
 template <typename Store, typename In, int DK, int DV, bool kStochastic>
 __global__ void __launch_bounds__(kThreads, 4)
     StreamedStepKernel(Store* __restrict__ values, StepArgs<In> a, int items) {
   using C = Codec<Store>;
   static_assert(sizeof(Store) == 1, "the streamed step is for 1-byte states");
+  constexpr int kCols1 = DV / 32, kRows1 = DK / kWarps;
+  static_assert(kCols1 == 2 || kCols1 == 4, "pass 1 reads 2 or 4 bytes a lane");
+  using Word1 = std::conditional_t<kCols1 == 4, uint32_t, uint16_t>;
   constexpr int kVec = C::kVec;
   constexpr int kTpr = DV / kVec;
   static_assert(kTpr >= 1 && kTpr <= 32 && 32 % kTpr == 0, "a row spans a power-of-two part of a warp");
   constexpr int kRowsPerPass = kThreads / kTpr;
   static_assert(DK % kRowsPerPass == 0, "rows split evenly over the block");
   constexpr int kRpt = DK / kRowsPerPass;
+  constexpr int kGroup = kRpt < 4 ? kRpt : 4;
+  static_assert(kRpt % kGroup == 0 && kTpr % kGroup == 0, "row groups fit the rows and lanes");
   constexpr uint32_t kStateBytes = DK * DV * sizeof(Store), kScaleBytes = DK * sizeof(float);
   static_assert(kStateBytes % 16 == 0 && kScaleBytes % 16 == 0, "bulk copies move multiples of 16 bytes");
   using Raw = typename C::Raw;
 
   __shared__ alignas(128) Store state[2][DK * DV];
   __shared__ alignas(16) float old_scales[2][DK];
-  __shared__ float ks[DK], qs[DK], scs[DK], us[DV];
+  __shared__ float2 sum_coef[DK];     // (k_i, q_i) after normalisation, times decay and the old scale
+  __shared__ float2 update_coef[DK];  // (decay times the old scale, k_i after normalisation)
+  __shared__ float us[DV];
   __shared__ float part[kWarps][2][DV];
   __shared__ float scratch[kWarps];
   __shared__ float scratch3[3][kWarps];
   __shared__ alignas(8) uint64_t loaded[2];
 
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int col = (tid % kTpr) * kVec, row0 = tid / kTpr;
   const bool scaled = a.quant.scaled;
   auto valid = [&](int64_t slot) { return slot >= 0 && slot < a.pool_slots; };
@@ -131,55 +165,46 @@ __global__ void __launch_bounds__(kThreads, 4)
       const int64_t head = cur.slot * a.heads + item % a.heads;
       Store* s = values + head * (DK * DV);
       float* sc = scaled ? a.scales + head * DK : nullptr;
-      const float decay = expf(cur.g);
       float qq = 0, kk = 0, qk = 0;
       if (tid < DK) {
-        qs[tid] = cur.q;
-        ks[tid] = cur.k;
         qq = cur.q * cur.q;
         kk = cur.k * cur.k;
         qk = cur.q * cur.k;
       }
-      MbarrierWait(&loaded[buf], (phases >> buf) & 1u);
-      phases ^= 1u << buf;
-      if (tid < DK) scs[tid] = decay * (scaled ? old_scales[buf][tid] : 1.0f);
-      BlockSum3<kWarps>(qq, kk, qk, scratch3);  // its barrier also publishes qs, ks and scs
+      BlockSum3<kWarps>(qq, kk, qk, scratch3);  // while the state may still be arriving
       float qn = a.qscale, kn = 1.0f;
       if (a.l2norm) {
         qn = a.qscale * rsqrtf(qq + 1e-6f);
         kn = rsqrtf(kk + 1e-6f);
       }
       const float kq = qk * qn * kn;  // k . q after normalisation and scale
+      MbarrierWait(&loaded[buf], (phases >> buf) & 1u);
+      phases ^= 1u << buf;
+      if (tid < DK) {
+        const float si = expf(cur.g) * (scaled ? old_scales[buf][tid] : 1.0f), kin = cur.k * kn;
+        sum_coef[tid] = make_float2(kin * si, (cur.q * qn) * si);
+        update_coef[tid] = make_float2(si, kin);
+      }
+      __syncthreads();
 
-      // Pass 1: column sums of (decayed, dequantized) S^T k and S^T q, as in the tiled kernel.
-      float kv[kVec] = {}, sq[kVec] = {};
+      // Pass 1: column sums of (decayed, dequantized) S^T k and S^T q.
+      float kv[kCols1] = {}, sq[kCols1] = {};
 #pragma unroll
-      for (int m = 0; m < kRpt; ++m) {
-        const int i = row0 + m * kRowsPerPass;
-        float x[kVec];
-        C::Decode(*reinterpret_cast<const Raw*>(&state[buf][i * DV + col]), x);
-        const float ki = (ks[i] * kn) * scs[i], qi = (qs[i] * qn) * scs[i];
+      for (int rr = 0; rr < kRows1; ++rr) {
+        const int i = warp * kRows1 + rr;
+        float x[kCols1];
+        C::template DecodeWord<kCols1>(*reinterpret_cast<const Word1*>(&state[buf][i * DV + lane * kCols1]), x);
+        const float2 c = sum_coef[i];
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          kv[e] += ki * x[e];
-          sq[e] += qi * x[e];
+        for (int e = 0; e < kCols1; ++e) {
+          kv[e] += c.x * x[e];
+          sq[e] += c.y * x[e];
         }
       }
 #pragma unroll
-      for (int off = kTpr; off < 32; off <<= 1) {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          kv[e] += __shfl_xor_sync(0xffffffffu, kv[e], off);
-          sq[e] += __shfl_xor_sync(0xffffffffu, sq[e], off);
-        }
-      }
-      const int warp = tid / 32, lane = tid % 32;
-      if (lane < kTpr) {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          part[warp][0][col + e] = kv[e];
-          part[warp][1][col + e] = sq[e];
-        }
+      for (int e = 0; e < kCols1; ++e) {
+        part[warp][0][lane * kCols1 + e] = kv[e];
+        part[warp][1][lane * kCols1 + e] = sq[e];
       }
       __syncthreads();
       if (tid < DV) {
@@ -202,17 +227,17 @@ __global__ void __launch_bounds__(kThreads, 4)
       auto row_values = [&](int m, float(&r)[kVec]) {
         const int i = row0 + m * kRowsPerPass;
         C::Decode(*reinterpret_cast<const Raw*>(&state[buf][i * DV + col]), r);
-        const float si = scs[i], ki = ks[i] * kn;
+        const float2 c = update_coef[i];
         float mx = 0;
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
-          r[e] = __fmaf_rn(ki, u[e], r[e] * si);  // as the tiled kernel rounds it
+          r[e] = __fmaf_rn(c.y, u[e], r[e] * c.x);
           mx = fmaxf(mx, fabsf(r[e]));
         }
         return mx;
       };
-      float head_scale = 0;
-      if (a.quant.coarse) {  // one scale for the head: the max over every new value
+      float head_scale = 1.0f;
+      if (scaled && a.quant.coarse) {  // one scale for the head: the max over every new value
         float mx = 0;
 #pragma unroll
         for (int m = 0; m < kRpt; ++m) {
@@ -222,23 +247,31 @@ __global__ void __launch_bounds__(kThreads, 4)
         head_scale = fmaxf(BlockReduce<kWarps>(mx, scratch, MaxOp()), 1e-30f) / a.quant.qmax;
       }
       const uint64_t head_key = Mix64(a.quant.base ^ static_cast<uint64_t>(head));
+      constexpr int kLanesPerRow = kTpr / kGroup;  // lanes that end up holding one row's maximum
+      const int segment = lane & ~(kTpr - 1), owned = (lane % kTpr) / kLanesPerRow;
 #pragma unroll
-      for (int m = 0; m < kRpt; ++m) {
-        const int i = row0 + m * kRowsPerPass;
-        float r[kVec];
-        float mx = row_values(m, r);
+      for (int g = 0; g < kRpt / kGroup; ++g) {
+        float r[kGroup][kVec], mx[kGroup], inv[kGroup];
 #pragma unroll
-        for (int off = 1; off < kTpr; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-        const float scale = !scaled ? 1.0f : (a.quant.coarse ? head_scale : fmaxf(mx, 1e-30f) / a.quant.qmax);
-        if (scaled) {
-          const float inv = 1.0f / scale;
+        for (int j = 0; j < kGroup; ++j) mx[j] = row_values(g * kGroup + j, r[j]);
+        float scale = head_scale;
+        if (scaled && !a.quant.coarse) {  // each lane finds one row's scale, then all lanes share them
+          scale = fmaxf(RowMaxima<kTpr, kGroup>(mx, lane), 1e-30f) / a.quant.qmax;
+          const float own_inv = 1.0f / scale;
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) r[e] *= inv;
+          for (int j = 0; j < kGroup; ++j) inv[j] = __shfl_sync(0xffffffffu, own_inv, segment + j * kLanesPerRow);
+        } else {
+#pragma unroll
+          for (int j = 0; j < kGroup; ++j) inv[j] = scaled ? 1.0f / head_scale : 1.0f;
         }
-        const uint32_t row_key =
-            kStochastic ? static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i))) : 0u;
-        *reinterpret_cast<Raw*>(s + i * DV + col) = C::Encode(r, a.quant.qmax, kStochastic, row_key, col);
-        if (scaled && tid % kTpr == 0) sc[i] = scale;
+#pragma unroll
+        for (int j = 0; j < kGroup; ++j) {
+          const int i = row0 + (g * kGroup + j) * kRowsPerPass;
+          const uint32_t row_key =
+              kStochastic ? static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i))) : 0u;
+          *reinterpret_cast<Raw*>(s + i * DV + col) = C::Encode(r[j], inv[j], a.quant.qmax, kStochastic, row_key, col);
+        }
+        if (scaled && lane % kLanesPerRow == 0) sc[row0 + (g * kGroup + owned) * kRowsPerPass] = scale;
       }
     }
     __syncthreads();  // this item's buffer and shared scalars are free again

@@ -184,14 +184,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<Store>) TiledStepKer
     for (int off = 1; off < kTpr; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
     const float scale =
         !a.quant.scaled ? 1.0f : (a.quant.coarse ? head_scale : fmaxf(mx, 1e-30f) / a.quant.qmax);
-    if (a.quant.scaled) {
-      const float inv = 1.0f / scale;
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) r[e] *= inv;
-    }
+    const float inv = a.quant.scaled ? 1.0f / scale : 1.0f;
     const uint32_t row_key =
         kStochastic ? static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i))) : 0u;
-    *reinterpret_cast<Raw*>(s + i * DV + col) = C::Encode(r, a.quant.qmax, kStochastic, row_key, col);
+    *reinterpret_cast<Raw*>(s + i * DV + col) = C::Encode(r, inv, a.quant.qmax, kStochastic, row_key, col);
     if (a.quant.scaled && tid % kTpr == 0) sc[i] = scale;
   }
 }

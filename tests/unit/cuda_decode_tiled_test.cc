@@ -1,7 +1,7 @@
-// The register-tiled CUDA decode step (dk = dv = 64 or 128) against the fused CPU step on the same
-// inputs and states: every state dtype, float32 and bfloat16 inputs read in place from strided views (as
-// the model hands them over), grouped key heads, padding rows, slots left alone; and against the general
-// CUDA kernel it replaces. Skipped without a GPU.
+// The register-tiled and streamed CUDA decode steps (dk = dv = 64 or 128) against the fused CPU step on
+// the same inputs and states: every state dtype, float32 and bfloat16 inputs read in place from strided
+// views (as the model hands them over), grouped key heads, padding rows, slots left alone; against the
+// general CUDA kernel they replace, and the streamed against the tiled. Skipped without a GPU.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -149,17 +149,26 @@ TEST_F(CudaTiledDecode, EqualsTheGeneralKernelOverManySteps) {
 }
 
 // The streamed kernel (1-byte states on Hopper: persistent blocks, the next head's state copied into
-// shared memory while the current one is computed) gives the tiled kernel's bytes exactly: states, scales
-// and outputs, step after step. Enough heads that every block walks several items through both buffers,
-// padding rows among them, and a batch smaller than the grid.
-TEST_F(CudaTiledDecode, StreamedKernelGivesTheTiledKernelsBytes) {
+// shared memory while the current one is computed) against the tiled kernel, step after step: enough heads
+// that every block walks several items through both buffers, slots out of order with padding rows among
+// them (their slots untouched), and a batch smaller than the grid. Its column sums run in another order
+// and its rows share their scale search, so the bound is one quantum, as against the CPU.
+TEST_F(CudaTiledDecode, StreamedKernelMatchesTheTiledKernel) {
   at::manual_seed(2718);
-  const int64_t hk = 8, hv = 16, steps = 4;
+  const int64_t hk = 8, hv = 16, steps = 6;
   for (int64_t d : {64, 128}) {
     for (const int64_t batch : {int64_t{2}, int64_t{97}}) {
-      std::vector<int64_t> host_slots;  // slots in reverse, every seventh row a padding row
-      for (int64_t b = 0; b < batch; ++b) host_slots.push_back(b % 7 == 3 ? -1 : batch - 1 - b);
+      std::vector<int64_t> host_slots, untouched;  // slots in reverse, every seventh row a padding row
+      for (int64_t b = 0; b < batch; ++b) {
+        host_slots.push_back(b % 7 == 3 ? -1 : batch - 1 - b);
+        if (b % 7 == 3) untouched.push_back(batch - 1 - b);
+      }
+      std::vector<int64_t> used;
+      for (int64_t slot : host_slots) {
+        if (slot >= 0) used.push_back(slot);
+      }
       const at::Tensor slots = at::tensor(host_slots, at::kLong).cuda();
+      const at::Tensor used_slots = at::tensor(used, at::kLong).cuda();
       for (at::ScalarType in_dtype : {at::kFloat, at::kBFloat16}) {
         for (StateDtype dt : {StateDtype::kInt8, StateDtype::kInt8Stochastic, StateDtype::kInt8Coarse,
                               StateDtype::kFloat8E4M3}) {
@@ -179,12 +188,20 @@ TEST_F(CudaTiledDecode, StreamedKernelGivesTheTiledKernelsBytes) {
             const StepInputs g = MakeStep(batch, hk, hv, d, in_dtype, at::kCUDA);
             const at::Tensor a = *RecurrentGatedDeltaStep(g.q, g.k, g.v, g.g, g.beta, slots, streamed, on);
             const at::Tensor b = *RecurrentGatedDeltaStep(g.q, g.k, g.v, g.g, g.beta, slots, tiled, off);
-            ASSERT_TRUE(at::equal(a, b)) << label << " output, step " << t;
-            ASSERT_TRUE(at::equal(streamed.values, tiled.values)) << label << " states, step " << t;
-            ASSERT_TRUE(at::equal(streamed.scales, tiled.scales)) << label << " scales, step " << t;
-            ASSERT_GT(a.abs().max().item<float>(), 0.0f) << label;  // not two kernels that both did nothing
+            const double o_tol = std::max(StateTolerance(dt), in_dtype == at::kBFloat16 ? 1e-2 : 0.0);
+            ASSERT_LT(RelMaxError(a.cpu().to(at::kFloat), b.cpu().to(at::kFloat)), o_tol) << label << " step " << t;
+            ASSERT_GT(a.abs().max().item<float>(), 0.0f) << label;
+            for (int64_t row = 3; row < batch; row += 7) {
+              ASSERT_EQ(a.select(0, row).abs().max().item<float>(), 0.0f) << label << " padding row " << row;
+            }
           }
+          EXPECT_LT(RelMaxError(ReadStates(streamed, used_slots)->cpu(), ReadStates(tiled, used_slots)->cpu()),
+                    StateTolerance(dt))
+              << label;
           EXPECT_FALSE(at::equal(streamed.values, initial)) << label;  // the states moved
+          for (int64_t slot : untouched) {
+            EXPECT_TRUE(at::equal(streamed.values[slot], initial[slot])) << label << " slot " << slot;
+          }
         }
       }
     }
