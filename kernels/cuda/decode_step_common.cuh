@@ -3,6 +3,7 @@
 #ifndef DELTASERVE_KERNELS_CUDA_DECODE_STEP_COMMON_CUH_
 #define DELTASERVE_KERNELS_CUDA_DECODE_STEP_COMMON_CUH_
 
+#include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Float8_e4m3fn.h>
 #include <cuda_bf16.h>
@@ -10,12 +11,26 @@
 
 #include <cstdint>
 
+#include "../src/recurrent_step_impl.h"
 #include "../src/state_quant.h"
 
 namespace deltaserve::kernels::internal {
 
 constexpr int kStepThreads = 256;
 constexpr int kStepWarps = kStepThreads / 32;
+
+// 8 bytes of a 1-byte state as two 4-byte words, through the codec's DecodeWord.
+template <typename C>
+__device__ __forceinline__ void DecodeTwoWords(const uint2& r, float (&x)[8]) {
+  float lo[4], hi[4];
+  C::template DecodeWord<4>(r.x, lo);
+  C::template DecodeWord<4>(r.y, hi);
+#pragma unroll
+  for (int m = 0; m < 4; ++m) {
+    x[m] = lo[m];
+    x[4 + m] = hi[m];
+  }
+}
 
 // One thread's share of a stored row (Raw: 16 bytes, or 8 for 1-byte states) <-> kVec floats.
 template <typename Store>
@@ -75,16 +90,7 @@ struct Codec<int8_t> {
 #pragma unroll
     for (int m = 0; m < N; ++m) x[m] = __uint_as_float(__byte_perm(w, 0x4b000000u, 0x7440u | m)) - 8388736.0f;
   }
-  __device__ static void Decode(const uint2& r, float (&x)[8]) {
-    float lo[4], hi[4];
-    DecodeWord<4>(r.x, lo);
-    DecodeWord<4>(r.y, hi);
-#pragma unroll
-    for (int m = 0; m < 4; ++m) {
-      x[m] = lo[m];
-      x[4 + m] = hi[m];
-    }
-  }
+  __device__ static void Decode(const uint2& r, float (&x)[8]) { DecodeTwoWords<Codec>(r, x); }
   // y * inv rounded to nearest even or stochastically (floor(y inv + u)), clamped to +-qmax. Adding
   // 1.5 * 2^23 leaves the rounded integer's two's-complement low byte in the float's low byte; to nearest,
   // the multiply and the add are one fused operation, which rounds the exact product once (the CPU rounds
@@ -92,8 +98,8 @@ struct Codec<int8_t> {
   // Rounded to nearest, no clamp is needed: inv is qmax over the row's (or head's) max, so |y inv| <= qmax
   // within a few ulps and rounds to at most qmax (an integer), as the CPU's clamp gives.
   // Saving instructions matters: the 1-byte step is bound by them.
-  __device__ static uint2 Encode(const float (&y)[8], float inv, float qmax, bool stochastic, uint32_t row_key,
-                                 int col) {
+  __device__ static uint2 Encode(const float (&y)[8], float inv, float qmax, bool stochastic,
+                                 uint32_t row_key, int col) {
     uint32_t b[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
@@ -133,16 +139,7 @@ struct Codec<c10::Float8_e4m3fn> {
       x[2 * h + 1] = f.y;
     }
   }
-  __device__ static void Decode(const uint2& r, float (&x)[8]) {
-    float lo[4], hi[4];
-    DecodeWord<4>(r.x, lo);
-    DecodeWord<4>(r.y, hi);
-#pragma unroll
-    for (int m = 0; m < 4; ++m) {
-      x[m] = lo[m];
-      x[4 + m] = hi[m];
-    }
-  }
+  __device__ static void Decode(const uint2& r, float (&x)[8]) { DecodeTwoWords<Codec>(r, x); }
   __device__ static uint2 Encode(const float (&y)[8], float inv, float qmax, bool, uint32_t, int) {
     uint32_t w[2];
 #pragma unroll
@@ -174,6 +171,32 @@ struct StepArgs {
   float qscale;
   StepQuantization quant;
 };
+
+// The kernels' arguments from the step's inputs, the pool and the output (host side).
+template <typename In>
+inline StepArgs<In> MakeStepArgs(const DecodeInputs& in, const RecurrentStatePool& pool,
+                                 const at::Tensor& out) {
+  StepArgs<In> a;
+  a.heads = static_cast<int>(in.v.size(1));
+  a.key_heads = static_cast<int>(in.q.size(1));
+  a.group = static_cast<int>(in.group);
+  a.pool_slots = pool.slots();
+  a.scales = IsScaled(pool.dtype) ? pool.scales.data_ptr<float>() : nullptr;
+  a.q = reinterpret_cast<const In*>(in.q.data_ptr());
+  a.k = reinterpret_cast<const In*>(in.k.data_ptr());
+  a.v = reinterpret_cast<const In*>(in.v.data_ptr());
+  a.q_stride = in.q.stride(0);
+  a.k_stride = in.k.stride(0);
+  a.v_stride = in.v.stride(0);
+  a.g = in.g.data_ptr<float>();
+  a.beta = in.beta.data_ptr<float>();
+  a.slots = in.slots.data_ptr<int64_t>();
+  a.out = reinterpret_cast<In*>(out.data_ptr());
+  a.l2norm = in.l2norm;
+  a.qscale = in.scale;
+  a.quant = QuantizationOf(pool);
+  return a;
+}
 
 }  // namespace deltaserve::kernels::internal
 

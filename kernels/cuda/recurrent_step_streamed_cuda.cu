@@ -133,7 +133,8 @@ __global__ void __launch_bounds__(kThreads, 4)
   // Thread 0 starts the copies of item `item` (slot known) into buffer `buf`.
   auto fetch = [&](int item, int64_t slot, int buf) {
     const int64_t head = slot * a.heads + item % a.heads;
-    // The buffer's last reads (ordinary loads, ordered before this by a barrier) come before the copy's writes.
+    // The buffer's last reads (ordinary loads, ordered before this by a barrier) come before the copy's
+    // writes.
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     MbarrierExpectBytes(&loaded[buf], kStateBytes + (scaled ? kScaleBytes : 0));
     BulkCopyToShared(state[buf], values + head * (DK * DV), kStateBytes, &loaded[buf]);
@@ -193,7 +194,8 @@ __global__ void __launch_bounds__(kThreads, 4)
       for (int rr = 0; rr < kRows1; ++rr) {
         const int i = warp * kRows1 + rr;
         float x[kCols1];
-        C::template DecodeWord<kCols1>(*reinterpret_cast<const Word1*>(&state[buf][i * DV + lane * kCols1]), x);
+        C::template DecodeWord<kCols1>(*reinterpret_cast<const Word1*>(&state[buf][i * DV + lane * kCols1]),
+                                       x);
         const float2 c = sum_coef[i];
 #pragma unroll
         for (int e = 0; e < kCols1; ++e) {
@@ -259,7 +261,8 @@ __global__ void __launch_bounds__(kThreads, 4)
           scale = fmaxf(RowMaxima<kTpr, kGroup>(mx, lane), 1e-30f) / a.quant.qmax;
           const float own_inv = 1.0f / scale;
 #pragma unroll
-          for (int j = 0; j < kGroup; ++j) inv[j] = __shfl_sync(0xffffffffu, own_inv, segment + j * kLanesPerRow);
+          for (int j = 0; j < kGroup; ++j)
+            inv[j] = __shfl_sync(0xffffffffu, own_inv, segment + j * kLanesPerRow);
         } else {
 #pragma unroll
           for (int j = 0; j < kGroup; ++j) inv[j] = scaled ? 1.0f / head_scale : 1.0f;
@@ -269,7 +272,8 @@ __global__ void __launch_bounds__(kThreads, 4)
           const int i = row0 + (g * kGroup + j) * kRowsPerPass;
           const uint32_t row_key =
               kStochastic ? static_cast<uint32_t>(Mix64(head_key + static_cast<uint64_t>(i))) : 0u;
-          *reinterpret_cast<Raw*>(s + i * DV + col) = C::Encode(r[j], inv[j], a.quant.qmax, kStochastic, row_key, col);
+          *reinterpret_cast<Raw*>(s + i * DV + col) =
+              C::Encode(r[j], inv[j], a.quant.qmax, kStochastic, row_key, col);
         }
         if (scaled && lane % kLanesPerRow == 0) sc[row0 + (g * kGroup + owned) * kRowsPerPass] = scale;
       }
@@ -303,25 +307,7 @@ void Launch(const StepArgs<In>& a, Store* values, int items, cudaStream_t stream
 
 template <typename Store, typename In, int DK, int DV>
 void LaunchShape(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  StepArgs<In> a;
-  a.heads = static_cast<int>(in.v.size(1));
-  a.key_heads = static_cast<int>(in.q.size(1));
-  a.group = static_cast<int>(in.group);
-  a.pool_slots = pool.slots();
-  a.scales = IsScaled(pool.dtype) ? pool.scales.data_ptr<float>() : nullptr;
-  a.q = reinterpret_cast<const In*>(in.q.data_ptr());
-  a.k = reinterpret_cast<const In*>(in.k.data_ptr());
-  a.v = reinterpret_cast<const In*>(in.v.data_ptr());
-  a.q_stride = in.q.stride(0);
-  a.k_stride = in.k.stride(0);
-  a.v_stride = in.v.stride(0);
-  a.g = in.g.data_ptr<float>();
-  a.beta = in.beta.data_ptr<float>();
-  a.slots = in.slots.data_ptr<int64_t>();
-  a.out = reinterpret_cast<In*>(out.data_ptr());
-  a.l2norm = in.l2norm;
-  a.qscale = in.scale;
-  a.quant = QuantizationOf(pool);
+  const StepArgs<In> a = MakeStepArgs<In>(in, pool, out);
   const int items = static_cast<int>(in.v.size(0) * a.heads);
   Store* values = reinterpret_cast<Store*>(pool.values.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -351,9 +337,11 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }  // namespace
 
 bool StreamedStepFits(const RecurrentStatePool& pool, int64_t dk, int64_t dv, at::ScalarType dtype) {
-  if (!TiledStepFits(dk, dv, dtype) || pool.values.element_size() != 1 || !pool.values.is_contiguous()) return false;
+  if (!TiledStepFits(dk, dv, dtype) || pool.values.element_size() != 1 || !pool.values.is_contiguous())
+    return false;
   if (!Aligned16(pool.values.data_ptr())) return false;
-  if (IsScaled(pool.dtype) && !(pool.scales.is_contiguous() && Aligned16(pool.scales.data_ptr()))) return false;
+  if (IsScaled(pool.dtype) && !(pool.scales.is_contiguous() && Aligned16(pool.scales.data_ptr())))
+    return false;
   int device = 0, major = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {

@@ -194,25 +194,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<Store>) TiledStepKer
 
 template <typename Store, typename In, int DK, int DV>
 void Launch(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  StepArgs<In> a;
-  a.heads = static_cast<int>(in.v.size(1));
-  a.key_heads = static_cast<int>(in.q.size(1));
-  a.group = static_cast<int>(in.group);
-  a.pool_slots = pool.slots();
-  a.scales = IsScaled(pool.dtype) ? pool.scales.data_ptr<float>() : nullptr;
-  a.q = reinterpret_cast<const In*>(in.q.data_ptr());
-  a.k = reinterpret_cast<const In*>(in.k.data_ptr());
-  a.v = reinterpret_cast<const In*>(in.v.data_ptr());
-  a.q_stride = in.q.stride(0);
-  a.k_stride = in.k.stride(0);
-  a.v_stride = in.v.stride(0);
-  a.g = in.g.data_ptr<float>();
-  a.beta = in.beta.data_ptr<float>();
-  a.slots = in.slots.data_ptr<int64_t>();
-  a.out = reinterpret_cast<In*>(out.data_ptr());
-  a.l2norm = in.l2norm;
-  a.qscale = in.scale;
-  a.quant = QuantizationOf(pool);
+  const StepArgs<In> a = MakeStepArgs<In>(in, pool, out);
   const int64_t blocks = in.v.size(0) * a.heads;
   Store* values = reinterpret_cast<Store*>(pool.values.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

@@ -189,14 +189,16 @@ TEST_F(CudaTiledDecode, StreamedKernelMatchesTheTiledKernel) {
             const at::Tensor a = *RecurrentGatedDeltaStep(g.q, g.k, g.v, g.g, g.beta, slots, streamed, on);
             const at::Tensor b = *RecurrentGatedDeltaStep(g.q, g.k, g.v, g.g, g.beta, slots, tiled, off);
             const double o_tol = std::max(StateTolerance(dt), in_dtype == at::kBFloat16 ? 1e-2 : 0.0);
-            ASSERT_LT(RelMaxError(a.cpu().to(at::kFloat), b.cpu().to(at::kFloat)), o_tol) << label << " step " << t;
+            ASSERT_LT(RelMaxError(a.cpu().to(at::kFloat), b.cpu().to(at::kFloat)), o_tol)
+                << label << " step " << t;
             ASSERT_GT(a.abs().max().item<float>(), 0.0f) << label;
             for (int64_t row = 3; row < batch; row += 7) {
-              ASSERT_EQ(a.select(0, row).abs().max().item<float>(), 0.0f) << label << " padding row " << row;
+              ASSERT_EQ(a.select(0, row).abs().max().item<float>(), 0.0f)
+                  << label << " padding row " << row;
             }
           }
-          EXPECT_LT(RelMaxError(ReadStates(streamed, used_slots)->cpu(), ReadStates(tiled, used_slots)->cpu()),
-                    StateTolerance(dt))
+          const at::Tensor streamed_states = ReadStates(streamed, used_slots)->cpu();
+          EXPECT_LT(RelMaxError(streamed_states, ReadStates(tiled, used_slots)->cpu()), StateTolerance(dt))
               << label;
           EXPECT_FALSE(at::equal(streamed.values, initial)) << label;  // the states moved
           for (int64_t slot : untouched) {
