@@ -43,9 +43,10 @@ absl::StatusOr<GdnGates> GatedDeltaGates(const at::Tensor& ba, const at::Tensor&
       return out;
     }
 #endif
-    const at::Tensor baf = ba.to(at::kFloat);
-    out.beta = at::sigmoid(baf.narrow(1, 0, heads));
-    out.g = neg_a_exp * at::softplus(baf.narrow(1, heads, heads) + dt_bias);
+    // Each half cast on its own, so that the ops see the same (contiguous or strided) layouts on every
+    // path: ATen's vectorised and scalar loops may differ in the last bit.
+    out.beta = at::sigmoid(ba.narrow(1, 0, heads).to(at::kFloat));
+    out.g = neg_a_exp * at::softplus(ba.narrow(1, heads, heads).to(at::kFloat) + dt_bias);
     return out;
   })
 }
