@@ -3,8 +3,9 @@
 // state and scales are already on their way into shared memory (a Hopper bulk copy on an mbarrier,
 // double-buffered), as are its q, k, v, g, beta and slot (in registers). The register-tiled kernel
 // (recurrent_step_tiled_cuda.cu) loads, reduces and stores one head per block in phases that overlap only
-// across the four blocks an SM holds, and reached 62% of copy bandwidth for INT8. Same arithmetic in the
-// same order as the tiled kernel, so the two give the same bytes.
+// across the four blocks an SM holds, and reached 62% of copy bandwidth for INT8. The step is bound by its
+// instructions, so this kernel also spends fewer a value (docs/kernels.md); its sums run in another order
+// than the tiled kernel's, so the two agree within one quantum, not bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -284,17 +285,16 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
 }
 
-// Blocks that stay resident: the grid is one wave of them, each walking items gridDim.x apart.
+// Blocks that stay resident: the grid is one wave of them, each walking items gridDim.x apart. The
+// occupancy is the kernel's (asked once); the SM count is the current device's (ATen caches it).
 template <typename Kernel>
 int ResidentBlocks(Kernel kernel) {
-  static const int blocks = [&] {
-    int per_sm = 0, device = 0, sms = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    return std::max(1, per_sm) * std::max(1, sms);
+  static const int per_sm = [&] {
+    int n = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0));
+    return std::max(1, n);
   }();
-  return blocks;
+  return per_sm * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 }
 
 template <typename Store, typename In, int DK, int DV, bool kStochastic>
@@ -342,12 +342,7 @@ bool StreamedStepFits(const RecurrentStatePool& pool, int64_t dk, int64_t dv, at
   if (!Aligned16(pool.values.data_ptr())) return false;
   if (IsScaled(pool.dtype) && !(pool.scales.is_contiguous() && Aligned16(pool.scales.data_ptr())))
     return false;
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-    return false;
-  }
-  return major >= 9;  // bulk copies and mbarrier transaction counts are Hopper's
+  return at::cuda::getCurrentDeviceProperties()->major >= 9;  // bulk copies and mbarrier byte counts
 }
 
 at::Tensor RecurrentStepStreamedCuda(const DecodeInputs& in, RecurrentStatePool& pool) {
