@@ -16,7 +16,8 @@
 # Environment: KB_SEQ (4096,16384,65536), KB_BATCHES (1,16,64,256), KB_COMPOSITION_MAX_SEQ (4096),
 #   KB_INVERSE (0; 1 adds the inverse table), KB_KERNELS_TIMEOUT_S (200 per bench_kernels run),
 #   KB_FLA_TIMEOUT_S (240), KB_MODEL_TIMEOUT_S (150 per bench_model run), KB_SEQ_LEN (512),
-#   KB_BASELINE (unset: prefill-ab times this build alone), KB_AB_ROUNDS (2).
+#   KB_BASELINE (unset: prefill-ab times this build alone), KB_AB_ROUNDS (2), KB_FLA_PROFILE (set: FLA's
+#   bf16 prefill per kernel too).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-${root}/gpu-out}"
@@ -90,7 +91,7 @@ if [[ " ${stages} " == *" ncu "* ]]; then
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     "${build}/bench/bench_kernels" --device cuda --no-decode --no-inverse --seq 16384 \
-    --seq-len "${KB_SEQ_LEN:-512}" --reps 2 --composition-max-seq 1 > "${out}/ncu_prefill.txt" 2>&1 ||
+    --seq-len "${KB_NCU_SEQ_LEN:-${KB_SEQ_LEN:-512}}" --reps 2 --composition-max-seq 1 > "${out}/ncu_prefill.txt" 2>&1 ||
     echo "ncu: exit $? (ncu_prefill.txt)"
   grep -E "Kernel<|StateKernel|Duration|Achieved Occupancy|Registers Per|Shared Memory Config|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Warp Cycles Per Issued|Block Limit" \
     "${out}/ncu_prefill.txt" | head -60
@@ -102,7 +103,8 @@ if [[ " ${stages} " == *" fla "* ]]; then
       "${root}"/.whl/*.whl > "${out}/fla_install.log" 2>&1; then
     # Triton compiles each kernel on first use: the first shapes pay minutes of JIT.
     OUT="${out}" PYTHONPATH="${site}" timeout "${KB_FLA_TIMEOUT_S:-240}" "${py}" "${root}/bench/anchors/fla_compare.py" \
-      --seq "${KB_SEQ:-4096,16384,65536}" --batches "${KB_BATCHES:-1,16,64,256}" > "${out}/fla.txt" 2>&1 ||
+      --seq "${KB_SEQ:-4096,16384,65536}" --batches "${KB_BATCHES:-1,16,64,256}" ${KB_FLA_PROFILE:+--profile} \
+      > "${out}/fla.txt" 2>&1 ||
       echo "fla_compare: exit $? (124: cut by KB_FLA_TIMEOUT_S)" | tee -a "${out}/fla.txt"
     tail -n 20 "${out}/fla.txt"
   else

@@ -9,7 +9,9 @@ keys as docs/data/bench_kernels_h200_*.jsonl: impl, what, method (dtype or state
   python3 bench/anchors/fla_compare.py [--seq 4096,16384,65536] [--batches 16,64,256] [--seq-len L]
 
 --seq-len L packs each prefill's T tokens as T / L sequences of L tokens (cu_seqlens), as
-`bench_kernels --seq-len L` does; --batches '' skips the decode step.
+`bench_kernels --seq-len L` does; --batches '' skips the decode step. --profile also times each GPU kernel
+of the bf16 prefill with PyTorch's profiler (CUPTI; mean over 5 calls after warm-up), one row per kernel
+(what = "prefill_kernel"), to set beside Nsight Compute's durations of deltaserve's three passes.
 """
 import argparse
 import json
@@ -49,11 +51,31 @@ def make_inputs(batch, time, dtype, heads=32, dim=128, seed=0):
     return q.to(dtype), k.to(dtype), v.to(dtype), gate.float(), beta.to(dtype)
 
 
+def kernel_times_ms(fn, calls=5):
+    """Mean GPU time per call of every kernel fn launches, by kernel name (PyTorch profiler, CUPTI)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    times = {}
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None)
+        if device_us is None:
+            device_us = getattr(event, "self_cuda_time_total", 0)
+        if device_us > 0:
+            times[event.key] = device_us / calls / 1e3
+    return times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", default="4096,16384,65536")
     parser.add_argument("--batches", default="16,64,256")
     parser.add_argument("--seq-len", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="per-kernel times of the bf16 prefill")
     args = parser.parse_args()
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
     from fla.ops.utils.solve_tril import solve_tril
@@ -79,6 +101,12 @@ def main():
                 ms = median_ms(lambda: chunk_gated_delta_rule(q, k, v, gate, beta, scale=128 ** -0.5,
                                                               output_final_state=True, cu_seqlens=cu))
                 emit(what="prefill", method=name, T=t, seq_len=args.seq_len or t, ms=ms, tok_per_s=t / ms * 1e3)
+                if args.profile and dtype == torch.bfloat16:
+                    times = kernel_times_ms(lambda: chunk_gated_delta_rule(
+                        q, k, v, gate, beta, scale=128 ** -0.5, output_final_state=True, cu_seqlens=cu))
+                    for kernel, kernel_ms in sorted(times.items(), key=lambda kv: -kv[1]):
+                        emit(what="prefill_kernel", method=name, T=t, seq_len=args.seq_len or t,
+                             kernel=kernel[:120], ms=kernel_ms)
             except Exception as e:  # noqa: BLE001 - a failing shape is reported, the rest still run
                 emit(what="prefill", method=name, T=t, seq_len=args.seq_len or t, error=repr(e)[:300])
         try:  # strictly lower chunk matrices in FLA's [B, T, H, C] layout
