@@ -83,11 +83,13 @@ PY
 fi
 
 if [[ " ${stages} " == *" ncu "* ]]; then
-  # One launch of each bf16 kernel (forward method, the default) at T = 16k packed as sequences of
-  # KB_SEQ_LEN; clocks left as they are. The prepare pass carries the input dtype in its name; bf16 inputs
-  # take the bf16 passes (StateKernelBf16, OutputKernelBf16).
-  timeout "${KB_NCU_TIMEOUT_S:-240}" ncu --clock-control none --kernel-name-base demangled \
-    --kernel-name 'regex:PrepareKernel<(c10::)?BFloat16|KernelBf16<' --launch-count 3 \
+  # The first launches of the prefill's kernels at T = 16k packed as sequences of KB_NCU_SEQ_LEN (default
+  # KB_SEQ_LEN); clocks left as they are. Only the bf16 kernels at Qwen3.5's shape match (PrepareKernelBf16,
+  # StateKernelRegs or, in builds before it, StateKernelBf16, OutputKernelBf16): KB_NCU_LAUNCHES (3) takes
+  # the first bf16 prefill's three.
+  timeout "${KB_NCU_TIMEOUT_S:-240}" ncu --clock-control none --kernel-name-base function \
+    --kernel-name 'regex:^(PrepareKernelBf16|StateKernelBf16|StateKernelRegs|OutputKernelBf16)$' \
+    --launch-count "${KB_NCU_LAUNCHES:-3}" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     "${build}/bench/bench_kernels" --device cuda --no-decode --no-inverse --seq 16384 \

@@ -8,6 +8,8 @@
 //  the float32 copy. The next chunk's W, Kd and U arrive by cp.async while this one is multiplied.
 //  Output pass, one block per (chunk, value head, BV value columns): O = Qe S + scores V', the scores'
 //  zero upper triangle skipped.
+// At Qwen3.5's shape the state pass is the register-resident one (gdn_prefill_bf16_state_regs_cuda.cu),
+// which leaves the starting states and V' transposed; the output pass reads them so (kTransposed).
 #include <c10/cuda/CUDAException.h>
 
 #include <type_traits>
@@ -147,42 +149,53 @@ __global__ void __launch_bounds__(kThreads, 2) StateKernelBf16(PassArgs<bf16> p)
   }
 }
 
-// Shared memory of the output pass: Qe [c, dk] and the starting state [dk, BV] in bf16 (later O in
-// float32 over them), then the scores [c, c] and V' [c, BV] in bf16. About 54 KB at C = 64, dk = 128,
-// BV = 64.
+// Shared memory of the output pass: Qe [c, dk] and the starting state [dk, BV] (transposed: [BV, dk]) in
+// bf16 (later O in float32 over them), then the scores [c, c] and V' [c, BV] (transposed: [BV, c]) in
+// bf16. About 54 KB at C = 64, dk = 128, BV = 64.
 struct OutputLayout {
   int64_t union_bytes, total;
-  __host__ __device__ OutputLayout(int64_t c, int64_t dk, int64_t bv) {
-    union_bytes = RoundUp128(Max64((c * (dk + kPadBf16) + dk * (bv + kPadBf16)) * 2, c * (bv + kPad) * 4));
-    total = union_bytes + (c * (c + kPadBf16) + c * (bv + kPadBf16)) * 2;
+  __host__ __device__ OutputLayout(int64_t c, int64_t dk, int64_t bv, bool transposed) {
+    const int64_t state = transposed ? bv * (dk + kPadBf16) : dk * (bv + kPadBf16);
+    const int64_t vn = transposed ? bv * (c + kPadBf16) : c * (bv + kPadBf16);
+    union_bytes = RoundUp128(Max64((c * (dk + kPadBf16) + state) * 2, c * (bv + kPad) * 4));
+    total = union_bytes + (c * (c + kPadBf16) + vn) * 2;
   }
 };
 
-template <int BV, class D>
+template <int BV, class D, bool kTransposed>
 __global__ void __launch_bounds__(kThreads) OutputKernelBf16(PassArgs<bf16> p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int c = D::c(p.c), dk = D::dk(p.dk), dv = D::dv(p.dv);
-  const int ldk = dk + kPadBf16, ldc = c + kPadBf16, ldb = BV + kPadBf16, lds = BV + kPad;
+  const int ldk = dk + kPadBf16, ldc = c + kPadBf16, lds = BV + kPad;
+  // Leading dimensions of the state and V' tiles: rows of BV value columns, or of dk keys and c tokens.
+  const int ld_state = kTransposed ? ldk : BV + kPadBf16, ld_vn = kTransposed ? ldc : BV + kPadBf16;
   const int col_blocks = dv / BV, j0 = static_cast<int>(blockIdx.x % col_blocks) * BV;
   const int h = static_cast<int>(blockIdx.x / col_blocks % p.heads);
   const int64_t id = blockIdx.x / col_blocks / p.heads;
   ChunkTokens chunk;
   if (!FindChunk(p.offsets, p.n, c, id, &chunk)) return;
-  const OutputLayout layout(c, dk, BV);
+  const OutputLayout layout(c, dk, BV, kTransposed);
   bf16* sq = reinterpret_cast<bf16*>(smem);    // [c, ldk]: Qe
-  bf16* ss = sq + c * ldk;                     // [dk, ldb]: the chunk's starting state
+  bf16* ss = sq + c * ldk;                     // [dk, BV] or [BV, dk]: the chunk's starting state
   float* so = reinterpret_cast<float*>(smem);  // [c, lds]: O, after sq's and ss's last read
   bf16* sp = reinterpret_cast<bf16*>(smem + layout.union_bytes);  // [c, ldc]: scores
-  bf16* sv = sp + c * ldc;                                         // [c, ldb]: V'
+  bf16* sv = sp + c * ldc;                                         // [c, BV] or [BV, c]: V'
   const int64_t cell = id * p.heads + h;
   const bf16* qe = p.ws.qe + cell * c * dk;
-  const bf16* st = p.ws.states + cell * dk * dv + j0;
   const bf16* sc = p.ws.scores + cell * c * c;
-  const bf16* vn = p.ws.vn + cell * c * dv + j0;
   LoadTileAsync(sq, ldk, c, dk, [qe, dk](int i) { return qe + i * dk; });
-  LoadTileAsync(ss, ldb, dk, BV, [st, dv](int i) { return st + static_cast<int64_t>(i) * dv; });
   LoadTileAsync(sp, ldc, c, c, [sc, c](int i) { return sc + i * c; });
-  LoadTileAsync(sv, ldb, c, BV, [vn, dv](int i) { return vn + static_cast<int64_t>(i) * dv; });
+  if constexpr (kTransposed) {
+    const bf16* st = p.ws.states + cell * dk * dv + static_cast<int64_t>(j0) * dk;
+    const bf16* vn = p.ws.vn + cell * c * dv + static_cast<int64_t>(j0) * c;
+    LoadTileAsync(ss, ld_state, BV, dk, [st, dk](int i) { return st + static_cast<int64_t>(i) * dk; });
+    LoadTileAsync(sv, ld_vn, BV, c, [vn, c](int i) { return vn + static_cast<int64_t>(i) * c; });
+  } else {
+    const bf16* st = p.ws.states + cell * dk * dv + j0;
+    const bf16* vn = p.ws.vn + cell * c * dv + j0;
+    LoadTileAsync(ss, ld_state, dk, BV, [st, dv](int i) { return st + static_cast<int64_t>(i) * dv; });
+    LoadTileAsync(sv, ld_vn, c, BV, [vn, dv](int i) { return vn + static_cast<int64_t>(i) * dv; });
+  }
   AsyncCommit();
   AsyncWait<0>();
   __syncthreads();
@@ -195,9 +208,10 @@ __global__ void __launch_bounds__(kThreads) OutputKernelBf16(PassArgs<bf16> p) {
     const int tile = warp + t * kWarps;
     if (tile < tiles) {
       const int i0 = tile / tiles_n * 16, jt = tile % tiles_n * 16;
+      using LB = std::conditional_t<kTransposed, ColMajor, RowMajor>;
       wmma::fill_fragment(acc[t], 0.0f);
-      MmaBf16<RowMajor, RowMajor>(acc[t], sq, ldk, ss, ldb, i0, jt, 0, dk);
-      MmaBf16<RowMajor, RowMajor>(acc[t], sp, ldc, sv, ldb, i0, jt, 0, i0 + 16);  // zero above the diagonal
+      MmaBf16<RowMajor, LB>(acc[t], sq, ldk, ss, ld_state, i0, jt, 0, dk);
+      MmaBf16<RowMajor, LB>(acc[t], sp, ldc, sv, ld_vn, i0, jt, 0, i0 + 16);  // zero above the diagonal
     }
   }
   __syncthreads();  // sq's and ss's last read: their region takes O
@@ -237,13 +251,13 @@ void LaunchPasses(const PassArgs<bf16>& a, int64_t chunks, cudaStream_t stream) 
   auto state = [&](auto kernel, int64_t bv) {
     Launch(kernel, cells * (dv / bv), StateLayout(c, dk, bv).total, a, stream);
   };
-  auto output = [&](auto kernel, int64_t bv) {
-    Launch(kernel, chunks * a.heads * (dv / bv), OutputLayout(c, dk, bv).total, a, stream);
+  auto output = [&](auto kernel, int64_t bv, bool transposed) {
+    Launch(kernel, chunks * a.heads * (dv / bv), OutputLayout(c, dk, bv, transposed).total, a, stream);
   };
   if constexpr (D::kStatic) {
-    static_assert(D::dv(0) % 64 == 0, "static shapes take 32-column state blocks and 64-column output blocks");
-    state(StateKernelBf16<32, D>, 32);
-    if (chunks > 0) output(OutputKernelBf16<64, D>, 64);
+    static_assert(std::is_same<D, QwenDims>::value, "the register state pass is built for Qwen3.5's shape");
+    LaunchBf16StateRegs(a, stream);
+    if (chunks > 0) output(OutputKernelBf16<64, D, true>, 64, true);
   } else {
     if (dv % 32 == 0) {
       state(StateKernelBf16<32, D>, 32);
@@ -252,11 +266,11 @@ void LaunchPasses(const PassArgs<bf16>& a, int64_t chunks, cudaStream_t stream) 
     }
     if (chunks == 0) return;
     if (dv % 64 == 0) {
-      output(OutputKernelBf16<64, D>, 64);
+      output(OutputKernelBf16<64, D, false>, 64, false);
     } else if (dv % 32 == 0) {
-      output(OutputKernelBf16<32, D>, 32);
+      output(OutputKernelBf16<32, D, false>, 32, false);
     } else {
-      output(OutputKernelBf16<16, D>, 16);
+      output(OutputKernelBf16<16, D, false>, 16, false);
     }
   }
 }

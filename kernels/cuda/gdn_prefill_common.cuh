@@ -132,9 +132,9 @@ __device__ inline void AsyncWait() {
 template <typename T>
 struct Workspace {
   T *w, *kd, *qe;  // [c, dk]: T beta e^G k, e^(G_C - G) k, scale e^G q
-  T *u, *vn;       // [c, dv]: T beta v, and V' = U - W S from the state pass
+  T *u, *vn;       // [c, dv]: T beta v, and V' = U - W S from the state pass ([dv, c] at Qwen3.5's shape)
   T* scores;       // [c, c]: Q K^T e^(G_i - G_j), lower triangle with the diagonal
-  T* states;       // [dk, dv]: the state at the chunk's start, from the state pass
+  T* states;       // [dk, dv]: the state at the chunk's start, from the state pass ([dv, dk] at Qwen3.5's shape)
   float* decay;    // [1]: e^(G_C)
 };
 
@@ -193,6 +193,10 @@ __device__ inline void SequenceChunks(const int64_t* offsets, int seq, int c, in
 // Launches the state pass and the output pass over a bfloat16 workspace (gdn_prefill_bf16_passes_cuda.cu);
 // the output o is bfloat16. `chunks` is the number of global chunks (0: the state pass only).
 void LaunchBf16Passes(const PassArgs<__nv_bfloat16>& args, int64_t chunks, bool qwen_dims, cudaStream_t stream);
+
+// The state pass with the state in registers at Qwen3.5's shape (C = 64, dk = dv = 128;
+// gdn_prefill_bf16_state_regs_cuda.cu): writes the starting states and V' transposed ([dv, dk], [dv, c]).
+void LaunchBf16StateRegs(const PassArgs<__nv_bfloat16>& args, cudaStream_t stream);
 
 }  // namespace deltaserve::kernels::internal::gdn
 

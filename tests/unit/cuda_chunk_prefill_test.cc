@@ -170,6 +170,26 @@ TEST_F(CudaChunkPrefill, BFloat16InputsWithFloatGates) {
   }
 }
 
+// At Qwen3.5's shape the state pass keeps the state in registers and picks its pipeline depth by how many
+// blocks it has: up to one an SM, three stages; more, two stages and two blocks an SM. The test above has
+// 48 blocks; this one 40 sequences x 8 heads x 2 column blocks = 640, more than any GPU's SM count, with
+// lengths around the chunk boundaries, the state carried across 5 chunks and two sequences of no tokens.
+TEST_F(CudaChunkPrefill, BFloat16ManySequencesTakeTheTwoStagePipeline) {
+  at::manual_seed(777);
+  std::vector<int64_t> lengths;
+  for (int i = 0; i < 40; ++i) lengths.push_back(i % 13 == 5 ? 0 : (i * 37) % 300 + 1);
+  Case c = MakeCase(lengths, 4, 8, 128, 128, 0, 91, at::kBFloat16);
+  c.in.g = c.in.g.to(at::kFloat);
+  c.in.beta = c.in.beta.to(at::kFloat);
+  const GatedDeltaRuleOutput ref = Reference(c);
+  const GatedDeltaRuleOutput got = OnCuda(c, Options("forward", 64));
+  const double o_err = RelMaxError(got.o.cpu(), ref.o);
+  const double state_err = RelMaxError(got.final_state.cpu(), ref.final_state);
+  std::printf("bf16 inputs, 40 sequences: output rel err %.2e, final state %.2e\n", o_err, state_err);
+  EXPECT_LT(o_err, 1e-2);
+  EXPECT_LT(state_err, 1e-2);
+}
+
 TEST_F(CudaChunkPrefill, ForcedGuardFallbacksAreExactAndCounted) {
   at::manual_seed(8080);
   const Case c = MakeCase(kLengths, 2, 4, 64, 64, 3, 19);
