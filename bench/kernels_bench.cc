@@ -3,6 +3,7 @@
 // baseline measured in the same run (forward substitution; fp32 state), with the method's error.
 //   bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] [--reps N] [--quick]
 //                 [--no-inverse] [--no-prefill] [--no-decode] [--composition-max-seq T] [--seq-len L]
+//                 [--prefill-methods forward,neumann,...] [--prefill-dtypes float32,bfloat16]
 // --seq-len L packs each prefill's T tokens as T / L sequences of L tokens (cu_seqlens), the shape of a
 // serving step that prefills many prompts at once; 0 (default) is one sequence of T tokens.
 // (The inverse table builds its exact float64 reference on the CPU: minutes at T = 65536.)
@@ -37,7 +38,15 @@ struct Args {
   bool prefill = true, inverse = true, decode = true;
   int64_t composition_max_seq = 16384;  // the ATen composition's baseline rows on CUDA stop here
   int64_t seq_len = 0;                  // prefill: T / seq_len packed sequences; 0: one sequence
+  std::string prefill_methods;          // comma-separated inverse methods of the prefill rows; empty: all
+  std::string prefill_dtypes;           // float32 and/or bfloat16 inputs (CUDA); empty: both
 };
+
+// Whether `name` is in the comma-separated `list` (an empty list holds everything).
+bool Listed(const std::string& list, const std::string& name) {
+  if (list.empty()) return true;
+  return ("," + list + ",").find("," + name + ",") != std::string::npos;
+}
 
 std::vector<int64_t> ParseList(const char* s) {
   std::vector<int64_t> out;
@@ -75,6 +84,10 @@ Args ParseArgs(int argc, char** argv) {
       a.composition_max_seq = std::strtoll(next(), nullptr, 10);
     } else if (f == "--seq-len") {
       a.seq_len = std::strtoll(next(), nullptr, 10);
+    } else if (f == "--prefill-methods") {
+      a.prefill_methods = next();
+    } else if (f == "--prefill-dtypes") {
+      a.prefill_dtypes = next();
     } else if (f == "--no-prefill") {
       a.prefill = false;
     } else if (f == "--no-inverse") {
@@ -85,7 +98,7 @@ Args ParseArgs(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: bench_kernels [--device cpu|cuda] [--seq 4096,16384] [--batches 1,16,64] "
                    "[--reps N] [--quick] [--no-inverse] [--no-prefill] [--no-decode] [--composition-max-seq T] "
-                   "[--seq-len L]\n");
+                   "[--seq-len L] [--prefill-methods LIST] [--prefill-dtypes float32,bfloat16]\n");
       std::exit(f == "--help" ? 0 : 2);
     }
   }
@@ -185,6 +198,7 @@ void PrefillBench(const Args& a) {
     double base = 0;
     for (const Variant& variant : variants) {
       const bool bf16 = variant.dtype == at::kBFloat16;
+      if (!Listed(a.prefill_dtypes, bf16 ? "bfloat16" : "float32")) continue;
       const at::Tensor q = in.q.to(variant.dtype), k = in.k.to(variant.dtype), v = in.v.to(variant.dtype);
       for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast"}) {
         ds::GatedDeltaRuleOptions o;
@@ -192,6 +206,7 @@ void PrefillBench(const Args& a) {
         o.fused_cuda = std::string(variant.kernel) == "fused";
         o.host_cu_seqlens = offsets;
         if (o.fused_cuda && cuda && std::string(name) == "solve-triangular") continue;  // trsm: composition only
+        if (!Listed(a.prefill_methods, name)) continue;
         at::Tensor out;
         const double sec = Time(a.device, std::max(1, a.reps / 2), [&] {
           out = ds::ChunkGatedDeltaRule(q, k, v, in.g, in.beta, {}, cu, o)->o;

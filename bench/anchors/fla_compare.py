@@ -82,14 +82,18 @@ def main():
     import fla
 
     torch.backends.cuda.matmul.allow_tf32 = False
-    rows = []
     common = dict(impl="fla", fla=getattr(fla, "__version__", "?"), torch=torch.__version__,
                   gpu=torch.cuda.get_device_name())
 
+    # Each row is written as it is measured: a run cut short by a timeout (Triton's first compiles take
+    # minutes) keeps what it measured.
+    out_file = open(os.path.join(os.environ.get("OUT", "."), "fla_compare.jsonl"), "w")
+
     def emit(**row):
         row = {**common, **row}
-        rows.append(row)
         print(json.dumps(row), flush=True)
+        out_file.write(json.dumps(row) + "\n")
+        out_file.flush()
 
     for t in (int(x) for x in args.seq.split(",")):
         for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32")):
@@ -132,9 +136,7 @@ def main():
         except Exception as e:  # noqa: BLE001
             emit(what="decode", method="float32", batch=batch, error=repr(e)[:300])
 
-    with open(os.path.join(os.environ.get("OUT", "."), "fla_compare.jsonl"), "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    out_file.close()
 
 
 if __name__ == "__main__":

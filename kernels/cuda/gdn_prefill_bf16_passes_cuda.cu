@@ -12,6 +12,7 @@
 // which leaves the starting states and V' transposed; the output pass reads them so (kTransposed).
 #include <c10/cuda/CUDAException.h>
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "gdn_prefill_common.cuh"
@@ -243,6 +244,17 @@ void Launch(Kernel kernel, int64_t blocks, int64_t bytes, const PassArgs<bf16>& 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Warps per 16 value columns in the register state pass (4; DELTASERVE_GDN_STATE_SPLIT = 1 or 2 selects the
+// others, for benchmarks that compare them in one process environment each).
+int StateSplit() {
+  static const int split = [] {
+    const char* env = std::getenv("DELTASERVE_GDN_STATE_SPLIT");
+    const int v = env != nullptr ? std::atoi(env) : 4;
+    return v == 1 || v == 2 ? v : 4;
+  }();
+  return split;
+}
+
 // State blocks of 32 value columns (16 where dv is not a multiple of 32); output blocks of 64 (32, 16):
 // the output pass reads Qe and the scores once per column block, so wider blocks read them fewer times.
 template <class D>
@@ -256,7 +268,7 @@ void LaunchPasses(const PassArgs<bf16>& a, int64_t chunks, cudaStream_t stream) 
   };
   if constexpr (D::kStatic) {
     static_assert(std::is_same<D, QwenDims>::value, "the register state pass is built for Qwen3.5's shape");
-    LaunchBf16StateRegs(a, stream);
+    LaunchBf16StateRegs(a, StateSplit(), stream);
     if (chunks > 0) output(OutputKernelBf16<64, D, true>, 64, true);
   } else {
     if (dv % 32 == 0) {

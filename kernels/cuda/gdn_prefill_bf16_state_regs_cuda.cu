@@ -2,14 +2,19 @@
 // with the running state in registers: the only sequential pass, so its time per chunk is the prefill's
 // critical path on long sequences.
 //
-// One block of four warps per (sequence, value head, 64 value columns); each warp owns 16 value columns
-// and holds its slice of the state transposed, S^T [16, dk], as float32 mma accumulators (64 registers a
-// lane) from the first chunk to the last. Per chunk, on bf16 tensor cores (mma.sync m16n8k16):
-//   X = S^T W^T       (A: S^T rounded to bf16 straight from the accumulators; B: W from shared memory)
+// One block per (sequence, value head, 32 value columns): two column groups of 16, each split over kSplit
+// warps by key rows (dk / kSplit each). A warp holds its part of the state transposed, S^T [16, dk / kSplit],
+// as float32 mma accumulators from the first chunk to the last. Per chunk, on bf16 tensor cores (mma.sync
+// m16n8k16):
+//   X = S^T W^T       (A: S^T rounded to bf16 straight from the accumulators; B: W from shared memory),
+//                     each warp over its key rows, the kSplit partial sums added through shared memory
 //   V'^T = U^T - X    (rounded to bf16: the next product's A operand, again without leaving registers)
-//   S^T = e^(G_C) S^T + V'^T Kd
-// so no step writes the state to shared memory and reads it back, and a chunk needs one barrier (the one
-// that hands a stage of W, Kd and U back to cp.async, which brings chunks ahead while this one computes).
+//   S^T = e^(G_C) S^T + V'^T Kd   (each warp its key rows)
+// so the state never goes to shared memory and back, and a chunk needs one block barrier (the one that hands
+// a stage of W, Kd and U back to cp.async, which brings chunks ahead while this one computes) and one
+// barrier of each column group's warps. Splitting the key rows spreads one sequence's chain of chunks over
+// more of the SM's tensor cores: on a long sequence the pass is a chain of dependent products, and one warp
+// per 16 columns (the first version) left it at half the SMs and one tensor core per chain.
 // The workspace gets each chunk's starting state and V' transposed ([dv, dk] and [dv, c]), the layouts
 // these fragments store whole 4-byte pairs of; the output pass reads them as column-major operands.
 #include <c10/cuda/CUDAException.h>
@@ -26,34 +31,50 @@ using mma::FragA;
 using mma::FragB;
 
 constexpr int kC = 64, kDk = 128, kDv = 128;  // QwenDims
-constexpr int kBlockV = 64;                   // value columns a block
-constexpr int kRegsWarps = kBlockV / 16;
-constexpr int kRegsThreads = 32 * kRegsWarps;
+constexpr int kBlockV = 32;                   // value columns a block: two groups of 16
+constexpr int kGroups = kBlockV / 16;
 constexpr int kLdK = kDk + kPadBf16;      // W and Kd rows in shared memory (272 bytes: ldmatrix without conflicts)
 constexpr int kLdU = kBlockV + kPadBf16;  // U rows
 constexpr int kStageElems = 2 * kC * kLdK + kC * kLdU;
+constexpr int kXTiles = kC / 8;  // C tiles of X = S^T W^T per warp
 
-constexpr int64_t StateRegsSharedBytes(int stages) { return static_cast<int64_t>(stages) * kStageElems * 2; }
+template <int kSplit>
+constexpr int64_t StateRegsSharedBytes(int stages) {
+  // The stages, then each warp's partial X (kXTiles float4 per lane) for its group's other warps.
+  return static_cast<int64_t>(stages) * kStageElems * 2 + (kSplit > 1 ? kGroups * kSplit * kXTiles * 32 * 16 : 0);
+}
 
 __device__ __forceinline__ void StorePair(bf16* p, uint32_t v) { *reinterpret_cast<uint32_t*>(p) = v; }
 
-template <int kStages>
-__global__ void __launch_bounds__(kRegsThreads, 1) StateKernelRegs(PassArgs<bf16> p) {
+// Waits for the kSplit warps of column group `group` (barrier 0 is __syncthreads').
+template <int kSplit>
+__device__ __forceinline__ void GroupBarrier(int group) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(group + 1), "n"(32 * kSplit) : "memory");
+}
+
+template <int kStages, int kSplit>
+__global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(PassArgs<bf16> p) {
   extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int kDkW = kDk / kSplit;  // key rows a warp
+  constexpr int kNt = kDkW / 8;       // its C tiles of S^T
   bf16* stages = reinterpret_cast<bf16*>(smem);
+  float4* xbuf = reinterpret_cast<float4*>(smem + static_cast<int64_t>(kStages) * kStageElems * 2);
   constexpr int kColBlocks = kDv / kBlockV;
   const int j0 = static_cast<int>(blockIdx.x % kColBlocks) * kBlockV;
   const int h = static_cast<int>(blockIdx.x / kColBlocks % p.heads);
   const int seq = static_cast<int>(blockIdx.x / kColBlocks / p.heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int jw = j0 + warp * 16;  // this warp's first value column
+  const int group = warp / kSplit, part = warp % kSplit;
+  const int jl = group * 16;          // the group's first column within the block
+  const int jw = j0 + jl;             // and within the head
+  const int d0 = part * kDkW;         // this warp's first key row
   const int64_t state_off = (static_cast<int64_t>(seq) * p.heads + h) * kDk * kDv;
 
-  // S^T [16, dk] as 16 C tiles of 8 key columns: tile n holds (jw + g (+8), 8n + 2t (+1)).
-  Acc s[kDk / 8];
+  // S^T [16, kDkW] as kNt C tiles of 8 key rows: tile n holds (jw + g (+8), d0 + 8n + 2t (+1)).
+  Acc s[kNt];
 #pragma unroll
-  for (int n = 0; n < kDk / 8; ++n) {
-    const int d = 8 * n + 2 * t;
+  for (int n = 0; n < kNt; ++n) {
+    const int d = d0 + 8 * n + 2 * t;
     if (p.initial_state != nullptr) {
       const float* init = p.initial_state + state_off;
       s[n].c[0] = init[d * kDv + jw + g];
@@ -84,7 +105,7 @@ __global__ void __launch_bounds__(kRegsThreads, 1) StateKernelRegs(PassArgs<bf16
   }
   for (int64_t ci = 0; ci < chunks; ++ci) {
     AsyncWait<kStages - 2>();  // this thread's copies of chunk ci have landed
-    __syncthreads();           // everyone's have, and chunk ci - 1's stage is free for chunk ci + kStages - 1
+    __syncthreads();           // everyone's have; chunk ci - 1's stage and partial sums are free again
     if (ci + kStages - 1 < chunks) prefetch(ci + kStages - 1);
     AsyncCommit();
     const int64_t cell = (first + ci) * p.heads + h;
@@ -93,13 +114,14 @@ __global__ void __launch_bounds__(kRegsThreads, 1) StateKernelRegs(PassArgs<bf16
     const bf16* sk = sw + kC * kLdK;
     const bf16* su = sk + kC * kLdK;
 
-    // X = S^T W^T over dk in 8 k steps; S^T in bf16 is also the chunk's starting state for the output pass.
-    bf16* s_out = p.ws.states + cell * kDk * kDv + static_cast<int64_t>(jw) * kDk;
-    Acc x[kC / 8];
+    // X = S^T W^T over this warp's key rows; S^T in bf16 is also the chunk's starting state for the output
+    // pass.
+    bf16* s_out = p.ws.states + cell * kDk * kDv + static_cast<int64_t>(jw) * kDk + d0;
+    Acc x[kXTiles];
 #pragma unroll
-    for (int n = 0; n < kC / 8; ++n) x[n] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+    for (int n = 0; n < kXTiles; ++n) x[n] = {{0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
-    for (int ks = 0; ks < kDk / 16; ++ks) {
+    for (int ks = 0; ks < kDkW / 16; ++ks) {
       const FragA a = mma::PackA(s[2 * ks], s[2 * ks + 1]);
       const int d = 16 * ks + 2 * t;
       StorePair(s_out + g * kDk + d, a.r[0]);
@@ -107,45 +129,66 @@ __global__ void __launch_bounds__(kRegsThreads, 1) StateKernelRegs(PassArgs<bf16
       StorePair(s_out + g * kDk + d + 8, a.r[2]);
       StorePair(s_out + (g + 8) * kDk + d + 8, a.r[3]);
 #pragma unroll
-      for (int np = 0; np < kC / 16; ++np) {
+      for (int np = 0; np < kXTiles / 2; ++np) {
         FragB b0, b1;
-        mma::LoadBPairFromRowsOfN(b0, b1, sw, kLdK, 16 * np, 16 * ks);  // W [c, dk]: rows of n
+        mma::LoadBPairFromRowsOfN(b0, b1, sw, kLdK, 16 * np, d0 + 16 * ks);  // W [c, dk]: rows of n
         mma::Mma(x[2 * np], a, b0);
         mma::Mma(x[2 * np + 1], a, b1);
       }
     }
+    if constexpr (kSplit > 1) {
+      // The group's partial sums: each warp leaves its own and adds the others'.
+      float4* mine = xbuf + (group * kSplit + part) * kXTiles * 32;
+#pragma unroll
+      for (int n = 0; n < kXTiles; ++n) mine[n * 32 + lane] = make_float4(x[n].c[0], x[n].c[1], x[n].c[2], x[n].c[3]);
+      GroupBarrier<kSplit>(group);
+#pragma unroll
+      for (int other = 1; other < kSplit; ++other) {
+        const float4* theirs = xbuf + (group * kSplit + (part + other) % kSplit) * kXTiles * 32;
+#pragma unroll
+        for (int n = 0; n < kXTiles; ++n) {
+          const float4 v = theirs[n * 32 + lane];
+          x[n].c[0] += v.x;
+          x[n].c[1] += v.y;
+          x[n].c[2] += v.z;
+          x[n].c[3] += v.w;
+        }
+      }
+    }
     // V'^T = U^T - X, rounded to bf16, as the A fragments of the update's 4 k steps over the chunk.
     FragA va[kC / 16];
-    bf16* vn_out = p.ws.vn + cell * kC * kDv + static_cast<int64_t>(jw) * kC;
 #pragma unroll
-    for (int n = 0; n < kC / 8; ++n) {
-      const int i = 8 * n + 2 * t, j = warp * 16 + g;
+    for (int n = 0; n < kXTiles; ++n) {
+      const int i = 8 * n + 2 * t, j = jl + g;
       x[n].c[0] = __bfloat162float(su[i * kLdU + j]) - x[n].c[0];
       x[n].c[1] = __bfloat162float(su[(i + 1) * kLdU + j]) - x[n].c[1];
       x[n].c[2] = __bfloat162float(su[i * kLdU + j + 8]) - x[n].c[2];
       x[n].c[3] = __bfloat162float(su[(i + 1) * kLdU + j + 8]) - x[n].c[3];
     }
+    bf16* vn_out = p.ws.vn + cell * kC * kDv + static_cast<int64_t>(jw) * kC;
 #pragma unroll
     for (int ks = 0; ks < kC / 16; ++ks) {
       va[ks] = mma::PackA(x[2 * ks], x[2 * ks + 1]);
-      const int i = 16 * ks + 2 * t;
-      StorePair(vn_out + g * kC + i, va[ks].r[0]);
-      StorePair(vn_out + (g + 8) * kC + i, va[ks].r[1]);
-      StorePair(vn_out + g * kC + i + 8, va[ks].r[2]);
-      StorePair(vn_out + (g + 8) * kC + i + 8, va[ks].r[3]);
+      if (part == 0) {  // every warp of the group has the same V'
+        const int i = 16 * ks + 2 * t;
+        StorePair(vn_out + g * kC + i, va[ks].r[0]);
+        StorePair(vn_out + (g + 8) * kC + i, va[ks].r[1]);
+        StorePair(vn_out + g * kC + i + 8, va[ks].r[2]);
+        StorePair(vn_out + (g + 8) * kC + i + 8, va[ks].r[3]);
+      }
     }
-    // S^T = e^(G_C) S^T + V'^T Kd over the chunk in 4 k steps.
+    // S^T = e^(G_C) S^T + V'^T Kd over the chunk in 4 k steps, this warp's key rows.
 #pragma unroll
-    for (int n = 0; n < kDk / 8; ++n) {
+    for (int n = 0; n < kNt; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[n].c[e] *= decay;
     }
 #pragma unroll
     for (int ks = 0; ks < kC / 16; ++ks) {
 #pragma unroll
-      for (int np = 0; np < kDk / 16; ++np) {
+      for (int np = 0; np < kNt / 2; ++np) {
         FragB b0, b1;
-        mma::LoadBPairFromRowsOfK(b0, b1, sk, kLdK, 16 * np, 16 * ks);  // Kd [c, dk]: rows of k
+        mma::LoadBPairFromRowsOfK(b0, b1, sk, kLdK, d0 + 16 * np, 16 * ks);  // Kd [c, dk]: rows of k
         mma::Mma(s[2 * np], va[ks], b0);
         mma::Mma(s[2 * np + 1], va[ks], b1);
       }
@@ -154,8 +197,8 @@ __global__ void __launch_bounds__(kRegsThreads, 1) StateKernelRegs(PassArgs<bf16
   AsyncWait<0>();  // no copy may outlive the block
   float* fin = p.final_state + state_off;
 #pragma unroll
-  for (int n = 0; n < kDk / 8; ++n) {
-    const int d = 8 * n + 2 * t;
+  for (int n = 0; n < kNt; ++n) {
+    const int d = d0 + 8 * n + 2 * t;
     fin[d * kDv + jw + g] = s[n].c[0];
     fin[(d + 1) * kDv + jw + g] = s[n].c[1];
     fin[d * kDv + jw + g + 8] = s[n].c[2];
@@ -163,28 +206,43 @@ __global__ void __launch_bounds__(kRegsThreads, 1) StateKernelRegs(PassArgs<bf16
   }
 }
 
-template <int kStages>
+template <int kStages, int kSplit>
 void Launch(const PassArgs<bf16>& args, int64_t blocks, cudaStream_t stream) {
-  const int64_t bytes = StateRegsSharedBytes(kStages);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(StateKernelRegs<kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
-  StateKernelRegs<kStages><<<static_cast<unsigned>(blocks), kRegsThreads, static_cast<size_t>(bytes), stream>>>(args);
+  const int64_t bytes = StateRegsSharedBytes<kSplit>(kStages);
+  auto kernel = StateKernelRegs<kStages, kSplit>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  kernel<<<static_cast<unsigned>(blocks), 32 * kGroups * kSplit, static_cast<size_t>(bytes), stream>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <int kSplit>
+void LaunchSplit(const PassArgs<bf16>& args, int64_t blocks, int sms, cudaStream_t stream) {
+  // Few blocks (long sequences, one an SM): three stages, two chunks in flight to hide the load latency
+  // that nothing else on the SM hides. Many blocks: two stages, so that two blocks share an SM.
+  if (blocks <= sms) {
+    Launch<3, kSplit>(args, blocks, stream);
+  } else {
+    Launch<2, kSplit>(args, blocks, stream);
+  }
 }
 
 }  // namespace
 
-void LaunchBf16StateRegs(const PassArgs<bf16>& args, cudaStream_t stream) {
+void LaunchBf16StateRegs(const PassArgs<bf16>& args, int split, cudaStream_t stream) {
   const int64_t blocks = static_cast<int64_t>(args.n) * args.heads * (kDv / kBlockV);
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  // Few blocks (long sequences, one an SM): three stages, two chunks in flight to hide the load latency
-  // that nothing else on the SM hides. Many blocks: two stages, so that two blocks share an SM.
-  if (blocks <= sms) {
-    Launch<3>(args, blocks, stream);
-  } else {
-    Launch<2>(args, blocks, stream);
+  switch (split) {
+    case 1:
+      LaunchSplit<1>(args, blocks, sms, stream);
+      break;
+    case 2:
+      LaunchSplit<2>(args, blocks, sms, stream);
+      break;
+    default:
+      LaunchSplit<4>(args, blocks, sms, stream);
+      break;
   }
 }
 

@@ -196,7 +196,8 @@ void LaunchBf16Passes(const PassArgs<__nv_bfloat16>& args, int64_t chunks, bool 
 
 // The state pass with the state in registers at Qwen3.5's shape (C = 64, dk = dv = 128;
 // gdn_prefill_bf16_state_regs_cuda.cu): writes the starting states and V' transposed ([dv, dk], [dv, c]).
-void LaunchBf16StateRegs(const PassArgs<__nv_bfloat16>& args, cudaStream_t stream);
+// `split`: warps per 16 value columns (1, 2 or 4), each over dk / split key rows.
+void LaunchBf16StateRegs(const PassArgs<__nv_bfloat16>& args, int split, cudaStream_t stream);
 
 }  // namespace deltaserve::kernels::internal::gdn
 
