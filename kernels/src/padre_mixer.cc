@@ -1,5 +1,7 @@
 // PADRe mixer in plain ATen (one fused projection, one grouped convolution, the products in a loop over
-// the degree), so it runs on any device; see padre_mixer.h for the definition.
+// the degree), so it runs on any device; see padre_mixer.h for the definition. On CUDA, for float32 and
+// bfloat16 up to kPadreMixMaxDim channels, everything between the two projections is one fused kernel
+// (padre_mix_cuda.cu) whose test oracle is this composition.
 #include "deltaserve/kernels/padre_mixer.h"
 
 #include <ATen/ATen.h>
@@ -7,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "check.h"
+#include "padre_mix_cuda.h"
 
 namespace deltaserve::kernels {
 namespace {
@@ -73,6 +76,34 @@ absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64
   DS_CATCH_ATEN({
     const int64_t b = x.size(0), n = x.size(1), dim = x.size(2), dd = d * dim;
     const at::Tensor y = at::linear(x, w.proj_weight, w.proj_bias);  // [B, N, dD]
+#ifdef DELTASERVE_WITH_CUDA
+    if (x.is_cuda() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+        dim <= internal::kPadreMixMaxDim) {
+      // The weights are views of a checkpoint: usually contiguous already, then no copy.
+      const at::Tensor yc = y.contiguous(), mix = w.mix_weight.contiguous(), global = w.mix_global.contiguous();
+      const at::Tensor norm = w.norm_weight.contiguous();
+      const at::Tensor mean = at::mean(yc, {1}, /*keepdim=*/false, at::kFloat);  // [B, dD], float32 sums
+      at::Tensor mixed = at::empty({b, n, dim}, x.options());
+      internal::PadreMixArgs args{};
+      args.y = yc.data_ptr();
+      args.mean = mean.data_ptr<float>();
+      args.mix_weight = mix.data_ptr();
+      args.mix_global = global.data_ptr();
+      args.norm_weight = norm.data_ptr();
+      args.out = mixed.data_ptr();
+      args.batch = b;
+      args.grid_h = static_cast<int>(grid_h);
+      args.grid_w = static_cast<int>(grid_w);
+      args.dim = static_cast<int>(dim);
+      args.degree = static_cast<int>(d);
+      args.kernel = static_cast<int>(k);
+      args.eps = static_cast<float>(w.eps);
+      args.bf16 = x.scalar_type() == at::kBFloat16;
+      args.device = x.get_device();
+      internal::PadreMixCuda(args);
+      return at::linear(mixed, w.out_weight, w.out_bias);
+    }
+#endif
     const at::Tensor grid = y.transpose(1, 2).reshape({b, dd, grid_h, grid_w});
     const at::Tensor local = at::conv2d(grid, w.mix_weight, {}, 1, k / 2, 1, dd);  // depthwise
     const at::Tensor z = local.reshape({b, dd, n}).transpose(1, 2) + w.mix_global * y.mean(1, true);

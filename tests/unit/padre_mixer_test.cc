@@ -12,24 +12,13 @@
 #include <cmath>
 #include <random>
 
+#include "support/padre_inputs.h"
+
 namespace deltaserve::kernels {
 namespace {
 
 using ::testing::HasSubstr;
-
-PadreMixerWeights RandomWeights(int64_t dim, int64_t degree, int64_t kernel, at::ScalarType dtype) {
-  PadreMixerWeights w;
-  const auto o = at::TensorOptions().dtype(dtype);
-  const double s = 1.0 / std::sqrt(static_cast<double>(dim));
-  w.proj_weight = at::randn({degree * dim, dim}, o) * s;
-  w.proj_bias = at::randn({degree * dim}, o) * 0.1;
-  w.mix_weight = at::randn({degree * dim, 1, kernel, kernel}, o) * (1.0 / kernel);
-  w.mix_global = at::randn({degree * dim}, o) * 0.5;
-  w.norm_weight = 1 + at::randn({degree, dim}, o) * 0.1;
-  w.out_weight = at::randn({dim, dim}, o) * s;
-  w.out_bias = at::randn({dim}, o) * 0.1;
-  return w;
-}
+using deltaserve::testing::RandomPadreWeights;
 
 // The definition, one token and one channel at a time.
 at::Tensor Reference(const at::Tensor& x, int64_t gh, int64_t gw, const PadreMixerWeights& w) {
@@ -89,7 +78,7 @@ TEST(PadreMixer, MatchesTheDefinitionOnRandomInputs) {
   for (const auto& [gh, gw, degree, kernel] : {std::tuple{4, 6, 3, 3}, {5, 5, 2, 5}, {3, 7, 4, 3}, {6, 4, 1, 7}}) {
     at::manual_seed(1000 + gh * 31 + gw * 7 + degree);
     const int64_t dim = 8;
-    const PadreMixerWeights w = RandomWeights(dim, degree, kernel, at::kFloat);
+    const PadreMixerWeights w = RandomPadreWeights(dim, degree, kernel, at::kFloat);
     const at::Tensor x = at::randn({2, gh * gw, dim});
     absl::StatusOr<at::Tensor> y = PadreMixer(x, gh, gw, w);
     ASSERT_TRUE(y.ok()) << y.status();
@@ -103,7 +92,7 @@ TEST(PadreMixer, MatchesTheDefinitionOnRandomInputs) {
 TEST(PadreMixer, GradientMatchesFiniteDifferences) {
   at::manual_seed(7);
   const int64_t gh = 3, gw = 4, dim = 4;
-  const PadreMixerWeights w = RandomWeights(dim, 3, 3, at::kDouble);
+  const PadreMixerWeights w = RandomPadreWeights(dim, 3, 3, at::kDouble);
   const at::Tensor x = at::randn({1, gh * gw, dim}, at::kDouble);
   const at::Tensor r = at::randn({1, gh * gw, dim}, at::kDouble);  // loss = sum(out * r)
   at::Tensor xg = x.clone();
@@ -136,7 +125,7 @@ TEST(PadreMixer, CostIsLinearInTokensWhereSoftmaxIsQuadratic) {
 }
 
 TEST(PadreMixer, BadArgumentsNameTheArgument) {
-  const PadreMixerWeights w = RandomWeights(8, 3, 3, at::kFloat);
+  const PadreMixerWeights w = RandomPadreWeights(8, 3, 3, at::kFloat);
   const at::Tensor x = at::randn({1, 12, 8});
   auto expect = [](const absl::StatusOr<at::Tensor>& r, const char* what) {
     ASSERT_FALSE(r.ok());
