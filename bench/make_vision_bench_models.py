@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Random-weight PADRe and softmax detectors at input sizes 128, 256 and 512 (256, 1024 and 4096 tokens
-with 8-pixel patches), the shipped models' shape otherwise, for bench/vision.sh. Latency does not depend
-on the weights' values.  Usage: make_vision_bench_models.py OUT_DIR"""
+with 8-pixel patches; SIZES, e.g. 128,256,512,1024 for 16,384 tokens too), the shipped models' shape
+otherwise, for bench/vision.sh and bench_vision --sizes. Latency does not depend on the weights' values.
+Usage: make_vision_bench_models.py OUT_DIR [SIZES]"""
 import pathlib
 import sys
 
@@ -11,9 +12,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "
 from padre_detector import PadreDetector, make_config, save_detector  # noqa: E402
 
 out = pathlib.Path(sys.argv[1])
+sizes = [int(v) for v in sys.argv[2].split(",")] if len(sys.argv) > 2 else [128, 256, 512]
 torch.manual_seed(0)
 for mixer in ("padre", "softmax"):
-    for size in (128, 256, 512):
+    for size in sizes:
         d = out / f"{mixer}-{size}"
         if (d / "model.safetensors").exists():
             continue

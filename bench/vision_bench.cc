@@ -1,13 +1,18 @@
-// Detector speed: PADRe vs softmax attention at input sizes giving 256, 1024 and 4096 tokens, batch 1
-// and 8, forward pass only (the pre- and post-processing do not depend on the mixer); median of
+// Detector speed: PADRe vs softmax attention at input sizes giving 256, 1024 and 4096 tokens (--sizes:
+// 8-pixel patches, MODELS_DIR/{padre,softmax}-SIZE from bench/make_vision_bench_models.py), batch 1 and 8
+// (--batches), forward pass only (the pre- and post-processing do not depend on the mixer); median of
 // repeated runs after a warm-up. Prints a table with the softmax/PADRe time ratio and JSON lines.
-//   bench_vision MODELS_DIR [--device cpu|cuda] [--repeats N] [--threads N]   (bench/vision.sh)
+// --padre-composition also times PADRe with its mixer as the ATen composition (on CUDA: without the fused
+// kernel), the fused kernel's baseline in the same run.
+//   bench_vision MODELS_DIR [--device cpu|cuda] [--repeats N] [--threads N] [--sizes 128,256,512]
+//                [--batches 1,8] [--padre-composition]   (bench/vision.sh)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -16,32 +21,68 @@
 
 namespace padre = deltaserve::models::padre;
 
+std::vector<int> ParseInts(const char* s) {
+  std::vector<int> out;
+  for (const char* p = s; *p;) {
+    char* end = nullptr;
+    out.push_back(static_cast<int>(std::strtol(p, &end, 10)));
+    p = *end == ',' ? end + 1 : end;
+  }
+  return out;
+}
+
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_vision MODELS_DIR [--device cpu|cuda] [--repeats N] [--threads N]\n");
-    return 2;
+  const char* usage =
+      "usage: bench_vision MODELS_DIR [--device cpu|cuda] [--repeats N] [--threads N] [--sizes 128,256,512] "
+      "[--batches 1,8] [--padre-composition]\n";
+  if (argc < 2 || std::string(argv[1]) == "--help") {
+    std::fprintf(stderr, "%s", usage);
+    return argc < 2 ? 2 : 0;
   }
   std::string device = "cpu";
   int repeats = 5, threads = 0;
-  for (int i = 2; i + 1 < argc; i += 2) {
+  std::vector<int> sizes = {128, 256, 512}, batches = {1, 8};
+  bool composition = false;
+  for (int i = 2; i < argc; ++i) {
     const std::string f = argv[i];
-    if (f == "--device") device = argv[i + 1];
-    else if (f == "--repeats") repeats = std::atoi(argv[i + 1]);
-    else if (f == "--threads") threads = std::atoi(argv[i + 1]);
+    if (f == "--padre-composition") {
+      composition = true;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s needs a value\n%s", f.c_str(), usage);
+      return 2;
+    }
+    const char* v = argv[++i];
+    if (f == "--device") device = v;
+    else if (f == "--repeats") repeats = std::max(1, std::atoi(v));
+    else if (f == "--threads") threads = std::atoi(v);
+    else if (f == "--sizes") sizes = ParseInts(v);
+    else if (f == "--batches") batches = ParseInts(v);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n%s", f.c_str(), usage);
+      return 2;
+    }
   }
   if (threads > 0) at::set_num_threads(threads);
   at::InferenceMode guard;
+  // Rows: "padre" (the default mixer path), "padre-composition" (fused kernel off), "softmax".
+  std::vector<std::pair<std::string, bool>> runs = {{"padre", true}};
+  if (composition) runs.push_back({"padre-composition", false});
+  runs.push_back({"softmax", true});
   std::map<std::tuple<int, int, std::string>, double> ms;
-  for (const int size : {128, 256, 512}) {
-    for (const char* mixer : {"padre", "softmax"}) {
+  for (const int size : sizes) {
+    for (const auto& [name, fused] : runs) {
       padre::PadreOptions o;
       o.device = c10::Device(device);
+      o.mixer.fused_cuda = fused;
+      const std::string mixer = name == "softmax" ? "softmax" : "padre";
       auto model = padre::PadreDetector::Load(std::string(argv[1]) + "/" + mixer + "-" + std::to_string(size), o);
       if (!model.ok()) {
         std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
         return 1;
       }
-      for (const int batch : {1, 8}) {
+      for (const int batch : batches) {
         const at::Tensor x = at::randn({batch, 3, size, size}).to(o.device);
         auto sync = [&] {
           if (o.device.is_cuda()) (void)(*model)->Forward(x.slice(0, 0, 1))->heatmap_logits.cpu();
@@ -56,25 +97,32 @@ int main(int argc, char** argv) {
         }
         sync();
         std::sort(t.begin(), t.end());
-        ms[{size, batch, mixer}] = t[t.size() / 2];
-        std::fprintf(stderr, "%s size %d batch %d: %.2f ms\n", mixer, size, batch, t[t.size() / 2]);
+        ms[{size, batch, name}] = t[t.size() / 2];
+        std::fprintf(stderr, "%s size %d batch %d: %.2f ms\n", name.c_str(), size, batch, t[t.size() / 2]);
       }
     }
   }
-  std::printf("\n| input | tokens | batch | PADRe ms | PADRe img/s | softmax ms | softmax img/s | softmax / PADRe |\n");
-  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-  for (const int size : {128, 256, 512}) {
-    for (const int batch : {1, 8}) {
+  std::printf("\n| input | tokens | batch | PADRe ms | PADRe img/s | softmax ms | softmax img/s | softmax / PADRe |%s\n",
+              composition ? " PADRe composition ms | composition / PADRe |" : "");
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|%s\n", composition ? "---:|---:|" : "");
+  for (const int size : sizes) {
+    for (const int batch : batches) {
       const double p = ms[{size, batch, "padre"}], s = ms[{size, batch, "softmax"}];
-      std::printf("| %dx%d | %d | %d | %.2f | %.1f | %.2f | %.1f | %.2fx |\n", size, size, (size / 8) * (size / 8),
+      std::printf("| %dx%d | %d | %d | %.2f | %.1f | %.2f | %.1f | %.2fx |", size, size, (size / 8) * (size / 8),
                   batch, p, batch * 1e3 / p, s, batch * 1e3 / s, s / p);
+      if (composition) {
+        const double c = ms[{size, batch, "padre-composition"}];
+        std::printf(" %.2f | %.2fx |", c, c / p);
+      }
+      std::printf("\n");
     }
   }
   for (const auto& [key, v] : ms) {
-    const auto& [size, batch, mixer] = key;
-    std::printf("{\"bench\": \"vision\", \"device\": \"%s\", \"mixer\": \"%s\", \"input\": %d, \"tokens\": %d, "
-                "\"batch\": %d, \"ms\": %.3f, \"images_per_s\": %.2f}\n",
-                device.c_str(), mixer.c_str(), size, (size / 8) * (size / 8), batch, v, batch * 1e3 / v);
+    const auto& [size, batch, name] = key;
+    std::printf("{\"bench\": \"vision\", \"device\": \"%s\", \"model\": \"%s\", \"mixer\": \"%s\", \"input\": %d, "
+                "\"tokens\": %d, \"batch\": %d, \"ms\": %.3f, \"images_per_s\": %.2f}\n",
+                device.c_str(), name == "softmax" ? "softmax" : "padre", name.c_str(), size, (size / 8) * (size / 8),
+                batch, v, batch * 1e3 / v);
   }
   return 0;
 }

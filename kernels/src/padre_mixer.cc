@@ -64,7 +64,7 @@ absl::Status CheckWeights(const at::Tensor& x, const PadreMixerWeights& w, int64
 }  // namespace
 
 absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64_t grid_w,
-                                      const PadreMixerWeights& w) {
+                                      const PadreMixerWeights& w, const PadreMixerOptions& options) {
   DS_RETURN_IF_ERROR(CheckTensor(x, "x", 3));
   DS_RETURN_IF_ERROR(CheckDtype(x, "x", {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}));
   if (grid_h < 1 || grid_w < 1 || grid_h * grid_w != x.size(1)) {
@@ -77,7 +77,7 @@ absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64
     const int64_t b = x.size(0), n = x.size(1), dim = x.size(2), dd = d * dim;
     const at::Tensor y = at::linear(x, w.proj_weight, w.proj_bias);  // [B, N, dD]
 #ifdef DELTASERVE_WITH_CUDA
-    if (x.is_cuda() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+    if (options.fused_cuda && x.is_cuda() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
         dim <= internal::kPadreMixMaxDim) {
       // The weights are views of a checkpoint: usually contiguous already, then no copy.
       const at::Tensor yc = y.contiguous(), mix = w.mix_weight.contiguous(), global = w.mix_global.contiguous();

@@ -98,6 +98,21 @@ TEST_F(CudaPadreMixer, BFloat16MatchesTheComposition) {
   }
 }
 
+// fused_cuda = false runs the composition on the GPU (bench_vision --padre-composition's baseline): it agrees
+// with the fused kernel on the shipped shape, so the benchmark compares two paths that compute the same.
+TEST_F(CudaPadreMixer, CompositionOnTheGpuAgreesWithTheKernel) {
+  at::manual_seed(11);
+  const PadreMixerWeights w = To(RandomPadreWeights(96, 3, 7, at::kFloat), at::device(at::kCUDA));
+  const at::Tensor x = at::randn({2, 256, 96}, at::device(at::kCUDA));
+  PadreMixerOptions composition;
+  composition.fused_cuda = false;
+  const absl::StatusOr<at::Tensor> fused = PadreMixer(x, 16, 16, w);
+  const absl::StatusOr<at::Tensor> aten = PadreMixer(x, 16, 16, w, composition);
+  ASSERT_TRUE(fused.ok()) << fused.status();
+  ASSERT_TRUE(aten.ok()) << aten.status();
+  EXPECT_LT(RelMaxError(fused->cpu().to(at::kDouble), aten->cpu().to(at::kDouble)), 1e-4);
+}
+
 TEST_F(CudaPadreMixer, WideModelsTakeTheCompositionOnTheGpu) {
   const double err = CudaError({1, 4, 5, 264, 2, 3}, at::kFloat, 7);
   EXPECT_LT(err, 1e-4);

@@ -183,7 +183,7 @@ absl::StatusOr<HeadOutputs> PadreDetector::Forward(const at::Tensor& input, Laye
         Span span(timer, 1 + 2 * i);
         const at::Tensor h = at::layer_norm(x, {d}, b.norm1_w, b.norm1_b, config_.norm_eps);
         if (config_.mixer == Mixer::kPadre) {
-          absl::StatusOr<at::Tensor> mixed = kernels::PadreMixer(h.contiguous(), g, g, b.padre);
+          absl::StatusOr<at::Tensor> mixed = kernels::PadreMixer(h.contiguous(), g, g, b.padre, options_.mixer);
           if (!mixed.ok()) return mixed.status();
           x = x + *mixed;
         } else {

@@ -21,6 +21,7 @@ namespace deltaserve::models::padre {
 
 struct PadreOptions {
   c10::Device device = c10::Device(c10::kCPU);
+  kernels::PadreMixerOptions mixer;  // fused CUDA mixer on by default; off: the ATen composition
 };
 
 // An image ready for the network, and what it takes to map boxes back.

@@ -24,12 +24,18 @@ struct PadreMixerWeights {
   double eps = 1e-6;
 };
 
+struct PadreMixerOptions {
+  // On CUDA (float32 or bfloat16, D <= 256) the body between the projections is one fused kernel; false
+  // runs the ATen composition there too (the fused kernel's baseline in benchmarks and tests).
+  bool fused_cuda = true;
+};
+
 // x [B, N, D], N = grid_h * grid_w tokens in row-major grid order; returns [B, N, D]:
 //   Y_k = x W_k^T + b_k;  Z_k = dwconv_K(Y_k) + g_k * mean_N(Y_k);  H_0 = Z_0, H_k = H_{k-1} * Z_k;
 //   out = (sum_k H_k / sqrt(mean_D(H_k^2) + eps) * w_k) W_o^T + b_o.
 // Cost O(B * N * D * (d*D + d*K^2 + D)): linear in N. Bad shapes give InvalidArgument naming the argument.
 absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64_t grid_w,
-                                      const PadreMixerWeights& w);
+                                      const PadreMixerWeights& w, const PadreMixerOptions& options = {});
 
 // Multiply-adds of one PadreMixer call and of softmax self-attention (projections included) on the same
 // tokens: what "linear vs quadratic in N" means, in numbers.
