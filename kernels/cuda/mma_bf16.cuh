@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "tma_bulk.cuh"  // SharedAddress
+
 namespace deltaserve::kernels::internal::mma {
 
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4):
@@ -45,21 +47,17 @@ __device__ __forceinline__ void Mma(Acc& d, const FragA& a, const FragB& b) {
       : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b.r[0]), "r"(b.r[1]));
 }
 
-__device__ __forceinline__ uint32_t SharedAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // Four 8 x 8 bf16 matrices from shared memory: lanes 8m .. 8m + 7 give the 16-byte rows of matrix m, and
 // each lane receives (row g, columns 2t..2t+1) of every matrix (.trans: (rows 2t..2t+1, column g)).
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const __nv_bfloat16* row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SharedAddr(row)));
+               : "r"(SharedAddress(row)));
 }
 __device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const __nv_bfloat16* row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SharedAddr(row)));
+               : "r"(SharedAddress(row)));
 }
 
 // B fragments of two neighbouring 8-column blocks [n0, n0 + 8) and [n0 + 8, n0 + 16) for the k step

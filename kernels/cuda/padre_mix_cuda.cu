@@ -8,30 +8,17 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <cuda_bf16.h>
+#include <c10/util/BFloat16.h>
 
 #include <cstdint>
 
 #include "../src/padre_mix_cuda.h"
-#include "block_reduce.cuh"
+#include "fused_rows.cuh"
 
 namespace deltaserve::kernels::internal {
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
-
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 template <typename T, int kPerLane>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock) PadreMixKernel(PadreMixArgs a) {
@@ -62,28 +49,28 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) PadreMixKernel(PadreMixAr
       float z = 0.0f;
       if (c < dim) {
         const int ch = t * dim + c;
-        z = ToFloat(mix_global[ch]) * mean[ch];
+        z = static_cast<float>(mix_global[ch]) * mean[ch];
         const T* w = mix_weight + static_cast<int64_t>(ch) * k * k;
         for (int dr = dr0; dr < dr1; ++dr) {
           const T* row = y + static_cast<int64_t>((r + dr - half) * a.grid_w + q - half) * dd + ch;
-          for (int dq = dq0; dq < dq1; ++dq) z += ToFloat(w[dr * k + dq]) * ToFloat(row[static_cast<int64_t>(dq) * dd]);
+          for (int dq = dq0; dq < dq1; ++dq) z += static_cast<float>(w[dr * k + dq]) * static_cast<float>(row[static_cast<int64_t>(dq) * dd]);
         }
       }
       h[j] = t == 0 ? z : h[j] * z;  // zero past dim: adds nothing to the squares
       squares += h[j] * h[j];
     }
-    const float inv_rms = rsqrtf(WarpReduce(squares, SumOp()) / static_cast<float>(dim) + a.eps);
+    const float inv_rms = rsqrtf(WarpSum(squares) / static_cast<float>(dim) + a.eps);
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int c = lane + 32 * j;
-      if (c < dim) acc[j] += h[j] * inv_rms * ToFloat(norm_weight[t * dim + c]);
+      if (c < dim) acc[j] += h[j] * inv_rms * static_cast<float>(norm_weight[t * dim + c]);
     }
   }
   T* out = static_cast<T*>(a.out) + token * dim;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const int c = lane + 32 * j;
-    if (c < dim) out[c] = FromFloat<T>(acc[j]);
+    if (c < dim) out[c] = static_cast<T>(acc[j]);
   }
 }
 
@@ -111,7 +98,7 @@ void PadreMixCuda(const PadreMixArgs& a) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(a.device));
   const auto blocks = static_cast<unsigned>((tokens + kWarpsPerBlock - 1) / kWarpsPerBlock);
   if (a.bf16) {
-    Launch<__nv_bfloat16>(a, blocks, stream);
+    Launch<c10::BFloat16>(a, blocks, stream);
   } else {
     Launch<float>(a, blocks, stream);
   }
