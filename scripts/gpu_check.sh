@@ -10,7 +10,7 @@
 #   GPU_CHECK_CTEST=0  skip the whole CTest run (the CUDA tests still run, binary by binary)
 #   GPU_CHECK_BENCH=0  skip the kernel benchmark
 #   GPU_CHECK_SANITIZE=0  skip compute-sanitizer: memcheck over GPU_CHECK_MEMCHECK_FILTER (default: the
-#                      fused prefill, tiled decode and conv tests) and racecheck over GPU_CHECK_RACECHECK_FILTER
+#                      fused prefill, tiled decode, conv and PADRe mixer tests) and racecheck over GPU_CHECK_RACECHECK_FILTER
 #                      (a smaller set)
 #   DELTASERVE_QWEN35_GOLDEN  golden checkpoints made elsewhere by tools/make_qwen35_golden.py (the GPU
 #                      machine may lack transformers); without it the golden-model CUDA tests skip
@@ -61,7 +61,7 @@ grep -E "^== |^\[  (PASSED|FAILED|SKIPPED) \]|^\[       OK \]|^\[  FAILED  \]|^\
 if [[ "${GPU_CHECK_SANITIZE:-1}" == 1 && -x "${build}/tests/kernels_test" ]]; then
   if command -v compute-sanitizer > /dev/null; then
     # racecheck instruments every shared-memory access: it gets the smaller shapes.
-    declare -A filter=([memcheck]="${GPU_CHECK_MEMCHECK_FILTER:-CudaChunkPrefill.*:CudaTiledDecode.*:CausalConv1dTest.*}"
+    declare -A filter=([memcheck]="${GPU_CHECK_MEMCHECK_FILTER:-CudaChunkPrefill.*:CudaTiledDecode.*:CausalConv1dTest.*:CudaPadreMixer.*}"
       [racecheck]="${GPU_CHECK_RACECHECK_FILTER:-CudaChunkPrefill.ChunkSizes*:CudaChunkPrefill.ForcedGuard*:CudaChunkPrefill.BFloat16*:CudaTiledDecode.NeverSynchronises*}")
     for tool in memcheck racecheck; do
       timeout "${GPU_CHECK_SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "${tool}" --error-exitcode 3 \
