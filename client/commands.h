@@ -17,6 +17,7 @@ int RunModels(const std::vector<std::string>& args);
 int RunHealth(const std::vector<std::string>& args);
 int RunBench(const std::vector<std::string>& args);
 int RunDetect(const std::vector<std::string>& args);
+int RunDetectBench(const std::vector<std::string>& args);
 
 // Shared by the commands: the channel to --server, and a failed call reported as one line on stderr.
 std::shared_ptr<grpc::Channel> ServerChannel();

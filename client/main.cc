@@ -36,14 +36,14 @@ ABSL_FLAG(bool, chat, false, "generate: send the prompt as a user chat message (
 ABSL_FLAG(std::vector<std::string>, token_ids, {},
           "generate: the prompt as comma-separated token ids instead of text");
 ABSL_FLAG(bool, show_tokens, false, "generate: also print the generated token ids (to stderr)");
-ABSL_FLAG(bool, json, false, "models, bench: print JSON instead of a table");
-ABSL_FLAG(int32_t, num_requests, 64, "bench: measured requests");
-ABSL_FLAG(int32_t, concurrency, 4, "bench: requests in flight at most");
+ABSL_FLAG(bool, json, false, "models, bench, detect-bench: print JSON instead of a table");
+ABSL_FLAG(int32_t, num_requests, 64, "bench, detect-bench: measured requests");
+ABSL_FLAG(int32_t, concurrency, 4, "bench, detect-bench: requests in flight at most");
 ABSL_FLAG(double, request_rate, 0, "bench: requests/s with Poisson arrivals; 0 = as fast as concurrency allows");
 ABSL_FLAG(int32_t, input_len, 128, "bench: prompt tokens per request (random ids, mean)");
 ABSL_FLAG(int32_t, output_len, 64, "bench: generated tokens per request (mean; end-of-sequence ignored)");
 ABSL_FLAG(double, range_ratio, 0, "bench: lengths drawn uniformly in len*(1-r)..len*(1+r), r in [0, 1)");
-ABSL_FLAG(std::string, result_json, "", "bench: also write the JSON result to this file");
+ABSL_FLAG(std::string, result_json, "", "bench, detect-bench: also write the JSON result to this file");
 ABSL_FLAG(std::string, protocol, "grpc",
           "bench: grpc (deltaserve's API at --server) or openai (an OpenAI-compatible HTTP server at --server, "
           "e.g. deltaserve --http-port, vLLM, llama.cpp's llama-server: streamed /v1/completions of token ids)");
@@ -66,6 +66,8 @@ constexpr char kUsage[] =
     "  deltaserve-cli models [NAME] [--json]     lists the served models, or one model in full\n"
     "  deltaserve-cli health                     the server's and each model's health; exit 0 when all serve\n"
     "  deltaserve-cli detect IMAGE [--draw OUT.png] [--score-threshold T] [--json]   objects in a PNG/JPEG\n"
+    "  deltaserve-cli detect-bench IMAGE [--num-requests N] [--concurrency C] [--json] [--result-json FILE]\n"
+    "      Detect load generator: C requests in flight, images/s and end-to-end / server latency p50/p90/p99\n"
     "  deltaserve-cli bench [--num-requests N] [--concurrency C] [--request-rate R] [--input-len I]\n"
     "      [--output-len O] [--range-ratio r] [--json] [--result-json FILE] [--protocol grpc|openai]\n"
     "      load generator: throughput and TTFT/TPOT/ITL/E2E latency p50/p90/p99, as vLLM's benchmark;\n"
@@ -81,14 +83,15 @@ int main(int argc, char** argv) {
   const std::map<std::string, int (*)(const std::vector<std::string>&)> commands = {
       {"generate", deltaserve::client::RunGenerate}, {"chat", deltaserve::client::RunChat},
       {"models", deltaserve::client::RunModels},     {"health", deltaserve::client::RunHealth},
-      {"bench", deltaserve::client::RunBench},       {"detect", deltaserve::client::RunDetect}};
+      {"bench", deltaserve::client::RunBench},       {"detect", deltaserve::client::RunDetect},
+      {"detect-bench", deltaserve::client::RunDetectBench}};
   if (args.empty()) {
-    std::fprintf(stderr, "deltaserve-cli: missing command (generate, chat, models, health, bench, detect); see --help\n");
+    std::fprintf(stderr, "deltaserve-cli: missing command (generate, chat, models, health, bench, detect, detect-bench); see --help\n");
     return 2;
   }
   const auto it = commands.find(args.front());
   if (it == commands.end()) {
-    std::fprintf(stderr, "deltaserve-cli: unknown command \"%s\" (generate, chat, models, health, bench, detect)\n",
+    std::fprintf(stderr, "deltaserve-cli: unknown command \"%s\" (generate, chat, models, health, bench, detect, detect-bench)\n",
                  args.front().c_str());
     return 2;
   }

@@ -16,7 +16,8 @@ grep -q 'DELTASERVE_NATIVE:BOOL=OFF' "${build}/CMakeCache.txt" ||
 [[ -d "${build}/kernels/CMakeFiles/deltaserve_kernels.dir/cuda" ]] ||
   { echo "gpu_bundle: ${build} has no CUDA sources" >&2; exit 1; }
 binaries=(tests/kernels_test tests/fused_ops_test tests/linear_test tests/paged_attention_test tests/runner/runner_test
-  tests/runner/batch_sampler_test tests/runner/sampler_test tests/model/qwen35_model_test tests/engine/engine_test
+  tests/runner/batch_sampler_test tests/runner/sampler_test tests/model/qwen35_model_test tests/model/padre_model_test
+  tests/engine/engine_test server/deltaserve-detect-eval
   bench/bench_model bench/bench_kernels bench/bench_linear bench/bench_vision server/deltaserve client/deltaserve-cli)
 stage="$(mktemp -d)"
 trap 'rm -rf "${stage}"' EXIT

@@ -128,7 +128,9 @@ TEST_F(VisionServerTest, DetectEqualsTheModelsOwnOutput) {
   auto lb = model.Letterbox(img->pixels.data(), img->width, img->height);
   auto heads = model.Forward(lb->input.unsqueeze(0));
   ASSERT_TRUE(heads.ok());
-  auto dets = models::padre::Postprocess(model, *heads, 0, *lb, models::padre::PostprocessOptions{});
+  auto peaks = model.FindPeaks(*heads);
+  ASSERT_TRUE(peaks.ok()) << peaks.status();
+  auto dets = models::padre::Postprocess(model, *peaks, 0, *lb, models::padre::PostprocessOptions{});
   ASSERT_TRUE(dets.ok());
   ASSERT_EQ(static_cast<size_t>(resp.detections_size()), dets->size());
   for (size_t i = 0; i < dets->size(); ++i) {

@@ -36,6 +36,7 @@ import test_server_e2e as base  # noqa: E402  (setup, server processes, grpcio h
 
 CLI = None  # the deltaserve-cli binary
 CANCEL_SERVER = None  # a one-slot server for the Ctrl-C test, started by CtrlCTest
+VISION_SERVER = None  # a server with the shipped detector for detect-bench, started by DetectBenchTest
 
 # What `generate` prints on stderr after the answer (client/generate_commands.cc, PrintUsage).
 USAGE_LINE = re.compile(r"^\[(stop|length|cancelled|error|unfinished); (\d+) prompt \+ (\d+) generated tokens; "
@@ -405,6 +406,60 @@ class BenchTest(CliTestCase):
         self.assertEqual(rows.get("Total generated tokens"), "16", repr(run))
         for key in ("P50 TTFT (ms)", "P99 E2EL (ms)", "Mean ITL (ms)"):
             self.assertGreater(float(rows[key]), 0, key)
+
+
+class DetectBenchTest(CliTestCase):
+    """`detect-bench` against a server with the shipped detector: every request answered, the counts and
+    the latency order statistics consistent, the server's batches seen, bad arguments refused."""
+
+    @classmethod
+    def setUpClass(cls):
+        global VISION_SERVER
+        if VISION_SERVER is None:
+            repo = pathlib.Path(base.ARGS.repo)
+            VISION_SERVER = base.ServerProcess("vision", base.MODEL_DIR, [
+                "--max-num-seqs", "1", "--max-model-len", str(base.MAX_MODEL_LEN),
+                "--vision-model", str(repo / "models" / "padre-detector"), "--vision-max-batch", "4"]).start()
+        cls.image = str(pathlib.Path(base.ARGS.repo) / "models" / "padre-detector" / "sample.png")
+
+    def test_json_result(self):
+        result_file = pathlib.Path(base.WORK) / "detect-bench.json"
+        run = run_cli("detect-bench", self.image, "--num-requests", "12", "--concurrency", "4", "--json",
+                      "--result-json", str(result_file), server=VISION_SERVER, timeout=120)
+        self.assertExit(run, 0)
+        result = json.loads(run.out)
+        self.assertEqual((result["num_requests"], result["concurrency"], result["completed"], result["failed"]),
+                         (12, 4, 12, 0), repr(run))
+        self.assertAlmostEqual(result["images_per_s"], 12 / result["wall_s"], delta=1e-3 * result["images_per_s"])
+        # Four clients in flight against a batch of up to four: the batcher merged some of them.
+        self.assertGreaterEqual(result["mean_batch"], 1.0)
+        self.assertLessEqual(result["mean_batch"], 4.0)
+        for part in ("e2e", "server", "inference"):
+            s = result[part]
+            self.assertGreater(s["p50_ms"], 0, part)
+            self.assertLessEqual(s["p50_ms"], s["p90_ms"], part)
+            self.assertLessEqual(s["p90_ms"], s["p99_ms"], part)
+        # The client waits at least as long as the server works, which works at least the forward pass.
+        self.assertGreaterEqual(result["e2e"]["p50_ms"], result["server"]["p50_ms"])
+        self.assertGreaterEqual(result["server"]["p50_ms"], result["inference"]["p50_ms"])
+        self.assertEqual(json.loads(result_file.read_text()), result)
+
+    def test_table_and_usage_errors(self):
+        run = run_cli("detect-bench", self.image, "--num-requests", "3", "--concurrency", "1",
+                      server=VISION_SERVER, timeout=120)
+        self.assertExit(run, 0)
+        self.assertRegex(run.out, r"^3 requests at concurrency 1 in [0-9.]+ s: [0-9.]+ images/s")
+        self.assertRegex(run.out, r"(?m)^end to end \(client\)\s+[0-9.]+")
+        for args, needle in ((["detect-bench"], "exactly one IMAGE"),
+                             (["detect-bench", "/nonexistent.png"], "cannot read /nonexistent.png"),
+                             (["detect-bench", self.image, "--concurrency", "0"], "--concurrency")):
+            run = run_cli(*args, server=False)
+            self.assertExit(run, 2)
+            self.assertIn(needle, run.err, repr(run))
+        # A server without a detector: the first (warm-up) call's error, exit 1.
+        run = run_cli("detect-bench", self.image, "--num-requests", "1", timeout=60)
+        self.assertExit(run, 1)
+        self.assertIn("warm-up", run.err, repr(run))
 
 
 class ErrorsTest(CliTestCase):

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "models/padre/model.h"
+#include "models/padre/postprocess.h"
 #include "vision/nms.h"
 
 namespace deltaserve::models::padre {
@@ -93,8 +94,10 @@ TEST_P(PadreGolden, EveryStageMatchesPyTorch) {
     EXPECT_LT(RelErr(heads->offset, ReadNpy(dir + "/offset.npy")), 1e-5);
 
     const Json expected = Json::parse(ReadText(dir + "/detections.json"));
+    absl::StatusOr<Peaks> peaks = (*model)->FindPeaks(*heads);
+    ASSERT_TRUE(peaks.ok()) << peaks.status();
     for (const auto& [key, threshold] : {std::pair{"threshold_0", 0.0f}, {"threshold_0.5", 0.5f}}) {
-      std::vector<Candidate> candidates = (*model)->Decode(*heads, 0, *lb, threshold);
+      std::vector<Candidate> candidates = (*model)->Decode(*peaks, 0, *lb, threshold);
       std::vector<vision::Detection> dets;
       for (const Candidate& c : candidates) dets.push_back({c.x0, c.y0, c.x1, c.y1, c.score, c.class_id});
       absl::StatusOr<std::vector<vision::Detection>> kept = vision::Nms(dets, 0.5f, 100);
@@ -136,6 +139,124 @@ TEST(PadreModel, TimedSpansNameEveryBlock) {
   absl::StatusOr<std::vector<double>> seconds = timer.Collect();
   ASSERT_TRUE(seconds.ok());
   for (double s : *seconds) EXPECT_GE(s, 0);
+}
+
+// A batch's peaks, found at once, equal each entry's found alone; a few bright squares make real peaks.
+TEST(PadreModel, PeaksOfABatchEqualEachImagesAlone) {
+  absl::StatusOr<std::unique_ptr<PadreDetector>> model = PadreDetector::Load(GoldenDir() + "/padre", PadreOptions{});
+  ASSERT_TRUE(model.ok()) << model.status();
+  at::manual_seed(17);
+  const int64_t s = (*model)->config().image_size;
+  const at::Tensor input = at::randn({3, 3, s, s});
+  absl::StatusOr<HeadOutputs> heads = (*model)->Forward(input);
+  ASSERT_TRUE(heads.ok()) << heads.status();
+  absl::StatusOr<Peaks> all = (*model)->FindPeaks(*heads, 20);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->rows.sizes(), (std::vector<int64_t>{3, 20, 6}));
+  LetterboxedImage image;
+  image.scale = 0.5;
+  for (int64_t b = 0; b < 3; ++b) {
+    HeadOutputs one{heads->heatmap_logits.narrow(0, b, 1), heads->size.narrow(0, b, 1), heads->offset.narrow(0, b, 1)};
+    absl::StatusOr<Peaks> alone = (*model)->FindPeaks(one, 20);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_TRUE(at::equal(all->rows[b], alone->rows[0])) << b;
+    // Scores descend, and each row's box is the size and offset maps at its cell.
+    const int64_t g = (*model)->config().grid();
+    const auto r = all->rows.accessor<double, 3>()[b];
+    for (int64_t i = 0; i < 20; ++i) {
+      if (i > 0) EXPECT_GE(r[i - 1][0], r[i][0]);
+      const int64_t cell = static_cast<int64_t>(r[i][1]) % (g * g), gy = cell / g, gx = cell % g;
+      EXPECT_EQ(r[i][2], heads->offset[b][0][gy][gx].item<double>());
+      EXPECT_EQ(r[i][5], heads->size[b][1][gy][gx].item<double>());
+    }
+    const std::vector<Candidate> a = (*model)->Decode(*all, b, image, 0.0f), c = (*model)->Decode(*alone, 0, image, 0.0f);
+    ASSERT_EQ(a.size(), c.size());
+    ASSERT_GT(a.size(), 0u);
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].x0, c[i].x0);
+  }
+}
+
+TEST(PadreModel, BadHeadsAndTopKAreRefusedNamingThem) {
+  absl::StatusOr<std::unique_ptr<PadreDetector>> model = PadreDetector::Load(GoldenDir() + "/padre", PadreOptions{});
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<HeadOutputs> heads = (*model)->Forward(at::zeros({1, 3, 128, 128}));
+  ASSERT_TRUE(heads.ok()) << heads.status();
+  HeadOutputs wrong = *heads;
+  wrong.size = wrong.size.narrow(1, 0, 1);
+  absl::StatusOr<Peaks> p = (*model)->FindPeaks(wrong);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(p.status().message()), HasSubstr("heads"));
+  p = (*model)->FindPeaks(HeadOutputs{});
+  EXPECT_THAT(std::string(p.status().message()), HasSubstr("heads"));
+  p = (*model)->FindPeaks(*heads, 0);
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(std::string(p.status().message()), HasSubstr("top_k"));
+  // An entry outside the batch decodes to nothing rather than reading past the rows.
+  p = (*model)->FindPeaks(*heads);
+  ASSERT_TRUE(p.ok());
+  EXPECT_TRUE((*model)->Decode(*p, 1, LetterboxedImage{}, 0.0f).empty());
+}
+
+// The shipped detector on the GPU (letterbox on the device, the fused mixer, peaks found there) gives the
+// CPU's detections. DELTASERVE_PADRE_MODEL, or models/padre-detector under the working directory.
+TEST(PadreModelCuda, TheGpuPathGivesTheCpusDetections) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const char* env = std::getenv("DELTASERVE_PADRE_MODEL");
+  const std::string dir = env ? env : "models/padre-detector";
+  PadreOptions gpu_options;
+  gpu_options.device = c10::Device(c10::kCUDA);
+  absl::StatusOr<std::unique_ptr<PadreDetector>> cpu = PadreDetector::Load(dir, PadreOptions{});
+  absl::StatusOr<std::unique_ptr<PadreDetector>> gpu = PadreDetector::Load(dir, gpu_options);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  // Two images of other sizes than the input's: grey noise with bright and dark rectangles.
+  at::manual_seed(5);
+  std::vector<at::Tensor> pixels;
+  for (const auto& [w, h] : {std::pair{300, 200}, {97, 151}}) {
+    at::Tensor img = at::randint(90, 140, {h, w, 3}, at::kByte);
+    img.slice(0, h / 4, h / 2).slice(1, w / 5, w / 2).fill_(240);
+    img.slice(0, h / 2, 3 * h / 4).slice(1, w / 2, 4 * w / 5).fill_(20);
+    pixels.push_back(img.contiguous());
+  }
+  std::vector<LetterboxedImage> cpu_lb, gpu_lb;
+  std::vector<at::Tensor> cpu_in, gpu_in;
+  for (const at::Tensor& img : pixels) {
+    const int h = static_cast<int>(img.size(0)), w = static_cast<int>(img.size(1));
+    absl::StatusOr<LetterboxedImage> a = (*cpu)->Letterbox(img.data_ptr<uint8_t>(), w, h);
+    absl::StatusOr<LetterboxedImage> b = (*gpu)->Letterbox(img.data_ptr<uint8_t>(), w, h);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_TRUE(b->input.is_cuda());
+    EXPECT_LT((a->input - b->input.cpu()).abs().max().item<double>(), 1e-5);
+    cpu_in.push_back(a->input);
+    gpu_in.push_back(b->input);
+    cpu_lb.push_back(*std::move(a));
+    gpu_lb.push_back(*std::move(b));
+  }
+  absl::StatusOr<HeadOutputs> ch = (*cpu)->Forward(at::stack(cpu_in));
+  absl::StatusOr<HeadOutputs> gh = (*gpu)->Forward(at::stack(gpu_in));
+  ASSERT_TRUE(ch.ok() && gh.ok());
+  EXPECT_LT(RelErr(gh->heatmap_logits.cpu(), ch->heatmap_logits), 1e-4);
+  absl::StatusOr<Peaks> cp = (*cpu)->FindPeaks(*ch);
+  absl::StatusOr<Peaks> gp = (*gpu)->FindPeaks(*gh);
+  ASSERT_TRUE(cp.ok() && gp.ok());
+  EXPECT_FALSE(gp->rows.is_cuda());
+  PostprocessOptions po;
+  po.score_threshold = 0.05f;
+  size_t compared = 0;
+  for (int64_t b = 0; b < 2; ++b) {
+    absl::StatusOr<std::vector<vision::Detection>> c = Postprocess(**cpu, *cp, b, cpu_lb[b], po);
+    absl::StatusOr<std::vector<vision::Detection>> g = Postprocess(**gpu, *gp, b, gpu_lb[b], po);
+    ASSERT_TRUE(c.ok() && g.ok());
+    ASSERT_EQ(c->size(), g->size()) << b;
+    for (size_t i = 0; i < c->size(); ++i, ++compared) {
+      EXPECT_EQ((*c)[i].class_id, (*g)[i].class_id) << b << " #" << i;
+      EXPECT_NEAR((*c)[i].score, (*g)[i].score, 1e-4) << b << " #" << i;
+      EXPECT_NEAR((*c)[i].x0, (*g)[i].x0, 0.05) << b << " #" << i;
+      EXPECT_NEAR((*c)[i].y1, (*g)[i].y1, 0.05) << b << " #" << i;
+    }
+  }
+  EXPECT_GT(compared, 0u) << "no detections to compare: the images prove nothing";
 }
 
 TEST(PadreModel, BadConfigsNameTheField) {

@@ -2,7 +2,7 @@
 // pre- and post-processing and prints COCO mAP@[.5:.95] / mAP@.5 (one JSON line); optionally writes the
 // predictions in COCO results format (for pycocotools) and times the forward passes.
 //   deltaserve-detect-eval --model DIR --coco FILE.json --images DIR [--predictions OUT.json]
-//                          [--batch 32] [--threshold 0] [--threads N]
+//                          [--batch 32] [--threshold 0] [--threads N] [--device cpu|cuda]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -42,12 +42,13 @@ bool ReadFile(const std::string& path, std::string* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> flags = {{"--batch", "32"}, {"--threshold", "0"}, {"--threads", "0"}};
+  std::map<std::string, std::string> flags = {
+      {"--batch", "32"}, {"--threshold", "0"}, {"--threads", "0"}, {"--device", "cpu"}};
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
     if (f == "--help" || f == "-h" || i + 1 >= argc) {
       std::fprintf(stderr, "usage: deltaserve-detect-eval --model DIR --coco FILE.json --images DIR "
-                           "[--predictions OUT.json] [--batch 32] [--threshold 0] [--threads N]\n");
+                           "[--predictions OUT.json] [--batch 32] [--threshold 0] [--threads N] [--device cpu|cuda]\n");
       return f == "--help" || f == "-h" ? 0 : 2;
     }
     flags[f] = argv[++i];
@@ -55,7 +56,14 @@ int main(int argc, char** argv) {
   for (const char* required : {"--model", "--coco", "--images"})
     if (!flags.count(required)) return Fail(std::string(required) + " is required (see --help)");
   if (std::stoi(flags["--threads"]) > 0) at::set_num_threads(std::stoi(flags["--threads"]));
-  auto model = padre::PadreDetector::Load(flags["--model"], padre::PadreOptions{});
+  if (flags["--device"] != "cpu" && flags["--device"] != "cuda")
+    return Fail("--device: '" + flags["--device"] + "' is not cpu or cuda");
+  padre::PadreOptions options;
+  if (flags["--device"] == "cuda") {
+    if (!at::hasCUDA()) return Fail("--device cuda: this build or machine has no CUDA device");
+    options.device = c10::Device(c10::kCUDA);
+  }
+  auto model = padre::PadreDetector::Load(flags["--model"], options);
   if (!model.ok()) return Fail(std::string(model.status().message()));
   std::string text;
   if (!ReadFile(flags["--coco"], &text)) return Fail("cannot read " + flags["--coco"]);
@@ -97,8 +105,10 @@ int main(int argc, char** argv) {
     auto heads = (*model)->Forward(at::stack(tensors));
     forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!heads.ok()) return Fail(std::string(heads.status().message()));
+    auto peaks = (*model)->FindPeaks(*heads);
+    if (!peaks.ok()) return Fail(std::string(peaks.status().message()));
     for (size_t k = 0; k < inputs.size(); ++k) {
-      auto dets = padre::Postprocess(**model, *heads, static_cast<int64_t>(k), inputs[k], po);
+      auto dets = padre::Postprocess(**model, *peaks, static_cast<int64_t>(k), inputs[k], po);
       if (!dets.ok()) return Fail(std::string(dets.status().message()));
       vision::CocoImage& image = images[start + k];
       for (const vision::Detection& d : *dets) {

@@ -101,6 +101,13 @@ absl::StatusOr<std::unique_ptr<PadreDetector>> PadreDetector::Load(const std::st
     m->size_b_ = load.Take("head.size.bias", {2});
     m->offset_w_ = load.Take("head.offset.weight", {2, d, 1, 1});
     m->offset_b_ = load.Take("head.offset.bias", {2});
+    // Letterbox's normalisation constants, kept where the images are normalised.
+    m->pixel_mean_ = at::tensor({c.pixel_mean[0], c.pixel_mean[1], c.pixel_mean[2]}, at::kFloat)
+                         .view({1, 3, 1, 1})
+                         .to(options.device);
+    m->pixel_std_ = at::tensor({c.pixel_std[0], c.pixel_std[1], c.pixel_std[2]}, at::kFloat)
+                        .view({1, 3, 1, 1})
+                        .to(options.device);
     absl::Status st = load.Finish();
     if (!st.ok()) return absl::Status(st.code(), absl::StrCat(model_dir, ": ", st.message()));
   } catch (const c10::Error& e) {
@@ -122,7 +129,9 @@ absl::StatusOr<LetterboxedImage> PadreDetector::Letterbox(const uint8_t* rgb, in
     return std::clamp<int64_t>(static_cast<int64_t>(side * out.scale + 0.5), 1, s);
   };
   try {
+    const at::TensorOptions on_device = at::TensorOptions(at::kFloat).device(options_.device);
     at::Tensor img = at::from_blob(const_cast<uint8_t*>(rgb), {height, width, 3}, at::kByte)
+                         .to(options_.device)
                          .permute({2, 0, 1})
                          .unsqueeze(0)
                          .to(at::kFloat)
@@ -130,13 +139,9 @@ absl::StatusOr<LetterboxedImage> PadreDetector::Letterbox(const uint8_t* rgb, in
     const int64_t nh = resized(height), nw = resized(width);
     if (nh != height || nw != width)
       img = at::upsample_bilinear2d(img, {nh, nw}, /*align_corners=*/false);
-    at::Tensor canvas = at::full({1, 3, s, s}, 0.5, at::kFloat);
+    at::Tensor canvas = at::full({1, 3, s, s}, 0.5, on_device);
     canvas.slice(2, 0, nh).slice(3, 0, nw).copy_(img);
-    const at::Tensor mean = at::tensor({config_.pixel_mean[0], config_.pixel_mean[1], config_.pixel_mean[2]},
-                                       at::kFloat).view({1, 3, 1, 1});
-    const at::Tensor std = at::tensor({config_.pixel_std[0], config_.pixel_std[1], config_.pixel_std[2]},
-                                      at::kFloat).view({1, 3, 1, 1});
-    out.input = ((canvas - mean) / std).squeeze(0).contiguous();
+    out.input = ((canvas - pixel_mean_) / pixel_std_).squeeze(0).contiguous();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("letterbox: ", e.what_without_backtrace()));
   }
@@ -208,33 +213,61 @@ absl::StatusOr<HeadOutputs> PadreDetector::Forward(const at::Tensor& input, Laye
   }
 }
 
-std::vector<Candidate> PadreDetector::Decode(const HeadOutputs& heads, int64_t b, const LetterboxedImage& image,
-                                             float threshold, int64_t top_k) const {
+absl::StatusOr<Peaks> PadreDetector::FindPeaks(const HeadOutputs& heads, int64_t top_k) const {
   const int64_t g = config_.grid(), classes = config_.num_classes();
+  const at::Tensor& logits = heads.heatmap_logits;
+  if (!logits.defined() || logits.dim() != 4 || logits.size(1) != classes || logits.size(2) != g ||
+      logits.size(3) != g || !heads.size.defined() || !heads.offset.defined() ||
+      heads.size.sizes() != heads.offset.sizes() || heads.size.dim() != 4 || heads.size.size(0) != logits.size(0) ||
+      heads.size.size(1) != 2 || heads.size.size(2) != g || heads.size.size(3) != g) {
+    return absl::InvalidArgumentError(absl::StrCat("heads: expected heatmap [B, ", classes, ", ", g, ", ", g,
+                                                   "] with size and offset [B, 2, ", g, ", ", g, "]"));
+  }
+  if (top_k < 1) return absl::InvalidArgumentError(absl::StrCat("top_k: ", top_k, " is below 1"));
+  try {
+    const int64_t batch = logits.size(0), k = std::min<int64_t>(top_k, classes * g * g);
+    const at::Tensor heat = at::sigmoid(logits.to(at::kFloat));  // [B, C, G, G]
+    const at::Tensor is_peak = heat == at::max_pool2d(heat, 3, 1, 1);
+    const auto [values, indices] = at::topk((heat * is_peak).flatten(1), k, 1);  // [B, K]
+    // Each peak's cell, to read its box from the [B, 2, G * G] size and offset maps.
+    const at::Tensor cell = indices.remainder(g * g).unsqueeze(1).expand({batch, 2, k});
+    const at::Tensor offset = heads.offset.to(at::kFloat).flatten(2).gather(2, cell);
+    const at::Tensor size = heads.size.to(at::kFloat).flatten(2).gather(2, cell);
+    // float64 keeps the flat index exact whatever the grid; one copy of B x K x 48 bytes.
+    const at::Tensor rows = at::cat({values.unsqueeze(1).to(at::kDouble), indices.unsqueeze(1).to(at::kDouble),
+                                     offset.to(at::kDouble), size.to(at::kDouble)},
+                                    1)
+                                .transpose(1, 2)
+                                .to(at::kCPU)
+                                .contiguous();
+    return Peaks{rows};
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("padre peaks: ", e.what_without_backtrace()));
+  }
+}
+
+std::vector<Candidate> PadreDetector::Decode(const Peaks& peaks, int64_t b, const LetterboxedImage& image,
+                                             float threshold) const {
+  const int64_t g = config_.grid();
   const double s = static_cast<double>(config_.image_size), p = static_cast<double>(config_.patch_size);
-  const at::Tensor heat = at::sigmoid(heads.heatmap_logits[b].to(at::kCPU, at::kFloat));  // [C, G, G]
-  const at::Tensor peaks = heat == at::max_pool2d(heat.unsqueeze(0), 3, 1, 1).squeeze(0);
-  const at::Tensor scores = (heat * peaks).flatten();
-  const auto [values, indices] = at::topk(scores, std::min<int64_t>(top_k, classes * g * g));
-  const at::Tensor size = heads.size[b].to(at::kCPU, at::kFloat).contiguous();
-  const at::Tensor offset = heads.offset[b].to(at::kCPU, at::kFloat).contiguous();
-  const auto sa = size.accessor<float, 3>();
-  const auto oa = offset.accessor<float, 3>();
-  const auto va = values.accessor<float, 1>();
-  const auto ia = indices.accessor<int64_t, 1>();
   std::vector<Candidate> out;
-  for (int64_t i = 0; i < values.size(0); ++i) {
-    if (va[i] < threshold || va[i] <= 0) break;  // sorted: the rest are lower
-    const int64_t cls = ia[i] / (g * g), cell = ia[i] % (g * g), gy = cell / g, gx = cell % g;
-    const double cx = (gx + oa[0][gy][gx]) * p, cy = (gy + oa[1][gy][gx]) * p;
+  if (!peaks.rows.defined() || b < 0 || b >= peaks.rows.size(0)) return out;
+  const auto rows = peaks.rows.accessor<double, 3>()[b];
+  for (int64_t i = 0; i < rows.size(0); ++i) {
+    const float score = static_cast<float>(rows[i][0]);
+    if (score < threshold || score <= 0) break;  // sorted: the rest are lower
+    const int64_t index = static_cast<int64_t>(rows[i][1]);
+    const int64_t cls = index / (g * g), cell = index % (g * g), gy = cell / g, gx = cell % g;
+    const double cx = (gx + static_cast<float>(rows[i][2])) * p, cy = (gy + static_cast<float>(rows[i][3])) * p;
     // Negative sizes (an untrained or unsure head) mean an empty box, as the Python decoder clamps them.
-    const double w = std::max(0.0f, sa[0][gy][gx]) * s, h = std::max(0.0f, sa[1][gy][gx]) * s;
+    const double w = std::max(0.0f, static_cast<float>(rows[i][4])) * s;
+    const double h = std::max(0.0f, static_cast<float>(rows[i][5])) * s;
     Candidate c;
     c.x0 = static_cast<float>((cx - w / 2) / image.scale);
     c.y0 = static_cast<float>((cy - h / 2) / image.scale);
     c.x1 = static_cast<float>((cx + w / 2) / image.scale);
     c.y1 = static_cast<float>((cy + h / 2) / image.scale);
-    c.score = va[i];
+    c.score = score;
     c.class_id = static_cast<int>(cls);
     out.push_back(c);
   }

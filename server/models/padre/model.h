@@ -26,7 +26,7 @@ struct PadreOptions {
 
 // An image ready for the network, and what it takes to map boxes back.
 struct LetterboxedImage {
-  at::Tensor input;  // [3, S, S] float32 on the CPU, normalised
+  at::Tensor input;  // [3, S, S] float32 on the model's device, normalised
   double scale = 1;  // resized = original * scale
   int width = 0, height = 0;  // original size
 };
@@ -44,6 +44,13 @@ struct HeadOutputs {
   at::Tensor offset;          // [B, 2, G, G]: centre offset within the cell, x then y
 };
 
+// The best heatmap peaks of every batch entry, found where the heads are and copied to the host once.
+struct Peaks {
+  // [B, K, 6] float64 on the CPU, best first in each entry: score, class * G * G + cell, the cell's offset
+  // x and y, width and height. Entries past the real peaks score 0.
+  at::Tensor rows;
+};
+
 class PadreDetector {
  public:
   // DIR/config.json and DIR/model.safetensors (fp16, bf16 or fp32; computed in fp32). Errors name the
@@ -55,7 +62,8 @@ class PadreDetector {
   const PadreOptions& options() const { return options_; }
 
   // `rgb`: width * height * 3 bytes, interleaved, row-major. Resizes the longer side to image_size
-  // (bilinear), places it top-left on a 0.5-grey square, normalises.
+  // (bilinear), places it top-left on a 0.5-grey square, normalises. The bytes go to the model's device
+  // first, so on a GPU the resize runs there and only a quarter of the float input's bytes cross.
   absl::StatusOr<LetterboxedImage> Letterbox(const uint8_t* rgb, int width, int height) const;
 
   // `input` [B, 3, S, S] (any device; moved to the model's). `timer` (may be null) gets one Begin/End
@@ -65,11 +73,14 @@ class PadreDetector {
   // patch embedding, each block's mixer and MLP, the head.
   std::vector<TimedSpan> TimedSpans() const;
 
-  // Heatmap peaks (equal to their 3x3 max-pool) of batch entry `b`, the `top_k` best over all classes and
-  // cells, scores >= threshold, boxes scaled back to `image`'s pixels but not clipped (NMS runs on the
-  // unclipped boxes, as docs/vision.md orders it; ClipToImage afterwards). Best first.
-  std::vector<Candidate> Decode(const HeadOutputs& heads, int64_t b, const LetterboxedImage& image,
-                                float threshold, int64_t top_k = 100) const;
+  // Heatmap peaks (cells equal to their 3x3 max-pool) of every batch entry, the `top_k` best over all
+  // classes and cells, on the heads' device for the whole batch; one copy to the host.
+  absl::StatusOr<Peaks> FindPeaks(const HeadOutputs& heads, int64_t top_k = 100) const;
+
+  // Batch entry `b` of `peaks`: scores >= threshold, boxes scaled back to `image`'s pixels but not clipped
+  // (NMS runs on the unclipped boxes, as docs/vision.md orders it; ClipToImage afterwards). Best first.
+  std::vector<Candidate> Decode(const Peaks& peaks, int64_t b, const LetterboxedImage& image,
+                                float threshold) const;
 
  private:
   struct Block {
@@ -86,6 +97,7 @@ class PadreDetector {
   at::Tensor patch_w_, patch_b_, pos_embed_, norm_w_, norm_b_;
   std::vector<Block> blocks_;
   at::Tensor head_conv_w_, head_conv_b_, heat_w_, heat_b_, size_w_, size_b_, offset_w_, offset_b_;
+  at::Tensor pixel_mean_, pixel_std_;  // [1, 3, 1, 1] on the model's device
 };
 
 // Clips a decoded box to the original image (after NMS).

@@ -7,11 +7,11 @@
 
 namespace deltaserve::models::padre {
 
-absl::StatusOr<std::vector<vision::Detection>> Postprocess(const PadreDetector& model, const HeadOutputs& heads,
+absl::StatusOr<std::vector<vision::Detection>> Postprocess(const PadreDetector& model, const Peaks& peaks,
                                                            int64_t b, const LetterboxedImage& image,
                                                            const PostprocessOptions& options) {
   std::vector<vision::Detection> dets;
-  for (const Candidate& c : model.Decode(heads, b, image, options.score_threshold)) {
+  for (const Candidate& c : model.Decode(peaks, b, image, options.score_threshold)) {
     if (!options.class_filter.empty() &&
         std::find(options.class_filter.begin(), options.class_filter.end(), c.class_id) == options.class_filter.end())
       continue;

@@ -1,5 +1,5 @@
-// The detector's whole post-processing for one image: peaks and top-k (PadreDetector::Decode), the class
-// filter, class-wise NMS on the unclipped boxes, then clipping to the image (docs/vision.md's order).
+// The detector's post-processing for one image of a batch whose peaks were found (PadreDetector::FindPeaks):
+// decoding, the class filter, class-wise NMS on the unclipped boxes, then clipping (docs/vision.md's order).
 #ifndef DELTASERVE_SERVER_MODELS_PADRE_POSTPROCESS_H_
 #define DELTASERVE_SERVER_MODELS_PADRE_POSTPROCESS_H_
 
@@ -20,7 +20,7 @@ struct PostprocessOptions {
 };
 
 // Best first. InvalidArgument for options NMS refuses (iou outside [0, 1], max_detections < 0).
-absl::StatusOr<std::vector<vision::Detection>> Postprocess(const PadreDetector& model, const HeadOutputs& heads,
+absl::StatusOr<std::vector<vision::Detection>> Postprocess(const PadreDetector& model, const Peaks& peaks,
                                                            int64_t b, const LetterboxedImage& image,
                                                            const PostprocessOptions& options);
 
