@@ -167,7 +167,8 @@ prep() {
     x mv "${ck}.tmp" "${ck}"
     say "prep ${p}: checkpoint in $(( SECONDS - t0 )) s"
   fi
-  if [[ ! -f "${gg}" ]]; then
+  # The GGUF only where llama.cpp will serve it (BENCH_SERVERS=deltaserve skips the 9B's 18 GB conversion).
+  if [[ ! -f "${gg}" && " ${servers} " == *" llama.cpp "* ]]; then
     llama_src || return 1
     t0=${SECONDS}
     x env PYTHONPATH="${lc}/src/gguf-py" "${py}" "${anchors}/convert_gguf.py" "${lc}/src" --pre qwen35 -- \
