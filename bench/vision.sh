@@ -2,9 +2,10 @@
 # Vision benchmark: PADRe vs softmax detector forward latency and images/s at 256, 1024 and 4096 tokens,
 # batch 1 and 8 (random-weight models of the shipped shape), then the shipped models' accuracy side by
 # side (deltaserve-detect-eval on the held-out set).   bench/vision.sh [--device cpu|cuda]
-# On CUDA the sizes go to 16,384 tokens and the batches to 32 (issue 17's table), and PADRe also runs with
-# its mixer as the ATen composition, the fused kernel's baseline in the same run. VISION_SIZES and
-# VISION_BATCHES override either default.
+# On CUDA the sizes go to 16,384 tokens and the batches to 32 (issue 17's table), PADRe also runs with its
+# mixer as the ATen composition (the fused kernel's baseline in the same run) and replayed as CUDA graphs
+# (as the server runs it), and the accuracy goes through the CUDA path. VISION_SIZES and VISION_BATCHES
+# override either default.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "${root}/scripts/env.sh"
@@ -14,7 +15,7 @@ build="${DELTASERVE_BUILD_DIR:-${root}/build}"
 cmake --build "${build}" --target bench_vision deltaserve-detect-eval >/dev/null
 work="${TMPDIR:-/tmp}/deltaserve-bench-vision"
 if [[ "${device}" == cuda* ]]; then
-  sizes="${VISION_SIZES:-128,256,512,1024}" batches="${VISION_BATCHES:-1,8,32}" extra=(--padre-composition)
+  sizes="${VISION_SIZES:-128,256,512,1024}" batches="${VISION_BATCHES:-1,8,32}" extra=(--padre-composition --cuda-graphs)
 else
   sizes="${VISION_SIZES:-128,256,512}" batches="${VISION_BATCHES:-1,8}" extra=()
 fi
@@ -25,5 +26,5 @@ fi
 echo
 for m in padre-detector padre-softmax; do
   "${build}/server/deltaserve-detect-eval" --model "${root}/models/${m}" --coco "${work}/val500/instances_val.json" \
-    --images "${work}/val500/images"
+    --images "${work}/val500/images" --device "${device%%:*}"
 done

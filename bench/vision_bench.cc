@@ -3,9 +3,10 @@
 // (--batches), forward pass only (the pre- and post-processing do not depend on the mixer); median of
 // repeated runs after a warm-up. Prints a table with the softmax/PADRe time ratio and JSON lines.
 // --padre-composition also times PADRe with its mixer as the ATen composition (on CUDA: without the fused
-// kernel), the fused kernel's baseline in the same run.
+// kernel), the fused kernel's baseline in the same run; --cuda-graphs also times PADRe replayed as one CUDA
+// graph per batch (runner/detector_graphs.h, as the vision batcher serves it on a GPU).
 //   bench_vision MODELS_DIR [--device cpu|cuda] [--repeats N] [--threads N] [--sizes 128,256,512]
-//                [--batches 1,8] [--padre-composition]   (bench/vision.sh)
+//                [--batches 1,8] [--padre-composition] [--cuda-graphs]   (bench/vision.sh)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "models/padre/model.h"
+#include "runner/detector_graphs.h"
 
 namespace padre = deltaserve::models::padre;
 
@@ -34,7 +36,7 @@ std::vector<int> ParseInts(const char* s) {
 int main(int argc, char** argv) {
   const char* usage =
       "usage: bench_vision MODELS_DIR [--device cpu|cuda] [--repeats N] [--threads N] [--sizes 128,256,512] "
-      "[--batches 1,8] [--padre-composition]\n";
+      "[--batches 1,8] [--padre-composition] [--cuda-graphs]\n";
   if (argc < 2 || std::string(argv[1]) == "--help") {
     std::fprintf(stderr, "%s", usage);
     return argc < 2 ? 2 : 0;
@@ -42,11 +44,11 @@ int main(int argc, char** argv) {
   std::string device = "cpu";
   int repeats = 5, threads = 0;
   std::vector<int> sizes = {128, 256, 512}, batches = {1, 8};
-  bool composition = false;
+  bool composition = false, graphs = false;
   for (int i = 2; i < argc; ++i) {
     const std::string f = argv[i];
-    if (f == "--padre-composition") {
-      composition = true;
+    if (f == "--padre-composition" || f == "--cuda-graphs") {
+      (f == "--cuda-graphs" ? graphs : composition) = true;
       continue;
     }
     if (i + 1 >= argc) {
@@ -66,8 +68,14 @@ int main(int argc, char** argv) {
   }
   if (threads > 0) at::set_num_threads(threads);
   at::InferenceMode guard;
-  // Rows: "padre" (the default mixer path), "padre-composition" (fused kernel off), "softmax".
+  if (graphs && device != "cuda") {
+    std::fprintf(stderr, "--cuda-graphs needs --device cuda\n");
+    return 2;
+  }
+  // Rows: "padre" (the default mixer path), "padre-graph" (replayed), "padre-composition" (fused kernel
+  // off), "softmax".
   std::vector<std::pair<std::string, bool>> runs = {{"padre", true}};
+  if (graphs) runs.push_back({"padre-graph", true});
   if (composition) runs.push_back({"padre-composition", false});
   runs.push_back({"softmax", true});
   std::map<std::tuple<int, int, std::string>, double> ms;
@@ -82,16 +90,29 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
         return 1;
       }
+      std::unique_ptr<deltaserve::runner::DetectorGraphs> replay;
+      if (name == "padre-graph") {
+        auto captured = deltaserve::runner::DetectorGraphs::Capture(
+            **model, std::vector<int64_t>(batches.begin(), batches.end()));
+        if (!captured.ok()) {
+          std::fprintf(stderr, "%s\n", std::string(captured.status().message()).c_str());
+          return 1;
+        }
+        replay = *std::move(captured);
+      }
+      auto forward = [&](const at::Tensor& x) {
+        return replay ? replay->Run(x) : (*model)->Forward(x);
+      };
       for (const int batch : batches) {
         const at::Tensor x = at::randn({batch, 3, size, size}).to(o.device);
         auto sync = [&] {
           if (o.device.is_cuda()) (void)(*model)->Forward(x.slice(0, 0, 1))->heatmap_logits.cpu();
         };
-        (void)(*model)->Forward(x);  // warm-up
+        (void)forward(x);  // warm-up
         std::vector<double> t;
         for (int r = 0; r < repeats; ++r) {
           const auto t0 = std::chrono::steady_clock::now();
-          auto h = (*model)->Forward(x);
+          auto h = forward(x);
           (void)h->heatmap_logits.sum().item<float>();  // waits for the device
           t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         }
@@ -102,9 +123,11 @@ int main(int argc, char** argv) {
       }
     }
   }
-  std::printf("\n| input | tokens | batch | PADRe ms | PADRe img/s | softmax ms | softmax img/s | softmax / PADRe |%s\n",
-              composition ? " PADRe composition ms | composition / PADRe |" : "");
-  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|%s\n", composition ? "---:|---:|" : "");
+  std::printf("\n| input | tokens | batch | PADRe ms | PADRe img/s | softmax ms | softmax img/s | softmax / PADRe |%s%s\n",
+              composition ? " PADRe composition ms | composition / PADRe |" : "",
+              graphs ? " PADRe graph ms | softmax / PADRe graph |" : "");
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|%s%s\n", composition ? "---:|---:|" : "",
+              graphs ? "---:|---:|" : "");
   for (const int size : sizes) {
     for (const int batch : batches) {
       const double p = ms[{size, batch, "padre"}], s = ms[{size, batch, "softmax"}];
@@ -113,6 +136,10 @@ int main(int argc, char** argv) {
       if (composition) {
         const double c = ms[{size, batch, "padre-composition"}];
         std::printf(" %.2f | %.2fx |", c, c / p);
+      }
+      if (graphs) {
+        const double g = ms[{size, batch, "padre-graph"}];
+        std::printf(" %.2f | %.2fx |", g, s / g);
       }
       std::printf("\n");
     }

@@ -79,7 +79,8 @@ ABSL_FLAG(int64_t, kv_cache_tokens, 0,
           "Paged KV cache capacity in tokens (0: max-num-seqs x max-model-len on CPU, sized from "
           "--gpu-memory-utilization on CUDA)");
 ABSL_FLAG(bool, cuda_graphs, true,
-          "CUDA: capture the decode step as CUDA graphs per batch-size bucket (--cuda-graphs=false: eager)");
+          "CUDA: capture the decode step and the detector's forward pass as CUDA graphs per batch-size bucket "
+          "(--cuda-graphs=false: eager)");
 ABSL_FLAG(bool, async_scheduling, true,
           "CUDA: launch each engine step before the previous step's tokens are read back, streaming them while "
           "the GPU runs (steps that time layers or sample with penalties still run one at a time). No effect "
@@ -381,6 +382,7 @@ int Run() {
     bo.max_batch = absl::GetFlag(FLAGS_vision_max_batch);
     bo.max_delay = absl::Microseconds(absl::GetFlag(FLAGS_vision_max_delay_ms) * 1000);
     bo.max_queue = absl::GetFlag(FLAGS_vision_max_queue);
+    bo.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
     bo.intra_op_threads = engine_options.intra_op_threads;
     bo.layer_metrics = engine_options.layer_metrics;
     bo.layer_metrics_sample_rate = engine_options.layer_metrics_sample_rate;
@@ -392,10 +394,11 @@ int Run() {
     }
     vision = *std::move(batcher);
     vision_served.vision = vision.get();
-    std::fprintf(stderr, "deltaserve: detector \"%s\" (%s, %s mixer, %ld classes, batch %ld)\n",
+    std::fprintf(stderr, "deltaserve: detector \"%s\" (%s, %s mixer, %ld classes, batch %ld%s)\n",
                  vision_served.name.c_str(), vision_dir.c_str(),
                  vision->model().config().mixer == deltaserve::models::padre::Mixer::kPadre ? "padre" : "softmax",
-                 static_cast<long>(vision->model().config().num_classes()), static_cast<long>(bo.max_batch));
+                 static_cast<long>(vision->model().config().num_classes()), static_cast<long>(bo.max_batch),
+                 vision->uses_cuda_graphs() ? ", CUDA graphs" : "");
   }
 
   std::vector<api::ServedModel*> served_models = {&served};

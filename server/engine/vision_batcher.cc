@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "models/padre/postprocess.h"
+#include "runner/decode_graphs.h"
 
 namespace deltaserve::engine {
 
@@ -37,6 +38,12 @@ absl::StatusOr<std::unique_ptr<VisionBatcher>> VisionBatcher::Start(
   if (!(options.nms_iou > 0 && options.nms_iou <= 1))
     return absl::InvalidArgumentError(absl::StrCat("vision: nms_iou must be in (0, 1], got ", options.nms_iou));
   std::unique_ptr<VisionBatcher> b(new VisionBatcher(std::move(model), options, metrics));
+  if (options.cuda_graphs && b->model_->options().device.is_cuda()) {
+    absl::StatusOr<std::unique_ptr<runner::DetectorGraphs>> graphs =
+        runner::DetectorGraphs::Capture(*b->model_, runner::DefaultGraphBuckets(options.max_batch));
+    if (!graphs.ok()) return graphs.status();
+    b->graphs_ = *std::move(graphs);
+  }
   b->thread_ = std::thread([p = b.get()] { p->Loop(); });
   return b;
 }
@@ -165,6 +172,7 @@ void VisionBatcher::RunBatch(std::vector<std::unique_ptr<Pending>>& batch) {
   const bool timed = timer_ && IsTimedPass(options_.layer_metrics, options_.layer_metrics_sample_rate, batches_++);
   absl::StatusOr<models::padre::HeadOutputs> heads = [&]() -> absl::StatusOr<models::padre::HeadOutputs> {
     try {
+      if (graphs_ && !timed) return graphs_->Run(at::stack(tensors));
       return model_->Forward(at::stack(tensors), timed ? timer_.get() : nullptr);
     } catch (const c10::Error& e) {
       return absl::InternalError(absl::StrCat("vision: ", e.what_without_backtrace()));

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "engine/engine_metrics.h"
 #include "models/padre/model.h"
+#include "runner/detector_graphs.h"
 #include "vision/image.h"
 
 namespace deltaserve::engine {
@@ -29,6 +30,9 @@ struct VisionBatcherOptions {
   int intra_op_threads = 0;                       // 0: LibTorch's default
   LayerMetricsMode layer_metrics = LayerMetricsMode::kSampled;
   double layer_metrics_sample_rate = 0.05;
+  // A model on CUDA replays its forward pass as one CUDA graph per batch bucket (1, 2, 4, ... max_batch),
+  // captured at Start; passes timed for layer metrics run eagerly (their events cannot sit in a replay).
+  bool cuda_graphs = true;
 };
 
 struct VisionDetection {
@@ -81,6 +85,7 @@ class VisionBatcher {
   void Shutdown(absl::Duration grace);
 
   const models::padre::PadreDetector& model() const { return *model_; }
+  bool uses_cuda_graphs() const { return graphs_ != nullptr; }
   const VisionBatcherOptions& options() const { return options_; }
   int64_t waiting() const;
 
@@ -95,6 +100,7 @@ class VisionBatcher {
   VisionBatcherOptions options_;
   VisionMetrics* metrics_;
   std::unique_ptr<models::LayerTimer> timer_;
+  std::unique_ptr<runner::DetectorGraphs> graphs_;  // null: eager forward passes
   int64_t batches_ = 0;
 
   mutable std::mutex mu_;

@@ -15,6 +15,7 @@
 
 #include "models/padre/model.h"
 #include "models/padre/postprocess.h"
+#include "runner/detector_graphs.h"
 #include "vision/nms.h"
 
 namespace deltaserve::models::padre {
@@ -164,7 +165,9 @@ TEST(PadreModel, PeaksOfABatchEqualEachImagesAlone) {
     const int64_t g = (*model)->config().grid();
     const auto r = all->rows.accessor<double, 3>()[b];
     for (int64_t i = 0; i < 20; ++i) {
-      if (i > 0) EXPECT_GE(r[i - 1][0], r[i][0]);
+      if (i > 0) {
+        EXPECT_GE(r[i - 1][0], r[i][0]);
+      }
       const int64_t cell = static_cast<int64_t>(r[i][1]) % (g * g), gy = cell / g, gx = cell % g;
       EXPECT_EQ(r[i][2], heads->offset[b][0][gy][gx].item<double>());
       EXPECT_EQ(r[i][5], heads->size[b][1][gy][gx].item<double>());
@@ -257,6 +260,51 @@ TEST(PadreModelCuda, TheGpuPathGivesTheCpusDetections) {
     }
   }
   EXPECT_GT(compared, 0u) << "no detections to compare: the images prove nothing";
+}
+
+TEST(PadreModel, DetectorGraphsRefuseAModelOffTheGpuAndEmptyBuckets) {
+  absl::StatusOr<std::unique_ptr<PadreDetector>> model = PadreDetector::Load(GoldenDir() + "/padre", PadreOptions{});
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<std::unique_ptr<runner::DetectorGraphs>> g = runner::DetectorGraphs::Capture(**model, {1, 2});
+  ASSERT_FALSE(g.ok());
+  EXPECT_TRUE(g.status().code() == absl::StatusCode::kFailedPrecondition ||
+              g.status().code() == absl::StatusCode::kUnimplemented)
+      << g.status();
+  g = runner::DetectorGraphs::Capture(**model, {});
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument);
+  g = runner::DetectorGraphs::Capture(**model, {0, 4});
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Replayed graphs equal the eager forward pass for batches that fill a bucket and batches padded to one,
+// in any order (each replay reads its bucket's buffer afresh), and refuse batches no bucket holds.
+TEST(PadreModelCuda, GraphReplayEqualsTheEagerForward) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const char* env = std::getenv("DELTASERVE_PADRE_MODEL");
+  PadreOptions options;
+  options.device = c10::Device(c10::kCUDA);
+  absl::StatusOr<std::unique_ptr<PadreDetector>> model =
+      PadreDetector::Load(env ? env : "models/padre-detector", options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<std::unique_ptr<runner::DetectorGraphs>> graphs = runner::DetectorGraphs::Capture(**model, {4, 1, 2});
+  ASSERT_TRUE(graphs.ok()) << graphs.status();
+  EXPECT_EQ((*graphs)->buckets(), (std::vector<int64_t>{1, 2, 4}));
+  const int64_t s = (*model)->config().image_size;
+  at::manual_seed(3);
+  for (const int64_t batch : {3, 1, 4, 2, 3}) {
+    SCOPED_TRACE(batch);
+    const at::Tensor x = at::randn({batch, 3, s, s}).to(options.device);
+    absl::StatusOr<HeadOutputs> eager = (*model)->Forward(x);
+    absl::StatusOr<HeadOutputs> replayed = (*graphs)->Run(x);
+    ASSERT_TRUE(eager.ok() && replayed.ok());
+    ASSERT_EQ(replayed->heatmap_logits.sizes(), eager->heatmap_logits.sizes());
+    EXPECT_LT(RelErr(replayed->heatmap_logits.cpu(), eager->heatmap_logits.cpu()), 1e-5);
+    EXPECT_LT(RelErr(replayed->size.cpu(), eager->size.cpu()), 1e-5);
+    EXPECT_LT(RelErr(replayed->offset.cpu(), eager->offset.cpu()), 1e-5);
+  }
+  EXPECT_EQ((*graphs)->Run(at::zeros({5, 3, s, s}, at::TensorOptions().device(options.device))).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*graphs)->Run(at::zeros({2, 3, s, s})).status().code(), absl::StatusCode::kInvalidArgument);  // CPU
 }
 
 TEST(PadreModel, BadConfigsNameTheField) {
