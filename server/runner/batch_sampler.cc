@@ -412,6 +412,19 @@ absl::StatusOr<at::Tensor> SampleRows(const at::Tensor& logits, absl::Span<const
   const int64_t vocab = plan.vocab;
   *layout = BatchSampleLayout{batch, plan.top_n};
 
+  // Every row greedy, nothing to apply, no logprobs: the first maximum of the logits as they come. A
+  // bf16 -> float32 cast is exact and keeps order (ties included), so this is the float32 path's token and
+  // flag, without writing and re-reading a float32 copy of [batch, vocab]: at batch 128 and Qwen3.5's
+  // vocabulary, 64 MB read instead of 318 MB moved per decode step.
+  if (plan.num_sampled == 0 && plan.num_logprob_rows == 0 && !plan.has_penalties() && !plan.any_temperature) {
+    at::Tensor out = at::zeros({batch, layout->width()}, logits.options().dtype(at::kDouble));
+    if (batch == 0) return out;
+    const auto [max_raw, tokens] = at::max(logits, /*dim=*/1);  // ties: the first maximum, as argmax
+    out.select(1, 0).copy_(tokens);
+    out.select(1, 2).copy_(ErrorFlags(max_raw.to(at::kFloat)));
+    return out;
+  }
+
   const at::Tensor raw = logits.to(at::kFloat).contiguous();
   at::Tensor out = at::zeros({batch, layout->width()}, raw.options().dtype(at::kDouble));
   if (batch == 0) return out;

@@ -469,6 +469,33 @@ TEST(BatchSampler, GreedyFastPathIsFirstArgmax) {
   }
 }
 
+// All-greedy batches take the logits in their own dtype: over bf16 logits with many ties, a NaN row, an
+// infinite row and a row with nothing finite, tokens and flags equal the float32 path's on the exact cast.
+TEST(BatchSampler, GreedyOverBFloat16LogitsEqualsTheFloat32Path) {
+  constexpr int64_t kVocab = 3000;
+  at::Tensor logits = TiedLogits(12, kVocab, 62).to(at::kBFloat16);
+  logits[9][17] = std::numeric_limits<float>::quiet_NaN();
+  logits[10][5] = std::numeric_limits<float>::infinity();
+  logits[11].fill_(-std::numeric_limits<float>::infinity());
+  SamplingParams plain;
+  plain.temperature = 0;
+  TokenHistory h;
+  const std::vector<SamplingRow> rows(12, SamplingRow{&plain, &h, 0});
+  const BatchOutput native = RunBatch(logits, rows);
+  const BatchOutput widened = RunBatch(logits.to(at::kFloat), rows);
+  ASSERT_EQ(native.layout.width(), widened.layout.width());
+  EXPECT_TRUE(at::equal(native.packed, widened.packed)) << native.packed << widened.packed;
+  for (int64_t i = 0; i < 9; ++i) {
+    ASSERT_TRUE(native.results[i].ok()) << i;
+    const at::Tensor row = logits[i].to(at::kFloat);
+    const float max = row.max().item<float>();
+    int64_t first = 0;
+    while (row[first].item<float>() != max) ++first;
+    EXPECT_EQ(native.results[i]->token_id, first) << i;
+  }
+  for (int64_t i = 9; i < 12; ++i) EXPECT_FALSE(native.results[i].ok()) << i;
+}
+
 TEST(BatchSampler, LayoutWidthFollowsTheLargestTopLogprobs) {
   const at::Tensor logits = RandomLogits(3, 50, 61);
   SamplingParams a, b, c;
