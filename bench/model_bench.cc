@@ -34,6 +34,7 @@
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "deltaserve/kernels/linear.h"
+#include "kernel_profile.h"
 #include "models/qwen35/model.h"
 #include "runner/model_runner.h"
 
@@ -41,61 +42,12 @@ namespace q = deltaserve::models::qwen35;
 
 namespace {
 
-// One JSON line summarising a profiled window of decode steps: GPU events, their summed time, the time the
-// GPU was busy (the union of their intervals), the window's span and its gaps, the host's CUDA runtime
-// calls, graph launches and ATen operators, and the ten kernels taking the most time (name, count, us).
+// One JSON line summarising a profiled window of decode steps (kernel_profile.h's fields).
 void PrintProfile(const char* label, const torch::autograd::profiler::ProfilerResult& result, int batch,
                   bool cuda_graphs, int steps_requested) {
-  std::vector<std::pair<uint64_t, uint64_t>> gpu;
-  std::map<std::string, std::pair<int, double>> by_kernel;  // name -> (count, microseconds)
-  int runtime_calls = 0, graph_launches = 0, cpu_ops = 0;
-  double kernel_us = 0;
-  for (const auto& e : result.events()) {
-    if (e.deviceType() == c10::DeviceType::CUDA) {
-      gpu.emplace_back(e.startNs(), e.endNs());
-      kernel_us += e.durationNs() / 1e3;
-      auto& k = by_kernel[e.name().substr(0, 80)];
-      k.first += 1;
-      k.second += e.durationNs() / 1e3;
-    } else if (e.name().rfind("cuda", 0) == 0) {
-      ++runtime_calls;
-      if (e.name().rfind("cudaGraphLaunch", 0) == 0) ++graph_launches;
-    } else if (e.name().rfind("aten::", 0) == 0) {
-      ++cpu_ops;  // ATen operators dispatched on the host (nested ones counted too)
-    }
-  }
-  std::sort(gpu.begin(), gpu.end());
-  double busy_us = 0, span_us = 0;
-  uint64_t cur_s = 0, cur_e = 0;
-  for (const auto& [a, b] : gpu) {
-    if (cur_e == 0 || a > cur_e) {
-      busy_us += (cur_e - cur_s) / 1e3;
-      cur_s = a;
-      cur_e = b;
-    } else {
-      cur_e = std::max(cur_e, b);
-    }
-  }
-  busy_us += (cur_e - cur_s) / 1e3;
-  if (!gpu.empty()) span_us = (cur_e - gpu.front().first) / 1e3;
-  std::vector<std::tuple<double, int, std::string>> top;  // (us, count, name)
-  for (const auto& [name, v] : by_kernel) top.emplace_back(v.second, v.first, name);
-  std::sort(top.rbegin(), top.rend());
-  std::string top_json;
-  for (size_t i = 0; i < top.size() && i < 10; ++i) {
-    auto [us, count, name] = top[i];
-    for (char& c : name)
-      if (c == '"' || c == '\\') c = '\'';
-    top_json += (i ? ", " : "") + std::string("[\"") + name + "\", " + std::to_string(count) + ", " +
-                std::to_string(us) + "]";
-  }
-  std::printf(
-      "{\"bench\": \"%s\", \"batch\": %d, \"cuda_graphs\": %s, \"steps_requested\": %d, "
-      "\"gpu_events\": %zu, \"gpu_time_us\": %.1f, \"gpu_busy_us\": %.1f, \"gpu_span_us\": %.1f, "
-      "\"gpu_gaps_us\": %.1f, \"cuda_runtime_calls\": %d, \"graph_launches\": %d, \"aten_ops\": %d, "
-      "\"top_kernels\": [%s]}\n",
-      label, batch, cuda_graphs ? "true" : "false", steps_requested, gpu.size(), kernel_us, busy_us, span_us,
-      span_us - busy_us, runtime_calls, graph_launches, cpu_ops, top_json.c_str());
+  std::printf("{\"bench\": \"%s\", \"batch\": %d, \"cuda_graphs\": %s, \"steps_requested\": %d, %s}\n", label,
+              batch, cuda_graphs ? "true" : "false", steps_requested,
+              deltaserve::bench::ProfileSummaryFields(result).c_str());
 }
 
 }  // namespace

@@ -4,9 +4,11 @@
 // repeated runs after a warm-up. Prints a table with the softmax/PADRe time ratio and JSON lines.
 // --padre-composition also times PADRe with its mixer as the ATen composition (on CUDA: without the fused
 // kernel), the fused kernel's baseline in the same run; --cuda-graphs also times PADRe replayed as one CUDA
-// graph per batch (runner/detector_graphs.h, as the vision batcher serves it on a GPU).
+// graph per batch (runner/detector_graphs.h, as the vision batcher serves it on a GPU). --profile runs one
+// more forward of every measured case under LibTorch's profiler and prints where its GPU time went (a
+// "vision_profile" JSON line each: busy time, gaps, launches, the top kernels).
 //   bench_vision MODELS_DIR [--device cpu|cuda] [--repeats N] [--threads N] [--sizes 128,256,512]
-//                [--batches 1,8] [--padre-composition] [--cuda-graphs]   (bench/vision.sh)
+//                [--batches 1,8] [--padre-composition] [--cuda-graphs] [--profile]   (bench/vision.sh)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -15,9 +17,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "kernel_profile.h"
 #include "models/padre/model.h"
 #include "runner/detector_graphs.h"
 
@@ -36,7 +41,7 @@ std::vector<int> ParseInts(const char* s) {
 int main(int argc, char** argv) {
   const char* usage =
       "usage: bench_vision MODELS_DIR [--device cpu|cuda] [--repeats N] [--threads N] [--sizes 128,256,512] "
-      "[--batches 1,8] [--padre-composition] [--cuda-graphs]\n";
+      "[--batches 1,8] [--padre-composition] [--cuda-graphs] [--profile]\n";
   if (argc < 2 || std::string(argv[1]) == "--help") {
     std::fprintf(stderr, "%s", usage);
     return argc < 2 ? 2 : 0;
@@ -44,11 +49,11 @@ int main(int argc, char** argv) {
   std::string device = "cpu";
   int repeats = 5, threads = 0;
   std::vector<int> sizes = {128, 256, 512}, batches = {1, 8};
-  bool composition = false, graphs = false;
+  bool composition = false, graphs = false, profile = false;
   for (int i = 2; i < argc; ++i) {
     const std::string f = argv[i];
-    if (f == "--padre-composition" || f == "--cuda-graphs") {
-      (f == "--cuda-graphs" ? graphs : composition) = true;
+    if (f == "--padre-composition" || f == "--cuda-graphs" || f == "--profile") {
+      (f == "--cuda-graphs" ? graphs : f == "--profile" ? profile : composition) = true;
       continue;
     }
     if (i + 1 >= argc) {
@@ -117,6 +122,21 @@ int main(int argc, char** argv) {
           t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         }
         sync();
+        if (profile) {
+          namespace prof = torch::autograd::profiler;
+          using torch::profiler::impl::ActivityType;
+          std::set<ActivityType> activities{ActivityType::CPU};
+          if (o.device.is_cuda()) activities.insert(ActivityType::CUDA);
+          const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+          prof::prepareProfiler(config, activities);
+          prof::enableProfiler(config, activities);
+          (void)forward(x)->heatmap_logits.sum().item<float>();
+          std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
+          std::printf("{\"bench\": \"vision_profile\", \"device\": \"%s\", \"mixer\": \"%s\", \"input\": %d, "
+                      "\"batch\": %d, %s}\n",
+                      device.c_str(), name.c_str(), size, batch,
+                      deltaserve::bench::ProfileSummaryFields(*result).c_str());
+        }
         std::sort(t.begin(), t.end());
         ms[{size, batch, name}] = t[t.size() / 2];
         std::fprintf(stderr, "%s size %d batch %d: %.2f ms\n", name.c_str(), size, batch, t[t.size() / 2]);
