@@ -1,8 +1,8 @@
 // CUDA body of the PADRe mixer between its projections: one warp per token, each lane owning channels
 // lane, lane + 32, ... of the model dimension (up to kPadreMixMaxDim), so every read of a neighbouring
-// token's projection is one coalesced row segment and the per-token RMS norm of each term is a warp sum,
-// without barriers. Per term k: Z_k = depthwise K x K mixing (zero padding) + g_k * token mean,
-// H_k = H_{k-1} * Z_k, acc += H_k / sqrt(mean_D(H_k^2) + eps) * w_k. The projections stay cuBLAS GEMMs and
+// token's projection, and of a tap's weights (stored tap-major), is one coalesced row segment and the
+// per-token RMS norm of each term is a warp sum, without barriers. Per term k: Z_k = depthwise K x K
+// mixing (zero padding) + g_k * token mean, H_k = H_{k-1} * Z_k, acc += H_k / sqrt(mean_D(H_k^2) + eps) * w_k. The projections stay cuBLAS GEMMs and
 // the token means one reduction (PadreMixer): four launches a mixer instead of the composition's dozen.
 // Includes no ATen header: the file compiles in seconds.
 #include <c10/cuda/CUDAException.h>
@@ -50,10 +50,14 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) PadreMixKernel(PadreMixAr
       if (c < dim) {
         const int ch = t * dim + c;
         z = static_cast<float>(mix_global[ch]) * mean[ch];
-        const T* w = mix_weight + static_cast<int64_t>(ch) * k * k;
+        // Tap-major weights: lane-consecutive channels of one tap are adjacent, as are the activations.
+        const T* w = mix_weight + ch;
         for (int dr = dr0; dr < dr1; ++dr) {
           const T* row = y + static_cast<int64_t>((r + dr - half) * a.grid_w + q - half) * dd + ch;
-          for (int dq = dq0; dq < dq1; ++dq) z += static_cast<float>(w[dr * k + dq]) * static_cast<float>(row[static_cast<int64_t>(dq) * dd]);
+          const T* wr = w + static_cast<int64_t>(dr * k) * dd;
+          for (int dq = dq0; dq < dq1; ++dq) {
+            z += static_cast<float>(wr[static_cast<int64_t>(dq) * dd]) * static_cast<float>(row[static_cast<int64_t>(dq) * dd]);
+          }
         }
       }
       h[j] = t == 0 ? z : h[j] * z;  // zero past dim: adds nothing to the squares

@@ -10,7 +10,8 @@ namespace deltaserve::kernels::internal {
 // Raw pointers to contiguous CUDA tensors (PadreMixer has validated shapes, dtypes and the device), all of
 // one element type (float32 or bfloat16) but `mean`:
 //   y [batch, grid_h * grid_w, degree * dim]: the stacked projections; mean [batch, degree * dim] float32:
-//   their token means; mix_weight [degree * dim, K, K]; mix_global [degree * dim]; norm_weight [degree, dim];
+//   their token means; mix_weight [K * K, degree * dim], tap-major (tap = row * K + column, so one tap's
+//   channels are contiguous); mix_global [degree * dim]; norm_weight [degree, dim];
 //   out [batch, grid_h * grid_w, dim]: sum_k H_k / sqrt(mean_D(H_k^2) + eps) * norm_weight[k], before the
 //   output projection. float32 arithmetic throughout, one rounding at the store.
 struct PadreMixArgs {

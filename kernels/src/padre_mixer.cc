@@ -79,8 +79,11 @@ absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64
 #ifdef DELTASERVE_WITH_CUDA
     if (options.fused_cuda && x.is_cuda() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
         dim <= internal::kPadreMixMaxDim) {
-      // The weights are views of a checkpoint: usually contiguous already, then no copy.
-      const at::Tensor yc = y.contiguous(), mix = w.mix_weight.contiguous(), global = w.mix_global.contiguous();
+      // The weights are views of a checkpoint: usually contiguous already, then no copy. The mixing weights
+      // go tap-major ([K*K, dD], 56 KB for the shipped mixer), so that a warp's 32 channels of one tap are
+      // one coalesced 128-byte read instead of 32 reads K*K elements apart.
+      const at::Tensor yc = y.contiguous(), global = w.mix_global.contiguous();
+      const at::Tensor mix = w.mix_weight.reshape({dd, k * k}).t().contiguous();
       const at::Tensor norm = w.norm_weight.contiguous();
       const at::Tensor mean = at::mean(yc, {1}, /*keepdim=*/false, at::kFloat);  // [B, dD], float32 sums
       at::Tensor mixed = at::empty({b, n, dim}, x.options());
