@@ -390,7 +390,10 @@ int Run() {
         deltaserve::engine::VisionBatcher::Start(*std::move(detector), bo, vision_metrics.get());
     if (!batcher.ok()) {
       (*engine)->Shutdown(absl::ZeroDuration());
-      return Fail(absl::StrCat("--vision-*: ", batcher.status().message()));
+      // A failed CUDA graph capture names the way around it.
+      const bool graphs = bo.cuda_graphs && vo.device.is_cuda();
+      return Fail(absl::StrCat("--vision-*: ", batcher.status().message(),
+                               graphs ? " (--cuda-graphs=false runs the detector without CUDA graphs)" : ""));
     }
     vision = *std::move(batcher);
     vision_served.vision = vision.get();
