@@ -139,21 +139,28 @@ void InverseBench(const Args& a) {
     at::Tensor exact = at::linalg_solve_triangular(a64 + eye, eye.expand(a64.sizes()), false, true, true);
     at::Tensor a32 = a64.to(at::kFloat).to(a.device);
     double base = 0;
-    for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast",
-                             "neumann-int16", "neumann-int8"}) {
-      ds::TriInverseOptions o = *ds::ParseTriInverseMethod(name, c);
+    std::vector<std::string> names = {"forward", "solve-triangular", "product", "neumann", "neumann-fast",
+                                      "neumann-int16", "neumann-int8"};
+    // On CUDA also the standalone fused kernel (TriInverseOptions::fused_cuda) for each full-precision method.
+    if (a.device.is_cuda()) {
+      for (const char* m : {"forward", "product", "neumann", "neumann-fast"}) names.push_back(std::string("fused-") + m);
+    }
+    for (const std::string& name : names) {
+      const bool fused = name.rfind("fused-", 0) == 0;
+      ds::TriInverseOptions o = *ds::ParseTriInverseMethod(fused ? name.substr(6) : name, c);
+      o.fused_cuda = fused;
       ds::TriInverseStats stats;
       at::Tensor x;
       const double sec = Time(a.device, a.reps, [&] { x = *ds::InvertUnitLowerTriangular(a32, o, &stats); });
       if (base == 0) base = sec;
       const double err = dt::RelMaxError(x.cpu(), exact);
       const double fb = static_cast<double>(stats.fallbacks) / std::max<int64_t>(1, stats.chunks);
-      std::printf("%-7ld %-18s %12.3f %10.2f %12.2e %9.1f%%\n", t, name, sec * 1e3, base / sec, err,
+      std::printf("%-7ld %-18s %12.3f %10.2f %12.2e %9.1f%%\n", t, name.c_str(), sec * 1e3, base / sec, err,
                   100 * fb);
       std::printf(
           "{\"bench\":\"tri_inverse\",\"device\":\"%s\",\"T\":%ld,\"C\":%ld,\"Hv\":%ld,\"method\":\"%s\","
           "\"seconds\":%.6g,\"speedup_vs_forward\":%.4g,\"rel_err\":%.3g,\"fallback_rate\":%.4g}\n",
-          DeviceName(a.device), t, c, hv, name, sec, base / sec, err, fb);
+          DeviceName(a.device), t, c, hv, name.c_str(), sec, base / sec, err, fb);
     }
   }
 }

@@ -5,10 +5,16 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "check.h"
+#ifdef DELTASERVE_WITH_CUDA
+#include "chunk_inverse_cuda.h"
+#endif
 
 namespace deltaserve::kernels {
 namespace {
@@ -98,6 +104,15 @@ at::Tensor TruncatedNeumann(const at::Tensor& a, const at::Tensor& eye, int orde
 // guard. Each correction squares the residual, so the exact band doubles per step. The guard bounds
 // the final residual from the last step's residual E (final = E^2, |E^2|max <= C |E|max^2): no extra
 // matmul. Chunks over tolerance are recomputed exactly.
+// Starting exact on sub-diagonals <= N (or < band), S steps make X exact on sub-diagonals below
+// (N + 1) 2^S: once that covers the chunk the residual is zero by structure, and in full precision only
+// rounding is left, so there is nothing for the guard to catch.
+bool NeumannNeedsGuard(const TriInverseOptions& o, int64_t c) {
+  const int64_t exact_start = o.band > 0 ? std::min<int64_t>(o.band, o.order + 1) : o.order + 1;
+  const bool covers_chunk = (exact_start << o.residual_steps) >= c;
+  return o.guard_tol > 0 && !(covers_chunk && o.matmul_bits >= 32);
+}
+
 at::Tensor Neumann(const at::Tensor& a, const TriInverseOptions& o, TriInverseStats* stats) {
   const int64_t c = a.size(-1);
   at::Tensor eye = at::eye(c, a.options());
@@ -106,12 +121,7 @@ at::Tensor Neumann(const at::Tensor& a, const TriInverseOptions& o, TriInverseSt
     at::Tensor keep = at::ones({c, c}, a.options().dtype(at::kBool)).tril(0).triu(-(o.band - 1));
     x = x * keep;
   }
-  // Starting exact on sub-diagonals <= N (or < band), S steps make X exact on sub-diagonals below
-  // (N + 1) 2^S: once that covers the chunk the residual is zero by structure, and in full precision
-  // only rounding is left, so there is nothing for the guard to catch.
-  const int64_t exact_start = o.band > 0 ? std::min<int64_t>(o.band, o.order + 1) : o.order + 1;
-  const bool covers_chunk = (exact_start << o.residual_steps) >= c;
-  const bool guard = o.guard_tol > 0 && !(covers_chunk && o.matmul_bits >= 32);
+  const bool guard = NeumannNeedsGuard(o, c);
   at::Tensor residual_bound;
   for (int s = 0; s < o.residual_steps; ++s) {
     at::Tensor e = eye - x - MatMul(a, x, o.matmul_bits);
@@ -146,6 +156,44 @@ at::Tensor Neumann(const at::Tensor& a, const TriInverseOptions& o, TriInverseSt
 
 }  // namespace
 
+#ifdef DELTASERVE_WITH_CUDA
+// The standalone CUDA kernel (chunk_inverse_cuda.h) for float32 chunks of 16, 32 or 64 in full precision.
+bool FusedCudaApplies(const at::Tensor& a, const TriInverseOptions& o, int64_t c) {
+  return o.fused_cuda && a.is_cuda() && a.scalar_type() == at::kFloat && o.matmul_bits == 32 &&
+         (c == 16 || c == 32 || c == 64) && o.method != TriInverseMethod::kSolveTriangular &&
+         a.numel() / (c * c) <= std::numeric_limits<int32_t>::max();  // one block per chunk
+}
+
+at::Tensor FusedCudaInverse(const at::Tensor& a, const TriInverseOptions& o, int64_t c, TriInverseStats* stats) {
+  const at::Tensor flat = a.reshape({-1, c, c}).contiguous();
+  at::Tensor out = at::empty_like(flat);
+  at::Tensor counters = at::zeros({2}, flat.options().dtype(at::kInt));
+  internal::ChunkInverseArgs args{};
+  args.a = flat.data_ptr<float>();
+  args.out = out.data_ptr<float>();
+  args.guard_counters = counters.data_ptr<int>();
+  args.chunks = flat.size(0);
+  args.c = static_cast<int>(c);
+  args.method = o.method == TriInverseMethod::kNeumann ? 1 : o.method == TriInverseMethod::kProductForm ? 2 : 0;
+  args.order = o.order;
+  args.band = o.band;
+  args.residual_steps = o.residual_steps;
+  args.guard = o.method == TriInverseMethod::kNeumann && NeumannNeedsGuard(o, c);
+  args.guard_tol = static_cast<float>(o.guard_tol);
+  args.device = flat.get_device();
+  internal::ChunkInverseCuda(args);
+  if (stats && args.guard) {  // the only host read, and only when asked
+    const at::Tensor host = counters.cpu();
+    const int fallbacks = host[0].item<int>(), bits = host[1].item<int>();
+    float bound = 0;
+    std::memcpy(&bound, &bits, sizeof(bound));
+    stats->fallbacks += fallbacks;
+    stats->max_residual = std::max(stats->max_residual, static_cast<double>(bound));
+  }
+  return out.reshape(a.sizes());
+}
+#endif
+
 absl::StatusOr<at::Tensor> InvertUnitLowerTriangular(const at::Tensor& a_in, const TriInverseOptions& o,
                                                      TriInverseStats* stats) {
   if (!a_in.defined()) return absl::InvalidArgumentError("A: tensor is undefined");
@@ -174,6 +222,9 @@ absl::StatusOr<at::Tensor> InvertUnitLowerTriangular(const at::Tensor& a_in, con
   DS_CATCH_ATEN({
     at::Tensor a = at::tril(a_in.scalar_type() == at::kBFloat16 ? a_in.to(at::kFloat) : a_in, -1);
     if (stats) stats->chunks += a.numel() / (c * c);
+#ifdef DELTASERVE_WITH_CUDA
+    if (FusedCudaApplies(a, o, c)) return FusedCudaInverse(a, o, c, stats);
+#endif
     switch (o.method) {
       case TriInverseMethod::kForwardSubstitution:
         return ForwardSubstitution(a);

@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include "absl/strings/str_cat.h"
 #include "deltaserve/kernels/causal_conv1d.h"
 #include "deltaserve/kernels/chunk_gated_delta_rule.h"
 #include "deltaserve/kernels/recurrent_state.h"
@@ -59,6 +60,68 @@ TEST_F(CudaKernels, TriInverseEveryMethod) {
       EXPECT_LT(RelMaxError(x->cpu(), exact), bound) << name << " " << regime.name;
     }
   }
+}
+
+// The standalone fused inverse (TriInverseOptions::fused_cuda) against float64 in every regime, at each
+// chunk size it takes, with the CPU test's bounds (3xTF32 products: float32 accuracy), the strict upper
+// triangle zero and the unit diagonal; the product form within its correlated-keys bound.
+TEST_F(CudaKernels, FusedTriInverseEveryMethodAndChunkSize) {
+  at::manual_seed(51309);
+  for (const auto& regime : Regimes()) {
+    const bool correlated = regime.key_cosine > 0;
+    for (const int64_t c : {16, 32, 64}) {
+      at::Tensor a64 = MakeChunkMatrices(96, c, 128, regime, 4 + c);
+      at::Tensor eye = at::eye(c, a64.options());
+      at::Tensor exact = at::linalg_solve_triangular(a64 + eye, eye.expand(a64.sizes()), false, true, true);
+      at::Tensor a = a64.to(at::kFloat).to(at::kCUDA);
+      for (const char* name : {"forward", "neumann", "neumann-fast", "product"}) {
+        SCOPED_TRACE(absl::StrCat(name, " C=", c, " ", regime.name));
+        TriInverseOptions o = *ParseTriInverseMethod(name, c);
+        o.fused_cuda = true;
+        TriInverseStats stats;
+        absl::StatusOr<at::Tensor> x = InvertUnitLowerTriangular(a, o, &stats);
+        ASSERT_TRUE(x.ok()) << x.status();
+        ASSERT_TRUE(x->is_cuda());
+        const at::Tensor h = x->cpu().to(at::kDouble);
+        EXPECT_EQ(stats.chunks, 96);
+        const std::string n = name;
+        const double bound = n == "neumann-fast" ? 1e-4 : n == "product" ? (correlated ? 3e-3 : 1e-6) : 1e-6;
+        EXPECT_LT(RelMaxError(h, exact), bound);
+        EXPECT_EQ(h.triu(1).abs().max().item<double>(), 0.0);
+        EXPECT_EQ((h.diagonal(0, -2, -1) - 1).abs().max().item<double>(), 0.0);
+      }
+    }
+  }
+}
+
+// The fused kernel's guard: with one correction step, correlated keys send chunks to the in-kernel exact
+// fallback, which repairs them, and strong decay sends none.
+TEST_F(CudaKernels, FusedTriInverseGuardFallsBackOnlyWhereNeeded) {
+  TriInverseOptions o = *ParseTriInverseMethod("neumann-fast", 64);
+  o.residual_steps = 1;
+  o.fused_cuda = true;
+  const at::Tensor strong64 = MakeChunkMatrices(32, 64, 128, Regimes()[0], 5);
+  const at::Tensor hard64 = MakeChunkMatrices(32, 64, 128, Regimes()[3], 6);
+  TriInverseStats s_strong, s_hard;
+  absl::StatusOr<at::Tensor> x_strong = InvertUnitLowerTriangular(strong64.to(at::kFloat).cuda(), o, &s_strong);
+  absl::StatusOr<at::Tensor> x_hard = InvertUnitLowerTriangular(hard64.to(at::kFloat).cuda(), o, &s_hard);
+  ASSERT_TRUE(x_strong.ok() && x_hard.ok());
+  EXPECT_EQ(s_strong.fallbacks, 0);
+  EXPECT_GT(s_hard.fallbacks, 0);
+  EXPECT_GT(s_hard.max_residual, o.guard_tol);
+  const at::Tensor eye = at::eye(64, hard64.options());
+  auto exact = [&](const at::Tensor& a) {
+    return at::linalg_solve_triangular(a + eye, eye.expand(a.sizes()), false, true, true);
+  };
+  EXPECT_LT(RelMaxError(x_hard->cpu().to(at::kDouble), exact(hard64)), 1e-3);
+  EXPECT_LT(RelMaxError(x_strong->cpu().to(at::kDouble), exact(strong64)), 1e-3);
+  // Every chunk over a tolerance no chunk meets: all fall back, and the result is forward substitution's.
+  o.guard_tol = 1e-30;
+  TriInverseStats s_all;
+  absl::StatusOr<at::Tensor> x_all = InvertUnitLowerTriangular(hard64.to(at::kFloat).cuda(), o, &s_all);
+  ASSERT_TRUE(x_all.ok());
+  EXPECT_EQ(s_all.fallbacks, 32);
+  EXPECT_LT(RelMaxError(x_all->cpu().to(at::kDouble), exact(hard64)), 1e-6);
 }
 
 TEST_F(CudaKernels, ChunkedPrefillMatchesCpuReference) {

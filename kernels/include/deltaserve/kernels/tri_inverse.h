@@ -33,6 +33,11 @@ struct TriInverseOptions {
   // Accuracy guard (Neumann): a chunk whose residual max|I - (I + A) X| exceeds guard_tol is
   // recomputed exactly with solve_triangular. guard_tol <= 0 disables the guard.
   double guard_tol = 1e-4;
+  // CUDA, float32 (or bfloat16) chunks of 16, 32 or 64 at matmul_bits 32, any method but
+  // kSolveTriangular: one standalone kernel (the fused prefill's in-kernel inverse: products in 3xTF32, the
+  // guard's fallback by in-kernel forward substitution) instead of the ATen composition. Off by default:
+  // the composition stays the reference; bench_kernels' inverse table times both.
+  bool fused_cuda = false;
   // Matmul precision for kNeumann / kProductForm: 32 (the input's float type), 16 or 8. Low bits
   // quantize every matmul operand symmetrically with a per-matrix scale taken from that operand's
   // own max |x| (per-power scaling), so the growth of A^n never saturates the integer range.
