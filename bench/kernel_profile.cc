@@ -5,11 +5,24 @@
 #include <cstdint>
 #include <cstdio>
 #include <map>
+#include <set>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 namespace deltaserve::bench {
+
+std::unique_ptr<torch::autograd::profiler::ProfilerResult> ProfileWindow(bool cuda, const std::function<void()>& work) {
+  namespace prof = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  std::set<ActivityType> activities{ActivityType::CPU};
+  if (cuda) activities.insert(ActivityType::CUDA);
+  const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+  prof::prepareProfiler(config, activities);
+  prof::enableProfiler(config, activities);
+  work();
+  return prof::disableProfiler();
+}
 
 std::string ProfileSummaryFields(const torch::autograd::profiler::ProfilerResult& result, int top) {
   std::vector<std::pair<uint64_t, uint64_t>> gpu;

@@ -184,19 +184,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_model: %s\n", std::string(logits.status().message()).c_str());
     return 1;
   }
-  namespace prof = torch::autograd::profiler;
-  using torch::profiler::impl::ActivityType;
-  std::set<ActivityType> activities{ActivityType::CPU};
-  if (o.device.is_cuda()) activities.insert(ActivityType::CUDA);
-  const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
   if (profile_steps > 0) {
-    prof::prepareProfiler(config, activities);
     // Nothing of the timed steps spills into the profile.
     drain(logits);
-    prof::enableProfiler(config, activities);
-    decode_steps(profile_steps);
-    drain(logits);
-    std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
+    std::unique_ptr<torch::autograd::profiler::ProfilerResult> result =
+        deltaserve::bench::ProfileWindow(o.device.is_cuda(), [&] {
+          decode_steps(profile_steps);
+          drain(logits);
+        });
     if (!profile_trace.empty()) result->save(profile_trace);
     PrintProfile("model_profile", *result, batch, cuda_graphs, profile_steps);
   }
@@ -215,10 +210,8 @@ int main(int argc, char** argv) {
   std::sort(prefill_times.begin(), prefill_times.end());
   const double prefill_s = prefill_times[prefill_times.size() / 2];
   if (profile_prefill) {
-    prof::prepareProfiler(config, activities);
-    prof::enableProfiler(config, activities);
-    (void)prefill_again();
-    std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
+    std::unique_ptr<torch::autograd::profiler::ProfilerResult> result =
+        deltaserve::bench::ProfileWindow(o.device.is_cuda(), [&] { (void)prefill_again(); });
     PrintProfile("model_prefill_profile", *result, batch, cuda_graphs, 1);
   }
   rusage ru{};

@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -123,15 +122,8 @@ int main(int argc, char** argv) {
         }
         sync();
         if (profile) {
-          namespace prof = torch::autograd::profiler;
-          using torch::profiler::impl::ActivityType;
-          std::set<ActivityType> activities{ActivityType::CPU};
-          if (o.device.is_cuda()) activities.insert(ActivityType::CUDA);
-          const prof::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
-          prof::prepareProfiler(config, activities);
-          prof::enableProfiler(config, activities);
-          (void)forward(x)->heatmap_logits.sum().item<float>();
-          std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
+          const auto result = deltaserve::bench::ProfileWindow(
+              o.device.is_cuda(), [&] { (void)forward(x)->heatmap_logits.sum().item<float>(); });
           std::printf("{\"bench\": \"vision_profile\", \"device\": \"%s\", \"mixer\": \"%s\", \"input\": %d, "
                       "\"batch\": %d, %s}\n",
                       device.c_str(), name.c_str(), size, batch,

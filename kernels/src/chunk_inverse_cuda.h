@@ -22,8 +22,6 @@ struct ChunkInverseArgs {
   int device;
 };
 
-constexpr int kChunkInverseMaxC = 64;
-
 // One launch on the device's current stream; no synchronisation, no allocation.
 void ChunkInverseCuda(const ChunkInverseArgs& args);
 

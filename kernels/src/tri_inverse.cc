@@ -154,8 +154,6 @@ at::Tensor Neumann(const at::Tensor& a, const TriInverseOptions& o, TriInverseSt
   return flat_x.view(x.sizes());
 }
 
-}  // namespace
-
 #ifdef DELTASERVE_WITH_CUDA
 // The standalone CUDA kernel (chunk_inverse_cuda.h) for float32 chunks of 16, 32 or 64 in full precision.
 bool FusedCudaApplies(const at::Tensor& a, const TriInverseOptions& o, int64_t c) {
@@ -193,6 +191,8 @@ at::Tensor FusedCudaInverse(const at::Tensor& a, const TriInverseOptions& o, int
   return out.reshape(a.sizes());
 }
 #endif
+
+}  // namespace
 
 absl::StatusOr<at::Tensor> InvertUnitLowerTriangular(const at::Tensor& a_in, const TriInverseOptions& o,
                                                      TriInverseStats* stats) {

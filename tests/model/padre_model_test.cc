@@ -29,6 +29,13 @@ std::string GoldenDir() {
   return dir ? dir : "";
 }
 
+// The shipped detector for the CUDA tests: DELTASERVE_PADRE_MODEL, or models/padre-detector under the working
+// directory (scripts/gpu_check.sh runs from the repository's root).
+std::string ShippedDetectorDir() {
+  const char* dir = std::getenv("DELTASERVE_PADRE_MODEL");
+  return dir ? dir : "models/padre-detector";
+}
+
 std::string ReadText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::ostringstream ss;
@@ -202,11 +209,10 @@ TEST(PadreModel, BadHeadsAndTopKAreRefusedNamingThem) {
 }
 
 // The shipped detector on the GPU (letterbox on the device, the fused mixer, peaks found there) gives the
-// CPU's detections. DELTASERVE_PADRE_MODEL, or models/padre-detector under the working directory.
+// CPU's detections.
 TEST(PadreModelCuda, TheGpuPathGivesTheCpusDetections) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
-  const char* env = std::getenv("DELTASERVE_PADRE_MODEL");
-  const std::string dir = env ? env : "models/padre-detector";
+  const std::string dir = ShippedDetectorDir();
   PadreOptions gpu_options;
   gpu_options.device = c10::Device(c10::kCUDA);
   absl::StatusOr<std::unique_ptr<PadreDetector>> cpu = PadreDetector::Load(dir, PadreOptions{});
@@ -280,11 +286,9 @@ TEST(PadreModel, DetectorGraphsRefuseAModelOffTheGpuAndEmptyBuckets) {
 // in any order (each replay reads its bucket's buffer afresh), and refuse batches no bucket holds.
 TEST(PadreModelCuda, GraphReplayEqualsTheEagerForward) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
-  const char* env = std::getenv("DELTASERVE_PADRE_MODEL");
   PadreOptions options;
   options.device = c10::Device(c10::kCUDA);
-  absl::StatusOr<std::unique_ptr<PadreDetector>> model =
-      PadreDetector::Load(env ? env : "models/padre-detector", options);
+  absl::StatusOr<std::unique_ptr<PadreDetector>> model = PadreDetector::Load(ShippedDetectorDir(), options);
   ASSERT_TRUE(model.ok()) << model.status();
   absl::StatusOr<std::unique_ptr<runner::DetectorGraphs>> graphs = runner::DetectorGraphs::Capture(**model, {4, 1, 2});
   ASSERT_TRUE(graphs.ok()) << graphs.status();
