@@ -172,7 +172,7 @@ void VisionBatcher::RunBatch(std::vector<std::unique_ptr<Pending>>& batch) {
   const bool timed = timer_ && IsTimedPass(options_.layer_metrics, options_.layer_metrics_sample_rate, batches_++);
   absl::StatusOr<models::padre::HeadOutputs> heads = [&]() -> absl::StatusOr<models::padre::HeadOutputs> {
     try {
-      if (graphs_ && !timed) return graphs_->Run(at::stack(tensors));
+      if (graphs_ && !timed) return graphs_->Run(tensors);
       return model_->Forward(at::stack(tensors), timed ? timer_.get() : nullptr);
     } catch (const c10::Error& e) {
       return absl::InternalError(absl::StrCat("vision: ", e.what_without_backtrace()));

@@ -69,27 +69,29 @@ absl::StatusOr<std::unique_ptr<DetectorGraphs>> DetectorGraphs::Capture(const mo
 #endif
 }
 
-absl::StatusOr<models::padre::HeadOutputs> DetectorGraphs::Run(const at::Tensor& input) {
-  const auto it = buckets_.empty() || !input.defined() || input.dim() != 4
-                      ? buckets_.end()
-                      : std::lower_bound(buckets_.begin(), buckets_.end(), input.size(0));
-  if (it == buckets_.end() || input.size(0) < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("detector graphs: input of ",
-                                                   input.defined() ? c10::str(input.sizes()) : "undefined",
-                                                   " is not [B, 3, S, S] with 1 <= B <= ", max_batch()));
+absl::StatusOr<DetectorGraphs::Graph*> DetectorGraphs::GraphFor(int64_t n, at::IntArrayRef image_sizes,
+                                                                 const c10::Device& device) {
+  const auto it = n < 1 ? buckets_.end() : std::lower_bound(buckets_.begin(), buckets_.end(), n);
+  if (it == buckets_.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("detector graphs: a batch of ", n, " images; the captured buckets hold 1 to ", max_batch()));
   }
-  Graph& g = *graphs_[it - buckets_.begin()];
-  const int64_t n = input.size(0);
-  if (input.sizes().slice(1) != g.input.sizes().slice(1) || input.device() != g.input.device()) {
-    return absl::InvalidArgumentError(absl::StrCat("detector graphs: input ", c10::str(input.sizes()), " on ",
-                                                   input.device().str(), " does not match the captured [",
-                                                   *it, ", 3, S, S] on ", g.input.device().str()));
+  Graph* g = graphs_[it - buckets_.begin()].get();
+  if (image_sizes != g->input.sizes().slice(1) || device != g->input.device()) {
+    return absl::InvalidArgumentError(absl::StrCat("detector graphs: images of ", c10::str(image_sizes), " on ",
+                                                   device.str(), " do not match the captured ",
+                                                   c10::str(g->input.sizes().slice(1)), " on ",
+                                                   g->input.device().str()));
   }
+  return g;
+}
+
+absl::StatusOr<models::padre::HeadOutputs> DetectorGraphs::Replay(Graph& g, int64_t n) {
+  const int64_t bucket = g.input.size(0);
   try {
-    g.input.narrow(0, 0, n).copy_(input);
     // Stale images of an earlier, larger batch would only cost their rows' time; zero them anyway so a
     // replay's padding is always the captured zeros.
-    if (n < *it) g.input.narrow(0, n, *it - n).zero_();
+    if (n < bucket) g.input.narrow(0, n, bucket - n).zero_();
 #if DELTASERVE_WITH_CUDA
     g.graph.replay();
 #endif
@@ -98,6 +100,41 @@ absl::StatusOr<models::padre::HeadOutputs> DetectorGraphs::Run(const at::Tensor&
   }
   return models::padre::HeadOutputs{g.outputs.heatmap_logits.narrow(0, 0, n), g.outputs.size.narrow(0, 0, n),
                                     g.outputs.offset.narrow(0, 0, n)};
+}
+
+absl::StatusOr<models::padre::HeadOutputs> DetectorGraphs::Run(const at::Tensor& input) {
+  if (!input.defined() || input.dim() != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("detector graphs: input of ", input.defined() ? c10::str(input.sizes()) : "undefined",
+                     " is not [B, 3, S, S]"));
+  }
+  absl::StatusOr<Graph*> g = GraphFor(input.size(0), input.sizes().slice(1), input.device());
+  if (!g.ok()) return g.status();
+  try {
+    (*g)->input.narrow(0, 0, input.size(0)).copy_(input);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("detector graphs: ", e.what_without_backtrace()));
+  }
+  return Replay(**g, input.size(0));
+}
+
+absl::StatusOr<models::padre::HeadOutputs> DetectorGraphs::Run(const std::vector<at::Tensor>& images) {
+  const int64_t n = static_cast<int64_t>(images.size());
+  if (n == 0) return absl::InvalidArgumentError("detector graphs: no images");
+  for (const at::Tensor& image : images) {
+    if (!image.defined() || image.sizes() != images.front().sizes() || image.device() != images.front().device()) {
+      return absl::InvalidArgumentError("detector graphs: the images differ in shape or device");
+    }
+  }
+  absl::StatusOr<Graph*> g = GraphFor(n, images.front().sizes(), images.front().device());
+  if (!g.ok()) return g.status();
+  try {
+    at::Tensor rows = (*g)->input.narrow(0, 0, n);
+    at::stack_out(rows, images);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("detector graphs: ", e.what_without_backtrace()));
+  }
+  return Replay(**g, n);
 }
 
 }  // namespace deltaserve::runner

@@ -30,10 +30,18 @@ class DetectorGraphs {
   // bucket that holds it and replays. The outputs are views of the graph's [B, ...] rows, valid until the
   // next Run. Images never mix in the network, so padding rows change nothing in the real ones.
   absl::StatusOr<models::padre::HeadOutputs> Run(const at::Tensor& input);
+  // The same for B separate [3, S, S] images, stacked straight into the bucket's buffer (one copy, where
+  // stacking first and then running would make two).
+  absl::StatusOr<models::padre::HeadOutputs> Run(const std::vector<at::Tensor>& images);
 
  private:
   struct Graph;
   DetectorGraphs() = default;
+  // The graph of the smallest bucket that holds n rows of `image_sizes` ([3, S, S]) on `device`, or
+  // INVALID_ARGUMENT naming what does not match.
+  absl::StatusOr<Graph*> GraphFor(int64_t n, at::IntArrayRef image_sizes, const c10::Device& device);
+  // Zeroes the rows past n, replays, and returns the first n rows of the outputs.
+  absl::StatusOr<models::padre::HeadOutputs> Replay(Graph& g, int64_t n);
   std::vector<int64_t> buckets_;
   std::vector<std::unique_ptr<Graph>> graphs_;  // parallel to buckets_
 };

@@ -283,7 +283,8 @@ TEST(PadreModel, DetectorGraphsRefuseAModelOffTheGpuAndEmptyBuckets) {
 }
 
 // Replayed graphs equal the eager forward pass for batches that fill a bucket and batches padded to one,
-// in any order (each replay reads its bucket's buffer afresh), and refuse batches no bucket holds.
+// in any order (each replay reads its bucket's buffer afresh), whether the batch comes stacked or as
+// separate images, and refuse batches no bucket holds.
 TEST(PadreModelCuda, GraphReplayEqualsTheEagerForward) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   PadreOptions options;
@@ -295,11 +296,14 @@ TEST(PadreModelCuda, GraphReplayEqualsTheEagerForward) {
   EXPECT_EQ((*graphs)->buckets(), (std::vector<int64_t>{1, 2, 4}));
   const int64_t s = (*model)->config().image_size;
   at::manual_seed(3);
-  for (const int64_t batch : {3, 1, 4, 2, 3}) {
+  int pass = 0;
+  for (const int64_t batch : {3, 1, 4, 2, 3, 4, 1}) {
     SCOPED_TRACE(batch);
     const at::Tensor x = at::randn({batch, 3, s, s}).to(options.device);
     absl::StatusOr<HeadOutputs> eager = (*model)->Forward(x);
-    absl::StatusOr<HeadOutputs> replayed = (*graphs)->Run(x);
+    const bool as_images = pass++ % 2 == 1;
+    absl::StatusOr<HeadOutputs> replayed =
+        as_images ? (*graphs)->Run(std::vector<at::Tensor>(x.unbind(0))) : (*graphs)->Run(x);
     ASSERT_TRUE(eager.ok() && replayed.ok());
     ASSERT_EQ(replayed->heatmap_logits.sizes(), eager->heatmap_logits.sizes());
     EXPECT_LT(RelErr(replayed->heatmap_logits.cpu(), eager->heatmap_logits.cpu()), 1e-5);
@@ -309,6 +313,11 @@ TEST(PadreModelCuda, GraphReplayEqualsTheEagerForward) {
   EXPECT_EQ((*graphs)->Run(at::zeros({5, 3, s, s}, at::TensorOptions().device(options.device))).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*graphs)->Run(at::zeros({2, 3, s, s})).status().code(), absl::StatusCode::kInvalidArgument);  // CPU
+  const at::Tensor image = at::zeros({3, s, s}, at::TensorOptions().device(options.device));
+  EXPECT_EQ((*graphs)->Run(std::vector<at::Tensor>(5, image)).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*graphs)->Run(std::vector<at::Tensor>{}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*graphs)->Run(std::vector<at::Tensor>{image, image.narrow(1, 0, s / 2)}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(PadreModel, BadConfigsNameTheField) {
