@@ -140,7 +140,7 @@ void InverseBench(const Args& a) {
     at::Tensor a32 = a64.to(at::kFloat).to(a.device);
     double base = 0;
     std::vector<std::string> names = {"forward", "solve-triangular", "product", "neumann", "neumann-fast",
-                                      "neumann-int16", "neumann-int8"};
+                                      "neumann-int16", "neumann-int8", "neumann-int8-refine"};
     // On CUDA also the standalone fused kernel (TriInverseOptions::fused_cuda) for each full-precision method.
     if (a.device.is_cuda()) {
       for (const char* m : {"forward", "product", "neumann", "neumann-fast"}) names.push_back(std::string("fused-") + m);

@@ -67,7 +67,8 @@ ABSL_FLAG(std::string, weight_dtype, "same",
 ABSL_FLAG(
     std::string, inverse_method, "auto",
     "Chunk inverse of the delta-rule prefill: auto, neumann, neumann-fast, neumann-int16, neumann-int8, "
-    "product, forward, solve-triangular");
+    "neumann-int8-block, neumann-int8-refine, neumann-fp8-block, neumann-fp8-refine, product, forward, "
+    "solve-triangular (docs/kernels.md compares them)");
 ABSL_FLAG(std::string, state_dtype, "fp32",
           "Recurrent decode state: fp32, bf16, int8, int8-sr, int8-coarse, fp8");
 ABSL_FLAG(int64_t, max_num_seqs, 8, "Sequences running at once (slots)");

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "check.h"
@@ -30,29 +31,70 @@ int CeilLog2(int64_t x) {
   return n;
 }
 
-// Symmetric quantization of a batch of matrices with one scale per matrix (its own max |x|): the
-// per-power scaling that keeps A^n inside the integer range however far its magnitude drifts.
-struct Quantized {
-  at::Tensor q;      // integer values held in a float tensor wide enough to multiply them exactly
-  at::Tensor scale;  // [..., 1, 1]
+// How a low-bit product quantizes its operands (TriInverseOptions' matmul_bits, fp8, block_scales).
+struct LowBit {
+  int bits = 32;
+  bool fp8 = false;
+  bool block_scales = false;
 };
 
-Quantized Quantize(const at::Tensor& x, int bits) {
-  const double qmax = std::ldexp(1.0, bits - 1) - 1;
+constexpr int64_t kBlock = 16;  // one 8-bit tensor-core tile (WMMA m16n16k16): 16 x 16 per scale
+
+// Symmetric quantization of a batch of matrices [..., R, K] with one scale per (rows x cols) block (the
+// whole matrix when the block is): the per-power scaling that keeps A^n inside the grid however far its
+// magnitude drifts. Integers are held in a float tensor wide enough to multiply them exactly; FP8 values
+// are rounded to e4m3 and held in float32, where their products are exact.
+struct Quantized {
+  at::Tensor q;      // [..., R, K]
+  at::Tensor scale;  // [..., R / rows, 1, K / cols, 1]
+};
+
+Quantized Quantize(const at::Tensor& x, const LowBit& lb, int64_t rows, int64_t cols) {
+  const double qmax = lb.fp8 ? 448.0 : std::ldexp(1.0, lb.bits - 1) - 1;
   // INT8 products summed over C <= 128 stay below 2^24, exact in fp32; INT16 needs fp64's 2^53.
-  const at::ScalarType acc = bits <= 8 ? at::kFloat : at::kDouble;
-  at::Tensor xs = x.to(acc);
-  at::Tensor scale = xs.abs().amax({-2, -1}, /*keepdim=*/true).clamp_min(1e-30) / qmax;
-  return {at::round(xs / scale).clamp(-qmax, qmax), scale};
+  const at::ScalarType acc = lb.bits <= 8 ? at::kFloat : at::kDouble;
+  const int64_t r = x.size(-2), k = x.size(-1);
+  std::vector<int64_t> blocked(x.sizes().begin(), x.sizes().end() - 2);
+  blocked.insert(blocked.end(), {r / rows, rows, k / cols, cols});
+  at::Tensor xs = x.to(acc).reshape(blocked);
+  at::Tensor scale = xs.abs().amax({-3, -1}, /*keepdim=*/true).clamp_min(1e-30) / qmax;
+  at::Tensor q = xs / scale;
+  q = lb.fp8 ? q.clamp(-qmax, qmax).to(at::kFloat8_e4m3fn).to(acc) : at::round(q).clamp(-qmax, qmax);
+  return {q.reshape(x.sizes()), scale};
 }
 
-// x @ y in the requested precision. Low-bit products emulate integer hardware bit-exactly (integer
-// operands, exact accumulation, one rescale), so the error reported is the error INT silicon would see.
-at::Tensor MatMul(const at::Tensor& x, const at::Tensor& y, int bits) {
-  if (bits >= 32) return at::matmul(x, y);
-  Quantized qx = Quantize(x, bits);
-  Quantized qy = Quantize(y, bits);
-  return (at::matmul(qx.q, qy.q) * (qx.scale * qy.scale)).to(x.scalar_type());
+// x @ y in the requested precision. Low-bit products emulate the hardware (quantized operands, exact
+// products, one rescale per block product, float32 sums of the blocks), so the error reported is the
+// error the tensor cores would see; the speed is not theirs.
+at::Tensor MatMul(const at::Tensor& x, const at::Tensor& y, const LowBit& lb) {
+  if (lb.bits >= 32) return at::matmul(x, y);
+  const int64_t r = x.size(-2), k = x.size(-1), n = y.size(-1);
+  if (!lb.block_scales) {
+    Quantized qx = Quantize(x, lb, r, k);
+    Quantized qy = Quantize(y, lb, k, n);
+    return (at::matmul(qx.q, qy.q) * (qx.scale.squeeze(-1).squeeze(-2) * qy.scale.squeeze(-1).squeeze(-2)))
+        .to(x.scalar_type());
+  }
+  const int64_t bk = std::min(kBlock, k), bm = std::min(kBlock, r), bn = std::min(kBlock, n);
+  const int64_t nk = k / bk;
+  Quantized qx = Quantize(x, lb, bm, bk);  // scale [..., r / bm, 1, nk, 1]
+  Quantized qy = Quantize(y, lb, bk, bn);  // scale [..., nk, 1, n / bn, 1]
+  const std::vector<int64_t> batch(x.sizes().begin(), x.sizes().end() - 2);
+  auto with_batch = [&](std::initializer_list<int64_t> tail) {
+    std::vector<int64_t> v = batch;
+    v.insert(v.end(), tail);
+    return v;
+  };
+  const int64_t nb = static_cast<int64_t>(batch.size());
+  // The block products: [..., nk, r, bk] x [..., nk, bk, n] -> [..., nk, r, n], exact in the float type.
+  at::Tensor xb = qx.q.reshape(with_batch({r, nk, bk})).movedim(nb + 1, nb);
+  at::Tensor yb = qy.q.reshape(with_batch({nk, bk, n}));
+  at::Tensor products = at::matmul(xb, yb);
+  // Each block product times its two scales, expanded over the block's rows and columns.
+  at::Tensor sx = qx.scale.reshape(with_batch({r / bm, nk})).repeat_interleave(bm, nb).movedim(nb + 1, nb);
+  at::Tensor sy = qy.scale.reshape(with_batch({nk, n / bn})).repeat_interleave(bn, nb + 1);
+  at::Tensor scaled = products * (sx.unsqueeze(-1) * sy.unsqueeze(-2)).to(products.scalar_type());
+  return scaled.sum(nb).to(x.scalar_type());
 }
 
 at::Tensor ForwardSubstitution(const at::Tensor& a) {
@@ -75,7 +117,7 @@ at::Tensor SolveTriangular(const at::Tensor& a) {
 
 // (I - A)(I + A^2)(I + A^4)...(I + A^(2^(factors - 1))) = sum_{n < 2^factors} (-A)^n: the Neumann series
 // up to order 2^factors - 1 in 2 (factors - 1) matmuls. Exact once 2^factors >= C (A^C = 0).
-at::Tensor PartialProduct(const at::Tensor& a, const at::Tensor& eye, int factors, int bits) {
+at::Tensor PartialProduct(const at::Tensor& a, const at::Tensor& eye, int factors, const LowBit& bits) {
   at::Tensor power = a;
   at::Tensor x = eye - a;
   for (int m = 1; m < factors; ++m) {
@@ -85,14 +127,14 @@ at::Tensor PartialProduct(const at::Tensor& a, const at::Tensor& eye, int factor
   return x;
 }
 
-at::Tensor ProductForm(const at::Tensor& a, int bits) {
+at::Tensor ProductForm(const at::Tensor& a, const LowBit& bits) {
   const int64_t c = a.size(-1);
   return PartialProduct(a, at::eye(c, a.options()), CeilLog2(c), bits);
 }
 
 // Truncated Neumann series sum_{n<=N} (-A)^n. When N + 1 is a power of two it is the product form cut
 // short (fewer matmuls than Horner); otherwise Horner's rule.
-at::Tensor TruncatedNeumann(const at::Tensor& a, const at::Tensor& eye, int order, int bits) {
+at::Tensor TruncatedNeumann(const at::Tensor& a, const at::Tensor& eye, int order, const LowBit& bits) {
   if (order <= 0) return eye.expand(a.sizes()).clone();
   if (((order + 1) & order) == 0) return PartialProduct(a, eye, CeilLog2(order + 1), bits);
   at::Tensor x = eye - a;
@@ -107,6 +149,8 @@ at::Tensor TruncatedNeumann(const at::Tensor& a, const at::Tensor& eye, int orde
 // Starting exact on sub-diagonals <= N (or < band), S steps make X exact on sub-diagonals below
 // (N + 1) 2^S: once that covers the chunk the residual is zero by structure, and in full precision only
 // rounding is left, so there is nothing for the guard to catch.
+LowBit LowBitOf(const TriInverseOptions& o) { return {o.matmul_bits, o.fp8, o.block_scales}; }
+
 bool NeumannNeedsGuard(const TriInverseOptions& o, int64_t c) {
   const int64_t exact_start = o.band > 0 ? std::min<int64_t>(o.band, o.order + 1) : o.order + 1;
   const bool covers_chunk = (exact_start << o.residual_steps) >= c;
@@ -116,7 +160,8 @@ bool NeumannNeedsGuard(const TriInverseOptions& o, int64_t c) {
 at::Tensor Neumann(const at::Tensor& a, const TriInverseOptions& o, TriInverseStats* stats) {
   const int64_t c = a.size(-1);
   at::Tensor eye = at::eye(c, a.options());
-  at::Tensor x = TruncatedNeumann(a, eye, o.order, o.matmul_bits);
+  const LowBit bits = LowBitOf(o);
+  at::Tensor x = TruncatedNeumann(a, eye, o.order, bits);
   if (o.band > 0) {
     at::Tensor keep = at::ones({c, c}, a.options().dtype(at::kBool)).tril(0).triu(-(o.band - 1));
     x = x * keep;
@@ -124,8 +169,8 @@ at::Tensor Neumann(const at::Tensor& a, const TriInverseOptions& o, TriInverseSt
   const bool guard = NeumannNeedsGuard(o, c);
   at::Tensor residual_bound;
   for (int s = 0; s < o.residual_steps; ++s) {
-    at::Tensor e = eye - x - MatMul(a, x, o.matmul_bits);
-    x = x + MatMul(x, e, o.matmul_bits);
+    at::Tensor e = eye - x - MatMul(a, x, o.refine_residual ? LowBit{} : bits);
+    x = x + MatMul(x, e, bits);
     if (s + 1 == o.residual_steps && guard && o.matmul_bits >= 32) {
       at::Tensor emax = e.abs().amax({-2, -1});
       residual_bound = emax * emax * static_cast<double>(c);
@@ -214,6 +259,14 @@ absl::StatusOr<at::Tensor> InvertUnitLowerTriangular(const at::Tensor& a_in, con
   if (o.matmul_bits != 32 && o.matmul_bits != 16 && o.matmul_bits != 8) {
     return absl::InvalidArgumentError(absl::StrCat("matmul_bits: must be 32, 16 or 8, got ", o.matmul_bits));
   }
+  if (o.fp8 && o.matmul_bits != 8) {
+    return absl::InvalidArgumentError(absl::StrCat("fp8: needs matmul_bits 8, got ", o.matmul_bits));
+  }
+  if ((o.block_scales || o.refine_residual) && o.matmul_bits == 32) {
+    return absl::InvalidArgumentError(o.block_scales
+                                          ? "block_scales: needs matmul_bits 16 or 8 (full precision has no scales)"
+                                          : "refine_residual: needs matmul_bits 16 or 8 (nothing to refine)");
+  }
   if (o.order < 0 || o.order > 127 || o.residual_steps < 0 || o.residual_steps > 16 || o.band < 0) {
     return absl::InvalidArgumentError(absl::StrCat("neumann options out of range: order ", o.order,
                                                    " (0..127), residual_steps ", o.residual_steps,
@@ -231,7 +284,7 @@ absl::StatusOr<at::Tensor> InvertUnitLowerTriangular(const at::Tensor& a_in, con
       case TriInverseMethod::kSolveTriangular:
         return SolveTriangular(a);
       case TriInverseMethod::kProductForm:
-        return ProductForm(a, o.matmul_bits);
+        return ProductForm(a, LowBitOf(o));
       case TriInverseMethod::kNeumann:
         return Neumann(a, o, stats);
     }
@@ -267,12 +320,19 @@ absl::StatusOr<TriInverseOptions> ParseTriInverseMethod(absl::string_view name, 
     absl::string_view name;
     TriInverseMethod method;
     int bits;
+    bool fp8 = false;
+    bool block_scales = false;
+    bool refine = false;
   };
   static constexpr Entry kEntries[] = {
       {"neumann", TriInverseMethod::kNeumann, 32},
       {"neumann-fast", TriInverseMethod::kNeumann, 32},
       {"neumann-int16", TriInverseMethod::kNeumann, 16},
       {"neumann-int8", TriInverseMethod::kNeumann, 8},
+      {"neumann-int8-block", TriInverseMethod::kNeumann, 8, false, true},
+      {"neumann-int8-refine", TriInverseMethod::kNeumann, 8, false, true, true},
+      {"neumann-fp8-block", TriInverseMethod::kNeumann, 8, true, true},
+      {"neumann-fp8-refine", TriInverseMethod::kNeumann, 8, true, true, true},
       {"product", TriInverseMethod::kProductForm, 32},
       {"product-int16", TriInverseMethod::kProductForm, 16},
       {"product-int8", TriInverseMethod::kProductForm, 8},
@@ -282,6 +342,16 @@ absl::StatusOr<TriInverseOptions> ParseTriInverseMethod(absl::string_view name, 
   for (const Entry& e : kEntries) {
     if (e.name == name) {
       TriInverseOptions o = WithMatmulBits(DefaultTriInverseOptions(chunk_size, e.method, dtype), e.bits);
+      o.fp8 = e.fp8;
+      o.block_scales = e.block_scales;
+      if (e.refine) {
+        // Refined to full precision, the guard holds the dtype's own tolerance again. Two steps more than
+        // the band needs: a low-bit correction is no longer exact on its band, so the last steps converge
+        // by contraction (measured in docs/kernels.md: correlated keys need them).
+        o.refine_residual = true;
+        o.residual_steps += 2;
+        o.guard_tol = DefaultTriInverseOptions(chunk_size, e.method, dtype).guard_tol;
+      }
       // One correction step fewer: the far corner of the chunk stays approximate and the guard sends
       // the chunks where that matters to the exact path.
       if (e.name == "neumann-fast") o.residual_steps = std::max(0, o.residual_steps - 1);
@@ -300,7 +370,9 @@ std::string ResolveTriInverseMethod(absl::string_view name, bool cuda) {
 }
 
 std::string TriInverseName(const TriInverseOptions& o) {
-  const std::string bits = o.matmul_bits == 32 ? "" : absl::StrCat("-int", o.matmul_bits);
+  const std::string bits = o.matmul_bits == 32 ? ""
+                           : absl::StrCat(o.fp8 ? "-fp" : "-int", o.matmul_bits,
+                                          o.refine_residual ? "-refine" : o.block_scales ? "-block" : "");
   switch (o.method) {
     case TriInverseMethod::kForwardSubstitution:
       return "forward";

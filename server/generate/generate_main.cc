@@ -69,7 +69,8 @@ ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(
     std::string, inverse_method, "auto",
     "Chunk inverse of the delta-rule prefill: auto, neumann, neumann-fast, neumann-int16, neumann-int8, "
-    "product, forward, solve-triangular (docs/kernels.md)");
+    "neumann-int8-block, neumann-int8-refine, neumann-fp8-block, neumann-fp8-refine, product, forward, "
+    "solve-triangular (docs/kernels.md compares them)");
 ABSL_FLAG(std::string, state_dtype, "fp32",
           "Recurrent decode state: fp32, bf16, int8, int8-sr, int8-coarse, fp8");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads (0 = LibTorch's default)");

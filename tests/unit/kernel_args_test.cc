@@ -37,6 +37,16 @@ TEST(KernelArgs, TriInverse) {
   TriInverseOptions bits = neumann;
   bits.matmul_bits = 4;
   ExpectInvalid(InvertUnitLowerTriangular(at::randn({1, 16, 16}), bits).status(), "matmul_bits");
+  TriInverseOptions fp8_wide;
+  fp8_wide.fp8 = true;
+  fp8_wide.matmul_bits = 16;
+  ExpectInvalid(InvertUnitLowerTriangular(at::randn({1, 16, 16}), fp8_wide).status(), "fp8");
+  TriInverseOptions tiles_full;
+  tiles_full.block_scales = true;
+  ExpectInvalid(InvertUnitLowerTriangular(at::randn({1, 16, 16}), tiles_full).status(), "block_scales");
+  TriInverseOptions refine_full;
+  refine_full.refine_residual = true;
+  ExpectInvalid(InvertUnitLowerTriangular(at::randn({1, 16, 16}), refine_full).status(), "refine_residual");
   // Exact methods take any size.
   EXPECT_TRUE(InvertUnitLowerTriangular(at::randn({1, 48, 48}),
                                         DefaultTriInverseOptions(48, TriInverseMethod::kForwardSubstitution))

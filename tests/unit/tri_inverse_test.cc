@@ -33,7 +33,8 @@ struct Case {
 std::vector<Case> Methods(int64_t c) {
   std::vector<Case> cases;
   for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast",
-                           "product-int16", "product-int8", "neumann-int16", "neumann-int8"}) {
+                           "product-int16", "product-int8", "neumann-int16", "neumann-int8", "neumann-int8-block",
+                           "neumann-int8-refine", "neumann-fp8-block", "neumann-fp8-refine"}) {
     cases.push_back({name, *ParseTriInverseMethod(name, c)});
   }
   // The paper's setting, and the pieces of the method without the guard, to show what each does.
@@ -56,6 +57,11 @@ std::vector<Case> Methods(int64_t c) {
   TriInverseOptions i8 = *ParseTriInverseMethod("neumann-int8", c);
   i8.guard_tol = 0;
   cases.push_back({"neumann-int8-noguard", i8});
+  for (const char* name : {"neumann-int8-block", "neumann-int8-refine", "neumann-fp8-block", "neumann-fp8-refine"}) {
+    TriInverseOptions o = *ParseTriInverseMethod(name, c);
+    o.guard_tol = 0;
+    cases.push_back({std::string(name) + "-noguard", o});
+  }
   return cases;
 }
 
@@ -72,7 +78,10 @@ double Bound(const std::string& label, const GdnRegime& regime) {
   if (label == "product") return correlated ? 3e-3 : 1e-6;
   if (label == "neumann-fast") return 1e-4;
   if (label == "neumann-int16") return 1e-2;
-  if (label == "neumann-int8") return 3e-1;
+  if (label == "neumann-int8" || label == "neumann-int8-block" || label == "neumann-fp8-block") return 3e-1;
+  // Refined low bits land on float32's accuracy (5.7e-6 at worst unguarded, cosine 0.5).
+  if (label == "neumann-int8-refine" || label == "neumann-int8-refine-noguard") return 1e-4;
+  if (label == "neumann-fp8-refine") return 1e-4;
   if (label == "product-int16") return correlated ? -1 : 1e-4;
   if (label == "product-int8") return correlated ? -1 : 2e-2;
   return -1;  // the unguarded pieces are what the guard is for: reported only
@@ -101,6 +110,34 @@ TEST(TriInverse, EveryMethodAgainstFp64InEveryRegime) {
       }
     }
   }
+}
+
+// What the low-bit options are for, each on the regime that shows it: per-tile scales hold correlated keys
+// where one scale per matrix diverges, and refining against full-precision residuals removes the grid's
+// error floor that all-low-bit corrections stall at.
+TEST(TriInverse, TileScalesAndRefinementFixWhatPerMatrixLowBitsCannot) {
+  const at::Tensor a64 = MakeChunkMatrices(64, 64, 128, Regimes()[3], 4321);  // cosine 0.5, weak decay
+  const at::Tensor exact = ExactInverse(a64);
+  const at::Tensor a = a64.to(at::kFloat);
+  auto unguarded_error = [&](const char* name) {
+    TriInverseOptions o = *ParseTriInverseMethod(name, 64);
+    o.guard_tol = 0;
+    absl::StatusOr<at::Tensor> x = InvertUnitLowerTriangular(a, o);
+    EXPECT_TRUE(x.ok()) << x.status();
+    return x.ok() ? RelMaxError(*x, exact) : 1e30;
+  };
+  const double per_matrix = unguarded_error("neumann-int8");
+  const double tiles = unguarded_error("neumann-int8-block");
+  const double refined = unguarded_error("neumann-int8-refine");
+  EXPECT_GT(per_matrix, 1.0);  // measured 6.5e2: the series diverges
+  EXPECT_LT(tiles, 0.5);       // 9.8e-2
+  EXPECT_LT(refined, 1e-4);    // 5.7e-6
+  EXPECT_LT(unguarded_error("neumann-fp8-refine"), 1e-2);  // 7.2e-4: three mantissa bits converge slower
+  // Refinement under the float32 guard (1e-5): few chunks need the exact path (2 of 64 here), where the
+  // all-low-bit guard (3e-2) sends most (57 of 64 in the error table).
+  TriInverseStats stats;
+  ASSERT_TRUE(InvertUnitLowerTriangular(a, *ParseTriInverseMethod("neumann-int8-refine", 64), &stats).ok());
+  EXPECT_LT(stats.fallbacks, 8);
 }
 
 TEST(TriInverse, ExactMethodsAreExactInFloat64) {
@@ -155,6 +192,11 @@ TEST(TriInverse, PolicyAndParsing) {
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->method, TriInverseMethod::kNeumann);
   EXPECT_EQ(p->matmul_bits, 8);
+  absl::StatusOr<TriInverseOptions> refine = ParseTriInverseMethod("neumann-fp8-refine", 64);
+  ASSERT_TRUE(refine.ok());
+  EXPECT_TRUE(refine->fp8 && refine->block_scales && refine->refine_residual);
+  EXPECT_EQ(refine->residual_steps, DefaultTriInverseOptions(64, TriInverseMethod::kNeumann).residual_steps + 2);
+  EXPECT_EQ(TriInverseName(*refine).rfind("neumann-fp8-refine", 0), 0u) << TriInverseName(*refine);
   absl::StatusOr<TriInverseOptions> bad = ParseTriInverseMethod("cholesky", 64);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("neumann"), std::string::npos);

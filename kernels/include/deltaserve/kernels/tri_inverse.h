@@ -1,7 +1,7 @@
 // Inverse of a batch of unit lower-triangular chunk matrices (I + A), A strictly lower triangular.
 // One interface over the method family: exact forward substitution, the multiplication-only Neumann
 // approximation of the seed paper (band mask, residual correction, accuracy guard with fallback), the
-// exact product form, and a low-bit (INT16/INT8) emulation of the matmul-only methods.
+// exact product form, and a low-bit (INT16/INT8/FP8) emulation of the matmul-only methods.
 #ifndef DELTASERVE_KERNELS_TRI_INVERSE_H_
 #define DELTASERVE_KERNELS_TRI_INVERSE_H_
 
@@ -42,6 +42,17 @@ struct TriInverseOptions {
   // quantize every matmul operand symmetrically with a per-matrix scale taken from that operand's
   // own max |x| (per-power scaling), so the growth of A^n never saturates the integer range.
   int matmul_bits = 32;
+  // 8-bit operands as integers (INT8) or as FP8 e4m3 values (3 mantissa bits, range +-448).
+  bool fp8 = false;
+  // Low bits: one scale per 16 x 16 tile of each operand instead of per matrix (the tile of one 8-bit
+  // tensor-core step, WMMA m16n16k16), the tile products summed in float32 after scaling. Small entries
+  // far from the diagonal then keep their digits when the diagonal tiles are large.
+  bool block_scales = false;
+  // Low-bit Neumann as iterative refinement: each residual E = I - (I + A) X in full precision, only the
+  // truncated series and the corrections X E in low bits. The residual is what the iteration converges
+  // on, so the result reaches the full-precision methods' accuracy where the all-low-bit one stalls at
+  // the grid's resolution; half the products stay low-bit.
+  bool refine_residual = false;
 };
 
 // What one call did, for benchmarks and metrics.
@@ -66,7 +77,8 @@ TriInverseOptions DefaultTriInverseOptions(int64_t chunk_size, TriInverseMethod 
 TriInverseOptions WithMatmulBits(TriInverseOptions options, int bits);
 
 // Parses a server option: "neumann", "neumann-fast" (one step fewer, guarded), "neumann-int16",
-// "neumann-int8", "product", "product-int16",
+// "neumann-int8", "neumann-int8-block", "neumann-int8-refine", "neumann-fp8-block", "neumann-fp8-refine",
+// "product", "product-int16",
 // "product-int8", "forward", "solve-triangular". The error names the accepted values.
 absl::StatusOr<TriInverseOptions> ParseTriInverseMethod(absl::string_view name, int64_t chunk_size,
                                                         at::ScalarType dtype = at::kFloat);
