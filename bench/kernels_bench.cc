@@ -143,7 +143,9 @@ void InverseBench(const Args& a) {
                                       "neumann-int16", "neumann-int8", "neumann-int8-refine"};
     // On CUDA also the standalone fused kernel (TriInverseOptions::fused_cuda) for each full-precision method.
     if (a.device.is_cuda()) {
-      for (const char* m : {"forward", "product", "neumann", "neumann-fast"}) names.push_back(std::string("fused-") + m);
+      for (const char* m : {"forward", "product", "neumann", "neumann-fast", "neumann-int8-block", "neumann-int8-refine"}) {
+        names.push_back(std::string("fused-") + m);
+      }
     }
     for (const std::string& name : names) {
       const bool fused = name.rfind("fused-", 0) == 0;

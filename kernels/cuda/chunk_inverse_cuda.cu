@@ -1,8 +1,9 @@
 // The fused prefill's chunk inverse as a kernel of its own (see chunk_inverse_cuda.h): each block loads
 // one strictly lower-triangular C x C matrix into shared memory, inverts (I + A) with InvertChunk (blocked
 // forward substitution, or the Neumann series with residual corrections and the guard's exact fallback, or
-// the product form; products in 3xTF32 on tensor cores, float32-accurate) and stores T. The inverse table
-// of bench_kernels times it against the ATen composition and FLA's solve_tril on the same matrices.
+// the product form; products in 3xTF32 on tensor cores, float32-accurate; or the Neumann series with INT8
+// tile-scaled products, optionally refined against full-precision residuals) and stores T. The inverse
+// table of bench_kernels times it against the ATen composition and FLA's solve_tril on the same matrices.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -16,21 +17,49 @@ namespace {
 using gdn::kPad;
 using gdn::kThreads;
 
+// Shared memory: A and three scratch matrices of C x (C + kPad) floats, BlockMax's per-warp slots, and
+// with INT8 products their scratch (two quantized C x C operands, the tile scales, a 16 x 16 int32 tile
+// per warp), 128-byte aligned. 69.8 KB at C = 64, 88.2 KB with INT8.
+struct InverseLayout {
+  size_t floats_bytes, low_bit_bytes;
+  InverseLayout(int c, bool int8) {
+    floats_bytes = (4 * static_cast<size_t>(c) * (c + kPad) + kThreads / 32) * sizeof(float);
+    floats_bytes = (floats_bytes + 127) / 128 * 128;
+    const size_t nb = static_cast<size_t>(c) / 16;
+    low_bit_bytes = int8 ? 2 * static_cast<size_t>(c) * c + 2 * nb * nb * sizeof(float) + (kThreads / 32) * 256 * sizeof(int)
+                         : 0;
+  }
+  size_t total() const { return floats_bytes + low_bit_bytes; }
+};
+
+template <bool kInt8>
 __global__ void __launch_bounds__(kThreads) ChunkInverseKernel(ChunkInverseArgs p, gdn::InverseParams ip) {
-  extern __shared__ float smem[];
-  const int c = p.c, ld = c + kPad;
+  extern __shared__ __align__(128) unsigned char smem_bytes[];
+  float* smem = reinterpret_cast<float*>(smem_bytes);
+  const int c = p.c, ld = c + kPad, nb = c / 16;
   float* sa = smem;
   float* b0 = sa + c * ld;
   float* b1 = b0 + c * ld;
   float* b2 = b1 + c * ld;
   float* scratch = b2 + c * ld;  // kThreads / 32 floats for BlockMax
+  gdn::LowBitScratch low_bit{};
+  if constexpr (kInt8) {
+    // The int32 tiles first (1 KB each, 128-byte aligned), then the scales, then the 256-byte operand tiles
+    // (c * c bytes each, multiples of 256).
+    unsigned char* q = smem_bytes + ((4 * c * ld + kThreads / 32) * sizeof(float) + 127) / 128 * 128;
+    low_bit.tile_sums = reinterpret_cast<int*>(q);
+    low_bit.qx = reinterpret_cast<int8_t*>(q + (kThreads / 32) * 256 * sizeof(int));
+    low_bit.qy = low_bit.qx + c * c;
+    low_bit.sx = reinterpret_cast<float*>(low_bit.qy + c * c);
+    low_bit.sy = low_bit.sx + nb * nb;
+  }
   const int64_t base = static_cast<int64_t>(blockIdx.x) * c * c;
   for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
     const int i = idx / c, j = idx % c;
     sa[i * ld + j] = j < i ? p.a[base + idx] : 0.0f;
   }
   __syncthreads();
-  const float* t = gdn::InvertChunk<true>(sa, b0, b1, b2, c, ld, ip, scratch, p.guard_counters);
+  const float* t = gdn::InvertChunk<true, kInt8>(sa, b0, b1, b2, c, ld, ip, scratch, p.guard_counters, low_bit);
   __syncthreads();
   for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
     const int i = idx / c, j = idx % c;
@@ -51,12 +80,19 @@ void ChunkInverseCuda(const ChunkInverseArgs& a) {
   ip.residual_steps = a.residual_steps;
   ip.guard = a.guard;
   ip.guard_tol = a.guard_tol;
-  // A and three scratch matrices of C x (C + kPad) floats, then BlockMax's per-warp slots: 69.8 KB at C = 64.
-  const size_t bytes = (4 * static_cast<size_t>(a.c) * (a.c + kPad) + kThreads / 32) * sizeof(float);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(ChunkInverseKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
-  ChunkInverseKernel<<<static_cast<unsigned>(a.chunks), kThreads, bytes, stream>>>(a, ip);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ip.refine = a.refine;
+  const size_t bytes = InverseLayout(a.c, a.int8).total();
+  auto launch = [&](auto kernel) {
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    kernel<<<static_cast<unsigned>(a.chunks), kThreads, bytes, stream>>>(a, ip);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (a.int8) {
+    launch(ChunkInverseKernel<true>);
+  } else {
+    launch(ChunkInverseKernel<false>);
+  }
 }
 
 }  // namespace deltaserve::kernels::internal

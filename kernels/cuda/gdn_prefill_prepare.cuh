@@ -76,6 +76,116 @@ __device__ inline void WarpMatmul(int m, int n, int k, const float* a, int lda, 
   }
 }
 
+// Tile t (0-based) of the lower triangle of an nb x nb tile grid, longest first: band d = nb - 1 (one
+// tile), then band nb - 2, ... the diagonal last. Tile (i, j) of a product of lower-triangular matrices
+// sums over k in [j, i]: i - j + 1 tile steps, so this order lists the work longest first.
+__device__ __forceinline__ void LowerTile(int t, int nb, int* i, int* j) {
+  int d = nb - 1;
+  while (t >= nb - d) {
+    t -= nb - d;
+    --d;
+  }
+  *j = t;
+  *i = t + d;
+}
+
+// The warp that takes lower tile t: the first round of kWarps tiles goes to warps 0, 1, ..., the next
+// round back from the last warp, so the warps that took the longest tiles take the shortest next.
+__device__ __forceinline__ bool WarpTakesTile(int t, int warp) {
+  const int round = t / kWarps, pos = t % kWarps;
+  return (round % 2 == 0 ? pos : kWarps - 1 - pos) == warp;
+}
+
+// C = A B for lower-triangular c x c matrices A and B (zero above the diagonal), into the lower tiles of
+// c only: tile (i, j) sums over k in [j, i], the products of zero tiles skipped (exact zeros: the sums are
+// the same as the full product's). At C = 64 that is 20 tile steps where the full product takes 64. The
+// tiles above the diagonal are not written. No barrier inside.
+template <bool kSplit>
+__device__ inline void WarpMatmulLower(int c, const float* a, int lda, const float* b, int ldb, float* out, int ldc) {
+  const int nb = c / 16, tiles = nb * (nb + 1) / 2, warp = threadIdx.x / 32;
+  for (int t = 0; t < tiles; ++t) {
+    if (!WarpTakesTile(t, warp)) continue;
+    int i, j;
+    LowerTile(t, nb, &i, &j);
+    AccTf32 acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int k = j; k <= i; ++k)
+      MmaTile<kSplit, RowMajor, RowMajor>(acc, a + i * 16 * lda + k * 16, lda, b + k * 16 * ldb + j * 16, ldb, 0, 0, 16);
+    wmma::store_matrix_sync(out + i * 16 * ldc + j * 16, acc, ldc, wmma::mem_row_major);
+  }
+}
+
+// Scratch of the 8-bit products (ChunkInverter<.., true>): both operands quantized, tile by tile, each
+// 16 x 16 tile stored contiguously (256 bytes: WMMA's int8 loads need 32-byte aligned tiles), a float
+// scale per tile, and a 16 x 16 int32 tile per warp for the tile steps' sums.
+struct LowBitScratch {
+  int8_t *qx, *qy;  // [nb * nb][16 * 16]
+  float *sx, *sy;   // [nb * nb]
+  int* tile_sums;   // [kWarps][16 * 16]
+};
+
+// Symmetric INT8 quantization of the lower tiles of a c x c float matrix, one scale per 16 x 16 tile (its
+// max |x| / 127, at least 1e-30 / 127), rounding to nearest even: tri_inverse.cc's Quantize, tile by
+// tile. One warp per tile; lane l takes row l / 2, columns 8 (l % 2) .. + 8. No barrier inside.
+__device__ inline void QuantizeLowerTiles(const float* x, int ld, int c, int8_t* q, float* scales) {
+  const int nb = c / 16, tiles = nb * (nb + 1) / 2, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int r = lane / 2, cb = lane % 2 * 8;
+  for (int t = warp; t < tiles; t += kWarps) {
+    int i, j;
+    LowerTile(t, nb, &i, &j);
+    const float* row = x + (i * 16 + r) * ld + j * 16 + cb;
+    float v[8], m = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      v[e] = row[e];
+      m = fmaxf(m, fabsf(v[e]));
+    }
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    const float scale = fmaxf(m, 1e-30f) / 127.0f;
+    uint32_t packed[2] = {0u, 0u};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float qv = fminf(fmaxf(rintf(__fdiv_rn(v[e], scale)), -127.0f), 127.0f);
+      packed[e / 4] |= (static_cast<uint32_t>(static_cast<int>(qv)) & 0xffu) << (8 * (e % 4));
+    }
+    *reinterpret_cast<uint2*>(q + (i * nb + j) * 256 + r * 16 + cb) = make_uint2(packed[0], packed[1]);
+    if (lane == 0) scales[i * nb + j] = scale;
+  }
+}
+
+// C = X Y for lower-triangular X and Y quantized by QuantizeLowerTiles: each tile step an INT8 tensor-core
+// product (WMMA m16n16k16, exact int32 sums), scaled by the two tiles' scales and summed in float32 over k
+// in [j, i], the order tri_inverse.cc's emulation sums them in. Lower tiles of out only; no barrier inside.
+__device__ inline void WarpMatmulInt8Lower(int c, const LowBitScratch& s, float* out, int ldc) {
+  const int nb = c / 16, tiles = nb * (nb + 1) / 2, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int r = lane / 2, cb = lane % 2 * 8;
+  int* sums = s.tile_sums + warp * 256;
+  for (int t = 0; t < tiles; ++t) {
+    if (!WarpTakesTile(t, warp)) continue;
+    int i, j;
+    LowerTile(t, nb, &i, &j);
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int k = j; k <= i; ++k) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::row_major> fb;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, int> fc;
+      wmma::load_matrix_sync(fa, reinterpret_cast<const signed char*>(s.qx + (i * nb + k) * 256), 16);
+      wmma::load_matrix_sync(fb, reinterpret_cast<const signed char*>(s.qy + (k * nb + j) * 256), 16);
+      wmma::fill_fragment(fc, 0);
+      wmma::mma_sync(fc, fa, fb, fc);
+      wmma::store_matrix_sync(sums, fc, 16, wmma::mem_row_major);
+      __syncwarp();
+      const float scale = s.sx[i * nb + k] * s.sy[k * nb + j];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] += static_cast<float>(sums[r * 16 + cb + e]) * scale;
+      __syncwarp();  // the next step's store overwrites the sums
+    }
+    float* dst = out + (i * 16 + r) * ldc + j * 16 + cb;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dst[e] = acc[e];
+  }
+}
+
 // Max over the block of x >= 0 (NaN propagates as +inf); every thread gets it. Contains barriers.
 __device__ inline float BlockMax(float x, float* scratch) {
   if (isnan(x)) x = INFINITY;
@@ -112,6 +222,7 @@ struct InverseParams {
   int order, band, residual_steps;
   bool guard;  // run the residual check and the exact fallback
   float guard_tol;
+  bool refine;  // 8-bit products (kLowBit): the residuals E in full precision, only the series and X E in 8 bits
 };
 
 // X = (I + A)^-1 by blocked forward substitution (exact), for c of 16, 32 or 64 and A strictly lower
@@ -164,21 +275,32 @@ __device__ __forceinline__ void ForwardSubstitution(const float* a, float* x, in
 }
 
 // The matmul-only methods on c x c shared-memory matrices (leading dimension ld), products on tensor
-// cores. bufs are scratch; the result's buffer ends up in bufs[0]. Mirrors tri_inverse.cc.
-template <bool kSplit>
+// cores. bufs are scratch; the result's buffer ends up in bufs[0]. Mirrors tri_inverse.cc. Every matrix
+// of these methods is lower triangular, so the products compute the lower tiles only. kLowBit: the
+// series' products in INT8 with tile scales (low_bit's scratch), as TriInverseOptions::block_scales.
+template <bool kSplit, bool kLowBit = false>
 struct ChunkInverter {
   const float* a;
   float* bufs[3];
   int c, ld;
+  LowBitScratch low_bit{};
 
-  // out = x y, then out = f(i, j, out) element-wise; ends with a barrier.
+  // out = x y (in INT8 where `low` and kLowBit), then out = f(i, j, out) element-wise below the diagonal
+  // and zero above it; ends with a barrier.
   template <class F>
-  __device__ void Product(const float* x, const float* y, float* out, F f) const {
-    WarpMatmul<kSplit, RowMajor, RowMajor>(c, c, c, x, ld, y, ld, out, ld);
+  __device__ void Product(const float* x, const float* y, float* out, F f, bool low = kLowBit) const {
+    if (kLowBit && low) {
+      QuantizeLowerTiles(x, ld, c, low_bit.qx, low_bit.sx);
+      QuantizeLowerTiles(y, ld, c, low_bit.qy, low_bit.sy);
+      __syncthreads();
+      WarpMatmulInt8Lower(c, low_bit, out, ld);
+    } else {
+      WarpMatmulLower<kSplit>(c, x, ld, y, ld, out, ld);
+    }
     __syncthreads();
     for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) {
       const int i = idx / c, j = idx % c;
-      out[i * ld + j] = f(i, j, out[i * ld + j]);
+      out[i * ld + j] = j > i ? 0.0f : f(i, j, out[i * ld + j]);
     }
     __syncthreads();
   }
@@ -240,14 +362,15 @@ struct ChunkInverter {
 
 // Inverts (I + A) for one chunk; returns the buffer holding T. With the guard, a chunk whose residual
 // bound exceeds the tolerance (or is NaN) is recomputed by forward substitution and counted.
-template <bool kSplit>
+template <bool kSplit, bool kLowBit = false>
 __device__ __forceinline__ float* InvertChunk(const float* a, float* b0, float* b1, float* b2, int c, int ld,
-                              const InverseParams& ip, float* scratch, int* guard_counters) {
+                              const InverseParams& ip, float* scratch, int* guard_counters,
+                              const LowBitScratch& low_bit = LowBitScratch{}) {
   if (ip.method == 0) {
     ForwardSubstitution(a, b0, c, ld);
     return b0;
   }
-  ChunkInverter<kSplit> inv{a, {b0, b1, b2}, c, ld};
+  ChunkInverter<kSplit, kLowBit> inv{a, {b0, b1, b2}, c, ld, low_bit};
   if (ip.method == 2) {
     int log2 = 0;
     while ((1 << log2) < c) ++log2;
@@ -266,10 +389,10 @@ __device__ __forceinline__ float* InvertChunk(const float* a, float* b0, float* 
   }
   float emax = -1.0f;  // max |E| of the last correction step, when the guard wants it
   for (int s = 0; s < ip.residual_steps; ++s) {
-    inv.Product(a, x, e, [x, l](int i, int j, float ax) {
-      return (i == j) - x[i * l + j] - ax;
-    });  // E = I - (I + A) X
-    if (s + 1 == ip.residual_steps && ip.guard) {
+    inv.Product(
+        a, x, e, [x, l](int i, int j, float ax) { return (i == j) - x[i * l + j] - ax; },
+        kLowBit && !ip.refine);  // E = I - (I + A) X
+    if (!kLowBit && s + 1 == ip.residual_steps && ip.guard) {
       float m = 0.0f;
       for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x)
         m = fmaxf(m, fabsf(e[(idx / c) * l + idx % c]));
@@ -282,7 +405,14 @@ __device__ __forceinline__ float* InvertChunk(const float* a, float* b0, float* 
   }
   if (!ip.guard) return x;
   float bound;
-  if (emax >= 0.0f) {
+  if (kLowBit) {
+    // 8-bit corrections are not exact on their band, so E^2 does not bound the result: measure the
+    // residual directly, one full-precision product on tensor cores into the free buffer.
+    inv.Product(a, x, t, [x, l](int i, int j, float ax) { return (i == j) - x[i * l + j] - ax; }, false);
+    float m = 0.0f;
+    for (int idx = threadIdx.x; idx < c * c; idx += blockDim.x) m = fmaxf(m, fabsf(t[(idx / c) * l + idx % c]));
+    bound = BlockMax(m, scratch);
+  } else if (emax >= 0.0f) {
     bound = emax * emax * static_cast<float>(c);  // the next residual is E^2: |E^2| <= c |E|^2
   } else {  // no correction step: measure the residual directly, on CUDA cores in float32
     float m = 0.0f;

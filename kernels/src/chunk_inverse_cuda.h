@@ -19,6 +19,8 @@ struct ChunkInverseArgs {
   int order, band, residual_steps;  // Neumann
   bool guard;            // Neumann: check the residual bound and fall back where it exceeds guard_tol
   float guard_tol;
+  bool int8;             // Neumann: the products in INT8 with one scale per 16 x 16 tile (block_scales)
+  bool refine;           // int8: the residuals in full precision (refine_residual)
   int device;
 };
 

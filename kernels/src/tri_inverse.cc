@@ -200,9 +200,11 @@ at::Tensor Neumann(const at::Tensor& a, const TriInverseOptions& o, TriInverseSt
 }
 
 #ifdef DELTASERVE_WITH_CUDA
-// The standalone CUDA kernel (chunk_inverse_cuda.h) for float32 chunks of 16, 32 or 64 in full precision.
+// The standalone CUDA kernel (chunk_inverse_cuda.h) for float32 chunks of 16, 32 or 64: full precision,
+// or Neumann with INT8 tile-scaled products (refined or not). Other low-bit forms stay emulated.
 bool FusedCudaApplies(const at::Tensor& a, const TriInverseOptions& o, int64_t c) {
-  return o.fused_cuda && a.is_cuda() && a.scalar_type() == at::kFloat && o.matmul_bits == 32 &&
+  const bool int8_tiles = o.matmul_bits == 8 && !o.fp8 && o.block_scales && o.method == TriInverseMethod::kNeumann;
+  return o.fused_cuda && a.is_cuda() && a.scalar_type() == at::kFloat && (o.matmul_bits == 32 || int8_tiles) &&
          (c == 16 || c == 32 || c == 64) && o.method != TriInverseMethod::kSolveTriangular &&
          a.numel() / (c * c) <= std::numeric_limits<int32_t>::max();  // one block per chunk
 }
@@ -223,6 +225,8 @@ at::Tensor FusedCudaInverse(const at::Tensor& a, const TriInverseOptions& o, int
   args.residual_steps = o.residual_steps;
   args.guard = o.method == TriInverseMethod::kNeumann && NeumannNeedsGuard(o, c);
   args.guard_tol = static_cast<float>(o.guard_tol);
+  args.int8 = o.matmul_bits == 8;
+  args.refine = o.refine_residual;
   args.device = flat.get_device();
   internal::ChunkInverseCuda(args);
   if (stats && args.guard) {  // the only host read, and only when asked

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -92,6 +93,51 @@ TEST_F(CudaKernels, FusedTriInverseEveryMethodAndChunkSize) {
       }
     }
   }
+}
+
+// The fused kernel's INT8 Neumann (tile scales, refined or not) against float64 in every regime and chunk
+// size, with the CPU emulation's bounds, and against the emulation itself: both quantize the same tiles
+// with the same rounding, so they differ only where float32 sums of different order round an operand to
+// the neighbouring integer.
+TEST_F(CudaKernels, FusedInt8InverseMatchesTheEmulation) {
+  for (const auto& regime : Regimes()) {
+    for (const int64_t c : {16, 32, 64}) {
+      const at::Tensor a64 = MakeChunkMatrices(96, c, 128, regime, 40 + c);
+      const at::Tensor eye = at::eye(c, a64.options());
+      const at::Tensor exact = at::linalg_solve_triangular(a64 + eye, eye.expand(a64.sizes()), false, true, true);
+      const at::Tensor a = a64.to(at::kFloat);
+      for (const char* name : {"neumann-int8-refine", "neumann-int8-block"}) {
+        SCOPED_TRACE(absl::StrCat(name, " C=", c, " ", regime.name));
+        TriInverseOptions o = *ParseTriInverseMethod(name, c);
+        TriInverseStats cpu_stats, gpu_stats;
+        absl::StatusOr<at::Tensor> emulated = InvertUnitLowerTriangular(a, o, &cpu_stats);
+        o.fused_cuda = true;
+        absl::StatusOr<at::Tensor> x = InvertUnitLowerTriangular(a.cuda(), o, &gpu_stats);
+        ASSERT_TRUE(emulated.ok() && x.ok());
+        const at::Tensor h = x->cpu().to(at::kDouble);
+        EXPECT_EQ(gpu_stats.chunks, 96);
+        const bool refine = std::string(name) == "neumann-int8-refine";
+        EXPECT_LT(RelMaxError(h, exact), refine ? 1e-4 : 3e-1);
+        EXPECT_LT(RelMaxError(h, emulated->to(at::kDouble)), refine ? 1e-4 : 3e-2);
+        EXPECT_LE(std::abs(gpu_stats.fallbacks - cpu_stats.fallbacks), 96 / 8) << gpu_stats.fallbacks;
+        EXPECT_EQ(h.triu(1).abs().max().item<double>(), 0.0);
+        EXPECT_EQ((h.diagonal(0, -2, -1) - 1).abs().max().item<double>(), 0.0);
+      }
+    }
+  }
+  // A tolerance no chunk meets sends every chunk to the exact fallback, INT8 path included.
+  TriInverseOptions o = *ParseTriInverseMethod("neumann-int8-refine", 64);
+  o.fused_cuda = true;
+  o.guard_tol = 1e-30;
+  const at::Tensor hard = MakeChunkMatrices(32, 64, 128, Regimes()[3], 8);
+  const at::Tensor eye = at::eye(64, hard.options());
+  TriInverseStats stats;
+  absl::StatusOr<at::Tensor> x = InvertUnitLowerTriangular(hard.to(at::kFloat).cuda(), o, &stats);
+  ASSERT_TRUE(x.ok());
+  EXPECT_EQ(stats.fallbacks, 32);
+  EXPECT_LT(RelMaxError(x->cpu().to(at::kDouble),
+                        at::linalg_solve_triangular(hard + eye, eye.expand(hard.sizes()), false, true, true)),
+            1e-6);
 }
 
 // The fused kernel's guard: with one correction step, correlated keys send chunks to the in-kernel exact
