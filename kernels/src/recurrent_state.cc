@@ -217,22 +217,21 @@ absl::StatusOr<at::Tensor> ReadStates(const RecurrentStatePool& pool, const at::
       { return internal::GatherDequantized(pool, SlotsOnPoolDevice(pool, slots, host), host.values); })
 }
 
-absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at::Tensor& k,
-                                                   const at::Tensor& v, const at::Tensor& g,
-                                                   const at::Tensor& beta, const at::Tensor& slots,
-                                                   RecurrentStatePool& pool,
-                                                   const DecodeStepOptions& options) {
+namespace {
+// The decode step's rules on its inputs, for one token a sequence (lead = 1: q [B, Hk, dk], ...) or T
+// (lead = 2: q [B, T, Hk, dk], ...). Any strides: the steps read q, k, v in place where their kernels can
+// (views into one projection's rows) and copy them otherwise.
+absl::Status CheckStepInputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                             const at::Tensor& beta, const RecurrentStatePool& pool, int lead) {
   using internal::CheckDtype;
   using internal::CheckSize;
   using internal::CheckTensor;
   DS_RETURN_IF_ERROR(CheckPool(pool));
-  // Any strides: the step reads q, k, v in place where its kernel can (views into one projection's rows)
-  // and copies them otherwise.
-  DS_RETURN_IF_ERROR(CheckTensor(q, "q", 3, /*require_contiguous=*/false));
-  DS_RETURN_IF_ERROR(CheckTensor(k, "k", 3, /*require_contiguous=*/false));
-  DS_RETURN_IF_ERROR(CheckTensor(v, "v", 3, /*require_contiguous=*/false));
-  DS_RETURN_IF_ERROR(CheckTensor(g, "g", 2, /*require_contiguous=*/false));
-  DS_RETURN_IF_ERROR(CheckTensor(beta, "beta", 2, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckTensor(q, "q", lead + 2, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckTensor(k, "k", lead + 2, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckTensor(v, "v", lead + 2, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckTensor(g, "g", lead + 1, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckTensor(beta, "beta", lead + 1, /*require_contiguous=*/false));
   DS_RETURN_IF_ERROR(CheckDtype(v, "v", {at::kFloat, at::kDouble, at::kBFloat16}));
   DS_RETURN_IF_ERROR(CheckDtype(q, "q", {v.scalar_type()}));
   DS_RETURN_IF_ERROR(CheckDtype(k, "k", {v.scalar_type()}));
@@ -241,24 +240,37 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
   for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&g, "g"}, {&beta, "beta"}}) {
     DS_RETURN_IF_ERROR(internal::CheckSameDevice(*t, name, pool.values));
   }
-  const int64_t b = q.size(0), hk = q.size(1), dk = q.size(2);
-  const int64_t hv = pool.heads(), dv = pool.values.size(3);
+  const int64_t hk = q.size(lead), hv = pool.heads(), dv = pool.values.size(3);
   if (k.sizes() != q.sizes()) {
     return absl::InvalidArgumentError(
         absl::StrCat("k: shape ", internal::ShapeString(k), " must equal q's ", internal::ShapeString(q)));
   }
-  DS_RETURN_IF_ERROR(CheckSize(q, "q", 2, pool.values.size(2), "key dim dk of the pool"));
-  DS_RETURN_IF_ERROR(CheckSize(v, "v", 0, b, "batch B of q"));
-  DS_RETURN_IF_ERROR(CheckSize(v, "v", 1, hv, "value heads Hv of the pool"));
-  DS_RETURN_IF_ERROR(CheckSize(v, "v", 2, dv, "value dim dv of the pool"));
+  DS_RETURN_IF_ERROR(CheckSize(q, "q", lead + 1, pool.values.size(2), "key dim dk of the pool"));
+  DS_RETURN_IF_ERROR(CheckSize(v, "v", 0, q.size(0), "batch B of q"));
+  if (lead == 2) DS_RETURN_IF_ERROR(CheckSize(v, "v", 1, q.size(1), "tokens T of q"));
+  DS_RETURN_IF_ERROR(CheckSize(v, "v", lead, hv, "value heads Hv of the pool"));
+  DS_RETURN_IF_ERROR(CheckSize(v, "v", lead + 1, dv, "value dim dv of the pool"));
   if (hv % hk != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("q: key heads Hk = ", hk, " must divide the pool's value heads Hv = ", hv));
   }
   for (auto [t, name] : {std::pair{&g, "g"}, {&beta, "beta"}}) {
-    DS_RETURN_IF_ERROR(CheckSize(*t, name, 0, b, "batch B"));
-    DS_RETURN_IF_ERROR(CheckSize(*t, name, 1, hv, "value heads Hv"));
+    DS_RETURN_IF_ERROR(CheckSize(*t, name, 0, q.size(0), "batch B"));
+    if (lead == 2) DS_RETURN_IF_ERROR(CheckSize(*t, name, 1, q.size(1), "tokens T"));
+    DS_RETURN_IF_ERROR(CheckSize(*t, name, lead, hv, "value heads Hv"));
   }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v, const at::Tensor& g,
+                                                   const at::Tensor& beta, const at::Tensor& slots,
+                                                   RecurrentStatePool& pool,
+                                                   const DecodeStepOptions& options) {
+  DS_RETURN_IF_ERROR(CheckStepInputs(q, k, v, g, beta, pool, /*lead=*/1));
+  const int64_t b = q.size(0), hk = q.size(1), dk = q.size(2);
+  const int64_t hv = pool.heads(), dv = pool.values.size(3);
   DS_ASSIGN_OR_RETURN(
       const internal::HostIndices host,
       internal::CheckSlots(slots, options.host_slots, b, pool.slots(), /*allow_padding=*/true));
@@ -302,6 +314,62 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
     } else {
       o = internal::RecurrentStepAten(in, pool);
     }
+    ++pool.step;
+    return o.to(v.scalar_type());
+  })
+}
+
+absl::StatusOr<at::Tensor> RecurrentGatedDeltaSteps(const at::Tensor& q, const at::Tensor& k,
+                                                    const at::Tensor& v, const at::Tensor& g,
+                                                    const at::Tensor& beta, const at::Tensor& slots,
+                                                    RecurrentStatePool& pool,
+                                                    const DecodeStepOptions& options) {
+  DS_RETURN_IF_ERROR(CheckStepInputs(q, k, v, g, beta, pool, /*lead=*/2));
+  const int64_t b = q.size(0), tokens = q.size(1), hk = q.size(2), dk = q.size(3);
+  const int64_t hv = pool.heads(), dv = pool.values.size(3);
+  DS_ASSIGN_OR_RETURN(
+      const internal::HostIndices host,
+      internal::CheckSlots(slots, options.host_slots, b, pool.slots(), /*allow_padding=*/true));
+  if (options.scale.has_value() && !(*options.scale > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("scale: must be positive, got ", *options.scale));
+  }
+  DS_CATCH_ATEN({
+    internal::MultiStepInputs in;
+    in.tokens = tokens;
+#ifdef DELTASERVE_WITH_CUDA
+    const bool tiled =
+        pool.values.is_cuda() && options.tiled_cuda && internal::TiledStepFits(dk, dv, v.scalar_type());
+#else
+    const bool tiled = false;
+#endif
+    // The CUDA kernel reads [B * T] rows of heads x dims in place; the ATen step takes any layout.
+    auto rows = [](const at::Tensor& t) {
+      at::Tensor c = t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(0) == t.size(1) * t.stride(1)
+                         ? t
+                         : t.contiguous();
+      return c.flatten(0, 1);
+    };
+    internal::DecodeInputs& d = in.step;
+    d.q = tiled ? rows(q) : q;
+    d.k = tiled ? rows(k) : k;
+    d.v = tiled ? rows(v) : v;
+    d.g = tiled ? g.to(at::kFloat).contiguous().flatten(0, 1) : g;
+    d.beta = tiled ? beta.to(at::kFloat).contiguous().flatten(0, 1) : beta;
+    d.slots = SlotsOnPoolDevice(pool, slots, host);
+    d.host_slots = host.values;
+    d.l2norm = options.l2norm_qk;
+    d.scale = static_cast<float>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(dk))));
+    d.group = hv / hk;
+    at::Tensor o;
+#ifdef DELTASERVE_WITH_CUDA
+    if (tiled) {
+      o = internal::RecurrentStepsTiledCuda(in, pool).view({b, tokens, hv, dv});
+    } else {
+      o = internal::RecurrentStepsAten(in, pool);
+    }
+#else
+    o = internal::RecurrentStepsAten(in, pool);
+#endif
     ++pool.step;
     return o.to(v.scalar_type());
   })

@@ -45,6 +45,20 @@ at::Tensor RecurrentStepStreamedCuda(const DecodeInputs& in, RecurrentStatePool&
 // TiledStepFits, a contiguous 1-byte pool with 16-byte aligned values and scales, and a Hopper GPU.
 bool StreamedStepFits(const RecurrentStatePool& pool, int64_t dk, int64_t dv, at::ScalarType dtype);
 #endif
+// T tokens a sequence: q, k [B, T, Hk, dk], v [B, T, Hv, dv], g, beta [B, T, Hv] (float32, contiguous
+// unless the CUDA kernel reads them in place), slots [B]; the rest as DecodeInputs.
+struct MultiStepInputs {
+  DecodeInputs step;  // its q, k, v, g, beta carry the token dimension
+  int64_t tokens = 1;
+};
+// The T-token step as ATen ops on any device (gather and dequantize once, T float32 updates, quantize
+// and scatter once): the CPU path and the reference of the CUDA kernel.
+at::Tensor RecurrentStepsAten(const MultiStepInputs& in, RecurrentStatePool& pool);
+#ifdef DELTASERVE_WITH_CUDA
+// The T-token step for the shapes TiledStepFits accepts: one block per (sequence, head) keeps the head's
+// state in registers in float32 across the T tokens (recurrent_multi_step_cuda.cu).
+at::Tensor RecurrentStepsTiledCuda(const MultiStepInputs& in, RecurrentStatePool& pool);
+#endif
 // Shapes and input dtypes the tiled CUDA kernel is compiled for.
 inline bool TiledStepFits(int64_t dk, int64_t dv, at::ScalarType dtype) {
   return dk == dv && (dk == 64 || dk == 128) && (dtype == at::kFloat || dtype == at::kBFloat16);

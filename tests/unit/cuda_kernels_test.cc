@@ -227,6 +227,47 @@ TEST_F(CudaKernels, DecodeKernelMatchesFusedCpu) {
   }
 }
 
+// The T-token step's kernel against the ATen path on the CPU, every state dtype, both head shapes, bf16
+// and fp32 inputs read in place, a padding row; the state is rounded once in both, so states agree
+// within a quantum (a tie may round apart), outputs as the one-token kernel's do.
+TEST_F(CudaKernels, MultiTokenStepMatchesTheCpu) {
+  at::manual_seed(73591);
+  for (const int64_t d : {64, 128}) {
+    for (const at::ScalarType in_dtype : {at::kFloat, at::kBFloat16}) {
+      for (StateDtype dt : {StateDtype::kFloat32, StateDtype::kBFloat16, StateDtype::kInt8,
+                            StateDtype::kInt8Coarse, StateDtype::kFloat8E4M3, StateDtype::kInt8Stochastic}) {
+        SCOPED_TRACE(absl::StrCat(StateDtypeName(dt), " d=", d, " ", c10::toString(in_dtype)));
+        const int64_t slots_n = 5, hv = 4, tokens = 6;
+        GdnInputs in = MakeGdnInputs(3, tokens, 2, hv, d, d, Regimes()[1], 41);
+        for (at::Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(in_dtype).to(at::kFloat);  // same values both sides
+        RecurrentStatePool cpu = *MakeRecurrentStatePool(slots_n, hv, d, d, dt, at::kCPU);
+        RecurrentStatePool gpu = *MakeRecurrentStatePool(slots_n, hv, d, d, dt, at::kCUDA);
+        const at::Tensor all = at::arange(slots_n, at::kLong), init = at::randn({slots_n, hv, d, d}) * 0.2;
+        ASSERT_TRUE(WriteStates(cpu, all, init).ok());
+        ASSERT_TRUE(WriteStates(gpu, all.to(at::kCUDA), init.to(at::kCUDA)).ok());
+        const at::Tensor untouched = gpu.values.cpu();
+        const at::Tensor slots = at::tensor({4, -1, 1}, at::kLong);
+        DecodeStepOptions options;
+        options.l2norm_qk = true;
+        absl::StatusOr<at::Tensor> oc = RecurrentGatedDeltaSteps(in.q, in.k, in.v, in.g, in.beta, slots, cpu, options);
+        auto g = [&](const at::Tensor& x) { return x.to(in_dtype).cuda(); };
+        absl::StatusOr<at::Tensor> og = RecurrentGatedDeltaSteps(g(in.q), g(in.k), g(in.v), in.g.cuda(),
+                                                                 in.beta.cuda(), slots.cuda(), gpu, options);
+        ASSERT_TRUE(oc.ok() && og.ok()) << oc.status() << og.status();
+        ASSERT_EQ(og->scalar_type(), in_dtype);
+        const bool exactish = dt == StateDtype::kFloat32 && in_dtype == at::kFloat;
+        const double tol = exactish ? 1e-5 : (dt == StateDtype::kFloat8E4M3 ? 0.15 : 3e-2);
+        EXPECT_LT(RelMaxError(og->cpu().to(at::kFloat), *oc), tol);
+        EXPECT_EQ(og->select(0, 1).abs().max().item<double>(), 0.0);
+        const at::Tensor used = at::tensor({4, 1}, at::kLong);
+        EXPECT_LT(RelMaxError(ReadStates(gpu, used.cuda())->cpu(), *ReadStates(cpu, used)), tol);
+        const at::Tensor after = gpu.values.cpu();
+        for (int64_t s : {0, 2, 3}) EXPECT_TRUE(at::equal(after[s].view(at::kByte), untouched[s].view(at::kByte)));
+      }
+    }
+  }
+}
+
 TEST_F(CudaKernels, StochasticRoundingDriftMatchesCpuScale) {
   at::manual_seed(57032);
   // The CUDA and CPU kernels draw the same counter-based bits; their drift against fp32 must agree.

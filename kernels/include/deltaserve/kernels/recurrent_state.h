@@ -87,6 +87,19 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
                                                    RecurrentStatePool& pool,
                                                    const DecodeStepOptions& options = {});
 
+// T consecutive tokens for each of B sequences in one pass over their states (the verification step of
+// speculative decoding, or a prompt's short tail): q, k [B, T, Hk, dk], v [B, T, Hv, dv], g, beta
+// [B, T, Hv], slots [B] as above (negative: padding, zero output). Each addressed head state is read and
+// dequantized once, stepped T times in float32, and requantized and written once, so a quantized state
+// rounds once per call instead of once per token, and its bytes move once for T tokens. Returns
+// o [B, T, Hv, dv] in v's dtype; T = 1 is RecurrentGatedDeltaStep's maths. The states after the
+// intermediate tokens are not kept (a rejected draft token needs the state before it: next).
+absl::StatusOr<at::Tensor> RecurrentGatedDeltaSteps(const at::Tensor& q, const at::Tensor& k,
+                                                    const at::Tensor& v, const at::Tensor& g,
+                                                    const at::Tensor& beta, const at::Tensor& slots,
+                                                    RecurrentStatePool& pool,
+                                                    const DecodeStepOptions& options = {});
+
 }  // namespace deltaserve::kernels
 
 #endif  // DELTASERVE_KERNELS_RECURRENT_STATE_H_
