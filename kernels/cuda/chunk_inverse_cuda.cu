@@ -17,19 +17,21 @@ namespace {
 using gdn::kPad;
 using gdn::kThreads;
 
-// Shared memory: A and three scratch matrices of C x (C + kPad) floats, BlockMax's per-warp slots, and
-// with INT8 products their scratch (two quantized C x C operands, the tile scales, a 16 x 16 int32 tile
-// per warp), 128-byte aligned. 69.8 KB at C = 64, 88.2 KB with INT8.
+// Shared memory: A and three scratch matrices of C x (C + kPad) floats and BlockMax's per-warp slots; with
+// INT8 products then, from a 128-byte boundary, a 16 x 16 int32 tile per warp (1 KB each), the two
+// quantized operands (C x C bytes each, whole 256-byte tiles) and the two operands' tile scales. 69.8 KB at
+// C = 64, 88.2 KB with INT8. The host sizes the launch with it and the kernel carves its buffers by it.
 struct InverseLayout {
-  size_t floats_bytes, low_bit_bytes;
-  InverseLayout(int c, bool int8) {
-    floats_bytes = (4 * static_cast<size_t>(c) * (c + kPad) + kThreads / 32) * sizeof(float);
-    floats_bytes = (floats_bytes + 127) / 128 * 128;
-    const size_t nb = static_cast<size_t>(c) / 16;
-    low_bit_bytes = int8 ? 2 * static_cast<size_t>(c) * c + 2 * nb * nb * sizeof(float) + (kThreads / 32) * 256 * sizeof(int)
-                         : 0;
+  size_t low_bit_offset, tile_sums_bytes, operand_bytes, scales_bytes;
+  __host__ __device__ InverseLayout(int c, bool int8) {
+    low_bit_offset = ((4 * static_cast<size_t>(c) * (c + kPad) + kThreads / 32) * sizeof(float) + 127) / 128 * 128;
+    tile_sums_bytes = int8 ? (kThreads / 32) * 256 * sizeof(int) : 0;
+    operand_bytes = int8 ? static_cast<size_t>(c) * c : 0;
+    scales_bytes = int8 ? static_cast<size_t>(c / 16) * (c / 16) * sizeof(float) : 0;
   }
-  size_t total() const { return floats_bytes + low_bit_bytes; }
+  __host__ __device__ size_t total() const {
+    return low_bit_offset + tile_sums_bytes + 2 * operand_bytes + 2 * scales_bytes;
+  }
 };
 
 template <bool kInt8>
@@ -44,13 +46,12 @@ __global__ void __launch_bounds__(kThreads) ChunkInverseKernel(ChunkInverseArgs 
   float* scratch = b2 + c * ld;  // kThreads / 32 floats for BlockMax
   gdn::LowBitScratch low_bit{};
   if constexpr (kInt8) {
-    // The int32 tiles first (1 KB each, 128-byte aligned), then the scales, then the 256-byte operand tiles
-    // (c * c bytes each, multiples of 256).
-    unsigned char* q = smem_bytes + ((4 * c * ld + kThreads / 32) * sizeof(float) + 127) / 128 * 128;
+    const InverseLayout layout(c, true);
+    unsigned char* q = smem_bytes + layout.low_bit_offset;
     low_bit.tile_sums = reinterpret_cast<int*>(q);
-    low_bit.qx = reinterpret_cast<int8_t*>(q + (kThreads / 32) * 256 * sizeof(int));
-    low_bit.qy = low_bit.qx + c * c;
-    low_bit.sx = reinterpret_cast<float*>(low_bit.qy + c * c);
+    low_bit.qx = reinterpret_cast<int8_t*>(q + layout.tile_sums_bytes);
+    low_bit.qy = low_bit.qx + layout.operand_bytes;
+    low_bit.sx = reinterpret_cast<float*>(low_bit.qy + layout.operand_bytes);
     low_bit.sy = low_bit.sx + nb * nb;
   }
   const int64_t base = static_cast<int64_t>(blockIdx.x) * c * c;

@@ -219,10 +219,13 @@ absl::StatusOr<at::Tensor> ReadStates(const RecurrentStatePool& pool, const at::
 
 namespace {
 // The decode step's rules on its inputs, for one token a sequence (lead = 1: q [B, Hk, dk], ...) or T
-// (lead = 2: q [B, T, Hk, dk], ...). Any strides: the steps read q, k, v in place where their kernels can
-// (views into one projection's rows) and copy them otherwise.
-absl::Status CheckStepInputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-                             const at::Tensor& beta, const RecurrentStatePool& pool, int lead) {
+// (lead = 2: q [B, T, Hk, dk], ...), and on the slots and options; returns the slots' host values. Any
+// strides: the steps read q, k, v in place where their kernels can (views into one projection's rows) and
+// copy them otherwise.
+absl::StatusOr<internal::HostIndices> CheckStepInputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                      const at::Tensor& g, const at::Tensor& beta,
+                                                      const at::Tensor& slots, const RecurrentStatePool& pool,
+                                                      const DecodeStepOptions& options, int lead) {
   using internal::CheckDtype;
   using internal::CheckSize;
   using internal::CheckTensor;
@@ -259,7 +262,35 @@ absl::Status CheckStepInputs(const at::Tensor& q, const at::Tensor& k, const at:
     if (lead == 2) DS_RETURN_IF_ERROR(CheckSize(*t, name, 1, q.size(1), "tokens T"));
     DS_RETURN_IF_ERROR(CheckSize(*t, name, lead, hv, "value heads Hv"));
   }
-  return absl::OkStatus();
+  DS_ASSIGN_OR_RETURN(
+      internal::HostIndices host,
+      internal::CheckSlots(slots, options.host_slots, q.size(0), pool.slots(), /*allow_padding=*/true));
+  if (options.scale.has_value() && !(*options.scale > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("scale: must be positive, got ", *options.scale));
+  }
+  return host;
+}
+
+// Whether a step on this pool takes the register-tiled CUDA kernels (one token or T).
+bool UsesTiledKernel(const RecurrentStatePool& pool, const DecodeStepOptions& options, int64_t dk, int64_t dv,
+                     at::ScalarType dtype) {
+#ifdef DELTASERVE_WITH_CUDA
+  return pool.values.is_cuda() && options.tiled_cuda && internal::TiledStepFits(dk, dv, dtype);
+#else
+  (void)pool, (void)options, (void)dk, (void)dv, (void)dtype;
+  return false;
+#endif
+}
+
+// The step's metadata: the slots on the pool's device and their host copy (`host` must outlive `in`),
+// normalisation, the q scale (dk^-0.5 by default) and the key-head group.
+void SetStepMetadata(internal::DecodeInputs& in, const RecurrentStatePool& pool, const at::Tensor& slots,
+                     const internal::HostIndices& host, const DecodeStepOptions& options, int64_t dk, int64_t hk) {
+  in.slots = SlotsOnPoolDevice(pool, slots, host);
+  in.host_slots = host.values;
+  in.l2norm = options.l2norm_qk;
+  in.scale = static_cast<float>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(dk))));
+  in.group = pool.heads() / hk;
 }
 }  // namespace
 
@@ -268,23 +299,12 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
                                                    const at::Tensor& beta, const at::Tensor& slots,
                                                    RecurrentStatePool& pool,
                                                    const DecodeStepOptions& options) {
-  DS_RETURN_IF_ERROR(CheckStepInputs(q, k, v, g, beta, pool, /*lead=*/1));
-  const int64_t b = q.size(0), hk = q.size(1), dk = q.size(2);
-  const int64_t hv = pool.heads(), dv = pool.values.size(3);
-  DS_ASSIGN_OR_RETURN(
-      const internal::HostIndices host,
-      internal::CheckSlots(slots, options.host_slots, b, pool.slots(), /*allow_padding=*/true));
-  if (options.scale.has_value() && !(*options.scale > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("scale: must be positive, got ", *options.scale));
-  }
+  DS_ASSIGN_OR_RETURN(const internal::HostIndices host,
+                      CheckStepInputs(q, k, v, g, beta, slots, pool, options, /*lead=*/1));
+  const int64_t hk = q.size(1), dk = q.size(2), dv = pool.values.size(3);
   DS_CATCH_ATEN({
     internal::DecodeInputs in;
-#ifdef DELTASERVE_WITH_CUDA
-    const bool tiled =
-        pool.values.is_cuda() && options.tiled_cuda && internal::TiledStepFits(dk, dv, v.scalar_type());
-#else
-    const bool tiled = false;
-#endif
+    const bool tiled = UsesTiledKernel(pool, options, dk, dv, v.scalar_type());
     // The tiled kernel reads q, k, v in place: in the model they are views into one projection's rows.
     auto rows = [](const at::Tensor& t) {
       return t.stride(2) == 1 && t.stride(1) == t.size(2) ? t : t.contiguous();
@@ -295,11 +315,7 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaStep(const at::Tensor& q, const at
     in.v = tiled ? rows(v) : f32(v);
     in.g = g.to(at::kFloat).contiguous();
     in.beta = beta.to(at::kFloat).contiguous();
-    in.slots = SlotsOnPoolDevice(pool, slots, host);
-    in.host_slots = host.values;
-    in.l2norm = options.l2norm_qk;
-    in.scale = static_cast<float>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(dk))));
-    in.group = hv / hk;
+    SetStepMetadata(in, pool, slots, host, options, dk, hk);
     at::Tensor o;
     if (pool.values.is_cpu()) {
       o = internal::RecurrentStepCpu(in, pool);
@@ -324,24 +340,14 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaSteps(const at::Tensor& q, const a
                                                     const at::Tensor& beta, const at::Tensor& slots,
                                                     RecurrentStatePool& pool,
                                                     const DecodeStepOptions& options) {
-  DS_RETURN_IF_ERROR(CheckStepInputs(q, k, v, g, beta, pool, /*lead=*/2));
+  DS_ASSIGN_OR_RETURN(const internal::HostIndices host,
+                      CheckStepInputs(q, k, v, g, beta, slots, pool, options, /*lead=*/2));
   const int64_t b = q.size(0), tokens = q.size(1), hk = q.size(2), dk = q.size(3);
   const int64_t hv = pool.heads(), dv = pool.values.size(3);
-  DS_ASSIGN_OR_RETURN(
-      const internal::HostIndices host,
-      internal::CheckSlots(slots, options.host_slots, b, pool.slots(), /*allow_padding=*/true));
-  if (options.scale.has_value() && !(*options.scale > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("scale: must be positive, got ", *options.scale));
-  }
   DS_CATCH_ATEN({
     internal::MultiStepInputs in;
     in.tokens = tokens;
-#ifdef DELTASERVE_WITH_CUDA
-    const bool tiled =
-        pool.values.is_cuda() && options.tiled_cuda && internal::TiledStepFits(dk, dv, v.scalar_type());
-#else
-    const bool tiled = false;
-#endif
+    const bool tiled = UsesTiledKernel(pool, options, dk, dv, v.scalar_type());
     // The CUDA kernel reads [B * T] rows of heads x dims in place; the ATen step takes any layout.
     auto rows = [](const at::Tensor& t) {
       at::Tensor c = t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(0) == t.size(1) * t.stride(1)
@@ -355,11 +361,7 @@ absl::StatusOr<at::Tensor> RecurrentGatedDeltaSteps(const at::Tensor& q, const a
     d.v = tiled ? rows(v) : v;
     d.g = tiled ? g.to(at::kFloat).contiguous().flatten(0, 1) : g;
     d.beta = tiled ? beta.to(at::kFloat).contiguous().flatten(0, 1) : beta;
-    d.slots = SlotsOnPoolDevice(pool, slots, host);
-    d.host_slots = host.values;
-    d.l2norm = options.l2norm_qk;
-    d.scale = static_cast<float>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(dk))));
-    d.group = hv / hk;
+    SetStepMetadata(d, pool, slots, host, options, dk, hk);
     at::Tensor o;
 #ifdef DELTASERVE_WITH_CUDA
     if (tiled) {

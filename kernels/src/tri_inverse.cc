@@ -37,6 +37,7 @@ struct LowBit {
   bool fp8 = false;
   bool block_scales = false;
 };
+LowBit LowBitOf(const TriInverseOptions& o) { return {o.matmul_bits, o.fp8, o.block_scales}; }
 
 constexpr int64_t kBlock = 16;  // one 8-bit tensor-core tile (WMMA m16n16k16): 16 x 16 per scale
 
@@ -69,13 +70,10 @@ Quantized Quantize(const at::Tensor& x, const LowBit& lb, int64_t rows, int64_t 
 at::Tensor MatMul(const at::Tensor& x, const at::Tensor& y, const LowBit& lb) {
   if (lb.bits >= 32) return at::matmul(x, y);
   const int64_t r = x.size(-2), k = x.size(-1), n = y.size(-1);
-  if (!lb.block_scales) {
-    Quantized qx = Quantize(x, lb, r, k);
-    Quantized qy = Quantize(y, lb, k, n);
-    return (at::matmul(qx.q, qy.q) * (qx.scale.squeeze(-1).squeeze(-2) * qy.scale.squeeze(-1).squeeze(-2)))
-        .to(x.scalar_type());
-  }
-  const int64_t bk = std::min(kBlock, k), bm = std::min(kBlock, r), bn = std::min(kBlock, n);
+  // One scale per matrix is the case of a single block spanning it.
+  const int64_t bk = lb.block_scales ? std::min(kBlock, k) : k;
+  const int64_t bm = lb.block_scales ? std::min(kBlock, r) : r;
+  const int64_t bn = lb.block_scales ? std::min(kBlock, n) : n;
   const int64_t nk = k / bk;
   Quantized qx = Quantize(x, lb, bm, bk);  // scale [..., r / bm, 1, nk, 1]
   Quantized qy = Quantize(y, lb, bk, bn);  // scale [..., nk, 1, n / bn, 1]
@@ -149,8 +147,6 @@ at::Tensor TruncatedNeumann(const at::Tensor& a, const at::Tensor& eye, int orde
 // Starting exact on sub-diagonals <= N (or < band), S steps make X exact on sub-diagonals below
 // (N + 1) 2^S: once that covers the chunk the residual is zero by structure, and in full precision only
 // rounding is left, so there is nothing for the guard to catch.
-LowBit LowBitOf(const TriInverseOptions& o) { return {o.matmul_bits, o.fp8, o.block_scales}; }
-
 bool NeumannNeedsGuard(const TriInverseOptions& o, int64_t c) {
   const int64_t exact_start = o.band > 0 ? std::min<int64_t>(o.band, o.order + 1) : o.order + 1;
   const bool covers_chunk = (exact_start << o.residual_steps) >= c;
