@@ -29,9 +29,11 @@ export LSAN_OPTIONS="suppressions=${root}/scripts/sanitize.supp:print_suppressio
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:${UBSAN_OPTIONS}}"
 cd "${build}"
 if [[ $# -eq 0 ]]; then
-  # Everything those binaries hold but the CUDA tests (no GPU in this build) and one 4,096-step drift test
-  # that takes minutes under ASan (its code runs in the other RecurrentDecode tests).
+  # Everything those binaries hold but the CUDA tests (no GPU in this build) and two tests that take minutes
+  # under ASan while their code runs in shorter tests of the same suites: the 4,096-step drift test (the other
+  # RecurrentDecode tests) and the inverse's error table over every method, regime and chunk size (the
+  # other TriInverse tests run each product path: per-matrix, tile-scaled, refined, guarded).
   set -- -R '^(api\.|engine\.|runner\.|fuzz\.generate_request_replay|Qwen35|ChunkGatedDeltaRule|TriInverse|RecurrentDecode|CausalConv1d|FusedOps|Linear|RmsNormLinear|PagedAttention|KernelArgs|PadreMixer)' \
-    -E '(Cuda|QuantizedStateDriftOver4096Steps)'
+    -E '(Cuda|QuantizedStateDriftOver4096Steps|TriInverse.EveryMethodAgainstFp64InEveryRegime)'
 fi
 ctest --output-on-failure -j "${jobs}" "$@"

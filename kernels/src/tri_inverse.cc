@@ -88,11 +88,13 @@ at::Tensor MatMul(const at::Tensor& x, const at::Tensor& y, const LowBit& lb) {
   at::Tensor xb = qx.q.reshape(with_batch({r, nk, bk})).movedim(nb + 1, nb);
   at::Tensor yb = qy.q.reshape(with_batch({nk, bk, n}));
   at::Tensor products = at::matmul(xb, yb);
-  // Each block product times its two scales, expanded over the block's rows and columns.
-  at::Tensor sx = qx.scale.reshape(with_batch({r / bm, nk})).repeat_interleave(bm, nb).movedim(nb + 1, nb);
-  at::Tensor sy = qy.scale.reshape(with_batch({nk, n / bn})).repeat_interleave(bn, nb + 1);
-  at::Tensor scaled = products * (sx.unsqueeze(-1) * sy.unsqueeze(-2)).to(products.scalar_type());
-  return scaled.sum(nb).to(x.scalar_type());
+  // Each block product times its two scales, [..., nk, r / bm, 1, n / bn, 1] broadcast over the block's
+  // rows and columns in place (no copy of the scales expanded to every element).
+  at::Tensor sx = qx.scale.reshape(with_batch({r / bm, nk})).movedim(nb + 1, nb);
+  at::Tensor sy = qy.scale.reshape(with_batch({nk, n / bn}));
+  at::Tensor block_scale = (sx.unsqueeze(-1) * sy.unsqueeze(-2)).to(products.scalar_type());
+  products.view(with_batch({nk, r / bm, bm, n / bn, bn})).mul_(block_scale.unsqueeze(-1).unsqueeze(-3));
+  return products.sum(nb).to(x.scalar_type());
 }
 
 at::Tensor ForwardSubstitution(const at::Tensor& a) {
