@@ -5,7 +5,9 @@
 //                 [--no-inverse] [--no-prefill] [--no-decode] [--composition-max-seq T] [--seq-len L]
 //                 [--prefill-methods forward,neumann,...] [--prefill-dtypes float32,bfloat16]
 // --seq-len L packs each prefill's T tokens as T / L sequences of L tokens (cu_seqlens), the shape of a
-// serving step that prefills many prompts at once; 0 (default) is one sequence of T tokens.
+// serving step that prefills many prompts at once; 0 (default) is one sequence of T tokens. On CUDA the
+// bf16 rows come twice: kernel "fused" (prepare, state pass, output pass) and "fused-so" (the state pass
+// forms the output too: DELTASERVE_GDN_FUSED_OUTPUT=1 around its calls).
 // (The inverse table builds its exact float64 reference on the CPU: minutes at T = 65536.)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -177,7 +179,7 @@ void PrefillBench(const Args& a) {
   std::printf("\n== chunked prefill, Hk=%ld Hv=%ld dk=dv=%ld, C=64, regime %s, %s ==\n", hk, hv, d,
               regime.name.c_str(),
               a.seq_len > 0 ? ("sequences of " + std::to_string(a.seq_len) + " tokens").c_str() : "one sequence");
-  std::printf("%-7s %-18s %-6s %-9s %12s %10s %12s %12s\n", "T", "method", "kernel", "dtype", "time_ms",
+  std::printf("%-7s %-18s %-8s %-9s %12s %10s %12s %12s\n", "T", "method", "kernel", "dtype", "time_ms",
               "vs_fwd", "out_err", "tok/s");
   for (int64_t t : a.seqs) {
     dt::GdnInputs in = dt::MakeGdnInputs(1, t, hk, hv, d, d, regime, 7 + t);
@@ -198,10 +200,12 @@ void PrefillBench(const Args& a) {
     struct Variant {
       const char* kernel;
       at::ScalarType dtype;
+      bool fused_output = false;  // the state pass forms the output too (DELTASERVE_GDN_FUSED_OUTPUT=1)
     };
     std::vector<Variant> variants = {{cuda ? "fused" : "aten", at::kFloat}};
     if (cuda) {
       variants.push_back({"fused", at::kBFloat16});
+      variants.push_back({"fused-so", at::kBFloat16, true});
       if (t <= a.composition_max_seq) variants.push_back({"aten", at::kFloat});
     }
     double base = 0;
@@ -212,18 +216,20 @@ void PrefillBench(const Args& a) {
       for (const char* name : {"forward", "solve-triangular", "product", "neumann", "neumann-fast"}) {
         ds::GatedDeltaRuleOptions o;
         o.inverse = *ds::ParseTriInverseMethod(name, 64);
-        o.fused_cuda = std::string(variant.kernel) == "fused";
+        o.fused_cuda = std::string(variant.kernel) != "aten";
         o.host_cu_seqlens = offsets;
         if (o.fused_cuda && cuda && std::string(name) == "solve-triangular") continue;  // trsm: composition only
         if (!Listed(a.prefill_methods, name)) continue;
         at::Tensor out;
+        if (variant.fused_output) setenv("DELTASERVE_GDN_FUSED_OUTPUT", "1", 1);
         const double sec = Time(a.device, std::max(1, a.reps / 2), [&] {
           out = ds::ChunkGatedDeltaRule(q, k, v, in.g, in.beta, {}, cu, o)->o;
         });
+        unsetenv("DELTASERVE_GDN_FUSED_OUTPUT");
         if (base == 0) base = sec;
         const double err = dt::RelMaxError(out.cpu(), ref);
         const char* dtype = bf16 ? "bfloat16" : "float32";
-        std::printf("%-7ld %-18s %-6s %-9s %12.3f %10.2f %12.2e %12.0f\n", t, name, variant.kernel, dtype,
+        std::printf("%-7ld %-18s %-8s %-9s %12.3f %10.2f %12.2e %12.0f\n", t, name, variant.kernel, dtype,
                     sec * 1e3, base / sec, err, t / sec);
         std::printf(
             "{\"bench\":\"prefill\",\"impl\":\"deltaserve\",\"what\":\"prefill\",\"device\":\"%s\","

@@ -55,6 +55,15 @@ for bin in "${build}"/tests/*_test "${build}"/tests/*/*_test; do
   echo "== $(basename "${bin}")" >> "${out}/cuda_tests.log"
   timeout 540 "${bin}" --gtest_filter='*Cuda*:*CUDA*' >> "${out}/cuda_tests.log" 2>&1 || rc=1
 done
+# The fused state-and-output prefill pass (off by default until measured) under the model: the golden
+# Qwen3.5 CUDA tests against transformers with DELTASERVE_GDN_FUSED_OUTPUT=1 (kernels_test's
+# CudaChunkPrefill.BFloat16FusedStateOutputPass* above compares it with the two passes directly).
+for bin in "${build}"/tests/qwen35_model_test "${build}"/tests/*/qwen35_model_test; do
+  [[ -x "${bin}" ]] || continue
+  echo "== $(basename "${bin}") with DELTASERVE_GDN_FUSED_OUTPUT=1" >> "${out}/cuda_tests.log"
+  DELTASERVE_GDN_FUSED_OUTPUT=1 timeout 300 "${bin}" --gtest_filter='Qwen35GoldenCuda*' >> "${out}/cuda_tests.log" 2>&1 ||
+    rc=1
+done
 grep -E "^== |^\[  (PASSED|FAILED|SKIPPED) \]|^\[       OK \]|^\[  FAILED  \]|^\[  SKIPPED \]" "${out}/cuda_tests.log"
 # compute-sanitizer over the fused kernels' tests: memcheck (out-of-bounds and misaligned accesses) and
 # racecheck (shared-memory hazards). Only the summary lines are printed; the logs land in the output folder.

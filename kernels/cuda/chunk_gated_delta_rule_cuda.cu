@@ -363,7 +363,9 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
   out.final_state = at::empty({n, hv, dk, dv}, f32);
   out.inverse_stats.chunks = chunks * hv;
   const int64_t cells = std::max<int64_t>(chunks, 1) * hv;
-  const int64_t per_cell = 3 * c * dk + 2 * c * dv + c * c + dk * dv;
+  // The fused state-and-output pass keeps each chunk's starting state and V' on chip.
+  const bool fused_output = !kFloat && D::kStatic && FusedOutputPass();
+  const int64_t per_cell = 3 * c * dk + c * dv + c * c + (fused_output ? 0 : dk * dv + c * dv);
   at::Tensor workspace = at::empty({cells * per_cell}, a.v.options().dtype(kFloat ? at::kFloat : at::kBFloat16));
   at::Tensor decay = at::empty({cells}, f32);
   at::Tensor counters = at::zeros({2}, a.v.options().dtype(at::kInt));
@@ -375,12 +377,12 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     return p;
   };
   // Each a multiple of 16 elements per cell: every row stays 16-byte aligned.
-  ws.states = take(dk * dv);
+  ws.states = fused_output ? nullptr : take(dk * dv);
   ws.w = take(c * dk);
   ws.kd = take(c * dk);
   ws.qe = take(c * dk);
   ws.u = take(c * dv);
-  ws.vn = take(c * dv);
+  ws.vn = fused_output ? nullptr : take(c * dv);
   ws.scores = take(c * c);
   ws.decay = decay.data_ptr<float>();
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();

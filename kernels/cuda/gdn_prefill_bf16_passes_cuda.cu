@@ -255,6 +255,18 @@ int StateSplit() {
   return split;
 }
 
+}  // namespace
+
+// Off until measured against the two passes on the GPU (docs/kernels.md); tests and benchmarks set it.
+// Read at every call (a lookup per layer's prefill, beside milliseconds of kernels), so that one test
+// process compares both paths.
+bool FusedOutputPass() {
+  const char* env = std::getenv("DELTASERVE_GDN_FUSED_OUTPUT");
+  return env != nullptr && std::atoi(env) == 1;
+}
+
+namespace {
+
 // State blocks of 32 value columns (16 where dv is not a multiple of 32); output blocks of 64 (32, 16):
 // the output pass reads Qe and the scores once per column block, so wider blocks read them fewer times.
 template <class D>
@@ -268,8 +280,9 @@ void LaunchPasses(const PassArgs<bf16>& a, int64_t chunks, cudaStream_t stream) 
   };
   if constexpr (D::kStatic) {
     static_assert(std::is_same<D, QwenDims>::value, "the register state pass is built for Qwen3.5's shape");
-    LaunchBf16StateRegs(a, StateSplit(), stream);
-    if (chunks > 0) output(OutputKernelBf16<64, D, true>, 64, true);
+    const bool fused = FusedOutputPass();
+    LaunchBf16StateRegs(a, StateSplit(), fused, stream);
+    if (chunks > 0 && !fused) output(OutputKernelBf16<64, D, true>, 64, true);
   } else {
     if (dv % 32 == 0) {
       state(StateKernelBf16<32, D>, 32);

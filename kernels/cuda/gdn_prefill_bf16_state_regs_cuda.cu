@@ -17,6 +17,15 @@
 // per 16 columns (the first version) left it at half the SMs and one tensor core per chain.
 // The workspace gets each chunk's starting state and V' transposed ([dv, dk] and [dv, c]), the layouts
 // these fragments store whole 4-byte pairs of; the output pass reads them as column-major operands.
+//
+// With the output in the same loop (kOutput, the fused state-and-output pass), nothing goes to the
+// workspace: the chunk's output O^T = S^T Qe^T + V'^T scores^T is formed from the same bf16 operands the
+// output pass would read back (S^T rounded once, V'), where they already are. S^T Qe^T takes the A fragments
+// of X = S^T W^T and is summed over the key-row split in the same exchange; each warp of a group then owns
+// 64 / kSplit of the chunk's tokens for the scores' product and the sum. O goes through shared memory to
+// leave as whole 16-byte rows one chunk later, behind the next chunk's block barrier. It spares the
+// per-chunk states and V' (40% of the workspace, about 400 MB at 16k tokens and 32 heads), their writes and
+// re-reads and the output pass's launch, and costs Qe and the scores in every stage (two stages, not three).
 #include <c10/cuda/CUDAException.h>
 
 #include "gdn_prefill_common.cuh"
@@ -34,14 +43,19 @@ constexpr int kC = 64, kDk = 128, kDv = 128;  // QwenDims
 constexpr int kBlockV = 32;                   // value columns a block: two groups of 16
 constexpr int kGroups = kBlockV / 16;
 constexpr int kLdK = kDk + kPadBf16;      // W and Kd rows in shared memory (272 bytes: ldmatrix without conflicts)
-constexpr int kLdU = kBlockV + kPadBf16;  // U rows
-constexpr int kStageElems = 2 * kC * kLdK + kC * kLdU;
-constexpr int kXTiles = kC / 8;  // C tiles of X = S^T W^T per warp
+constexpr int kLdU = kBlockV + kPadBf16;  // U rows, and rows of the staged output
+constexpr int kLdP = kC + kPadBf16;       // score rows
+constexpr int kXTiles = kC / 8;           // C tiles of X = S^T W^T (and of O^T) per warp
+// A stage: W, Kd [c, kLdK] and U [c, kLdU]; with the output also Qe [c, kLdK] and the scores [c, kLdP].
+constexpr int StageElems(bool output) { return 2 * kC * kLdK + kC * kLdU + (output ? kC * kLdK + kC * kLdP : 0); }
+constexpr int kOutputStages = 2;  // 3 stages of 5 tiles do not fit beside the exchange
 
-template <int kSplit>
+// The stages, then each warp's partial X (and O^T: kXTiles float4 per lane each) for its group's other
+// warps, then two chunks' staged output [c, kLdU] in bf16.
+template <int kSplit, bool kOutput>
 constexpr int64_t StateRegsSharedBytes(int stages) {
-  // The stages, then each warp's partial X (kXTiles float4 per lane) for its group's other warps.
-  return static_cast<int64_t>(stages) * kStageElems * 2 + (kSplit > 1 ? kGroups * kSplit * kXTiles * 32 * 16 : 0);
+  const int64_t exchange = kSplit > 1 ? (kOutput ? 2 : 1) * kGroups * kSplit * kXTiles * 32 * 16 : 0;
+  return static_cast<int64_t>(stages) * StageElems(kOutput) * 2 + exchange + (kOutput ? 2 * kC * kLdU * 2 : 0);
 }
 
 __device__ __forceinline__ void StorePair(bf16* p, uint32_t v) { *reinterpret_cast<uint32_t*>(p) = v; }
@@ -52,13 +66,33 @@ __device__ __forceinline__ void GroupBarrier(int group) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(group + 1), "n"(32 * kSplit) : "memory");
 }
 
-template <int kStages, int kSplit>
+// The block's 32 columns of the chunk's output, staged as [c, kLdU] bf16, to o as whole 16-byte rows: one
+// row segment a thread (64 rows of 4 segments: the block's 256 threads at kSplit = 4), rows past the
+// sequence's end left alone.
+__device__ __forceinline__ void StoreStagedOutput(const PassArgs<bf16>& p, const bf16* staged, int64_t tok0,
+                                                  int64_t valid, int h, int j0) {
+  bf16* o = static_cast<bf16*>(p.o);
+  for (int idx = threadIdx.x; idx < kC * kBlockV / 8; idx += blockDim.x) {
+    const int r = idx / (kBlockV / 8), q = idx % (kBlockV / 8);
+    if (r < valid) {
+      *reinterpret_cast<uint4*>(o + ((tok0 + r) * p.heads + h) * kDv + j0 + 8 * q) =
+          *reinterpret_cast<const uint4*>(staged + r * kLdU + 8 * q);
+    }
+  }
+}
+
+template <int kStages, int kSplit, bool kOutput>
 __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(PassArgs<bf16> p) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kDkW = kDk / kSplit;  // key rows a warp
   constexpr int kNt = kDkW / 8;       // its C tiles of S^T
+  constexpr int kStageElems = StageElems(kOutput);
+  constexpr int kExchange = kSplit > 1 ? kGroups * kSplit * kXTiles * 32 : 0;  // float4 of X partials
+  constexpr int kOTiles = kXTiles / kSplit;  // O^T tiles (8 tokens each) a warp owns
   bf16* stages = reinterpret_cast<bf16*>(smem);
   float4* xbuf = reinterpret_cast<float4*>(smem + static_cast<int64_t>(kStages) * kStageElems * 2);
+  float4* obuf = xbuf + kExchange;                                              // O^T partials (kOutput)
+  bf16* staged_o = reinterpret_cast<bf16*>(obuf + (kOutput ? kExchange : 0));  // 2 x [c, kLdU] (kOutput)
   constexpr int kColBlocks = kDv / kBlockV;
   const int j0 = static_cast<int>(blockIdx.x % kColBlocks) * kBlockV;
   const int h = static_cast<int>(blockIdx.x / kColBlocks % p.heads);
@@ -88,6 +122,7 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
 
   int64_t first, chunks;
   SequenceChunks(p.offsets, seq, kC, &first, &chunks);
+  const int64_t seq_tok0 = p.offsets[seq], seq_end = p.offsets[seq + 1];
   auto prefetch = [&](int64_t ci) {
     const int64_t cell = (first + ci) * p.heads + h;
     bf16* st = stages + (ci % kStages) * kStageElems;
@@ -97,6 +132,18 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
     LoadTileAsync(st, kLdK, kC, kDk, [w](int i) { return w + i * kDk; });
     LoadTileAsync(st + kC * kLdK, kLdK, kC, kDk, [kd](int i) { return kd + i * kDk; });
     LoadTileAsync(st + 2 * kC * kLdK, kLdU, kC, kBlockV, [u](int i) { return u + i * kDv; });
+    if constexpr (kOutput) {
+      const bf16* qe = p.ws.qe + cell * kC * kDk;
+      const bf16* sc = p.ws.scores + cell * kC * kC;
+      bf16* sq = st + 2 * kC * kLdK + kC * kLdU;
+      LoadTileAsync(sq, kLdK, kC, kDk, [qe](int i) { return qe + i * kDk; });
+      LoadTileAsync(sq + kC * kLdK, kLdP, kC, kC, [sc](int i) { return sc + i * kC; });
+    }
+  };
+  // Chunk ci's output, staged by every warp in its iteration; stored after the next block barrier.
+  auto store_output = [&](int64_t ci) {
+    const int64_t tok0 = seq_tok0 + ci * kC;
+    StoreStagedOutput(p, staged_o + (ci % 2) * kC * kLdU, tok0, seq_end - tok0, h, j0);
   };
 #pragma unroll
   for (int ci = 0; ci < kStages - 1; ++ci) {
@@ -108,50 +155,81 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
     __syncthreads();           // everyone's have; chunk ci - 1's stage and partial sums are free again
     if (ci + kStages - 1 < chunks) prefetch(ci + kStages - 1);
     AsyncCommit();
+    if constexpr (kOutput) {
+      if (ci > 0) store_output(ci - 1);
+    }
     const int64_t cell = (first + ci) * p.heads + h;
     const float decay = p.ws.decay[cell];  // used after the first product: its latency hides behind it
     const bf16* sw = stages + (ci % kStages) * kStageElems;
     const bf16* sk = sw + kC * kLdK;
     const bf16* su = sk + kC * kLdK;
+    const bf16* sq = su + kC * kLdU;  // Qe, then the scores (kOutput)
+    const bf16* sp = sq + kC * kLdK;
 
-    // X = S^T W^T over this warp's key rows; S^T in bf16 is also the chunk's starting state for the output
-    // pass.
-    bf16* s_out = p.ws.states + cell * kDk * kDv + static_cast<int64_t>(jw) * kDk + d0;
-    Acc x[kXTiles];
+    // X = S^T W^T over this warp's key rows (with the output, also S^T Qe^T: the same A fragments); S^T in
+    // bf16 is also the chunk's starting state for the output pass.
+    bf16* s_out = kOutput ? nullptr : p.ws.states + cell * kDk * kDv + static_cast<int64_t>(jw) * kDk + d0;
+    Acc x[kXTiles], o[kOutput ? kXTiles : 1];
 #pragma unroll
     for (int n = 0; n < kXTiles; ++n) x[n] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+    if constexpr (kOutput) {
+#pragma unroll
+      for (int n = 0; n < kXTiles; ++n) o[n] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+    }
 #pragma unroll
     for (int ks = 0; ks < kDkW / 16; ++ks) {
       const FragA a = mma::PackA(s[2 * ks], s[2 * ks + 1]);
-      const int d = 16 * ks + 2 * t;
-      StorePair(s_out + g * kDk + d, a.r[0]);
-      StorePair(s_out + (g + 8) * kDk + d, a.r[1]);
-      StorePair(s_out + g * kDk + d + 8, a.r[2]);
-      StorePair(s_out + (g + 8) * kDk + d + 8, a.r[3]);
+      if constexpr (!kOutput) {
+        const int d = 16 * ks + 2 * t;
+        StorePair(s_out + g * kDk + d, a.r[0]);
+        StorePair(s_out + (g + 8) * kDk + d, a.r[1]);
+        StorePair(s_out + g * kDk + d + 8, a.r[2]);
+        StorePair(s_out + (g + 8) * kDk + d + 8, a.r[3]);
+      }
 #pragma unroll
       for (int np = 0; np < kXTiles / 2; ++np) {
         FragB b0, b1;
         mma::LoadBPairFromRowsOfN(b0, b1, sw, kLdK, 16 * np, d0 + 16 * ks);  // W [c, dk]: rows of n
         mma::Mma(x[2 * np], a, b0);
         mma::Mma(x[2 * np + 1], a, b1);
+        if constexpr (kOutput) {
+          mma::LoadBPairFromRowsOfN(b0, b1, sq, kLdK, 16 * np, d0 + 16 * ks);  // Qe [c, dk]: rows of n
+          mma::Mma(o[2 * np], a, b0);
+          mma::Mma(o[2 * np + 1], a, b1);
+        }
       }
     }
     if constexpr (kSplit > 1) {
-      // The group's partial sums: each warp leaves its own and adds the others'.
-      float4* mine = xbuf + (group * kSplit + part) * kXTiles * 32;
+      // The group's partial sums: each warp leaves its own and adds the others'; of O^T only the tiles of
+      // the tokens it owns.
+      const int slot = (group * kSplit + part) * kXTiles * 32;
 #pragma unroll
-      for (int n = 0; n < kXTiles; ++n) mine[n * 32 + lane] = make_float4(x[n].c[0], x[n].c[1], x[n].c[2], x[n].c[3]);
+      for (int n = 0; n < kXTiles; ++n) {
+        xbuf[slot + n * 32 + lane] = make_float4(x[n].c[0], x[n].c[1], x[n].c[2], x[n].c[3]);
+        if constexpr (kOutput) obuf[slot + n * 32 + lane] = make_float4(o[n].c[0], o[n].c[1], o[n].c[2], o[n].c[3]);
+      }
       GroupBarrier<kSplit>(group);
 #pragma unroll
       for (int other = 1; other < kSplit; ++other) {
-        const float4* theirs = xbuf + (group * kSplit + (part + other) % kSplit) * kXTiles * 32;
+        const int theirs = (group * kSplit + (part + other) % kSplit) * kXTiles * 32;
 #pragma unroll
         for (int n = 0; n < kXTiles; ++n) {
-          const float4 v = theirs[n * 32 + lane];
+          const float4 v = xbuf[theirs + n * 32 + lane];
           x[n].c[0] += v.x;
           x[n].c[1] += v.y;
           x[n].c[2] += v.z;
           x[n].c[3] += v.w;
+        }
+        if constexpr (kOutput) {
+#pragma unroll
+          for (int n = 0; n < kXTiles; ++n) {
+            if (n / kOTiles != part) continue;  // compile-time tile indices keep o[] in registers
+            const float4 v = obuf[theirs + n * 32 + lane];
+            o[n].c[0] += v.x;
+            o[n].c[1] += v.y;
+            o[n].c[2] += v.z;
+            o[n].c[3] += v.w;
+          }
         }
       }
     }
@@ -165,16 +243,44 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
       x[n].c[2] = __bfloat162float(su[i * kLdU + j + 8]) - x[n].c[2];
       x[n].c[3] = __bfloat162float(su[(i + 1) * kLdU + j + 8]) - x[n].c[3];
     }
-    bf16* vn_out = p.ws.vn + cell * kC * kDv + static_cast<int64_t>(jw) * kC;
+    bf16* vn_out = kOutput ? nullptr : p.ws.vn + cell * kC * kDv + static_cast<int64_t>(jw) * kC;
 #pragma unroll
     for (int ks = 0; ks < kC / 16; ++ks) {
       va[ks] = mma::PackA(x[2 * ks], x[2 * ks + 1]);
-      if (part == 0) {  // every warp of the group has the same V'
+      if (!kOutput && part == 0) {  // every warp of the group has the same V'
         const int i = 16 * ks + 2 * t;
         StorePair(vn_out + g * kC + i, va[ks].r[0]);
         StorePair(vn_out + (g + 8) * kC + i, va[ks].r[1]);
         StorePair(vn_out + g * kC + i + 8, va[ks].r[2]);
         StorePair(vn_out + (g + 8) * kC + i + 8, va[ks].r[3]);
+      }
+    }
+    if constexpr (kOutput) {
+      // O^T += V'^T scores^T for this warp's tokens (pairs of 8-token tiles), the scores' zero upper
+      // triangle skipped: token pair tp needs the k steps up to its own. Then staged for the store.
+      static_assert(kOTiles % 2 == 0, "a warp owns whole pairs of token tiles");
+      bf16* staged = staged_o + (ci % 2) * kC * kLdU;
+#pragma unroll
+      for (int tp = 0; tp < kXTiles / 2; ++tp) {
+        if (2 * tp / kOTiles != part) continue;  // another warp's tokens
+        const int n = 2 * tp;
+#pragma unroll
+        for (int ks = 0; ks < kC / 16; ++ks) {
+          if (ks <= tp) {
+            FragB b0, b1;
+            mma::LoadBPairFromRowsOfN(b0, b1, sp, kLdP, 16 * tp, 16 * ks);  // scores [c, c]: rows of n
+            mma::Mma(o[n], va[ks], b0);
+            mma::Mma(o[n + 1], va[ks], b1);
+          }
+        }
+#pragma unroll
+        for (int m = n; m < n + 2; ++m) {
+          const int i = 8 * m + 2 * t, j = jl + g;
+          staged[i * kLdU + j] = __float2bfloat16_rn(o[m].c[0]);
+          staged[(i + 1) * kLdU + j] = __float2bfloat16_rn(o[m].c[1]);
+          staged[i * kLdU + j + 8] = __float2bfloat16_rn(o[m].c[2]);
+          staged[(i + 1) * kLdU + j + 8] = __float2bfloat16_rn(o[m].c[3]);
+        }
       }
     }
     // S^T = e^(G_C) S^T + V'^T Kd over the chunk in 4 k steps, this warp's key rows.
@@ -195,6 +301,12 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
     }
   }
   AsyncWait<0>();  // no copy may outlive the block
+  if constexpr (kOutput) {
+    if (chunks > 0) {
+      __syncthreads();  // every warp's part of the last chunk's output is staged
+      store_output(chunks - 1);
+    }
+  }
   float* fin = p.final_state + state_off;
 #pragma unroll
   for (int n = 0; n < kNt; ++n) {
@@ -206,42 +318,47 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
   }
 }
 
-template <int kStages, int kSplit>
+template <int kStages, int kSplit, bool kOutput>
 void Launch(const PassArgs<bf16>& args, int64_t blocks, cudaStream_t stream) {
-  const int64_t bytes = StateRegsSharedBytes<kSplit>(kStages);
-  auto kernel = StateKernelRegs<kStages, kSplit>;
+  const int64_t bytes = StateRegsSharedBytes<kSplit, kOutput>(kStages);
+  static_assert(StateRegsSharedBytes<kSplit, kOutput>(kStages) <= 227 * 1024, "more shared memory than a block has");
+  auto kernel = StateKernelRegs<kStages, kSplit, kOutput>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   kernel<<<static_cast<unsigned>(blocks), 32 * kGroups * kSplit, static_cast<size_t>(bytes), stream>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <int kSplit>
-void LaunchSplit(const PassArgs<bf16>& args, int64_t blocks, int sms, cudaStream_t stream) {
+void LaunchSplit(const PassArgs<bf16>& args, int64_t blocks, int sms, bool output, cudaStream_t stream) {
+  if (output) {
+    Launch<kOutputStages, kSplit, true>(args, blocks, stream);
+    return;
+  }
   // Few blocks (long sequences, one an SM): three stages, two chunks in flight to hide the load latency
   // that nothing else on the SM hides. Many blocks: two stages, so that two blocks share an SM.
   if (blocks <= sms) {
-    Launch<3, kSplit>(args, blocks, stream);
+    Launch<3, kSplit, false>(args, blocks, stream);
   } else {
-    Launch<2, kSplit>(args, blocks, stream);
+    Launch<2, kSplit, false>(args, blocks, stream);
   }
 }
 
 }  // namespace
 
-void LaunchBf16StateRegs(const PassArgs<bf16>& args, int split, cudaStream_t stream) {
+void LaunchBf16StateRegs(const PassArgs<bf16>& args, int split, bool output, cudaStream_t stream) {
   const int64_t blocks = static_cast<int64_t>(args.n) * args.heads * (kDv / kBlockV);
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   switch (split) {
     case 1:
-      LaunchSplit<1>(args, blocks, sms, stream);
+      LaunchSplit<1>(args, blocks, sms, output, stream);
       break;
     case 2:
-      LaunchSplit<2>(args, blocks, sms, stream);
+      LaunchSplit<2>(args, blocks, sms, output, stream);
       break;
     default:
-      LaunchSplit<4>(args, blocks, sms, stream);
+      LaunchSplit<4>(args, blocks, sms, output, stream);
       break;
   }
 }

@@ -195,9 +195,14 @@ __device__ inline void SequenceChunks(const int64_t* offsets, int seq, int c, in
 void LaunchBf16Passes(const PassArgs<__nv_bfloat16>& args, int64_t chunks, bool qwen_dims, cudaStream_t stream);
 
 // The state pass with the state in registers at Qwen3.5's shape (C = 64, dk = dv = 128;
-// gdn_prefill_bf16_state_regs_cuda.cu): writes the starting states and V' transposed ([dv, dk], [dv, c]).
+// gdn_prefill_bf16_state_regs_cuda.cu): writes the starting states and V' transposed ([dv, dk], [dv, c]),
+// or with `output` forms O itself from Qe and the scores and writes neither (no output pass follows).
 // `split`: warps per 16 value columns (1, 2 or 4), each over dk / split key rows.
-void LaunchBf16StateRegs(const PassArgs<__nv_bfloat16>& args, int split, cudaStream_t stream);
+void LaunchBf16StateRegs(const PassArgs<__nv_bfloat16>& args, int split, bool output, cudaStream_t stream);
+
+// Whether bf16 inputs at Qwen3.5's shape take the fused state-and-output pass (DELTASERVE_GDN_FUSED_OUTPUT=1
+// at the call): the workspace then has no per-chunk states or V'.
+bool FusedOutputPass();
 
 }  // namespace deltaserve::kernels::internal::gdn
 

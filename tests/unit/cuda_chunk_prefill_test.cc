@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -188,6 +189,45 @@ TEST_F(CudaChunkPrefill, BFloat16ManySequencesTakeTheTwoStagePipeline) {
   std::printf("bf16 inputs, 40 sequences: output rel err %.2e, final state %.2e\n", o_err, state_err);
   EXPECT_LT(o_err, 1e-2);
   EXPECT_LT(state_err, 1e-2);
+}
+
+// The fused state-and-output pass (DELTASERVE_GDN_FUSED_OUTPUT=1; Qwen3.5's shape, bf16 inputs) forms the
+// output inside the state pass from the operands the output pass reads back: the same final state bit for
+// bit (the state's arithmetic is untouched), the output within one bf16 rounding of the two passes' (its
+// float32 sums run in another order) and within the bound of the float64 recurrence. Both pipelines: the
+// packed odd lengths (48 blocks) and 40 sequences (640 blocks), both inverses that differ in the prepare.
+TEST_F(CudaChunkPrefill, BFloat16FusedStateOutputPassEqualsTheTwoPasses) {
+  at::manual_seed(5150);
+  std::vector<int64_t> many;
+  for (int i = 0; i < 40; ++i) many.push_back(i % 13 == 5 ? 0 : (i * 37) % 300 + 1);
+  struct Scenario {
+    std::vector<int64_t> lengths;
+    int64_t hk, hv;
+    size_t regime;
+    const char* method;
+  };
+  uint64_t seed = 404;
+  for (const Scenario& sc : {Scenario{kLengths, 2, 4, 3, "neumann"}, Scenario{kLengths, 2, 4, 1, "forward"},
+                             Scenario{many, 4, 8, 0, "forward"}}) {
+    Case c = MakeCase(sc.lengths, sc.hk, sc.hv, 128, 128, sc.regime, ++seed, at::kBFloat16);
+    c.in.g = c.in.g.to(at::kFloat);
+    c.in.beta = c.in.beta.to(at::kFloat);
+    const GatedDeltaRuleOutput ref = Reference(c);
+    ASSERT_EQ(unsetenv("DELTASERVE_GDN_FUSED_OUTPUT"), 0);
+    const GatedDeltaRuleOutput two_passes = OnCuda(c, Options(sc.method, 64));
+    ASSERT_EQ(setenv("DELTASERVE_GDN_FUSED_OUTPUT", "1", 1), 0);
+    const GatedDeltaRuleOutput fused = OnCuda(c, Options(sc.method, 64));
+    ASSERT_EQ(unsetenv("DELTASERVE_GDN_FUSED_OUTPUT"), 0);
+    const std::string what = std::string(sc.method) + " " + Regimes()[sc.regime].name + ", " +
+                             std::to_string(sc.lengths.size()) + " sequences";
+    EXPECT_TRUE(at::equal(fused.final_state, two_passes.final_state)) << what;
+    const double between = RelMaxError(fused.o.cpu().to(at::kDouble), two_passes.o.cpu().to(at::kDouble));
+    const double o_err = RelMaxError(fused.o.cpu(), ref.o);
+    std::printf("fused state+output, %s: output rel err %.2e (two passes: %.2e), fused vs two passes %.2e\n",
+                what.c_str(), o_err, RelMaxError(two_passes.o.cpu(), ref.o), between);
+    EXPECT_LT(between, 8e-3) << what;  // at most one bf16 step apart: 2^-7 (7.8e-3) of the largest output
+    EXPECT_LT(o_err, 1e-2) << what;
+  }
 }
 
 TEST_F(CudaChunkPrefill, ForcedGuardFallbacksAreExactAndCounted) {
