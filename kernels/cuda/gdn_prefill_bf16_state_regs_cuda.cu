@@ -51,11 +51,13 @@ constexpr int StageElems(bool output) { return 2 * kC * kLdK + kC * kLdU + (outp
 constexpr int kOutputStages = 2;  // 3 stages of 5 tiles do not fit beside the exchange
 
 // The stages, then each warp's partial X (and O^T: kXTiles float4 per lane each) for its group's other
-// warps, then two chunks' staged output [c, kLdU] in bf16.
+// warps, then two chunks' staged output [c, kLdU] in bf16, then V'^T's A fragments (a uint4 per lane and
+// k step) that each warp of a group passes to the others.
 template <int kSplit, bool kOutput>
 constexpr int64_t StateRegsSharedBytes(int stages) {
   const int64_t exchange = kSplit > 1 ? (kOutput ? 2 : 1) * kGroups * kSplit * kXTiles * 32 * 16 : 0;
-  return static_cast<int64_t>(stages) * StageElems(kOutput) * 2 + exchange + (kOutput ? 2 * kC * kLdU * 2 : 0);
+  const int64_t output = kOutput ? 2 * kC * kLdU * 2 + (kSplit > 1 ? kGroups * (kC / 16) * 32 * 16 : 0) : 0;
+  return static_cast<int64_t>(stages) * StageElems(kOutput) * 2 + exchange + output;
 }
 
 __device__ __forceinline__ void StorePair(bf16* p, uint32_t v) { *reinterpret_cast<uint32_t*>(p) = v; }
@@ -93,6 +95,7 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
   float4* xbuf = reinterpret_cast<float4*>(smem + static_cast<int64_t>(kStages) * kStageElems * 2);
   float4* obuf = xbuf + kExchange;                                              // O^T partials (kOutput)
   bf16* staged_o = reinterpret_cast<bf16*>(obuf + (kOutput ? kExchange : 0));  // 2 x [c, kLdU] (kOutput)
+  uint4* vbuf = reinterpret_cast<uint4*>(staged_o + 2 * kC * kLdU);             // V'^T fragments (kOutput)
   constexpr int kColBlocks = kDv / kBlockV;
   const int j0 = static_cast<int>(blockIdx.x % kColBlocks) * kBlockV;
   const int h = static_cast<int>(blockIdx.x / kColBlocks % p.heads);
@@ -200,8 +203,9 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
       }
     }
     if constexpr (kSplit > 1) {
-      // The group's partial sums: each warp leaves its own and adds the others'; of O^T only the tiles of
-      // the tokens it owns.
+      // The group's partial sums: each warp leaves its own and adds the others'. With the output each warp
+      // adds only the tiles of the tokens it owns (of X and O^T: a reduce-scatter, a quarter of the reads at
+      // split 4) and passes its part of V' on in bf16 below; without, all of X.
       const int slot = (group * kSplit + part) * kXTiles * 32;
 #pragma unroll
       for (int n = 0; n < kXTiles; ++n) {
@@ -214,6 +218,7 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
         const int theirs = (group * kSplit + (part + other) % kSplit) * kXTiles * 32;
 #pragma unroll
         for (int n = 0; n < kXTiles; ++n) {
+          if (kOutput && n / kOTiles != part) continue;  // compile-time tile indices keep x[] in registers
           const float4 v = xbuf[theirs + n * 32 + lane];
           x[n].c[0] += v.x;
           x[n].c[1] += v.y;
@@ -233,10 +238,12 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
         }
       }
     }
-    // V'^T = U^T - X, rounded to bf16, as the A fragments of the update's 4 k steps over the chunk.
+    // V'^T = U^T - X, rounded to bf16, as the A fragments of the update's 4 k steps over the chunk (with
+    // the output: this warp's tokens here, the others' from the warps that own them).
     FragA va[kC / 16];
 #pragma unroll
     for (int n = 0; n < kXTiles; ++n) {
+      if (kOutput && n / kOTiles != part) continue;
       const int i = 8 * n + 2 * t, j = jl + g;
       x[n].c[0] = __bfloat162float(su[i * kLdU + j]) - x[n].c[0];
       x[n].c[1] = __bfloat162float(su[(i + 1) * kLdU + j]) - x[n].c[1];
@@ -246,13 +253,31 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
     bf16* vn_out = kOutput ? nullptr : p.ws.vn + cell * kC * kDv + static_cast<int64_t>(jw) * kC;
 #pragma unroll
     for (int ks = 0; ks < kC / 16; ++ks) {
+      if constexpr (kOutput) {
+        if (2 * ks / kOTiles != part) continue;
+        va[ks] = mma::PackA(x[2 * ks], x[2 * ks + 1]);
+        // Lane l's fragment holds the same (column, token) positions in every warp of the group.
+        if constexpr (kSplit > 1) {
+          vbuf[(group * (kC / 16) + ks) * 32 + lane] = make_uint4(va[ks].r[0], va[ks].r[1], va[ks].r[2], va[ks].r[3]);
+        }
+        continue;
+      }
       va[ks] = mma::PackA(x[2 * ks], x[2 * ks + 1]);
-      if (!kOutput && part == 0) {  // every warp of the group has the same V'
+      if (part == 0) {  // every warp of the group has the same V'
         const int i = 16 * ks + 2 * t;
         StorePair(vn_out + g * kC + i, va[ks].r[0]);
         StorePair(vn_out + (g + 8) * kC + i, va[ks].r[1]);
         StorePair(vn_out + g * kC + i + 8, va[ks].r[2]);
         StorePair(vn_out + (g + 8) * kC + i + 8, va[ks].r[3]);
+      }
+    }
+    if constexpr (kOutput && kSplit > 1) {
+      GroupBarrier<kSplit>(group);
+#pragma unroll
+      for (int ks = 0; ks < kC / 16; ++ks) {
+        if (2 * ks / kOTiles == part) continue;
+        const uint4 v = vbuf[(group * (kC / 16) + ks) * 32 + lane];
+        va[ks] = {{v.x, v.y, v.z, v.w}};
       }
     }
     if constexpr (kOutput) {
