@@ -30,6 +30,7 @@
 #include <type_traits>
 
 #include "../src/chunk_gated_delta_rule_cuda.h"
+#include "../src/state_quant.h"
 #include "gdn_prefill_common.cuh"
 #include "gdn_prefill_prepare.cuh"
 
@@ -205,10 +206,7 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs<float> p) {
   float* ss = smem;               // [dk, lds]: the state slice
   float* stages = ss + dk * lds;  // two stages of: W [c, ldk], e^(G_C - G) k [c, ldk], U then V' [c, lds]
   const int stage_floats = 2 * c * ldk + c * lds;
-  const int64_t state_off = (static_cast<int64_t>(seq) * p.heads + h) * dk * dv;
-  const float* init = p.initial_state ? p.initial_state + state_off + j0 : nullptr;
-  LoadTile(ss, lds, dk, BV,
-           [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
+  LoadInitialSlice(ss, lds, p, seq, h, j0, BV, dk, dv);
   __syncthreads();
   int64_t first, chunks;
   SequenceChunks(p.offsets, seq, c, &first, &chunks);
@@ -255,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) StateKernel(PassArgs<float> p) {
     __syncthreads();
   }
   for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
-    p.final_state[state_off + (idx / BV) * dv + j0 + idx % BV] = ss[(idx / BV) * lds + idx % BV];
+    StoreFinalState(p, seq, h, idx / BV, j0 + idx % BV, dk, dv, ss[(idx / BV) * lds + idx % BV]);
   }
 }
 
@@ -342,6 +340,29 @@ int64_t PrepareSharedFloats(int64_t c, int64_t dk, int64_t dv, int method, bool 
          staging;
 }
 
+// The pool as the state passes address it (values in its storage type, scales, the sequences' slots).
+PoolRef PoolRefOf(RecurrentStatePool& pool, const at::Tensor& slots) {
+  PoolRef r;
+  switch (pool.dtype) {
+    case StateDtype::kFloat32:
+      r.kind = PoolKind::kFloat32;
+      break;
+    case StateDtype::kBFloat16:
+      r.kind = PoolKind::kBFloat16;
+      break;
+    case StateDtype::kFloat8E4M3:
+      r.kind = PoolKind::kFloat8;
+      break;
+    default:
+      r.kind = PoolKind::kInt8;  // every INT8 variant stores int8 values and per-row float32 scales
+      break;
+  }
+  r.values = pool.values.data_ptr();
+  r.scales = IsScaled(pool.dtype) ? pool.scales.data_ptr<float>() : nullptr;
+  r.slots = slots.data_ptr<int64_t>();
+  return r;
+}
+
 template <typename Kernel>
 void AllowSharedMemory(Kernel kernel, size_t bytes) {
   C10_CUDA_CHECK(
@@ -360,7 +381,10 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
   const at::TensorOptions f32 = a.v.options().dtype(at::kFloat);
   GatedDeltaRuleOutput out;
   out.o = at::empty({b, t, hv, dv}, a.v.options());
-  out.final_state = at::empty({n, hv, dk, dv}, f32);
+  // In the pool, float32 and bf16 states go straight to their slots; scaled ones through a dense copy that
+  // one more launch quantizes (a row's scale needs the whole row, which the column blocks split).
+  const bool in_pool = a.pool != nullptr, quantize = in_pool && IsScaled(a.pool->dtype);
+  if (!in_pool || quantize) out.final_state = at::empty({n, hv, dk, dv}, f32);
   out.inverse_stats.chunks = chunks * hv;
   const int64_t cells = std::max<int64_t>(chunks, 1) * hv;
   // The fused state-and-output pass keeps each chunk's starting state and V' on chip.
@@ -420,8 +444,9 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     PassArgs<T> s{};
     s.offsets = a.device_offsets.data_ptr<int64_t>();
     s.ws = ws;
-    s.initial_state = a.initial_state.defined() ? a.initial_state.data_ptr<float>() : nullptr;
-    s.final_state = out.final_state.data_ptr<float>();
+    s.initial_state = a.initial_state.defined() && !in_pool ? a.initial_state.data_ptr<float>() : nullptr;
+    s.final_state = out.final_state.defined() ? out.final_state.data_ptr<float>() : nullptr;
+    if (in_pool) s.pool = PoolRefOf(*a.pool, a.slots);
     s.o = out.o.data_ptr();
     s.n = static_cast<int>(n);
     s.heads = static_cast<int>(hv);
@@ -453,6 +478,11 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
       } else {
         passes(StateKernel<16, D>, OutputKernel<16, D>, 16);
       }
+    }
+    if (quantize) {
+      LaunchQuantizeIntoPool(s.final_state, s.n, s.heads, s.dk, s.dv, s.pool, IsCoarse(a.pool->dtype),
+                             QuantMax(a.pool->dtype), stream);
+      out.final_state = at::Tensor();  // the states are in the pool
     }
   }
   if (a.read_inverse_stats) {

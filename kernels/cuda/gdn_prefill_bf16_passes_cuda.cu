@@ -63,10 +63,7 @@ __global__ void __launch_bounds__(kThreads, 2) StateKernelBf16(PassArgs<bf16> p)
   bf16* stages = reinterpret_cast<bf16*>(smem + layout.state_bytes + layout.union_bytes);
   const int64_t stage_elems = layout.stage_elems;
 
-  const int64_t state_off = (static_cast<int64_t>(seq) * p.heads + h) * dk * dv;
-  const float* init = p.initial_state ? p.initial_state + state_off + j0 : nullptr;
-  LoadTile(ss, lds, dk, BV,
-           [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
+  LoadInitialSlice(ss, lds, p, seq, h, j0, BV, dk, dv);
   int64_t first, chunks;
   SequenceChunks(p.offsets, seq, c, &first, &chunks);
   auto prefetch = [&](int64_t ci) {
@@ -146,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, 2) StateKernelBf16(PassArgs<bf16> p)
   }
   __syncthreads();  // without chunks, the initial state's tile load is still in flight
   for (int idx = threadIdx.x; idx < dk * BV; idx += blockDim.x) {
-    p.final_state[state_off + (idx / BV) * dv + j0 + idx % BV] = ss[(idx / BV) * lds + idx % BV];
+    StoreFinalState(p, seq, h, idx / BV, j0 + idx % BV, dk, dv, ss[(idx / BV) * lds + idx % BV]);
   }
 }
 

@@ -105,22 +105,16 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
   const int jl = group * 16;          // the group's first column within the block
   const int jw = j0 + jl;             // and within the head
   const int d0 = part * kDkW;         // this warp's first key row
-  const int64_t state_off = (static_cast<int64_t>(seq) * p.heads + h) * kDk * kDv;
 
   // S^T [16, kDkW] as kNt C tiles of 8 key rows: tile n holds (jw + g (+8), d0 + 8n + 2t (+1)).
   Acc s[kNt];
 #pragma unroll
   for (int n = 0; n < kNt; ++n) {
     const int d = d0 + 8 * n + 2 * t;
-    if (p.initial_state != nullptr) {
-      const float* init = p.initial_state + state_off;
-      s[n].c[0] = init[d * kDv + jw + g];
-      s[n].c[1] = init[(d + 1) * kDv + jw + g];
-      s[n].c[2] = init[d * kDv + jw + g + 8];
-      s[n].c[3] = init[(d + 1) * kDv + jw + g + 8];
-    } else {
-      s[n] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-    }
+    s[n].c[0] = InitialStateAt(p, seq, h, d, jw + g, kDk, kDv);
+    s[n].c[1] = InitialStateAt(p, seq, h, d + 1, jw + g, kDk, kDv);
+    s[n].c[2] = InitialStateAt(p, seq, h, d, jw + g + 8, kDk, kDv);
+    s[n].c[3] = InitialStateAt(p, seq, h, d + 1, jw + g + 8, kDk, kDv);
   }
 
   int64_t first, chunks;
@@ -332,14 +326,13 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
       store_output(chunks - 1);
     }
   }
-  float* fin = p.final_state + state_off;
 #pragma unroll
   for (int n = 0; n < kNt; ++n) {
     const int d = d0 + 8 * n + 2 * t;
-    fin[d * kDv + jw + g] = s[n].c[0];
-    fin[(d + 1) * kDv + jw + g] = s[n].c[1];
-    fin[d * kDv + jw + g + 8] = s[n].c[2];
-    fin[(d + 1) * kDv + jw + g + 8] = s[n].c[3];
+    StoreFinalState(p, seq, h, d, jw + g, kDk, kDv, s[n].c[0]);
+    StoreFinalState(p, seq, h, d + 1, jw + g, kDk, kDv, s[n].c[1]);
+    StoreFinalState(p, seq, h, d, jw + g + 8, kDk, kDv, s[n].c[2]);
+    StoreFinalState(p, seq, h, d + 1, jw + g + 8, kDk, kDv, s[n].c[3]);
   }
 }
 

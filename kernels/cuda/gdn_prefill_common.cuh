@@ -5,6 +5,7 @@
 
 #include <c10/util/BFloat16.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
@@ -138,15 +139,79 @@ struct Workspace {
   float* decay;    // [1]: e^(G_C)
 };
 
+// A recurrent-state pool's slots as the state pass reads each sequence's initial state from them and
+// writes its final state back, in the pool's storage type (the prefill in the pool). Scaled pools (INT8,
+// FP8) are read here and written by LaunchQuantizeIntoPool after the pass: a row's scale needs the whole
+// row, which the pass's column blocks split.
+enum class PoolKind : int { kNone, kFloat32, kBFloat16, kInt8, kFloat8 };
+struct PoolRef {
+  PoolKind kind = PoolKind::kNone;
+  void* values = nullptr;          // [slots, heads, dk, dv]
+  float* scales = nullptr;         // [slots, heads, dk]: kInt8, kFloat8
+  const int64_t* slots = nullptr;  // [n] on the device: sequence i's slot
+};
+
 template <typename T>
 struct PassArgs {
   const int64_t* offsets;
   Workspace<T> ws;
-  const float* initial_state;  // [n, heads, dk, dv] or null
-  float* final_state;          // [n, heads, dk, dv]
+  const float* initial_state;  // [n, heads, dk, dv], or null: the pool's slots, or zeros without a pool
+  float* final_state;          // [n, heads, dk, dv], or null: the pool's slots (float32 and bf16 pools)
+  PoolRef pool;
   void* o;                     // [tokens, heads, dv] in the inputs' dtype
   int n, heads, dk, dv, c;
 };
+
+// Element (d, j) of sequence seq's initial state for value head h, as float32: dequantized from the pool as
+// ReadStates does (value times its row's scale).
+template <typename T>
+__device__ inline float InitialStateAt(const PassArgs<T>& p, int seq, int h, int d, int j, int dk, int dv) {
+  if (p.initial_state != nullptr) return p.initial_state[((static_cast<int64_t>(seq) * p.heads + h) * dk + d) * dv + j];
+  if (p.pool.kind == PoolKind::kNone) return 0.0f;
+  const int64_t row = (p.pool.slots[seq] * p.heads + h) * dk + d, idx = row * dv + j;
+  switch (p.pool.kind) {
+    case PoolKind::kFloat32:
+      return static_cast<const float*>(p.pool.values)[idx];
+    case PoolKind::kBFloat16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(p.pool.values)[idx]);
+    case PoolKind::kInt8:
+      return static_cast<float>(static_cast<const int8_t*>(p.pool.values)[idx]) * p.pool.scales[row];
+    default:
+      return static_cast<float>(static_cast<const __nv_fp8_e4m3*>(p.pool.values)[idx]) * p.pool.scales[row];
+  }
+}
+
+// Element (d, j) of the final state: to final_state when there is one, else to the pool's slot (float32,
+// or bfloat16 rounded to nearest even as WriteStates' cast does).
+template <typename T>
+__device__ inline void StoreFinalState(const PassArgs<T>& p, int seq, int h, int d, int j, int dk, int dv, float x) {
+  if (p.final_state != nullptr) {
+    p.final_state[((static_cast<int64_t>(seq) * p.heads + h) * dk + d) * dv + j] = x;
+    return;
+  }
+  const int64_t idx = ((p.pool.slots[seq] * p.heads + h) * dk + d) * dv + j;
+  if (p.pool.kind == PoolKind::kFloat32) {
+    static_cast<float*>(p.pool.values)[idx] = x;
+  } else {
+    static_cast<__nv_bfloat16*>(p.pool.values)[idx] = __float2bfloat16_rn(x);
+  }
+}
+
+// The initial state's [dk, bv] slice from column j0 into shared ss (leading dimension lds) as float32:
+// vector loads of dense rows, element by element from a pool.
+template <typename T>
+__device__ inline void LoadInitialSlice(float* ss, int lds, const PassArgs<T>& p, int seq, int h, int j0, int bv, int dk,
+                                        int dv) {
+  if (p.initial_state != nullptr || p.pool.kind == PoolKind::kNone) {
+    const float* init =
+        p.initial_state ? p.initial_state + (static_cast<int64_t>(seq) * p.heads + h) * dk * dv + j0 : nullptr;
+    LoadTile(ss, lds, dk, bv, [init, dv](int i) { return init ? init + static_cast<int64_t>(i) * dv : nullptr; });
+    return;
+  }
+  for (int idx = threadIdx.x; idx < dk * bv; idx += blockDim.x) {
+    ss[(idx / bv) * lds + idx % bv] = InitialStateAt(p, seq, h, idx / bv, j0 + idx % bv, dk, dv);
+  }
+}
 
 // Sequence and chunk-in-sequence of global chunk `id` (chunks numbered sequence by sequence).
 __device__ inline void LocateChunk(const int64_t* offsets, int n, int c, int64_t id, int* seq,
@@ -199,6 +264,11 @@ void LaunchBf16Passes(const PassArgs<__nv_bfloat16>& args, int64_t chunks, bool 
 // or with `output` forms O itself from Qe and the scores and writes neither (no output pass follows).
 // `split`: warps per 16 value columns (1, 2 or 4), each over dk / split key rows.
 void LaunchBf16StateRegs(const PassArgs<__nv_bfloat16>& args, int split, bool output, cudaStream_t stream);
+
+// Quantizes float32 final states [n, heads, dk, dv] into a scaled pool's slots (gdn_prefill_pool_cuda.cu),
+// rounding to nearest as WriteStates does: per-row scales, or one per head when `coarse`.
+void LaunchQuantizeIntoPool(const float* states, int n, int heads, int dk, int dv, const PoolRef& pool, bool coarse,
+                            float qmax, cudaStream_t stream);
 
 // Whether bf16 inputs at Qwen3.5's shape take the fused state-and-output pass (DELTASERVE_GDN_FUSED_OUTPUT=1
 // at the call): the workspace then has no per-chunk states or V'.

@@ -19,6 +19,43 @@
 
 namespace deltaserve::kernels {
 
+#ifdef DELTASERVE_WITH_CUDA
+namespace internal {
+absl::StatusOr<GatedDeltaRuleOutput> RunFusedPrefill(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                     const at::Tensor& g, const at::Tensor& beta,
+                                                     const at::Tensor& initial_state, const at::Tensor& cu_seqlens,
+                                                     const GatedDeltaRuleOptions& options, RecurrentStatePool* pool,
+                                                     const at::Tensor& slots) {
+  FusedPrefillArgs a;
+  std::vector<int64_t> fixed;  // sequence offsets of an unpacked [B, T] batch
+  if (cu_seqlens.defined()) {
+    DS_ASSIGN_OR_RETURN(HostIndices cu, HostValues(cu_seqlens, options.host_cu_seqlens, "cu_seqlens", "host_cu_seqlens"));
+    fixed.assign(cu.values.begin(), cu.values.end());
+  } else {
+    for (int64_t i = 0; i <= q.size(0); ++i) fixed.push_back(i * q.size(1));
+  }
+  DS_CATCH_ATEN({
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.g = g.to(at::kFloat).contiguous();
+    a.beta = beta.to(at::kFloat).contiguous();
+    if (initial_state.defined()) a.initial_state = initial_state.to(at::kFloat).contiguous();
+    a.pool = pool;
+    a.slots = slots;
+    a.device_offsets = cu_seqlens.defined() ? cu_seqlens : IndexOnDevice(fixed, q.device());
+    a.offsets = fixed;
+    a.chunk_size = options.chunk_size;
+    a.l2norm_qk = options.l2norm_qk;
+    a.scale = static_cast<float>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3)))));
+    a.inverse = options.inverse;
+    a.read_inverse_stats = options.sync_inverse_stats;
+    return ChunkGatedDeltaRuleCuda(a);
+  })
+}
+}  // namespace internal
+#endif
+
 absl::StatusOr<GatedDeltaRuleOutput> ChunkGatedDeltaRule(const at::Tensor& q, const at::Tensor& k,
                                                          const at::Tensor& v, const at::Tensor& g,
                                                          const at::Tensor& beta,
@@ -30,31 +67,7 @@ absl::StatusOr<GatedDeltaRuleOutput> ChunkGatedDeltaRule(const at::Tensor& q, co
       internal::ValidateGatedDeltaArgs(q, k, v, g, beta, initial_state, cu_seqlens, options, &n));
 #ifdef DELTASERVE_WITH_CUDA
   if (options.fused_cuda && internal::FusedPrefillSupports(q, v, options)) {
-    internal::FusedPrefillArgs a;
-    std::vector<int64_t> fixed;  // sequence offsets of an unpacked [B, T] batch
-    if (cu_seqlens.defined()) {
-      DS_ASSIGN_OR_RETURN(internal::HostIndices cu, internal::HostValues(cu_seqlens, options.host_cu_seqlens,
-                                                                         "cu_seqlens", "host_cu_seqlens"));
-      fixed.assign(cu.values.begin(), cu.values.end());
-    } else {
-      for (int64_t i = 0; i <= q.size(0); ++i) fixed.push_back(i * q.size(1));
-    }
-    DS_CATCH_ATEN({
-      a.q = q;
-      a.k = k;
-      a.v = v;
-      a.g = g.to(at::kFloat).contiguous();
-      a.beta = beta.to(at::kFloat).contiguous();
-      if (initial_state.defined()) a.initial_state = initial_state.to(at::kFloat).contiguous();
-      a.device_offsets = cu_seqlens.defined() ? cu_seqlens : internal::IndexOnDevice(fixed, q.device());
-      a.offsets = fixed;
-      a.chunk_size = options.chunk_size;
-      a.l2norm_qk = options.l2norm_qk;
-      a.scale = static_cast<float>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3)))));
-      a.inverse = options.inverse;
-      a.read_inverse_stats = options.sync_inverse_stats;
-      return internal::ChunkGatedDeltaRuleCuda(a);
-    })
+    return internal::RunFusedPrefill(q, k, v, g, beta, initial_state, cu_seqlens, options);
   }
 #endif
   DS_CATCH_ATEN({

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "check.h"
 #include "recurrent_step_impl.h"
+#include "state_pool_check.h"
 #include "state_quant.h"
 
 namespace deltaserve::kernels {
@@ -168,28 +169,27 @@ absl::StatusOr<RecurrentStatePool> MakeRecurrentStatePool(int64_t slots, int64_t
   })
 }
 
-namespace {
+namespace internal {
 absl::Status CheckPool(const RecurrentStatePool& pool) {
   if (!pool.values.defined() || pool.values.dim() != 4) {
     return absl::InvalidArgumentError("state pool: values must be a [slots, Hv, dk, dv] tensor");
   }
-  if (internal::IsScaled(pool.dtype) && (!pool.scales.defined() || pool.scales.dim() != 3)) {
+  if (IsScaled(pool.dtype) && (!pool.scales.defined() || pool.scales.dim() != 3)) {
     return absl::InvalidArgumentError("state pool: a quantized pool needs scales [slots, Hv, dk]");
   }
   return absl::OkStatus();
 }
 
-// `slots` on the pool's device: as given when it already is, else uploaded from its host values.
 at::Tensor SlotsOnPoolDevice(const RecurrentStatePool& pool, const at::Tensor& slots,
-                             const internal::HostIndices& host) {
+                             const HostIndices& host) {
   const at::Device device = pool.values.device();
-  return slots.device() == device ? slots.contiguous() : internal::IndexOnDevice(host.values, device);
+  return slots.device() == device ? slots.contiguous() : IndexOnDevice(host.values, device);
 }
-}  // namespace
+}  // namespace internal
 
 absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, const at::Tensor& states,
                          absl::Span<const int64_t> host_slots) {
-  DS_RETURN_IF_ERROR(CheckPool(pool));
+  DS_RETURN_IF_ERROR(internal::CheckPool(pool));
   DS_RETURN_IF_ERROR(internal::CheckTensor(states, "states", 4));
   DS_RETURN_IF_ERROR(internal::CheckDtype(states, "states", {at::kFloat, at::kDouble}));
   for (int d = 1; d < 4; ++d) {
@@ -200,7 +200,7 @@ absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, cons
       const internal::HostIndices host,
       internal::CheckSlots(slots, host_slots, states.size(0), pool.slots(), /*allow_padding=*/false));
   DS_CATCH_ATEN({
-    internal::ScatterQuantized(pool, SlotsOnPoolDevice(pool, slots, host), states.to(at::kFloat), false,
+    internal::ScatterQuantized(pool, internal::SlotsOnPoolDevice(pool, slots, host), states.to(at::kFloat), false,
                                host.values);
     return absl::OkStatus();
   })
@@ -208,13 +208,13 @@ absl::Status WriteStates(RecurrentStatePool& pool, const at::Tensor& slots, cons
 
 absl::StatusOr<at::Tensor> ReadStates(const RecurrentStatePool& pool, const at::Tensor& slots,
                                       absl::Span<const int64_t> host_slots) {
-  DS_RETURN_IF_ERROR(CheckPool(pool));
+  DS_RETURN_IF_ERROR(internal::CheckPool(pool));
   if (!slots.defined() || slots.dim() != 1) return absl::InvalidArgumentError("slots: expected [n] int64");
   DS_ASSIGN_OR_RETURN(
       const internal::HostIndices host,
       internal::CheckSlots(slots, host_slots, slots.size(0), pool.slots(), /*allow_padding=*/false));
   DS_CATCH_ATEN(
-      { return internal::GatherDequantized(pool, SlotsOnPoolDevice(pool, slots, host), host.values); })
+      { return internal::GatherDequantized(pool, internal::SlotsOnPoolDevice(pool, slots, host), host.values); })
 }
 
 namespace {
@@ -229,7 +229,7 @@ absl::StatusOr<internal::HostIndices> CheckStepInputs(const at::Tensor& q, const
   using internal::CheckDtype;
   using internal::CheckSize;
   using internal::CheckTensor;
-  DS_RETURN_IF_ERROR(CheckPool(pool));
+  DS_RETURN_IF_ERROR(internal::CheckPool(pool));
   DS_RETURN_IF_ERROR(CheckTensor(q, "q", lead + 2, /*require_contiguous=*/false));
   DS_RETURN_IF_ERROR(CheckTensor(k, "k", lead + 2, /*require_contiguous=*/false));
   DS_RETURN_IF_ERROR(CheckTensor(v, "v", lead + 2, /*require_contiguous=*/false));
@@ -286,7 +286,7 @@ bool UsesTiledKernel(const RecurrentStatePool& pool, const DecodeStepOptions& op
 // normalisation, the q scale (dk^-0.5 by default) and the key-head group.
 void SetStepMetadata(internal::DecodeInputs& in, const RecurrentStatePool& pool, const at::Tensor& slots,
                      const internal::HostIndices& host, const DecodeStepOptions& options, int64_t dk, int64_t hk) {
-  in.slots = SlotsOnPoolDevice(pool, slots, host);
+  in.slots = internal::SlotsOnPoolDevice(pool, slots, host);
   in.host_slots = host.values;
   in.l2norm = options.l2norm_qk;
   in.scale = static_cast<float>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(dk))));

@@ -293,7 +293,9 @@ TEST(RecurrentDecode, StatesMoveByRunsExactlyAsByIndex) {
     internal::ScatterQuantized(runs, slots, states, false, host);
     internal::ScatterQuantized(index, slots, states, false);
     EXPECT_TRUE(at::equal(runs.values.view(at::kByte), index.values.view(at::kByte))) << StateDtypeName(dt);
-    if (runs.scales.defined()) EXPECT_TRUE(at::equal(runs.scales, index.scales)) << StateDtypeName(dt);
+    if (runs.scales.defined()) {
+      EXPECT_TRUE(at::equal(runs.scales, index.scales)) << StateDtypeName(dt);
+    }
     EXPECT_TRUE(
         at::equal(internal::GatherDequantized(runs, slots, host), internal::GatherDequantized(index, slots)))
         << StateDtypeName(dt);

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "deltaserve/kernels/linear.h"
 #include "deltaserve/kernels/causal_conv1d.h"
+#include "deltaserve/kernels/chunk_gated_delta_rule_pool.h"
 #include "deltaserve/kernels/gdn_gates.h"
 #include "deltaserve/kernels/paged_attention.h"
 #include "deltaserve/kernels/rms_norm.h"
@@ -141,12 +142,13 @@ void Qwen35Model::LinearAttention(size_t layer, at::Tensor& residual, const Forw
     at::Tensor q = y.narrow(1, 0, hk * dk).reshape({1, t, hk, dk}).contiguous();
     at::Tensor k = y.narrow(1, hk * dk, hk * dk).reshape({1, t, hk, dk}).contiguous();
     at::Tensor v = y.narrow(1, 2 * hk * dk, hv * dv).reshape({1, t, hv, dv}).contiguous();
-    at::Tensor h0 = Unwrap(kernels::ReadStates(pool, b.state_slots, b.host_state_slots));
+    // Each sequence starts from its slot's state and leaves its final state there (on CUDA the kernels
+    // read and write the pool themselves).
     kernels::GatedDeltaRuleOptions rule = delta_rule_;
     rule.host_cu_seqlens = b.host_cu_seqlens;
-    kernels::GatedDeltaRuleOutput out = Unwrap(kernels::ChunkGatedDeltaRule(
-        q, k, v, g.unsqueeze(0).contiguous(), beta.unsqueeze(0).contiguous(), h0, b.cu_seqlens, rule));
-    Unwrap(kernels::WriteStates(pool, b.state_slots, out.final_state, b.host_state_slots));
+    kernels::GatedDeltaRuleOutput out = Unwrap(kernels::ChunkGatedDeltaRuleInPool(
+        q, k, v, g.unsqueeze(0).contiguous(), beta.unsqueeze(0).contiguous(), b.cu_seqlens, pool, b.state_slots,
+        b.host_state_slots, rule));
     o = out.o[0].to(residual.scalar_type());  // [T, hv, dv]
   }
   at::Tensor normed = Unwrap(kernels::GatedRmsNorm(o.contiguous(), z.view({t, hv, dv}), w.norm, c.rms_norm_eps));
