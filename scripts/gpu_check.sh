@@ -70,7 +70,7 @@ grep -E "^== |^\[  (PASSED|FAILED|SKIPPED) \]|^\[       OK \]|^\[  FAILED  \]|^\
 if [[ "${GPU_CHECK_SANITIZE:-1}" == 1 && -x "${build}/tests/kernels_test" ]]; then
   if command -v compute-sanitizer > /dev/null; then
     # racecheck instruments every shared-memory access: it gets the smaller shapes.
-    declare -A filter=([memcheck]="${GPU_CHECK_MEMCHECK_FILTER:-CudaChunkPrefill.*:CudaTiledDecode.*:CausalConv1dTest.*:CudaPadreMixer.*:CudaKernels.FusedTriInverse*:CudaKernels.FusedInt8*:CudaKernels.MultiToken*}"
+    declare -A filter=([memcheck]="${GPU_CHECK_MEMCHECK_FILTER:-CudaChunkPrefill.*:CudaTiledDecode.*:CausalConv1dTest.*:CudaPadreMixer.*:CudaKernels.FusedTriInverse*:CudaKernels.FusedInt8*:CudaKernels.MultiToken*:CudaPrefillInPool.*}"
       [racecheck]="${GPU_CHECK_RACECHECK_FILTER:-CudaChunkPrefill.ChunkSizes*:CudaChunkPrefill.ForcedGuard*:CudaChunkPrefill.BFloat16*:CudaTiledDecode.NeverSynchronises*}")
     for tool in memcheck racecheck; do
       timeout "${GPU_CHECK_SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "${tool}" --error-exitcode 3 \
