@@ -454,7 +454,7 @@ GatedDeltaRuleOutput Run(const FusedPrefillArgs& a) {
     s.dv = static_cast<int>(dv);
     s.c = static_cast<int>(c);
     if constexpr (!kFloat) {
-      LaunchBf16Passes(s, chunks, D::kStatic, stream);
+      LaunchBf16Passes(s, chunks, D::kStatic, fused_output, stream);
     } else {
       auto passes = [&](auto state_kernel, auto output_kernel, int64_t bv) {
         const size_t state_bytes =

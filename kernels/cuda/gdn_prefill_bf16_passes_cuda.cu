@@ -267,7 +267,7 @@ namespace {
 // State blocks of 32 value columns (16 where dv is not a multiple of 32); output blocks of 64 (32, 16):
 // the output pass reads Qe and the scores once per column block, so wider blocks read them fewer times.
 template <class D>
-void LaunchPasses(const PassArgs<bf16>& a, int64_t chunks, cudaStream_t stream) {
+void LaunchPasses(const PassArgs<bf16>& a, int64_t chunks, bool fused, cudaStream_t stream) {
   const int64_t c = a.c, dk = a.dk, dv = a.dv, cells = static_cast<int64_t>(a.n) * a.heads;
   auto state = [&](auto kernel, int64_t bv) {
     Launch(kernel, cells * (dv / bv), StateLayout(c, dk, bv).total, a, stream);
@@ -277,7 +277,6 @@ void LaunchPasses(const PassArgs<bf16>& a, int64_t chunks, cudaStream_t stream) 
   };
   if constexpr (D::kStatic) {
     static_assert(std::is_same<D, QwenDims>::value, "the register state pass is built for Qwen3.5's shape");
-    const bool fused = FusedOutputPass();
     LaunchBf16StateRegs(a, StateSplit(), fused, stream);
     if (chunks > 0 && !fused) output(OutputKernelBf16<64, D, true>, 64, true);
   } else {
@@ -299,12 +298,13 @@ void LaunchPasses(const PassArgs<bf16>& a, int64_t chunks, cudaStream_t stream) 
 
 }  // namespace
 
-void LaunchBf16Passes(const PassArgs<bf16>& args, int64_t chunks, bool qwen_dims, cudaStream_t stream) {
+void LaunchBf16Passes(const PassArgs<bf16>& args, int64_t chunks, bool qwen_dims, bool fused_output,
+                      cudaStream_t stream) {
   if (args.n == 0) return;
   if (qwen_dims) {
-    LaunchPasses<QwenDims>(args, chunks, stream);
+    LaunchPasses<QwenDims>(args, chunks, fused_output, stream);
   } else {
-    LaunchPasses<RunTimeDims>(args, chunks, stream);
+    LaunchPasses<RunTimeDims>(args, chunks, false, stream);
   }
 }
 

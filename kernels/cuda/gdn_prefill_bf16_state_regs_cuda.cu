@@ -83,6 +83,20 @@ __device__ __forceinline__ void StoreStagedOutput(const PassArgs<bf16>& p, const
   }
 }
 
+// Tile n of a group's sum over its kSplit partials, given this warp's own `mine`: paired as (p + p^1) +
+// (p^2 + p^3), so that every warp of the group gets the same bits whichever it is (float addition is
+// commutative, not associative). Their V' must agree bit for bit: each warp updates its key rows with it,
+// and with the output one warp's V' serves them all.
+template <int kSplit>
+__device__ __forceinline__ Acc SumOverSplit(const Acc& mine, const float4* buf, int group, int part, int n, int lane) {
+  auto at = [&](int q) { return buf[((group * kSplit + q) * kXTiles + n) * 32 + lane]; };
+  auto add = [](float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); };
+  float4 sum = add(make_float4(mine.c[0], mine.c[1], mine.c[2], mine.c[3]), at(part ^ 1));
+  if constexpr (kSplit == 4) sum = add(sum, add(at(part ^ 2), at(part ^ 3)));
+  static_assert(kSplit == 2 || kSplit == 4, "a split of 2 or 4 warps");
+  return {{sum.x, sum.y, sum.z, sum.w}};
+}
+
 template <int kStages, int kSplit, bool kOutput>
 __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(PassArgs<bf16> p) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -208,27 +222,10 @@ __global__ void __launch_bounds__(32 * kGroups * kSplit, 1) StateKernelRegs(Pass
       }
       GroupBarrier<kSplit>(group);
 #pragma unroll
-      for (int other = 1; other < kSplit; ++other) {
-        const int theirs = (group * kSplit + (part + other) % kSplit) * kXTiles * 32;
-#pragma unroll
-        for (int n = 0; n < kXTiles; ++n) {
-          if (kOutput && n / kOTiles != part) continue;  // compile-time tile indices keep x[] in registers
-          const float4 v = xbuf[theirs + n * 32 + lane];
-          x[n].c[0] += v.x;
-          x[n].c[1] += v.y;
-          x[n].c[2] += v.z;
-          x[n].c[3] += v.w;
-        }
+      for (int n = 0; n < kXTiles; ++n) {
+        if (!kOutput || n / kOTiles == part) x[n] = SumOverSplit<kSplit>(x[n], xbuf, group, part, n, lane);
         if constexpr (kOutput) {
-#pragma unroll
-          for (int n = 0; n < kXTiles; ++n) {
-            if (n / kOTiles != part) continue;  // compile-time tile indices keep o[] in registers
-            const float4 v = obuf[theirs + n * 32 + lane];
-            o[n].c[0] += v.x;
-            o[n].c[1] += v.y;
-            o[n].c[2] += v.z;
-            o[n].c[3] += v.w;
-          }
+          if (n / kOTiles == part) o[n] = SumOverSplit<kSplit>(o[n], obuf, group, part, n, lane);
         }
       }
     }

@@ -256,8 +256,10 @@ __device__ inline void SequenceChunks(const int64_t* offsets, int seq, int c, in
 }
 
 // Launches the state pass and the output pass over a bfloat16 workspace (gdn_prefill_bf16_passes_cuda.cu);
-// the output o is bfloat16. `chunks` is the number of global chunks (0: the state pass only).
-void LaunchBf16Passes(const PassArgs<__nv_bfloat16>& args, int64_t chunks, bool qwen_dims, cudaStream_t stream);
+// the output o is bfloat16. `chunks` is the number of global chunks (0: the state pass only). `fused_output`
+// (Qwen3.5's shape only): the state pass forms the output too, and the workspace has no states or V'.
+void LaunchBf16Passes(const PassArgs<__nv_bfloat16>& args, int64_t chunks, bool qwen_dims, bool fused_output,
+                      cudaStream_t stream);
 
 // The state pass with the state in registers at Qwen3.5's shape (C = 64, dk = dv = 128;
 // gdn_prefill_bf16_state_regs_cuda.cu): writes the starting states and V' transposed ([dv, dk], [dv, c]),
@@ -271,7 +273,7 @@ void LaunchQuantizeIntoPool(const float* states, int n, int heads, int dk, int d
                             float qmax, cudaStream_t stream);
 
 // Whether bf16 inputs at Qwen3.5's shape take the fused state-and-output pass (DELTASERVE_GDN_FUSED_OUTPUT=1
-// at the call): the workspace then has no per-chunk states or V'.
+// at the call): read once per prefill, which sizes its workspace and picks its passes by the answer.
 bool FusedOutputPass();
 
 }  // namespace deltaserve::kernels::internal::gdn

@@ -1,8 +1,8 @@
 // The prefill's final states into a scaled recurrent-state pool (INT8 or FP8 e4m3 values, float32 scales):
 // the one step of the prefill in the pool that the state pass cannot do itself, because a row's scale needs
 // the whole row and the pass's column blocks each hold a part of it. One block per (sequence, head), one
-// warp per row at a time; the rounding is WriteStates': scale = max(max |row|, 1e-30) / qmax (per head for
-// coarse pools), values rounded to nearest (even) and clamped to +-qmax.
+// warp per row at a time; the rounding is WriteStates' on the GPU: scale = max(max |row|, 1e-30) * (1 / qmax)
+// (per head for coarse pools), values divided by it, rounded to nearest (even) and clamped to +-qmax.
 #include <c10/cuda/CUDAException.h>
 
 #include "block_reduce.cuh"
@@ -21,6 +21,7 @@ __global__ void __launch_bounds__(kQuantThreads) QuantizeIntoPoolKernel(const fl
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float* src = states + (static_cast<int64_t>(seq) * heads + h) * dk * dv;
   const int64_t row0 = (pool.slots[seq] * heads + h) * dk;  // the slot's first row
+  const float inv_qmax = __fdiv_rn(1.0f, qmax);
   float head_max = 0.0f;
   if (coarse) {
     float m = 0.0f;
@@ -35,7 +36,8 @@ __global__ void __launch_bounds__(kQuantThreads) QuantizeIntoPoolKernel(const fl
       for (int j = lane; j < dv; j += 32) m = fmaxf(m, fabsf(row[j]));
       amax = WarpReduce(m, MaxOp());
     }
-    const float scale = fmaxf(amax, 1e-30f) / qmax;
+    // ATen on CUDA divides by the scalar qmax as a multiply by its float reciprocal: the same bits here.
+    const float scale = fmaxf(amax, 1e-30f) * inv_qmax;
     const int64_t out = (row0 + d) * dv;
     for (int j = lane; j < dv; j += 32) {
       const float x = row[j] / scale;

@@ -176,8 +176,9 @@ __device__ inline void WarpMatmulInt8Lower(int c, const LowBitScratch& s, float*
       wmma::store_matrix_sync(sums, fc, 16, wmma::mem_row_major);
       __syncwarp();
       const float scale = s.sx[i * nb + k] * s.sy[k * nb + j];
+      // Product rounded, then the sum rounded, as the emulation does: never contracted into one FMA.
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc[e] += static_cast<float>(sums[r * 16 + cb + e]) * scale;
+      for (int e = 0; e < 8; ++e) acc[e] = __fadd_rn(acc[e], __fmul_rn(static_cast<float>(sums[r * 16 + cb + e]), scale));
       __syncwarp();  // the next step's store overwrites the sums
     }
     float* dst = out + (i * 16 + r) * ldc + j * 16 + cb;
