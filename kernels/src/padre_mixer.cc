@@ -56,12 +56,25 @@ absl::Status CheckWeights(const at::Tensor& x, const PadreMixerWeights& w, int64
     DS_RETURN_IF_ERROR(CheckDtype(*t, name, {x.scalar_type()}));
     DS_RETURN_IF_ERROR(CheckSameDevice(*t, name, x));
   }
+  if (w.mix_weight_taps.defined()) {
+    DS_RETURN_IF_ERROR(CheckTensor(w.mix_weight_taps, "mix_weight_taps", 2));
+    DS_RETURN_IF_ERROR(CheckSize(w.mix_weight_taps, "mix_weight_taps", 0, k * k, "K*K taps"));
+    DS_RETURN_IF_ERROR(CheckSize(w.mix_weight_taps, "mix_weight_taps", 1, dd, "d*D"));
+    DS_RETURN_IF_ERROR(CheckDtype(w.mix_weight_taps, "mix_weight_taps", {x.scalar_type()}));
+    DS_RETURN_IF_ERROR(CheckSameDevice(w.mix_weight_taps, "mix_weight_taps", x));
+  }
   *degree = d;
   *kernel = k;
   return absl::OkStatus();
 }
 
 }  // namespace
+
+absl::StatusOr<at::Tensor> PadreMixWeightTapMajor(const at::Tensor& mix_weight) {
+  DS_RETURN_IF_ERROR(CheckTensor(mix_weight, "mix_weight", 4, /*require_contiguous=*/false));
+  DS_RETURN_IF_ERROR(CheckSize(mix_weight, "mix_weight", 1, 1, "depthwise"));
+  DS_CATCH_ATEN({ return mix_weight.reshape({mix_weight.size(0), -1}).t().contiguous(); })
+}
 
 absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64_t grid_w,
                                       const PadreMixerWeights& w, const PadreMixerOptions& options) {
@@ -80,10 +93,12 @@ absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64
     if (options.fused_cuda && x.is_cuda() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
         dim <= internal::kPadreMixMaxDim) {
       // The weights are views of a checkpoint: usually contiguous already, then no copy. The mixing weights
-      // go tap-major ([K*K, dD], 56 KB for the shipped mixer), so that a warp's 32 channels of one tap are
-      // one coalesced 128-byte read instead of 32 reads K*K elements apart.
+      // are read tap-major ([K*K, dD], 56 KB for the shipped mixer), so that a warp's 32 channels of one tap
+      // are one coalesced 128-byte read instead of 32 reads K*K elements apart: the loader's copy, or one
+      // made here.
       const at::Tensor yc = y.contiguous(), global = w.mix_global.contiguous();
-      const at::Tensor mix = w.mix_weight.reshape({dd, k * k}).t().contiguous();
+      const at::Tensor mix = w.mix_weight_taps.defined() ? w.mix_weight_taps.contiguous()
+                                                         : w.mix_weight.reshape({dd, k * k}).t().contiguous();
       const at::Tensor norm = w.norm_weight.contiguous();
       const at::Tensor mean = at::mean(yc, {1}, /*keepdim=*/false, at::kFloat);  // [B, dD], float32 sums
       at::Tensor mixed = at::empty({b, n, dim}, x.options());

@@ -77,6 +77,19 @@ const Shape kShapes[] = {
     {2, 7, 11, 200, 2, 3},
 };
 
+// The loader's tap-major copy (PadreMixWeightTapMajor, set once) gives the bytes the per-call copy gives.
+TEST_F(CudaPadreMixer, LoadersTapMajorWeightsGiveTheSameOutput) {
+  at::manual_seed(5151);
+  PadreMixerWeights w = To(RandomPadreWeights(96, 3, 7, at::kFloat), at::device(at::kCUDA));
+  const at::Tensor x = at::randn({3, 256, 96}).cuda();
+  const absl::StatusOr<at::Tensor> per_call = PadreMixer(x, 16, 16, w);
+  ASSERT_TRUE(per_call.ok()) << per_call.status();
+  w.mix_weight_taps = *PadreMixWeightTapMajor(w.mix_weight);
+  const absl::StatusOr<at::Tensor> loaded = PadreMixer(x, 16, 16, w);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(at::equal(*loaded, *per_call));
+}
+
 TEST_F(CudaPadreMixer, Float32MatchesTheComposition) {
   uint64_t seed = 90;
   for (const Shape& s : kShapes) {

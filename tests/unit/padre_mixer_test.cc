@@ -144,6 +144,29 @@ TEST(PadreMixer, BadArgumentsNameTheArgument) {
   PadreMixerWeights bad_dtype = w;
   bad_dtype.out_bias = at::randn({8}, at::kDouble);
   expect(PadreMixer(x, 3, 4, bad_dtype), "out_bias");
+  PadreMixerWeights bad_taps = w;
+  bad_taps.mix_weight_taps = at::randn({24, 9});  // [d*D, K*K]: the checkpoint's order, not tap-major
+  expect(PadreMixer(x, 3, 4, bad_taps), "mix_weight_taps");
+  expect(PadreMixWeightTapMajor(at::randn({24, 9})), "mix_weight");
+}
+
+// The tap-major copy the CUDA kernel reads: tap t = row * K + column of channel ch's K x K filter at
+// [t, ch]; the CPU path validates and ignores it.
+TEST(PadreMixer, TapMajorWeightsHoldEachFilterByTap) {
+  at::manual_seed(4040);
+  PadreMixerWeights w = RandomPadreWeights(8, 3, 5, at::kFloat);
+  const absl::StatusOr<at::Tensor> taps = PadreMixWeightTapMajor(w.mix_weight);
+  ASSERT_TRUE(taps.ok()) << taps.status();
+  ASSERT_EQ(taps->sizes(), (std::vector<int64_t>{25, 24}));
+  for (int64_t ch : {0, 7, 23}) {
+    for (int64_t t : {0, 6, 12, 24}) {
+      EXPECT_EQ(taps->index({t, ch}).item<float>(), w.mix_weight.index({ch, 0, t / 5, t % 5}).item<float>());
+    }
+  }
+  const at::Tensor x = at::randn({2, 12, 8});
+  const at::Tensor plain = *PadreMixer(x, 3, 4, w);
+  w.mix_weight_taps = *taps;
+  EXPECT_TRUE(at::equal(*PadreMixer(x, 3, 4, w), plain));
 }
 
 }  // namespace

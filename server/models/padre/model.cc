@@ -77,6 +77,12 @@ absl::StatusOr<std::unique_ptr<PadreDetector>> PadreDetector::Load(const std::st
           blk.padre.proj_weight = at::cat(pw, 0);
           blk.padre.proj_bias = at::cat(pb, 0);
           blk.padre.mix_weight = at::cat(mw, 0);
+          // The tap-major copy the CUDA mixer reads, made once here rather than in every call.
+          if (options.device.is_cuda()) {
+            absl::StatusOr<at::Tensor> taps = kernels::PadreMixWeightTapMajor(blk.padre.mix_weight);
+            if (!taps.ok()) return taps.status();
+            blk.padre.mix_weight_taps = *std::move(taps);
+          }
           blk.padre.mix_global = at::cat(mg, 0);
           blk.padre.norm_weight = at::stack(nw, 0);
           blk.padre.out_weight = blk.out_w;

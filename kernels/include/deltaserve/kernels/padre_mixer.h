@@ -17,6 +17,9 @@ struct PadreMixerWeights {
   at::Tensor proj_weight;  // [d*D, D]
   at::Tensor proj_bias;    // [d*D]
   at::Tensor mix_weight;   // [d*D, 1, K, K], K odd
+  // Optional: mix_weight tap-major, [K*K, d*D] (PadreMixWeightTapMajor), the layout the CUDA kernel reads.
+  // A loader that sets it once spares every CUDA call a transposing copy; undefined, each call makes one.
+  at::Tensor mix_weight_taps;
   at::Tensor mix_global;   // [d*D]: scale of each channel's token mean
   at::Tensor norm_weight;  // [d, D]
   at::Tensor out_weight;   // [D, D]
@@ -34,6 +37,10 @@ struct PadreMixerOptions {
 //   Y_k = x W_k^T + b_k;  Z_k = dwconv_K(Y_k) + g_k * mean_N(Y_k);  H_0 = Z_0, H_k = H_{k-1} * Z_k;
 //   out = (sum_k H_k / sqrt(mean_D(H_k^2) + eps) * w_k) W_o^T + b_o.
 // Cost O(B * N * D * (d*D + d*K^2 + D)): linear in N. Bad shapes give InvalidArgument naming the argument.
+// mix_weight [d*D, 1, K, K] as [K*K, d*D]: tap t = row * K + column, then channels, so that a warp's 32
+// channels of one tap are one coalesced read. For PadreMixerWeights::mix_weight_taps.
+absl::StatusOr<at::Tensor> PadreMixWeightTapMajor(const at::Tensor& mix_weight);
+
 absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64_t grid_w,
                                       const PadreMixerWeights& w, const PadreMixerOptions& options = {});
 
