@@ -7,7 +7,8 @@
 // --seq-len L packs each prefill's T tokens as T / L sequences of L tokens (cu_seqlens), the shape of a
 // serving step that prefills many prompts at once; 0 (default) is one sequence of T tokens. On CUDA the
 // bf16 rows come twice: kernel "fused" (prepare, state pass, output pass) and "fused-so" (the state pass
-// forms the output too: DELTASERVE_GDN_FUSED_OUTPUT=1 around its calls).
+// forms the output too: DELTASERVE_GDN_FUSED_OUTPUT=1 around its calls), and a table of the prefill against
+// the state pool (ReadStates + the rule + WriteStates against ChunkGatedDeltaRuleInPool, fp32 and int8 pools).
 // (The inverse table builds its exact float64 reference on the CPU: minutes at T = 65536.)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "deltaserve/kernels/chunk_gated_delta_rule.h"
+#include "deltaserve/kernels/chunk_gated_delta_rule_pool.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
 #include "support/gdn_inputs.h"
@@ -242,6 +244,59 @@ void PrefillBench(const Args& a) {
   }
 }
 
+// The prefill against the state pool, as the model runs it: the states read out of the pool into a dense
+// tensor, the chunked rule, and written back (ReadStates, ChunkGatedDeltaRule, WriteStates), against
+// ChunkGatedDeltaRuleInPool, whose kernels read and write the slots themselves. bf16 inputs, forward
+// substitution, sequences of --seq-len tokens (512 when unset), float32 and INT8 pools.
+void PoolPrefillBench(const Args& a) {
+  const int64_t hk = 16, hv = 32, d = 128, len = a.seq_len > 0 ? a.seq_len : 512;
+  std::printf("\n== prefill against the state pool, Hk=%ld Hv=%ld dk=dv=%ld, sequences of %ld tokens, bf16 ==\n", hk,
+              hv, d, len);
+  std::printf("%-7s %-8s %-16s %12s %10s\n", "T", "state", "kernel", "time_ms", "vs_first");
+  for (int64_t t : a.seqs) {
+    if (t < len) continue;
+    const int64_t n = t / len, tokens = n * len;
+    dt::GdnInputs in = dt::MakeGdnInputs(1, tokens, hk, hv, d, d, dt::Regimes()[2], 11 + t, at::kBFloat16);
+    in.g = in.g.to(at::kFloat);
+    in.beta = in.beta.to(at::kFloat);
+    for (at::Tensor* x : {&in.q, &in.k, &in.v, &in.g, &in.beta}) *x = x->to(a.device);
+    std::vector<int64_t> offsets, host_slots;
+    for (int64_t s = 0; s <= n; ++s) offsets.push_back(s * len);
+    for (int64_t s = 0; s < n; ++s) host_slots.push_back(n - 1 - s);  // out of order, as a running batch's are
+    const at::Tensor cu = at::tensor(offsets, at::kLong).to(a.device);
+    const at::Tensor slots = at::tensor(host_slots, at::kLong).to(a.device);
+    ds::GatedDeltaRuleOptions o;
+    o.inverse = *ds::ParseTriInverseMethod("forward", 64);
+    o.host_cu_seqlens = offsets;
+    for (ds::StateDtype sd : {ds::StateDtype::kFloat32, ds::StateDtype::kInt8}) {
+      ds::RecurrentStatePool pool = *ds::MakeRecurrentStatePool(n, hv, d, d, sd, a.device);
+      (void)ds::WriteStates(pool, slots, at::randn({n, hv, d, d}, at::TensorOptions().device(a.device)) * 0.1,
+                            host_slots);
+      double first = 0;
+      for (const bool in_pool : {false, true}) {
+        const double sec = Time(a.device, std::max(3, a.reps / 2), [&] {
+          if (in_pool) {
+            (void)*ds::ChunkGatedDeltaRuleInPool(in.q, in.k, in.v, in.g, in.beta, cu, pool, slots, host_slots, o);
+            return;
+          }
+          const at::Tensor h0 = *ds::ReadStates(pool, slots, host_slots);
+          ds::GatedDeltaRuleOutput out = *ds::ChunkGatedDeltaRule(in.q, in.k, in.v, in.g, in.beta, h0, cu, o);
+          (void)ds::WriteStates(pool, slots, out.final_state, host_slots);
+        });
+        if (first == 0) first = sec;
+        const char* kernel = in_pool ? "in-pool" : "read-rule-write";
+        std::printf("%-7ld %-8s %-16s %12.3f %10.2f\n", tokens, ds::StateDtypeName(sd).c_str(), kernel, sec * 1e3,
+                    first / sec);
+        std::printf(
+            "{\"bench\":\"prefill_pool\",\"impl\":\"deltaserve\",\"what\":\"prefill\",\"device\":\"%s\","
+            "\"T\":%ld,\"seq_len\":%ld,\"Hv\":%ld,\"method\":\"forward\",\"state\":\"%s\",\"kernel\":\"%s\","
+            "\"dtype\":\"bfloat16\",\"ms\":%.6g,\"speedup_vs_first\":%.4g}\n",
+            DeviceName(a.device), tokens, len, hv, ds::StateDtypeName(sd).c_str(), kernel, sec * 1e3, first / sec);
+      }
+    }
+  }
+}
+
 void DecodeBench(const Args& a) {
   const int64_t hk = 16, hv = 32, d = 128;
   std::printf("\n== decode step, Hk=%ld Hv=%ld dk=dv=%ld (one layer) ==\n", hk, hv, d);
@@ -325,6 +380,7 @@ int main(int argc, char** argv) {
               a.reps);
   if (a.inverse) InverseBench(a);
   if (a.prefill) PrefillBench(a);
+  if (a.prefill && a.device.is_cuda()) PoolPrefillBench(a);
   if (a.decode) DecodeBench(a);
   return 0;
 }
