@@ -21,6 +21,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/util/BFloat16.h>
 #include <mma.h>
 
@@ -509,6 +510,9 @@ bool FusedPrefillSupports(const at::Tensor& q, const at::Tensor& v, const GatedD
 }
 
 GatedDeltaRuleOutput ChunkGatedDeltaRuleCuda(const FusedPrefillArgs& args) {
+  // Launches, the current stream and the SM count on the inputs' GPU, which need not be the current one
+  // (--device cuda:1).
+  const c10::cuda::CUDAGuard guard(args.q.device());
   const bool qwen = args.chunk_size == 64 && args.q.size(3) == 128 && args.v.size(3) == 128;
   if (args.v.scalar_type() == at::kBFloat16) {
     return qwen ? Run<c10::BFloat16, QwenDims>(args) : Run<c10::BFloat16, RunTimeDims>(args);

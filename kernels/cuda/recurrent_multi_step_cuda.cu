@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -215,6 +216,7 @@ void LaunchStore(const MultiStepInputs& in, RecurrentStatePool& pool, const at::
 }  // namespace
 
 at::Tensor RecurrentStepsTiledCuda(const MultiStepInputs& in, RecurrentStatePool& pool) {
+  const c10::cuda::CUDAGuard guard(pool.values.device());  // launches and the stream on the pool's GPU
   // [B * T, Hv, dv]: the inputs' rows.
   at::Tensor out = at::empty({in.step.v.size(0), in.step.v.size(1), in.step.v.size(2)}, in.step.v.options());
   if (in.step.slots.size(0) == 0 || in.tokens == 0) return out;

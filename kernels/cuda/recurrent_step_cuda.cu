@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Float8_e4m3fn.h>
 
@@ -222,6 +223,7 @@ at::Tensor Launch(const DecodeInputs& in, RecurrentStatePool& pool) {
 }  // namespace
 
 at::Tensor RecurrentStepCuda(const DecodeInputs& in, RecurrentStatePool& pool) {
+  const c10::cuda::CUDAGuard guard(pool.values.device());  // launches and the stream on the pool's GPU
   switch (pool.dtype) {
     case StateDtype::kFloat32:
       return Launch<float>(in, pool);

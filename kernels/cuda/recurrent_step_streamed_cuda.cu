@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -346,6 +347,7 @@ bool StreamedStepFits(const RecurrentStatePool& pool, int64_t dk, int64_t dv, at
 }
 
 at::Tensor RecurrentStepStreamedCuda(const DecodeInputs& in, RecurrentStatePool& pool) {
+  const c10::cuda::CUDAGuard guard(pool.values.device());  // launches and the stream on the pool's GPU
   at::Tensor out = at::empty({in.v.size(0), in.v.size(1), in.v.size(2)}, in.v.options());
   if (in.v.size(0) == 0) return out;
   if (in.v.scalar_type() == at::kBFloat16) {

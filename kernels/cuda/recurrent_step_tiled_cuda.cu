@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Float8_e4m3fn.h>
 #include <cuda_bf16.h>
@@ -235,6 +236,7 @@ void LaunchStore(const DecodeInputs& in, RecurrentStatePool& pool, const at::Ten
 }  // namespace
 
 at::Tensor RecurrentStepTiledCuda(const DecodeInputs& in, RecurrentStatePool& pool) {
+  const c10::cuda::CUDAGuard guard(pool.values.device());  // launches and the stream on the pool's GPU
   at::Tensor out = at::empty({in.v.size(0), in.v.size(1), in.v.size(2)}, in.v.options());
   if (in.v.size(0) == 0) return out;
   if (in.v.scalar_type() == at::kBFloat16) {

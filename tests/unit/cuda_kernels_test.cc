@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "deltaserve/kernels/causal_conv1d.h"
 #include "deltaserve/kernels/chunk_gated_delta_rule.h"
+#include "deltaserve/kernels/chunk_gated_delta_rule_pool.h"
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
 #include "support/gdn_inputs.h"
@@ -476,6 +477,59 @@ TEST_F(CudaKernels, PackedConvPrefillWithHostOffsetsNeverSynchronises) {
 // The decode steps captured once in a CUDA graph and replayed with new inputs and new slots (padding
 // moved) give exactly what eager calls give: nothing of the capture-time host values is baked in but
 // the checks' verdict.
+#ifdef DELTASERVE_WITH_CUDA
+// `--device cuda:1`: the delta rule's kernels launch on their tensors' GPU, not on the current one. The
+// prefill in the pool, the one-token step (each state dtype's kernel) and the T-token step on the second GPU
+// while the first is current give the bytes they give on the first. Needs two GPUs.
+TEST_F(CudaKernels, DeltaRuleKernelsRunOnTheirTensorsGpu) {
+  if (c10::cuda::device_count() < 2) GTEST_SKIP() << "needs two CUDA devices";
+  const c10::cuda::CUDAGuard current(static_cast<c10::DeviceIndex>(0));
+  at::manual_seed(2222);
+  const std::vector<int64_t> cu = {0, 70, 200};
+  const std::vector<int64_t> slots = {3, 1};
+  GdnInputs in = MakeGdnInputs(1, cu.back(), 2, 4, 128, 128, Regimes()[1], 17, at::kBFloat16);
+  in.g = in.g.to(at::kFloat);
+  in.beta = in.beta.to(at::kFloat);
+  const at::Tensor init = at::randn({4, 4, 128, 128}) * 0.2;
+  const at::Tensor token = at::randn({2, 3, 4, 128}).to(at::kBFloat16);  // q/k/v rows of a T = 3 step
+  const at::Tensor g1 = -at::rand({2, 4}), g3 = -at::rand({2, 3, 4});  // the decode steps' decays
+  for (StateDtype sd : {StateDtype::kFloat32, StateDtype::kBFloat16, StateDtype::kInt8}) {
+    std::vector<at::Tensor> outputs[2], states[2];
+    for (int dev = 0; dev < 2; ++dev) {
+      const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(dev));
+      RecurrentStatePool pool = *MakeRecurrentStatePool(4, 4, 128, 128, sd, device);
+      ASSERT_TRUE(WriteStates(pool, at::arange(4, at::kLong).to(device), init.to(device)).ok());
+      GatedDeltaRuleOptions o;
+      o.inverse = *ParseTriInverseMethod("forward", 64);
+      o.host_cu_seqlens = cu;
+      const at::Tensor dslots = at::tensor(slots, at::kLong).to(device);
+      absl::StatusOr<GatedDeltaRuleOutput> prefill = ChunkGatedDeltaRuleInPool(
+          in.q.to(device), in.k.to(device), in.v.to(device), in.g.to(device), in.beta.to(device),
+          at::tensor(cu, at::kLong).to(device), pool, dslots, slots, o);
+      ASSERT_TRUE(prefill.ok()) << prefill.status();
+      DecodeStepOptions step;
+      step.l2norm_qk = true;
+      step.host_slots = slots;
+      const at::Tensor q = token.select(1, 0).narrow(1, 0, 2).to(device), v = token.select(1, 0).to(device);
+      const at::Tensor g = g1.to(device), beta = at::full({2, 4}, 0.5).to(device);
+      absl::StatusOr<at::Tensor> one = RecurrentGatedDeltaStep(q, q, v, g, beta, dslots, pool, step);
+      ASSERT_TRUE(one.ok()) << one.status();
+      const at::Tensor qs = token.narrow(2, 0, 2).to(device), vs = token.to(device);
+      absl::StatusOr<at::Tensor> steps = RecurrentGatedDeltaSteps(qs, qs, vs, g3.to(device),
+                                                                  at::full({2, 3, 4}, 0.5).to(device), dslots, pool, step);
+      ASSERT_TRUE(steps.ok()) << steps.status();
+      EXPECT_EQ(c10::cuda::current_device(), 0);
+      outputs[dev] = {prefill->o.cpu(), one->cpu(), steps->cpu()};
+      states[dev] = {pool.values.view(at::kByte).cpu()};
+    }
+    for (size_t i = 0; i < outputs[0].size(); ++i) {
+      EXPECT_TRUE(at::equal(outputs[0][i], outputs[1][i])) << StateDtypeName(sd) << " output " << i;
+    }
+    EXPECT_TRUE(at::equal(states[0][0], states[1][0])) << StateDtypeName(sd);
+  }
+}
+#endif
+
 TEST_F(CudaKernels, DecodeStepsReplayInACudaGraph) {
   at::manual_seed(16180);
   DecodeBatch graph_batch = MakeDecodeBatch(64, StateDtype::kInt8);
