@@ -33,7 +33,7 @@ if [[ $# -eq 0 ]]; then
   # under ASan while their code runs in shorter tests of the same suites: the 4,096-step drift test (the other
   # RecurrentDecode tests) and the inverse's error table over every method, regime and chunk size (the
   # other TriInverse tests run each product path: per-matrix, tile-scaled, refined, guarded).
-  set -- -R '^(api\.|engine\.|runner\.|fuzz\.generate_request_replay|Qwen35|ChunkGatedDeltaRule|TriInverse|RecurrentDecode|CausalConv1d|FusedOps|Linear|RmsNormLinear|PagedAttention|KernelArgs|PadreMixer)' \
+  set -- -R '^(api\.|engine\.|runner\.|fuzz\.generate_request_replay|Qwen35|ChunkGatedDeltaRule|PrefillInPool|TriInverse|RecurrentDecode|RecurrentMultiStep|CausalConv1d|FusedOps|Linear|RmsNormLinear|PagedAttention|KernelArgs|PadreMixer)' \
     -E '(Cuda|QuantizedStateDriftOver4096Steps|TriInverse.EveryMethodAgainstFp64InEveryRegime)'
 fi
 ctest --output-on-failure -j "${jobs}" "$@"
