@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #if DELTASERVE_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #endif
 
@@ -67,7 +68,9 @@ at::Tensor HostTransfer::Upload(int64_t n, const std::function<void(int64_t*)>& 
   at::Tensor out = dst ? dst->narrow(0, 0, n) : at::empty({n}, at::TensorOptions().dtype(at::kLong).device(device_));
   out.copy_(host, /*non_blocking=*/true);
 #if DELTASERVE_WITH_CUDA
-  events_->uploaded[i].record();
+  // On the stream the copy ran on: the destination GPU's current stream, which is not the current
+  // device's when that is another GPU (--device cuda:1).
+  events_->uploaded[i].record(at::cuda::getCurrentCUDAStream(out.device().index()));
 #endif
   return out;
 }
@@ -84,7 +87,8 @@ PendingDownload HostTransfer::StartDownload(const at::Tensor& src) {
   d.host_.copy_(src, /*non_blocking=*/true);
 #if DELTASERVE_WITH_CUDA
   d.event_ = std::make_unique<PendingDownload::Event>();
-  d.event_->done.record();
+  // The copy ran on the source GPU's current stream (see Upload).
+  if (src.is_cuda()) d.event_->done.record(at::cuda::getCurrentCUDAStream(src.device().index()));
 #endif
   return d;
 }
