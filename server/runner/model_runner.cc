@@ -14,6 +14,7 @@
 
 #if DELTASERVE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
 #endif
 
@@ -58,6 +59,7 @@ absl::StatusOr<int64_t> KvBlocks(const q::Qwen35Model& model, const RunnerOption
   if (!model.options().device.is_cuda()) return full;
 #if DELTASERVE_WITH_CUDA
   c10::cuda::CUDACachingAllocator::emptyCache();
+  const c10::cuda::CUDAGuard guard(model.options().device);  // the model's GPU, not the current one
   size_t free_bytes = 0, total_bytes = 0;
   if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
     return absl::InternalError("cudaMemGetInfo failed: cannot size the KV cache (give --kv-cache-tokens)");

@@ -10,6 +10,7 @@
 
 #if DELTASERVE_WITH_CUDA
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #endif
 
 #include <memory>
@@ -459,6 +460,24 @@ TEST_F(ModelRunnerCuda, GraphReplayEqualsEager) {
     ASSERT_TRUE(a.ok() && b.ok());
     EXPECT_LT(RelErr(*b, *a), 1e-5) << "step " << step;
   }
+}
+
+// --device cuda:1 while device 0 is current: the runner sizes its KV cache from that GPU's free memory, and
+// its prefill (the delta rule's kernels), graph decodes, sampling and host transfers give the tokens they
+// give on device 0. Needs two GPUs.
+TEST_F(ModelRunnerCuda, ASecondGpuGivesTheFirstGpusTokens) {
+  if (c10::cuda::device_count() < 2) GTEST_SKIP() << "needs two CUDA devices";
+  const c10::cuda::CUDAGuard current(static_cast<c10::DeviceIndex>(0));
+  Golden g = ReadGolden("flat_untied");
+  const RunnerOptions ro = Slots(6, 256);
+  const std::vector<std::vector<int32_t>> prompts = Prompts(g, 5);
+  const std::vector<SamplingParams> params = MixedParams(5);
+  std::unique_ptr<ModelRunner> first = MakeRunner(g, ro, c10::Device(c10::kCUDA, 0));
+  std::unique_ptr<ModelRunner> second = MakeRunner(g, ro, c10::Device(c10::kCUDA, 1));
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(Generate(*second, prompts, params, 30), Generate(*first, prompts, params, 30));
+  EXPECT_EQ(c10::cuda::current_device(), 0);
 }
 
 // ATen's sync debug mode turns any synchronising op (a blocking copy, .item(), nonzero, ...) into an
