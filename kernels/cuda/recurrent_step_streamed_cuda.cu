@@ -343,7 +343,8 @@ bool StreamedStepFits(const RecurrentStatePool& pool, int64_t dk, int64_t dv, at
   if (!Aligned16(pool.values.data_ptr())) return false;
   if (IsScaled(pool.dtype) && !(pool.scales.is_contiguous() && Aligned16(pool.scales.data_ptr())))
     return false;
-  return at::cuda::getCurrentDeviceProperties()->major >= 9;  // bulk copies and mbarrier byte counts
+  // Bulk copies and mbarrier byte counts, on the pool's GPU (not necessarily the current one).
+  return at::cuda::getDeviceProperties(pool.values.device().index())->major >= 9;
 }
 
 at::Tensor RecurrentStepStreamedCuda(const DecodeInputs& in, RecurrentStatePool& pool) {
