@@ -10,6 +10,7 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../src/recurrent_step_impl.h"
 #include "../src/state_quant.h"
@@ -196,6 +197,48 @@ inline StepArgs<In> MakeStepArgs(const DecodeInputs& in, const RecurrentStatePoo
   a.qscale = in.scale;
   a.quant = QuantizationOf(pool);
   return a;
+}
+
+// The register-tiled decode kernels' instantiations, chosen once for all of them: calls
+// f(Store{}, In{}, Dim{}, Stochastic{}) with the pool's storage type, the inputs' type (bfloat16, else
+// float), the head size (std::integral_constant 128, else 64: the tiled shapes, dk = dv) and whether INT8
+// values round stochastically (std::bool_constant; only an int8 store ever gets true).
+template <typename Store, typename In, class F>
+void DispatchDimsAndRounding(const RecurrentStatePool& pool, int64_t dk, F& f) {
+  auto rounding = [&](auto dim) {
+    if constexpr (std::is_same<Store, int8_t>::value) {
+      if (IsStochastic(pool.dtype)) return f(Store{}, In{}, dim, std::true_type{});
+    }
+    f(Store{}, In{}, dim, std::false_type{});
+  };
+  if (dk == 128) {
+    rounding(std::integral_constant<int, 128>{});
+  } else {
+    rounding(std::integral_constant<int, 64>{});
+  }
+}
+
+template <typename In, class F>
+void DispatchStore(const RecurrentStatePool& pool, int64_t dk, F& f) {
+  switch (pool.dtype) {
+    case StateDtype::kFloat32:
+      return DispatchDimsAndRounding<float, In>(pool, dk, f);
+    case StateDtype::kBFloat16:
+      return DispatchDimsAndRounding<c10::BFloat16, In>(pool, dk, f);
+    case StateDtype::kFloat8E4M3:
+      return DispatchDimsAndRounding<c10::Float8_e4m3fn, In>(pool, dk, f);
+    default:
+      return DispatchDimsAndRounding<int8_t, In>(pool, dk, f);  // every INT8 variant
+  }
+}
+
+template <class F>
+void DispatchTiledStep(const RecurrentStatePool& pool, at::ScalarType input, int64_t dk, F&& f) {
+  if (input == at::kBFloat16) {
+    DispatchStore<c10::BFloat16>(pool, dk, f);
+  } else {
+    DispatchStore<float>(pool, dk, f);
+  }
 }
 
 }  // namespace deltaserve::kernels::internal

@@ -11,7 +11,6 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "../src/recurrent_step_impl.h"
 #include "../src/state_quant.h"
@@ -172,47 +171,6 @@ __global__ void __launch_bounds__(kThreads, 2) MultiStepKernel(Store* __restrict
   }
 }
 
-template <typename Store, typename In, int DK, int DV>
-void Launch(const MultiStepInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  const StepArgs<In> a = MakeStepArgs<In>(in.step, pool, out);
-  const int64_t blocks = in.step.slots.size(0) * a.heads;
-  const int tokens = static_cast<int>(in.tokens);
-  Store* values = reinterpret_cast<Store*>(pool.values.data_ptr());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if constexpr (std::is_same<Store, int8_t>::value) {
-    if (a.quant.stochastic) {
-      MultiStepKernel<Store, In, DK, DV, true><<<blocks, kThreads, 0, stream>>>(values, a, tokens);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-  }
-  MultiStepKernel<Store, In, DK, DV, false><<<blocks, kThreads, 0, stream>>>(values, a, tokens);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename Store, typename In>
-void LaunchShape(const MultiStepInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  if (in.step.q.size(2) == 128) {
-    Launch<Store, In, 128, 128>(in, pool, out);
-  } else {
-    Launch<Store, In, 64, 64>(in, pool, out);
-  }
-}
-
-template <typename In>
-void LaunchStore(const MultiStepInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  switch (pool.dtype) {
-    case StateDtype::kFloat32:
-      return LaunchShape<float, In>(in, pool, out);
-    case StateDtype::kBFloat16:
-      return LaunchShape<c10::BFloat16, In>(in, pool, out);
-    case StateDtype::kFloat8E4M3:
-      return LaunchShape<c10::Float8_e4m3fn, In>(in, pool, out);
-    default:
-      return LaunchShape<int8_t, In>(in, pool, out);
-  }
-}
-
 }  // namespace
 
 at::Tensor RecurrentStepsTiledCuda(const MultiStepInputs& in, RecurrentStatePool& pool) {
@@ -220,11 +178,20 @@ at::Tensor RecurrentStepsTiledCuda(const MultiStepInputs& in, RecurrentStatePool
   // [B * T, Hv, dv]: the inputs' rows.
   at::Tensor out = at::empty({in.step.v.size(0), in.step.v.size(1), in.step.v.size(2)}, in.step.v.options());
   if (in.step.slots.size(0) == 0 || in.tokens == 0) return out;
-  if (in.step.v.scalar_type() == at::kBFloat16) {
-    LaunchStore<c10::BFloat16>(in, pool, out);
-  } else {
-    LaunchStore<float>(in, pool, out);
-  }
+  DispatchTiledStep(pool, in.step.v.scalar_type(), in.step.q.size(2), [&](auto store, auto input, auto dim,
+                                                                          auto stochastic) {
+    using Store = decltype(store);
+    using In = decltype(input);
+    constexpr int kDim = decltype(dim)::value;
+    constexpr bool kStochastic = decltype(stochastic)::value;
+    Store* values = reinterpret_cast<Store*>(pool.values.data_ptr());
+    const StepArgs<In> a = MakeStepArgs<In>(in.step, pool, out);
+    const int64_t blocks = in.step.slots.size(0) * a.heads;
+    const int tokens = static_cast<int>(in.tokens);
+    MultiStepKernel<Store, In, kDim, kDim, kStochastic><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        values, a, tokens);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   return out;
 }
 

@@ -298,40 +298,6 @@ int ResidentBlocks(Kernel kernel) {
   return per_sm * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 }
 
-template <typename Store, typename In, int DK, int DV, bool kStochastic>
-void Launch(const StepArgs<In>& a, Store* values, int items, cudaStream_t stream) {
-  auto kernel = StreamedStepKernel<Store, In, DK, DV, kStochastic>;
-  const int grid = std::min(items, ResidentBlocks(kernel));
-  kernel<<<grid, kThreads, 0, stream>>>(values, a, items);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename Store, typename In, int DK, int DV>
-void LaunchShape(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  const StepArgs<In> a = MakeStepArgs<In>(in, pool, out);
-  const int items = static_cast<int>(in.v.size(0) * a.heads);
-  Store* values = reinterpret_cast<Store*>(pool.values.data_ptr());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if constexpr (std::is_same<Store, int8_t>::value) {
-    if (a.quant.stochastic) return Launch<Store, In, DK, DV, true>(a, values, items, stream);
-  }
-  Launch<Store, In, DK, DV, false>(a, values, items, stream);
-}
-
-template <typename Store, typename In>
-void LaunchDims(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  if (in.q.size(2) == 128) {
-    LaunchShape<Store, In, 128, 128>(in, pool, out);
-  } else {
-    LaunchShape<Store, In, 64, 64>(in, pool, out);
-  }
-}
-
-template <typename In>
-void LaunchStore(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  if (pool.dtype == StateDtype::kFloat8E4M3) return LaunchDims<c10::Float8_e4m3fn, In>(in, pool, out);
-  LaunchDims<int8_t, In>(in, pool, out);
-}
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
@@ -351,11 +317,21 @@ at::Tensor RecurrentStepStreamedCuda(const DecodeInputs& in, RecurrentStatePool&
   const c10::cuda::CUDAGuard guard(pool.values.device());  // launches and the stream on the pool's GPU
   at::Tensor out = at::empty({in.v.size(0), in.v.size(1), in.v.size(2)}, in.v.options());
   if (in.v.size(0) == 0) return out;
-  if (in.v.scalar_type() == at::kBFloat16) {
-    LaunchStore<c10::BFloat16>(in, pool, out);
-  } else {
-    LaunchStore<float>(in, pool, out);
-  }
+  DispatchTiledStep(pool, in.v.scalar_type(), in.q.size(2), [&](auto store, auto input, auto dim, auto stochastic) {
+    using Store = decltype(store);
+    using In = decltype(input);
+    constexpr int kDim = decltype(dim)::value;
+    constexpr bool kStochastic = decltype(stochastic)::value;
+    Store* values = reinterpret_cast<Store*>(pool.values.data_ptr());
+    if constexpr (sizeof(Store) == 1) {  // StreamedStepFits admits the 1-byte states only
+      const StepArgs<In> a = MakeStepArgs<In>(in, pool, out);
+      const int items = static_cast<int>(in.v.size(0) * a.heads);
+      auto kernel = StreamedStepKernel<Store, In, kDim, kDim, kStochastic>;
+      const int grid = std::min(items, ResidentBlocks(kernel));
+      kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(values, a, items);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
   return out;
 }
 

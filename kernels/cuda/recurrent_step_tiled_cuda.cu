@@ -17,7 +17,6 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "../src/recurrent_step_impl.h"
 #include "../src/state_quant.h"
@@ -193,57 +192,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<Store>) TiledStepKer
   }
 }
 
-template <typename Store, typename In, int DK, int DV>
-void Launch(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  const StepArgs<In> a = MakeStepArgs<In>(in, pool, out);
-  const int64_t blocks = in.v.size(0) * a.heads;
-  Store* values = reinterpret_cast<Store*>(pool.values.data_ptr());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if constexpr (std::is_same<Store, int8_t>::value) {
-    if (a.quant.stochastic) {
-      TiledStepKernel<Store, In, DK, DV, true><<<blocks, kThreads, 0, stream>>>(values, a);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-  }
-  TiledStepKernel<Store, In, DK, DV, false><<<blocks, kThreads, 0, stream>>>(values, a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename Store, typename In>
-void LaunchShape(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  if (in.q.size(2) == 128) {
-    Launch<Store, In, 128, 128>(in, pool, out);
-  } else {
-    Launch<Store, In, 64, 64>(in, pool, out);
-  }
-}
-
-template <typename In>
-void LaunchStore(const DecodeInputs& in, RecurrentStatePool& pool, const at::Tensor& out) {
-  switch (pool.dtype) {
-    case StateDtype::kFloat32:
-      return LaunchShape<float, In>(in, pool, out);
-    case StateDtype::kBFloat16:
-      return LaunchShape<c10::BFloat16, In>(in, pool, out);
-    case StateDtype::kFloat8E4M3:
-      return LaunchShape<c10::Float8_e4m3fn, In>(in, pool, out);
-    default:
-      return LaunchShape<int8_t, In>(in, pool, out);
-  }
-}
-
 }  // namespace
 
 at::Tensor RecurrentStepTiledCuda(const DecodeInputs& in, RecurrentStatePool& pool) {
   const c10::cuda::CUDAGuard guard(pool.values.device());  // launches and the stream on the pool's GPU
   at::Tensor out = at::empty({in.v.size(0), in.v.size(1), in.v.size(2)}, in.v.options());
   if (in.v.size(0) == 0) return out;
-  if (in.v.scalar_type() == at::kBFloat16) {
-    LaunchStore<c10::BFloat16>(in, pool, out);
-  } else {
-    LaunchStore<float>(in, pool, out);
-  }
+  DispatchTiledStep(pool, in.v.scalar_type(), in.q.size(2), [&](auto store, auto input, auto dim, auto stochastic) {
+    using Store = decltype(store);
+    using In = decltype(input);
+    constexpr int kDim = decltype(dim)::value;
+    constexpr bool kStochastic = decltype(stochastic)::value;
+    Store* values = reinterpret_cast<Store*>(pool.values.data_ptr());
+    const StepArgs<In> a = MakeStepArgs<In>(in, pool, out);
+    const int64_t blocks = in.v.size(0) * a.heads;
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    TiledStepKernel<Store, In, kDim, kDim, kStochastic><<<blocks, kThreads, 0, stream>>>(values, a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   return out;
 }
 
