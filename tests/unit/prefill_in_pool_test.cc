@@ -19,6 +19,7 @@
 #include "deltaserve/kernels/recurrent_state.h"
 #include "deltaserve/kernels/tri_inverse.h"
 #include "support/gdn_inputs.h"
+#include "support/state_pool.h"
 #include "support/sync_debug.h"
 
 namespace deltaserve::kernels {
@@ -27,19 +28,13 @@ namespace {
 using deltaserve::testing::GdnInputs;
 using deltaserve::testing::MakeGdnInputs;
 using deltaserve::testing::Regimes;
+using deltaserve::testing::ClonePool;
 using deltaserve::testing::RelMaxError;
 
 const std::vector<StateDtype> kDtypes = {StateDtype::kFloat32, StateDtype::kBFloat16, StateDtype::kInt8,
                                          StateDtype::kInt8Stochastic, StateDtype::kInt8Coarse,
                                          StateDtype::kFloat8E4M3};
 constexpr int64_t kPoolSlots = 9;
-
-RecurrentStatePool ClonePool(const RecurrentStatePool& pool) {
-  RecurrentStatePool copy = pool;
-  copy.values = pool.values.clone();
-  if (pool.scales.defined()) copy.scales = pool.scales.clone();
-  return copy;
-}
 
 bool SameBytes(const RecurrentStatePool& a, const RecurrentStatePool& b) {
   const bool values = at::equal(a.values.view(at::kByte).cpu(), b.values.view(at::kByte).cpu());

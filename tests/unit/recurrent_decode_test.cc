@@ -15,6 +15,7 @@
 #include "recurrent_step_impl.h"
 #include "state_quant.h"
 #include "support/gdn_inputs.h"
+#include "support/state_pool.h"
 
 namespace deltaserve::kernels {
 namespace {
@@ -23,6 +24,7 @@ using deltaserve::testing::GdnInputs;
 using deltaserve::testing::GdnRegime;
 using deltaserve::testing::MakeGdnInputs;
 using deltaserve::testing::Regimes;
+using deltaserve::testing::ClonePool;
 using deltaserve::testing::RelMaxError;
 
 at::Tensor Step(const GdnInputs& in, int64_t t, const at::Tensor& slots, RecurrentStatePool& pool) {
@@ -93,13 +95,6 @@ at::Tensor StepWith(const GdnInputs& in, int64_t t, const at::Tensor& slots, Rec
                                                          at_t(in.beta), slots, pool, options);
   EXPECT_TRUE(o.ok()) << o.status();
   return o.ok() ? *o : at::Tensor();
-}
-
-RecurrentStatePool ClonePool(const RecurrentStatePool& pool) {
-  RecurrentStatePool copy = pool;
-  copy.values = pool.values.clone();
-  if (pool.scales.defined()) copy.scales = pool.scales.clone();
-  return copy;
 }
 
 TEST(RecurrentDecode, HostSlotsGiveIdenticalResults) {
