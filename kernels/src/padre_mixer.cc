@@ -68,12 +68,17 @@ absl::Status CheckWeights(const at::Tensor& x, const PadreMixerWeights& w, int64
   return absl::OkStatus();
 }
 
+// [d*D, 1, K, K] -> [K*K, d*D]: the CUDA kernel's layout (PadreMixWeightTapMajor). Throws c10::Error.
+at::Tensor TapMajor(const at::Tensor& mix_weight) {
+  return mix_weight.reshape({mix_weight.size(0), -1}).t().contiguous();
+}
+
 }  // namespace
 
 absl::StatusOr<at::Tensor> PadreMixWeightTapMajor(const at::Tensor& mix_weight) {
   DS_RETURN_IF_ERROR(CheckTensor(mix_weight, "mix_weight", 4, /*require_contiguous=*/false));
   DS_RETURN_IF_ERROR(CheckSize(mix_weight, "mix_weight", 1, 1, "depthwise"));
-  DS_CATCH_ATEN({ return mix_weight.reshape({mix_weight.size(0), -1}).t().contiguous(); })
+  DS_CATCH_ATEN({ return TapMajor(mix_weight); })
 }
 
 absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64_t grid_w,
@@ -97,8 +102,7 @@ absl::StatusOr<at::Tensor> PadreMixer(const at::Tensor& x, int64_t grid_h, int64
       // are one coalesced 128-byte read instead of 32 reads K*K elements apart: the loader's copy, or one
       // made here.
       const at::Tensor yc = y.contiguous(), global = w.mix_global.contiguous();
-      const at::Tensor mix = w.mix_weight_taps.defined() ? w.mix_weight_taps.contiguous()
-                                                         : w.mix_weight.reshape({dd, k * k}).t().contiguous();
+      const at::Tensor mix = w.mix_weight_taps.defined() ? w.mix_weight_taps.contiguous() : TapMajor(w.mix_weight);
       const at::Tensor norm = w.norm_weight.contiguous();
       const at::Tensor mean = at::mean(yc, {1}, /*keepdim=*/false, at::kFloat);  // [B, dD], float32 sums
       at::Tensor mixed = at::empty({b, n, dim}, x.options());
